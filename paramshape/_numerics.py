@@ -1,0 +1,96 @@
+"""Numerical building blocks shared by the transform families.
+
+Every tolerance and margin here is derived from ``torch.finfo`` of the dtype at hand; nothing is a
+fixed epsilon. Half-precision tensors are computed in float32 and cast back (see
+:func:`compute_dtype`), because the maps below lose most of their accuracy in 8 or 11 bits of
+mantissa and float16 overflows ``exp`` past 11.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "INTERIOR_FRACTION",
+    "compute_dtype",
+    "excess_above",
+    "excess_below",
+    "interior_margin",
+    "membership_tolerance",
+    "softplus_inverse",
+    "step_inside",
+]
+
+#: Where ``to_interior`` puts a value that was outside the set: this fraction of the set's scale
+#: inside the nearest bound. It is a design choice for gradient health, not an epsilon: there the
+#: sigmoid's slope is still about 4e-3 of its maximum (1e-3 of the softplus slope far from the bound),
+#: so the value can move again. Low-precision dtypes get at least 8 ulps (see interior_margin).
+INTERIOR_FRACTION = 1e-3
+
+_HALF_TYPES = (torch.float16, torch.bfloat16)
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Return the dtype a transform computes in for tensors of ``dtype`` (float32 for halves)."""
+    return torch.float32 if dtype in _HALF_TYPES else dtype
+
+
+def membership_tolerance(dtype: torch.dtype, scale: Tensor | float) -> Tensor | float:
+    """Tolerance for membership tests: four ulps of ``scale`` in ``dtype`` (at least four of 1e-30).
+
+    Four ulps absorb the rounding of the forward map (computed in float32 for halves and cast back)
+    and of a value computed in a wider dtype and cast to this one.
+    """
+    finfo = torch.finfo(dtype)
+    if isinstance(scale, Tensor):
+        return 4 * finfo.eps * scale.abs().clamp_min(finfo.tiny)
+    return 4 * finfo.eps * max(abs(scale), finfo.tiny)
+
+
+def interior_margin(dtype: torch.dtype, scale: Tensor, bound: Tensor) -> Tensor:
+    """Distance from ``bound`` where ``to_interior`` places values: ``INTERIOR_FRACTION`` of the set's
+    ``scale``, and never fewer than 8 ulps of ``bound`` in ``dtype``, so the result does not round
+    back onto the bound when stored."""
+    finfo = torch.finfo(dtype)
+    return torch.maximum(INTERIOR_FRACTION * scale, 8 * finfo.eps * bound.abs().clamp_min(finfo.tiny))
+
+
+def step_inside(bound: Tensor, toward: float) -> Tensor:
+    """The representable number next to ``bound`` in the direction of ``toward`` (``nextafter``)."""
+    return torch.nextafter(bound, torch.full_like(bound, toward))
+
+
+def excess_below(y: Tensor, low: Tensor) -> Tensor:
+    """How far ``y`` lies below ``low`` beyond the membership tolerance, in float64 (0 when not)."""
+    y64, low64 = y.double(), low.double()
+    tol = membership_tolerance(y.dtype, low64)
+    return (low64 - tol - y64).clamp_min(0.0)
+
+
+def excess_above(y: Tensor, high: Tensor) -> Tensor:
+    """How far ``y`` lies above ``high`` beyond the membership tolerance, in float64 (0 when not)."""
+    y64, high64 = y.double(), high.double()
+    tol = membership_tolerance(y.dtype, high64)
+    return (y64 - high64 - tol).clamp_min(0.0)
+
+
+def softplus_inverse(y: Tensor) -> Tensor:
+    """Inverse of softplus, ``log(expm1(y))``, finite and accurate for ``y`` from the dtype's smallest
+    normal number up to its largest finite one.
+
+    Three regimes, switched at ``exp(log(eps) + 2)`` and ``-(log(eps) + 2)`` as in TensorFlow
+    Probability: below, ``log(expm1(y)) = log(y)`` to working precision; above, it equals ``y``; in
+    between, ``y + log(-expm1(-y))`` never overflows. The middle branch is fed a harmless 1 where it is
+    not selected (a "double where"), so no ``inf`` reaches it and no NaN reaches the gradient.
+    """
+    threshold = math.log(torch.finfo(y.dtype).eps) + 2.0
+    is_small = y < math.exp(threshold)
+    is_large = y > -threshold
+    unused = is_small | is_large
+    safe = torch.where(unused, torch.ones_like(y), y)
+    middle = safe + torch.log(-torch.expm1(-safe))
+    small = torch.log(torch.where(is_small, y, torch.ones_like(y)))
+    return torch.where(is_small, small, torch.where(is_large, y, middle))

@@ -1,0 +1,82 @@
+"""The paramshape error hierarchy.
+
+Every error paramshape raises derives from :class:`ParamshapeError`, and also from the builtin
+that fits (``ValueError`` for a bad value, ``TypeError`` for a bad kind of object), so code that
+already catches ``ValueError`` keeps working. None derives from ``AttributeError``: PyTorch's
+``Module.__getattr__`` would swallow it and report a missing attribute instead.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CompiledRegionError",
+    "ConstraintConflictError",
+    "InfeasibleValueError",
+    "NotAModuleError",
+    "ParamshapeError",
+    "ParamshapeWarning",
+    "RegistryError",
+    "ShapeMismatchError",
+    "SpecError",
+    "SpecTypeError",
+    "TensorNotFoundError",
+    "TiedTensorError",
+    "TransformError",
+    "UnsupportedTensorError",
+]
+
+
+class ParamshapeError(Exception):
+    """Base class of every error raised by paramshape."""
+
+
+class SpecError(ParamshapeError, ValueError):
+    """A constraint spec is malformed, names no registered transform, or has bad arguments."""
+
+
+class SpecTypeError(SpecError, TypeError):
+    """A constraint spec is not a transform, a transform class or a string."""
+
+
+class RegistryError(ParamshapeError, ValueError):
+    """A registration is refused: the name is taken or is not a valid transform name."""
+
+
+class InfeasibleValueError(ParamshapeError, ValueError):
+    """A value lies outside the constrained set (or is NaN or infinite) where it must lie inside."""
+
+
+class ShapeMismatchError(ParamshapeError, ValueError):
+    """A transform's settings do not fit the tensor (bounds do not broadcast, ``dim`` out of range)."""
+
+
+class TensorNotFoundError(ParamshapeError, ValueError):
+    """A dotted name does not lead to a parameter or buffer of the module."""
+
+
+class TiedTensorError(ParamshapeError, ValueError):
+    """The tensor is shared with another module, which would keep reading the raw values."""
+
+
+class ConstraintConflictError(ParamshapeError, ValueError):
+    """The tensor carries a parametrization paramshape did not attach, or has no paramshape one."""
+
+
+class UnsupportedTensorError(ParamshapeError, TypeError):
+    """The tensor has a dtype no transform applies to (integer, boolean or complex)."""
+
+
+class TransformError(ParamshapeError, RuntimeError):
+    """A transform's own code failed (for example with an ``AttributeError``) while computing."""
+
+
+class NotAModuleError(ParamshapeError, TypeError):
+    """An argument that must be an ``nn.Module`` is something else."""
+
+
+class CompiledRegionError(ParamshapeError, RuntimeError):
+    """A paramshape call that changes a module ran inside a ``torch.compile`` region."""
+
+
+class ParamshapeWarning(UserWarning):
+    """Something paramshape did on your behalf that you should know about (values moved, for example)."""

@@ -1,0 +1,69 @@
+"""Bounding the output of an existing module: :func:`bound_output`."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from torch import Tensor, nn
+
+from ._modules import refuse_inside_compile, unwrap
+from .errors import UnsupportedTensorError
+from .registry import Spec, resolve
+from .transform import Transform
+
+__all__ = ["OUTPUT_BOUND_NAME", "bound_output"]
+
+#: The attribute under which :func:`bound_output` stores the transform on the module.
+OUTPUT_BOUND_NAME = "output_bound"
+
+
+def bound_output(module: nn.Module, spec: Spec | None) -> nn.Module:
+    """Pass every output of ``module`` through a transform, so its outputs lie in the set.
+
+    The transform is stored as the submodule ``module.output_bound`` (so ``.to()`` moves its bounds
+    and ``state_dict`` holds them under ``output_bound.*``) and applied by a forward hook. Calling
+    again replaces it; ``spec=None`` removes it. Gradients flow through the smooth map, unlike a
+    ``clamp`` of the output, whose gradient is zero outside the bounds.
+
+    Writing the transform as the last layer is equivalent:
+    ``nn.Sequential(nn.Linear(16, 2), ps.Box(-2, 3))``.
+
+    Args:
+        module: a module whose ``forward`` returns one tensor.
+        spec: a transform, registered name or spec string (see :func:`resolve`), or ``None``.
+
+    Returns:
+        ``module``, for chaining.
+
+    Raises:
+        UnsupportedTensorError: at call time, if the module's output is not a tensor.
+
+    Example:
+        >>> import torch, torch.nn as nn, paramshape as ps
+        >>> policy = ps.bound_output(nn.Linear(4, 2), ps.Box(-1, 1))
+        >>> bool(policy(100 * torch.randn(8, 4)).abs().max() <= 1)
+        True
+    """
+    refuse_inside_compile("bound_output")
+    module = unwrap(module)
+    for key in [key for key, hook in module._forward_hooks.items() if hook is _apply_output_bound]:
+        del module._forward_hooks[key]
+    if OUTPUT_BOUND_NAME in module._modules:
+        delattr(module, OUTPUT_BOUND_NAME)
+    if spec is None:
+        return module
+    transform = copy.deepcopy(resolve(spec))
+    module.add_module(OUTPUT_BOUND_NAME, transform)
+    module.register_forward_hook(_apply_output_bound)
+    return module
+
+
+def _apply_output_bound(module: nn.Module, args: Any, output: Any) -> Tensor:
+    transform: Transform = getattr(module, OUTPUT_BOUND_NAME)
+    if not isinstance(output, Tensor):
+        raise UnsupportedTensorError(
+            f"bound_output: {type(module).__name__} returned {type(output).__name__}, not a tensor; "
+            "bound the tensor you need instead, e.g. by adding the transform as a layer after it."
+        )
+    return transform(output)

@@ -1,0 +1,161 @@
+"""The registry of named transforms, and the resolution of constraint specs.
+
+A *spec* says which transform to use. It is one of
+
+* a :class:`~paramshape.Transform` instance: ``ps.Box(-1, 1)``;
+* a :class:`~paramshape.Transform` subclass that takes no arguments: ``ps.Positive``;
+* a registered name: ``"positive"``;
+* a registered name with literal arguments: ``"box(-1, 1)"``, ``"simplex(dim=0)"``,
+  ``"greater_than(low=0.5)"``, ``"box(0, inf)"``.
+
+Strings let constraints live in configuration files. They are parsed, never evaluated.
+
+Example:
+    >>> import paramshape as ps
+    >>> ps.resolve("box(-1, 1)")
+    Box(low=-1.0, high=1.0)
+    >>> "unit_interval" in ps.available()
+    True
+"""
+
+from __future__ import annotations
+
+import difflib
+import keyword
+import re
+from collections.abc import Callable
+from typing import TypeVar, overload
+
+from ._spec import parse_spec
+from .errors import RegistryError, SpecError, SpecTypeError
+from .transform import Transform
+
+__all__ = ["Spec", "available", "register", "resolve"]
+
+#: Anything :func:`resolve` accepts.
+Spec = Transform | type[Transform] | str
+
+TransformType = TypeVar("TransformType", bound=type[Transform])
+
+_NAME_PATTERN = re.compile(r"[a-z][a-z0-9_]*\Z")
+_REGISTRY: dict[str, type[Transform]] = {}
+
+
+@overload
+def register(name: str) -> Callable[[TransformType], TransformType]: ...
+@overload
+def register(name: str, transform: TransformType) -> TransformType: ...
+def register(
+    name: str, transform: TransformType | None = None
+) -> TransformType | Callable[[TransformType], TransformType]:
+    """Register a :class:`~paramshape.Transform` subclass under ``name``.
+
+    Usable as a decorator (``@ps.register("my_name")``) or as a call
+    (``ps.register("my_name", MyTransform)``). Once registered, the name works wherever a spec is
+    accepted, with or without literal arguments, and the contract test suite picks it up.
+
+    Args:
+        name: lowercase snake_case identifier (``[a-z][a-z0-9_]*``), so it parses in spec strings.
+        transform: the class to register; omit it to get a decorator.
+
+    Returns:
+        The class itself (or a decorator returning it).
+
+    Raises:
+        RegistryError: the name is malformed or already taken by another class. Re-registering the
+            same class (same module and qualified name, as when a notebook cell is run again)
+            replaces the entry instead.
+
+    Example:
+        >>> import torch, paramshape as ps
+        >>> @ps.register("doc_example_negative")
+        ... class Negative(ps.LessThan):
+        ...     def __init__(self) -> None:
+        ...         super().__init__(0.0)
+        >>> ps.resolve("doc_example_negative")(torch.tensor([3.0])) < 0
+        tensor([True])
+    """
+
+    def decorator(cls: TransformType) -> TransformType:
+        _check_name(name)
+        if not (isinstance(cls, type) and issubclass(cls, Transform)):
+            raise RegistryError(f"register({name!r}) needs a subclass of paramshape.Transform; got {cls!r}.")
+        existing = _REGISTRY.get(name)
+        if existing is not None and _qualified(existing) != _qualified(cls):
+            raise RegistryError(
+                f"The name {name!r} is already registered to {_qualified(existing)}; choose another "
+                "name for " + _qualified(cls) + "."
+            )
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorator if transform is None else decorator(transform)
+
+
+def available() -> tuple[str, ...]:
+    """The registered transform names, sorted.
+
+    Example:
+        >>> import paramshape as ps
+        >>> [name for name in ps.available() if name in ("box", "positive", "simplex")]
+        ['box', 'positive', 'simplex']
+    """
+    return tuple(sorted(_REGISTRY))
+
+
+def registered_class(name: str) -> type[Transform]:
+    """The class registered under ``name``; :class:`SpecError` listing the valid names otherwise."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, _REGISTRY, n=1)
+        suggestion = f" Did you mean {close[0]!r}?" if close else ""
+        raise SpecError(
+            f"Unknown transform {name!r}.{suggestion} Registered names: {', '.join(available())}."
+        ) from None
+
+
+def resolve(spec: Spec) -> Transform:
+    """Turn a spec into a :class:`~paramshape.Transform` instance (the instance itself if given one).
+
+    Raises:
+        SpecError: malformed string, unknown name (the message lists the registered ones), or
+            arguments the transform rejects.
+        SpecTypeError: ``spec`` is none of the accepted kinds (also a ``TypeError``).
+
+    Example:
+        >>> import paramshape as ps
+        >>> ps.resolve("greater_than(low=0.5)")
+        GreaterThan(low=0.5)
+    """
+    if isinstance(spec, Transform):
+        return spec
+    if isinstance(spec, type) and issubclass(spec, Transform):
+        return _instantiate(spec, (), {}, spec.__name__)
+    if isinstance(spec, str):
+        parsed = parse_spec(spec)
+        return _instantiate(registered_class(parsed.name), parsed.args, parsed.kwargs, spec)
+    raise SpecTypeError(
+        f"A constraint spec must be a paramshape.Transform, a Transform class, or a string such as "
+        f"'box(-1, 1)'; got {type(spec).__name__}. Registered names: {', '.join(available())}."
+    )
+
+
+def _instantiate(cls: type[Transform], args: tuple, kwargs: dict, spec: str) -> Transform:
+    try:
+        return cls(*args, **kwargs)
+    except TypeError as error:
+        raise SpecError(f"Cannot build {cls.__name__} from spec {spec!r}: {error}.") from None
+
+
+def _check_name(name: str) -> None:
+    if not isinstance(name, str) or not _NAME_PATTERN.match(name) or keyword.iskeyword(name):
+        raise RegistryError(
+            f"Transform names are lowercase snake_case identifiers such as 'my_box'; got {name!r}."
+        )
+    if name in ("inf", "nan"):
+        raise RegistryError(f"{name!r} is reserved for numbers in spec strings.")
+
+
+def _qualified(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
