@@ -15,8 +15,8 @@ demo: $(STAMP)
 	$(BIN)/python -m paramshape demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check paramshape tests benchmarks notebooks
-	$(BIN)/ruff format --check paramshape tests benchmarks notebooks
+	$(BIN)/ruff check paramshape tests notebooks conftest.py
+	$(BIN)/ruff format --check paramshape tests notebooks conftest.py
 
 test: lint
 	$(BIN)/python -m pytest

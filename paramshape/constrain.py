@@ -209,6 +209,12 @@ def _initial_value(transform: Transform, current: Tensor, init: str) -> tuple[Te
                 )
             return torch.where(inside, current, transform.to_interior(current)), None
         if init == "raw":
+            if transform.inverse_shape(current.shape) != current.shape:
+                raise SpecError(
+                    f"{transform._target}: init='raw' needs a transform that stores a tensor of the "
+                    f"value's shape; {transform!r} stores shape "
+                    f"{format_shape(transform.inverse_shape(current.shape))}. Use init='keep' or 'sample'."
+                )
             if not bool(torch.isfinite(current).all()):
                 bad = int((~torch.isfinite(current)).sum())
                 raise InfeasibleValueError(
@@ -228,16 +234,17 @@ def _dry_run(transform: Transform, value: Tensor, current: Tensor, value_is_raw:
             constrained = transform(raw)
     except AttributeError as error:
         raise TransformError(f"{transform!r} failed while computing: {error}") from error
-    for label, tensor in (("inverse", raw), ("forward", constrained)):
-        if not isinstance(tensor, Tensor) or tensor.shape != current.shape or tensor.dtype != current.dtype:
+    stored_shape = transform.inverse_shape(current.shape)
+    for label, tensor, shape in (("inverse", raw, stored_shape), ("forward", constrained, current.shape)):
+        if not isinstance(tensor, Tensor) or tensor.shape != shape or tensor.dtype != current.dtype:
             got = (
                 f"{format_shape(tensor.shape)}, {tensor.dtype}"
                 if isinstance(tensor, Tensor)
                 else type(tensor).__name__
             )
             raise TransformError(
-                f"{transform!r}.{label} must keep the tensor's shape and dtype "
-                f"({format_shape(current.shape)}, {current.dtype}); got {got}."
+                f"{transform!r}.{label} must return shape {format_shape(shape)} and dtype "
+                f"{current.dtype}; got {got}."
             )
     if not bool(torch.isfinite(raw).all()):
         raise TransformError(f"{transform!r}.inverse returned non-finite values for a value in its set.")
@@ -245,31 +252,57 @@ def _dry_run(transform: Transform, value: Tensor, current: Tensor, value_is_raw:
 
 # --------------------------------------------------------------------------------- mutation
 def _attach(ref: TensorRef, transform: Transform, target: Tensor, raw: Tensor | None) -> None:
+    """Register ``transform`` on ``ref`` holding ``target`` (or exactly ``raw``); all or nothing."""
+    # parametrize refuses a stored tensor of another shape unless told it is intended; _dry_run has
+    # already checked both shapes.
+    reshapes = transform.inverse_shape(target.shape) != target.shape
     previous = paramshape_transform(ref.owner, ref.name)
+    if previous is not None:
+        _swap(ref, previous, transform, target, raw, reshapes)
+        return
     storage = ref.storage()
     backup = storage.detach().clone()
     try:
         with torch.no_grad():
-            if previous is not None:
-                parametrize.remove_parametrizations(ref.owner, ref.name, leave_parametrized=True)
             storage.copy_(target)
-            parametrize.register_parametrization(ref.owner, ref.name, transform)
+            parametrize.register_parametrization(ref.owner, ref.name, transform, unsafe=reshapes)
             if raw is not None:
                 storage.copy_(raw)
     except BaseException:
-        _restore(ref, storage, backup, previous)
+        with torch.no_grad():
+            if parametrize.is_parametrized(ref.owner, ref.name):
+                parametrize.remove_parametrizations(ref.owner, ref.name, leave_parametrized=False)
+            storage.set_(backup)
         raise
 
 
-def _restore(ref: TensorRef, storage: Tensor, backup: Tensor, previous: Transform | None) -> None:
-    """Put ``ref`` back as it was before a failed :func:`_attach`."""
-    with torch.no_grad():
-        if parametrize.is_parametrized(ref.owner, ref.name):
-            parametrize.remove_parametrizations(ref.owner, ref.name, leave_parametrized=False)
-        if previous is not None:
-            storage.copy_(previous(backup))
-            parametrize.register_parametrization(ref.owner, ref.name, previous, unsafe=True)
-        storage.copy_(backup)
+def _swap(
+    ref: TensorRef,
+    previous: Transform,
+    transform: Transform,
+    target: Tensor,
+    raw: Tensor | None,
+    reshapes: bool,
+) -> None:
+    """Replace the paramshape transform in place: the module keeps its parametrized class, and on
+    failure the previous transform and stored tensor are put back as they were."""
+    chain = ref.owner.parametrizations[ref.name]
+    original = chain.original
+    backup, was_unsafe = original.detach().clone(), chain.unsafe
+    transform.train(ref.owner.training)
+    try:
+        with torch.no_grad():
+            chain[0] = transform
+            chain.unsafe = reshapes
+            chain.right_inverse(target)  # set_ into the same Parameter object, shape may change
+            if raw is not None:
+                original.copy_(raw)
+    except BaseException:
+        with torch.no_grad():
+            chain[0] = previous
+            chain.unsafe = was_unsafe
+            original.set_(backup)
+        raise
 
 
 def _type_name(module: nn.Module) -> str:

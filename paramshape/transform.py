@@ -132,6 +132,18 @@ class Transform(nn.Module, abc.ABC):
         """
         return self._finite_excess(y) == 0
 
+    def forward_shape(self, shape: torch.Size) -> torch.Size:
+        """Shape of the constrained value for an unconstrained tensor of ``shape`` (default: the same).
+
+        Transforms whose stored tensor has another shape than the value they produce (a bijective
+        simplex stores ``K - 1`` numbers per slice) override this and :meth:`inverse_shape`.
+        """
+        return torch.Size(shape)
+
+    def inverse_shape(self, shape: torch.Size) -> torch.Size:
+        """Shape of the stored unconstrained tensor for a constrained value of ``shape``."""
+        return torch.Size(shape)
+
     def check_shape(self, shape: torch.Size) -> None:
         """Raise :class:`~paramshape.ShapeMismatchError` if the transform cannot apply to tensors of
         ``shape`` (bounds that do not broadcast, ``dim`` out of range). The default accepts all."""
@@ -144,8 +156,10 @@ class Transform(nn.Module, abc.ABC):
         device: torch.device | str | None = None,
         generator: torch.Generator | None = None,
     ) -> Tensor:
-        """A random value of the set: the forward map of a standard normal draw."""
-        noise = torch.randn(shape, dtype=dtype, device=device, generator=generator)
+        """A random value of the set, of shape ``shape``: the forward map of a standard normal draw."""
+        noise = torch.randn(
+            self.inverse_shape(torch.Size(shape)), dtype=dtype, device=device, generator=generator
+        )
         with torch.no_grad():
             return self.forward(noise)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import re
+import sys
 
 import pytest
 import torch
@@ -404,3 +405,77 @@ def test_deepcopy_of_a_constrained_model():
     clone = copy.deepcopy(model)
     torch.testing.assert_close(clone[0].weight, model[0].weight)
     assert clone[0].parametrizations.weight.original is not model[0].parametrizations.weight.original
+
+
+class LastIsZero(ps.Transform):
+    """A shape-changing transform for the machinery tests: stores n - 1 numbers, appends a 0."""
+
+    def forward(self, x):
+        return torch.cat([x, torch.zeros_like(x[..., :1])], dim=-1)
+
+    def inverse(self, y):
+        return y[..., :-1].clone()
+
+    def forward_shape(self, shape):
+        return torch.Size((*shape[:-1], shape[-1] + 1))
+
+    def inverse_shape(self, shape):
+        return torch.Size((*shape[:-1], shape[-1] - 1))
+
+    @property
+    def codomain(self):
+        return torch.distributions.constraints.real
+
+    def _excess(self, y):
+        return y[..., -1:].double().abs()
+
+    def _describe(self, y, index):
+        return f"the last entry of slice {index} is not 0"
+
+    def to_interior(self, y):
+        return torch.cat([y[..., :-1], torch.zeros_like(y[..., :1])], dim=-1)
+
+
+def test_shape_changing_transforms_store_their_own_shape():
+    layer = nn.Linear(4, 3)
+    with torch.no_grad():
+        layer.weight[:, -1] = 0
+    weight = layer.weight
+    before = layer.weight.detach().clone()
+    ps.constrain(layer, "weight", LastIsZero())
+    assert layer.parametrizations.weight.original is weight
+    assert weight.shape == (3, 3)
+    assert layer.weight.shape == (3, 4)
+    assert torch.equal(layer.weight.detach(), before)
+    layer(torch.randn(2, 4)).sum().backward()
+    assert weight.grad.shape == (3, 3)
+    ps.constrain(layer, "weight", LastIsZero(), init="sample")  # replaces, from the constrained value
+    assert layer.weight.shape == (3, 4)
+    assert len(layer.parametrizations.weight) == 1
+    ps.unconstrain(layer)
+    assert layer.weight is weight
+    assert layer.weight.shape == (3, 4)
+
+
+def test_shape_changing_transforms_refuse_raw_init():
+    with pytest.raises(
+        ps.SpecError, match="init='raw' needs a transform that stores a tensor of the value's shape"
+    ):
+        ps.constrain(nn.Linear(4, 3), "weight", LastIsZero(), init="raw")
+
+
+def test_failed_replacement_of_a_shape_changing_transform_restores_it(monkeypatch):
+    layer = nn.Linear(4, 3)
+    ps.constrain(layer, "weight", LastIsZero(), init="sample")
+    before = snapshot(layer)
+
+    class Exploding(LastIsZero):
+        def inverse(self, y):
+            raise RuntimeError("boom")
+
+    # Skip the dry run so the failure happens half-way through the registration.
+    monkeypatch.setattr(sys.modules["paramshape.constrain"], "_dry_run", lambda *args: None)
+    with pytest.raises(RuntimeError, match="boom"):
+        ps.constrain(layer, "weight", Exploding(), init="keep")
+    assert_unchanged(layer, before)
+    assert type(ps.constraints(layer)["weight"]) is LastIsZero
