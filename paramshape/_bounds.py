@@ -162,16 +162,20 @@ class BoundedTransform(Transform):
         self._layout = layout
 
     def _apply(self, fn: Any, recurse: bool = True) -> BoundedTransform:
-        finite_before = {name: torch.isfinite(bound) for name, bound in self._bounds().items()}
-        result = super()._apply(fn, recurse)
-        bounds = self._bounds()
-        if all(bound.device.type != "meta" for bound in bounds.values()):
-            for name, bound in bounds.items():
-                if not torch.equal(torch.isfinite(bound), finite_before[name].to(bound.device)):
+        # Convert copies first and check them, so a failing .half() leaves the bounds untouched
+        # (instead of infinite bounds with a stale layout, which would make every value NaN).
+        converted = {name: fn(bound) for name, bound in self._bounds().items()}
+        if all(bound.device.type != "meta" for bound in converted.values()):
+            for name, bound in converted.items():
+                before = torch.isfinite(self._bounds()[name]).to(bound.device)
+                if not torch.equal(torch.isfinite(bound), before):
                     raise SpecError(
-                        f"{type(self).__name__}: converting '{name}' to {bound.dtype} turned a finite "
+                        f"{type(self).__name__}: converting '{name}' to {bound.dtype} would turn a finite "
                         f"bound into infinity (the largest {bound.dtype} is "
                         f"{format_scalar(torch.finfo(bound.dtype).max)}); use bounds within its range."
                     )
-            self._layout = self._analyse_bounds(bounds)
+            layout = self._analyse_bounds(converted)
+        result = super()._apply(fn, recurse)
+        if all(bound.device.type != "meta" for bound in converted.values()):
+            self._layout = layout
         return result

@@ -20,6 +20,7 @@ __all__ = [
     "locate",
     "paramshape_transform",
     "refuse_inside_compile",
+    "type_name",
     "unwrap",
 ]
 
@@ -147,3 +148,8 @@ def _public_name(name: str) -> str:
         i = parts.index("parametrizations")
         return ".".join(parts[:i] + parts[i + 1 : i + 2])
     return name
+
+
+def type_name(module: nn.Module) -> str:
+    """The module's class name as the user wrote it (not parametrize's ``Parametrized...`` subclass)."""
+    return parametrize.type_before_parametrizations(module).__name__

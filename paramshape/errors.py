@@ -11,10 +11,13 @@ from __future__ import annotations
 __all__ = [
     "CompiledRegionError",
     "ConstraintConflictError",
+    "ContractViolation",
+    "FusionUnavailableError",
     "InfeasibleValueError",
     "NotAModuleError",
     "ParamshapeError",
     "ParamshapeWarning",
+    "ProjectionUnavailableError",
     "RegistryError",
     "ShapeMismatchError",
     "SpecError",
@@ -70,12 +73,33 @@ class TransformError(ParamshapeError, RuntimeError):
     """A transform's own code failed (for example with an ``AttributeError``) while computing."""
 
 
+class ProjectionUnavailableError(ParamshapeError, NotImplementedError):
+    """A transform defines no Euclidean projection, which ``method="project"`` needs."""
+
+
 class NotAModuleError(ParamshapeError, TypeError):
     """An argument that must be an ``nn.Module`` is something else."""
 
 
 class CompiledRegionError(ParamshapeError, RuntimeError):
     """A paramshape call that changes a module ran inside a ``torch.compile`` region."""
+
+
+class FusionUnavailableError(ParamshapeError, RuntimeError):
+    """``ps.set_fusion("on")`` asked for compiled transforms, but ``torch.compile`` failed here."""
+
+
+class ContractViolation(ParamshapeError, AssertionError):
+    """A transform breaks a property of the transform contract (raised by :mod:`paramshape.testing`).
+
+    ``property`` names the property (for example ``"round_trip"``) and ``transform`` the transform's
+    repr; the message says both and what went wrong.
+    """
+
+    def __init__(self, prop: str, transform: str, detail: str) -> None:
+        super().__init__(f"{transform} breaks the contract property {prop!r}: {detail}")
+        self.property = prop
+        self.transform = transform
 
 
 class ParamshapeWarning(UserWarning):

@@ -6,14 +6,21 @@ import torch
 from torch import Tensor
 from torch.distributions import constraints
 
-from . import _maps
+from . import _handfused, _maps, _slopes
 from ._bounds import BoundedTransform, BoundLike, as_bound
 from ._numerics import compute_dtype, interior_margin
 from ._report import format_index, format_scalar
 from .errors import SpecError
+from .fusion import Fusable
 from .registry import register
 
 __all__ = ["Box", "UnitInterval"]
+
+
+def _box_forward(x: Tensor, low: Tensor, high: Tensor, layout: str) -> Tensor:
+    """Box's forward map as a pure function (the kernel paramshape.fusion compiles)."""
+    work = compute_dtype(x.dtype)
+    return _box_map(x.to(work), low.to(work), high.to(work), layout, x.dtype).to(x.dtype)
 
 
 @register("box")
@@ -61,6 +68,7 @@ class Box(BoundedTransform):
     low: Tensor
     high: Tensor
     bound_names = ("low", "high")
+    fusable = Fusable(_box_forward, ("low", "high"), ("_layout",), eager=_handfused.sigmoid_box)
 
     def __init__(self, low: BoundLike, high: BoundLike) -> None:
         super().__init__()
@@ -71,14 +79,27 @@ class Box(BoundedTransform):
         self._set_bounds(low=low_tensor.to(dtype), high=high_tensor.to(dtype))
 
     def forward(self, x: Tensor) -> Tensor:
-        work = compute_dtype(x.dtype)
-        low, high = self.low.to(work), self.high.to(work)
-        return _box_map(x.to(work), low, high, self._layout, x.dtype).to(x.dtype)
+        return _box_forward(x, self.low, self.high, self._layout)
 
     def inverse(self, y: Tensor) -> Tensor:
         work = compute_dtype(y.dtype)
         low, high = self.low.to(work), self.high.to(work)
         return _box_inverse(y.to(work), low, high, self._layout).to(y.dtype)
+
+    def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
+        r"""Elementwise :math:`\log f'(x)`, the same shape as ``x``:
+
+        .. math::
+
+            \log(h - l) - \operatorname{softplus}(-x) - \operatorname{softplus}(x)
+
+        for two-sided elements (no product of sigmoids that underflows, so finite for every finite
+        ``x``), :math:`-\operatorname{softplus}(-x)` above a lower bound only,
+        :math:`-\operatorname{softplus}(x)` below an upper bound only, and 0 where both are infinite.
+        """
+        work = compute_dtype(x.dtype)
+        low, high = self.low.to(work), self.high.to(work)
+        return _box_log_slope(x.to(work), low, high, self._layout).to(x.dtype)
 
     @property
     def codomain(self) -> constraints.Constraint:
@@ -102,6 +123,12 @@ class Box(BoundedTransform):
         ceiling = torch.where(has_high, high - torch.minimum(margin_high, width / 2), largest)
         start = torch.where(torch.isfinite(y), y.double(), 0.0)
         return torch.clamp(start, floor, ceiling).to(y.dtype)
+
+    def project(self, y: Tensor) -> Tensor:
+        r"""Clamp onto :math:`[l, h]` (the Euclidean projection onto the closed box, elementwise):
+        :math:`P(y) = \min(\max(y, l), h)`; an infinite bound clamps nothing on its side."""
+        # maximum/minimum: the same values as clamp, which with tensor bounds runs ~3x slower on CPU.
+        return torch.minimum(torch.maximum(y, self.low.to(y.dtype)), self.high.to(y.dtype))
 
     def _analyse_bounds(self, bounds: dict[str, Tensor]) -> str:
         return _classify(bounds["low"], bounds["high"], type(self).__name__)
@@ -154,6 +181,23 @@ def _box_map(x: Tensor, low: Tensor, high: Tensor, kind: str, out_dtype: torch.d
     lower = _maps.above(x, safe_low, "softplus", out_dtype)
     upper = _maps.below(x, safe_high, "softplus", out_dtype)
     return torch.where(both, two_sided, torch.where(has_low, lower, torch.where(has_high, upper, x)))
+
+
+def _box_log_slope(x: Tensor, low: Tensor, high: Tensor, kind: str) -> Tensor:
+    if kind == "interval":
+        return _slopes.sigmoid_box_log_slope(x, high - low)
+    if kind == "lower":
+        return _slopes.above_log_slope(x, "softplus")
+    if kind == "upper":
+        return _slopes.below_log_slope(x, "softplus")
+    if kind == "real":
+        return torch.zeros_like(x)
+    has_low, has_high = torch.isfinite(low), torch.isfinite(high)
+    both = has_low & has_high
+    two_sided = _slopes.sigmoid_box_log_slope(x, torch.where(both, high - low, 1.0))
+    lower = _slopes.above_log_slope(x, "softplus")
+    upper = _slopes.below_log_slope(x, "softplus")
+    return torch.where(both, two_sided, torch.where(has_low, lower, torch.where(has_high, upper, 0.0 * x)))
 
 
 def _box_inverse(y: Tensor, low: Tensor, high: Tensor, kind: str) -> Tensor:

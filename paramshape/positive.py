@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 from torch.distributions import constraints
 
-from . import _maps
+from . import _maps, _slopes
 from ._bounds import (
     BoundedTransform,
     BoundLike,
@@ -20,12 +20,32 @@ from ._bounds import (
 from ._maps import PositiveMethod
 from ._numerics import compute_dtype, interior_margin
 from .errors import SpecError
+from .fusion import Fusable
 from .registry import register
 from .transform import Transform
 
 __all__ = ["GreaterThan", "LessThan", "Positive"]
 
 _METHODS: tuple[str, ...] = get_args(PositiveMethod)
+
+
+# The forward maps as pure functions (the kernels paramshape.fusion compiles). Eager softplus is
+# two passes already: compiling pays from about 1M elements (benchmarks/run.py --sections threshold).
+_AUTO_MIN = 1 << 20
+
+
+def _positive_forward(x: Tensor, method: PositiveMethod) -> Tensor:
+    return _maps.positive(x.to(compute_dtype(x.dtype)), method, x.dtype).to(x.dtype)
+
+
+def _above_forward(x: Tensor, low: Tensor, method: PositiveMethod) -> Tensor:
+    work = compute_dtype(x.dtype)
+    return _maps.above(x.to(work), low.to(work), method, x.dtype).to(x.dtype)
+
+
+def _below_forward(x: Tensor, high: Tensor, method: PositiveMethod) -> Tensor:
+    work = compute_dtype(x.dtype)
+    return _maps.below(x.to(work), high.to(work), method, x.dtype).to(x.dtype)
 
 
 @register("positive")
@@ -62,15 +82,22 @@ class Positive(Transform):
         True
     """
 
+    fusable = Fusable(_positive_forward, (), ("method",), auto_min_elements=_AUTO_MIN)
+
     def __init__(self, method: PositiveMethod = "softplus") -> None:
         super().__init__()
         self.method: PositiveMethod = _check_method(method, type(self).__name__)
 
     def forward(self, x: Tensor) -> Tensor:
-        return _maps.positive(x.to(compute_dtype(x.dtype)), self.method, x.dtype).to(x.dtype)
+        return _positive_forward(x, self.method)
 
     def inverse(self, y: Tensor) -> Tensor:
         return _maps.positive_inverse(y.to(compute_dtype(y.dtype)), self.method).to(y.dtype)
+
+    def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
+        r"""Elementwise :math:`\log f'(x)`: :math:`-\operatorname{softplus}(-x)`
+        (:math:`x` with ``method="exp"``), finite for every finite ``x``; same shape as ``x``."""
+        return _slopes.above_log_slope(x.to(compute_dtype(x.dtype)), self.method).to(x.dtype)
 
     @property
     def codomain(self) -> constraints.Constraint:
@@ -88,6 +115,10 @@ class Positive(Transform):
         )
         start = torch.where(torch.isfinite(y), y.double(), 0.0)
         return start.clamp(min=floor, max=torch.finfo(y.dtype).max).to(y.dtype)
+
+    def project(self, y: Tensor) -> Tensor:
+        r"""Clamp onto the closed half-line :math:`[0, \infty)`: :math:`P(y) = \max(y, 0)`."""
+        return y.clamp_min(0.0)
 
     def extra_repr(self) -> str:
         return "" if self.method == "softplus" else f"method={self.method!r}"
@@ -122,6 +153,7 @@ class GreaterThan(BoundedTransform):
 
     low: Tensor
     bound_names = ("low",)
+    fusable = Fusable(_above_forward, ("low",), ("method",), auto_min_elements=_AUTO_MIN)
 
     def __init__(self, low: BoundLike, method: PositiveMethod = "softplus") -> None:
         super().__init__()
@@ -129,12 +161,16 @@ class GreaterThan(BoundedTransform):
         self._set_bounds(low=as_bound(low, "low", type(self).__name__))
 
     def forward(self, x: Tensor) -> Tensor:
-        work = compute_dtype(x.dtype)
-        return _maps.above(x.to(work), self.low.to(work), self.method, x.dtype).to(x.dtype)
+        return _above_forward(x, self.low, self.method)
 
     def inverse(self, y: Tensor) -> Tensor:
         work = compute_dtype(y.dtype)
         return _maps.above_inverse(y.to(work), self.low.to(work), self.method).to(y.dtype)
+
+    def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
+        r"""Elementwise :math:`\log f'(x) = -\operatorname{softplus}(-x)` (:math:`x` with
+        ``method="exp"``); the bound does not enter. Same shape as ``x``."""
+        return _slopes.above_log_slope(x.to(compute_dtype(x.dtype)), self.method).to(x.dtype)
 
     @property
     def codomain(self) -> constraints.Constraint:
@@ -145,6 +181,10 @@ class GreaterThan(BoundedTransform):
         floor = low + interior_margin(y.dtype, low.abs().clamp_min(1.0), low)
         start = torch.where(torch.isfinite(y), y.double(), 0.0)
         return torch.maximum(start, floor).clamp(max=torch.finfo(y.dtype).max).to(y.dtype)
+
+    def project(self, y: Tensor) -> Tensor:
+        r"""Clamp onto the closed half-line :math:`[l, \infty)`: :math:`P(y) = \max(y, l)`."""
+        return torch.maximum(y, self.low.to(y.dtype))  # clamp's values; clamp with a tensor is slower
 
     def _analyse_bounds(self, bounds: dict[str, Tensor]) -> None:
         ensure_finite(bounds["low"], "low", type(self).__name__, _INFINITE_ADVICE)
@@ -181,6 +221,7 @@ class LessThan(BoundedTransform):
 
     high: Tensor
     bound_names = ("high",)
+    fusable = Fusable(_below_forward, ("high",), ("method",), auto_min_elements=_AUTO_MIN)
 
     def __init__(self, high: BoundLike, method: PositiveMethod = "softplus") -> None:
         super().__init__()
@@ -188,12 +229,16 @@ class LessThan(BoundedTransform):
         self._set_bounds(high=as_bound(high, "high", type(self).__name__))
 
     def forward(self, x: Tensor) -> Tensor:
-        work = compute_dtype(x.dtype)
-        return _maps.below(x.to(work), self.high.to(work), self.method, x.dtype).to(x.dtype)
+        return _below_forward(x, self.high, self.method)
 
     def inverse(self, y: Tensor) -> Tensor:
         work = compute_dtype(y.dtype)
         return _maps.below_inverse(y.to(work), self.high.to(work), self.method).to(y.dtype)
+
+    def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
+        r"""Elementwise :math:`\log f'(x) = -\operatorname{softplus}(x)` (:math:`-x` with
+        ``method="exp"``). Same shape as ``x``."""
+        return _slopes.below_log_slope(x.to(compute_dtype(x.dtype)), self.method).to(x.dtype)
 
     @property
     def codomain(self) -> constraints.Constraint:
@@ -204,6 +249,10 @@ class LessThan(BoundedTransform):
         ceiling = high - interior_margin(y.dtype, high.abs().clamp_min(1.0), high)
         start = torch.where(torch.isfinite(y), y.double(), 0.0)
         return torch.minimum(start, ceiling).clamp(min=-torch.finfo(y.dtype).max).to(y.dtype)
+
+    def project(self, y: Tensor) -> Tensor:
+        r"""Clamp onto the closed half-line :math:`(-\infty, h]`: :math:`P(y) = \min(y, h)`."""
+        return torch.minimum(y, self.high.to(y.dtype))  # clamp's values; clamp with a tensor is slower
 
     def _analyse_bounds(self, bounds: dict[str, Tensor]) -> None:
         ensure_finite(bounds["high"], "high", type(self).__name__, _INFINITE_ADVICE)

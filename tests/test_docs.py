@@ -1,8 +1,12 @@
-"""Docs travel with code: the README's table, the commands, docstrings, and the notebooks."""
+"""Docs travel with code: the README's table, the commands, docstrings, the API reference, the code
+in the pages, and the notebooks (the site build itself runs in `make docs`, part of `make test`)."""
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
+import json
+import os
 import re
 import subprocess
 import sys
@@ -16,6 +20,11 @@ from paramshape.registry import registered_class
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.py"))
+API_PAGES = sorted((ROOT / "docs" / "api").glob("*.md"))
+DOC_PAGES = [ROOT / "README.md", *sorted(p for p in (ROOT / "docs").rglob("*.md") if "hooks" not in p.parts)]
+# Tiny models run best on one thread, and two OpenMP threads spinning on a busy 2-core machine can
+# make a ten-second notebook take minutes.
+SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
 
 
 def readme_table() -> dict[str, str]:
@@ -76,11 +85,126 @@ def test_notebook_runs(notebook, tmp_path):
         text=True,
         timeout=300,
         check=False,
+        env=SUBPROCESS_ENV,
     )
     assert result.returncode == 0, (
         f"{notebook.name} failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
     )
+    assert "all checks passed" in result.stdout, f"{notebook.name} does not end with its checks"
+    assert not list(tmp_path.iterdir()), f"{notebook.name} wrote files into its working directory"
 
 
 def test_there_are_notebooks():
     assert NOTEBOOKS
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[path.name for path in NOTEBOOKS])
+def test_notebook_is_a_numbered_jupytext_file_listed_on_the_site(notebook):
+    text = notebook.read_text()
+    assert re.fullmatch(r"\d\d_[a-z0-9_]+\.py", notebook.name), "name notebooks NN_topic.py"
+    assert "format_name: percent" in text.split("# ---", 2)[1], "the jupytext py:percent header is missing"
+    assert f"tutorials/{notebook.name}" in (ROOT / "mkdocs.yml").read_text(), (
+        "add it to the nav of mkdocs.yml"
+    )
+    assert f"({notebook.name})" in (ROOT / "notebooks" / "README.md").read_text()
+    assert f"({notebook.name})" in (ROOT / "docs" / "tutorials" / "index.md").read_text()
+
+
+def test_notebooks_are_in_order_without_gaps():
+    numbers = [int(path.name[:2]) for path in NOTEBOOKS]
+    assert numbers == list(range(1, len(NOTEBOOKS) + 1))
+
+
+# ---------------------------------------------------------------------------- the API reference
+def api_identifiers() -> set[str]:
+    """The objects the API pages render: every ``::: paramshape.X`` directive."""
+    found = set()
+    for page in API_PAGES:
+        found.update(re.findall(r"^::: (paramshape(?:\.\w+)*)\s*$", page.read_text(), re.MULTILINE))
+    return found
+
+
+@pytest.mark.parametrize("name", sorted(set(ps.__all__) - {"__version__"}))
+def test_every_public_name_is_in_the_api_reference(name):
+    assert f"paramshape.{name}" in api_identifiers(), (
+        f"ps.{name} is public but no page in docs/api/ renders it; add '::: paramshape.{name}' to one"
+    )
+
+
+def test_the_version_is_mentioned_in_the_api_reference():
+    assert "paramshape.__version__" in (ROOT / "docs" / "api" / "index.md").read_text()
+
+
+def test_the_api_reference_renders_only_public_names():
+    stale = {ident for ident in api_identifiers() if ident.split(".")[1] not in ps.__all__}
+    assert not stale, f"docs/api/ renders names that are not in paramshape.__all__: {sorted(stale)}"
+
+
+@pytest.mark.parametrize("name", ps.available())
+def test_every_registered_transform_is_in_the_api_reference(name):
+    class_name = registered_class(name).__name__
+    assert f"paramshape.{class_name}" in api_identifiers()
+    index = (ROOT / "docs" / "api" / "index.md").read_text()
+    assert re.search(
+        rf"^\| `{name}` \| \[`{class_name}`\]\[paramshape\.{class_name}\] \|$", index, re.MULTILINE
+    ), f"docs/api/index.md lacks the row | `{name}` | [`{class_name}`][paramshape.{class_name}] |"
+
+
+def test_the_gallery_draws_every_registered_elementwise_transform():
+    pytest.importorskip("matplotlib")
+    spec = importlib.util.spec_from_file_location("gallery", ROOT / "docs" / "hooks" / "gallery.py")
+    gallery = importlib.util.module_from_spec(spec)
+    sys.modules["gallery"] = gallery  # dataclasses look their module up there
+    try:
+        spec.loader.exec_module(gallery)
+    finally:
+        del sys.modules["gallery"]
+    elementwise = {name for name in ps.available() if registered_class(name).event_dim == 0}
+    assert elementwise <= set(gallery.EXAMPLES), (
+        f"no gallery entry for {sorted(elementwise - set(gallery.EXAMPLES))}"
+    )
+    for name, entry in gallery.EXAMPLES.items():
+        assert name in ps.available(), f"the gallery draws {name!r}, which is not registered"
+        assert entry.api in api_identifiers()
+        assert gallery.draw(entry).startswith(b"<?xml"), name
+
+
+# ------------------------------------------------------------------------ code in the pages
+def python_blocks(page: Path) -> list[str]:
+    """The fenced Python blocks of a page that import paramshape: the ones a reader can run as is."""
+    blocks = re.findall(r"^```python\n(.*?)^```", page.read_text(), re.DOTALL | re.MULTILINE)
+    return [block for block in blocks if re.search(r"^import paramshape", block, re.MULTILINE)]
+
+
+RUN_BLOCKS = r"""
+import json, sys, traceback, warnings
+warnings.simplefilter("ignore")
+failures = []
+for index, block in enumerate(json.loads(sys.stdin.read())):
+    try:
+        exec(compile(block, f"<block {index}>", "exec"), {"__name__": "__main__"})
+    except Exception:
+        failures.append(f"block {index}:\n{block}\n{traceback.format_exc()}")
+print("\n".join(failures))
+sys.exit(1 if failures else 0)
+"""
+
+
+@pytest.mark.parametrize(
+    "page", [p for p in DOC_PAGES if python_blocks(p)], ids=lambda p: str(p.relative_to(ROOT))
+)
+def test_code_in_the_pages_runs(page, tmp_path):
+    """Every Python block that imports paramshape runs, each in a fresh namespace, one process per page."""
+    result = subprocess.run(
+        [sys.executable, "-c", RUN_BLOCKS],
+        input=json.dumps(python_blocks(page)),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env=SUBPROCESS_ENV,
+    )
+    assert result.returncode == 0, (
+        f"{page.relative_to(ROOT)}:\n{result.stdout[-6000:]}\n{result.stderr[-2000:]}"
+    )

@@ -50,7 +50,8 @@ def test_instances_and_classes_resolve():
 
 def test_unknown_name_lists_the_registered_ones():
     with pytest.raises(
-        ps.SpecError, match=r"Unknown transform 'postive'. Did you mean 'positive'\? Registered names: box, "
+        ps.SpecError,
+        match=r"Unknown transform 'postive'. Did you mean 'positive'\? Registered names: affine, box, ",
     ):
         ps.resolve("postive")
 

@@ -11,17 +11,23 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from torch.distributions import transforms as T
 
 import paramshape as ps
 
 
 @dataclass(frozen=True)
 class Case:
-    """One transform under test, with the shape of the tensor it constrains."""
+    """One transform under test, with the shape of the (constrained) tensor it applies to.
+
+    ``registered=False`` marks a transform that has no registry name (a wrapper built from Python
+    objects); it goes through the same contract, under a descriptive ``name``.
+    """
 
     name: str
     build: Callable[[], ps.Transform]
     shape: tuple[int, ...] = (4, 5)
+    registered: bool = True
 
     @property
     def id(self) -> str:
@@ -51,6 +57,64 @@ CASES: list[Case] = [
     Case("simplex", lambda: ps.Simplex()),
     Case("simplex", lambda: ps.Simplex(dim=0)),
     Case("simplex", lambda: ps.Simplex(dim=-1), shape=(2, 3, 50)),
+    Case("simplex", lambda: ps.Simplex(method="ilr")),
+    Case("simplex", lambda: ps.Simplex(dim=0, method="ilr")),
+    Case("simplex", lambda: ps.Simplex(dim=1, method="ilr"), shape=(2, 50, 3)),
+    Case("soft_clip", lambda: ps.SoftClip(-1.0, 1.0)),
+    Case("soft_clip", lambda: ps.SoftClip(-3.0, 2.0, softness=0.1)),
+    Case(
+        "soft_clip",
+        lambda: ps.SoftClip(
+            torch.tensor([-2.0, -3.0, -10.0, -2.5, -1e3]), torch.tensor([2.0, 5.0, 4.0, 2.5, 1e3])
+        ),
+    ),
+    Case("ordered", lambda: ps.Ordered()),
+    Case("ordered", lambda: ps.Ordered(dim=0)),
+    Case("ordered", lambda: ps.Ordered(), shape=(2, 40)),
+    Case("positive_ordered", lambda: ps.PositiveOrdered()),
+    Case("positive_ordered", lambda: ps.PositiveOrdered(dim=0)),
+    Case("unit_norm", lambda: ps.UnitNorm()),
+    Case("unit_norm", lambda: ps.UnitNorm(dim=0)),
+    Case("unit_norm", lambda: ps.UnitNorm(), shape=(2, 3, 50)),
+    Case("sum_to_zero", lambda: ps.SumToZero()),
+    Case("sum_to_zero", lambda: ps.SumToZero(dim=0)),
+    Case("sum_to_zero", lambda: ps.SumToZero(), shape=(2, 50)),
+    Case("compose", lambda: ps.Compose(ps.Box(-1.0, 1.0), ps.Affine(0.0, 3.0))),
+    Case("compose", lambda: ps.Compose(ps.Positive(), ps.Affine(1.0, -2.0))),
+    Case("compose", lambda: ps.resolve("compose('box(0, 1)', 'affine(1, 2)')")),
+    Case("compose", lambda: ps.Compose(ps.Affine(0.5, 2.0), ps.Simplex(method="ilr"))),
+    Case("compose", lambda: ps.Compose(ps.Simplex(dim=0, method="ilr"), ps.Affine(0.0, 2.0))),
+    Case("compose", lambda: ps.Compose(ps.Affine(0.0, 2.0), ps.SumToZero())),
+    Case("torch_transform", lambda: ps.TorchTransform(T.SigmoidTransform()), registered=False),
+    Case("torch_transform", lambda: ps.TorchTransform(T.AffineTransform(1.0, 2.0)), registered=False),
+    Case(
+        "torch_transform",
+        lambda: ps.TorchTransform(T.ComposeTransform([T.AffineTransform(0.0, 0.5), T.SigmoidTransform()])),
+        registered=False,
+    ),
+    Case("function_transform", lambda: ps.FunctionTransform(torch.asinh, torch.sinh), registered=False),
+    Case("affine", lambda: ps.Affine(1.0, 2.0)),
+    Case(
+        "affine",
+        lambda: ps.Affine(
+            torch.tensor([-1.0, 0.0, 3.0, 100.0, -5.0]), torch.tensor([-3.0, 0.5, 1.0, 10.0, 1e-3])
+        ),
+    ),
+    # Matrix transforms act on the last two dimensions; leading ones are a batch.
+    Case("lower_cholesky", lambda: ps.LowerCholesky(), shape=(3, 4, 4)),
+    Case("lower_cholesky", lambda: ps.LowerCholesky(), shape=(6, 6)),
+    Case("positive_definite", lambda: ps.PositiveDefinite(), shape=(3, 4, 4)),
+    Case("positive_definite", lambda: ps.PositiveDefinite(), shape=(6, 6)),
+    Case("corr_cholesky", lambda: ps.CorrCholesky(), shape=(3, 4, 4)),
+    Case("corr_cholesky", lambda: ps.CorrCholesky(), shape=(6, 6)),
+    Case("corr_matrix", lambda: ps.CorrMatrix(), shape=(3, 4, 4)),
+    Case("corr_matrix", lambda: ps.CorrMatrix(), shape=(6, 6)),
+    Case("symmetric", lambda: ps.Symmetric(), shape=(3, 4, 4)),
+    Case("symmetric", lambda: ps.Symmetric(), shape=(6, 6)),
+    Case("orthogonal", lambda: ps.Orthogonal(), shape=(3, 4, 4)),
+    Case("orthogonal", lambda: ps.Orthogonal(method="cayley"), shape=(6, 6)),
+    Case("orthogonal", lambda: ps.Orthogonal(), shape=(6, 3)),
+    Case("orthogonal", lambda: ps.Orthogonal(method="cayley"), shape=(2, 3, 5)),
 ]
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]

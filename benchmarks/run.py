@@ -1,0 +1,698 @@
+"""How fast paramshape is, side by side with the unconstrained model and with peers doing the same job.
+
+One command (from the repository root; about 3 minutes on 2 CPU cores, compilation included)::
+
+    python benchmarks/run.py                       # tables, targets, benchmarks/results.json, a plot
+    python benchmarks/run.py --json out.json --plot out.png --threads 1
+
+Sections, each timed in one process with every variant of a table run in interleaved rounds (the
+order rotates each round) and medians reported, so all rows of a table share the machine's state:
+
+1. the transform alone (``Box(-1, 1)`` over 1M and 16M float32 values), forward and
+   forward+backward: paramshape eager (hand-fused), fused (one compiled kernel), the unfused map the
+   compiled kernel is traced from, and the floor, ``clone`` (and its backward);
+2. a training step of a 3 x Linear(512, 512) MLP with Adam, batch 32 and 256: unconstrained,
+   paramshape eager / fused / whole model compiled / ``method="project"``, and the peers -- a
+   hand-written ``torch.distributions.biject_to`` parametrization, a GPyTorch-style raw parameter
+   transformed in ``forward``, and a hand-written ``clamp_`` after the step;
+3. geotorch, where it has the constraint (sphere, orthogonal, positive definite), against paramshape's
+   transform for the same set, on the same MLP (skipped with a note when geotorch is not installed);
+4. ``constrain()`` on a model with 200 tensors (registration cost), and inference after
+   ``ps.unconstrain`` against the never-constrained model;
+5. the size above which the fused kernel beats eager (how ``AUTO_MIN_ELEMENTS`` was chosen).
+
+``pip install -e ".[bench]"`` installs matplotlib (the plot) and geotorch (section 3); both are optional.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import functools
+import gc
+import json
+import os
+import platform
+import statistics
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.distributions import biject_to, constraints
+from torch.nn.utils import parametrize
+
+import paramshape as ps
+from paramshape.fusion import AUTO_MIN_ELEMENTS, _backend
+
+HERE = Path(__file__).resolve().parent
+
+SECTIONS = ("transform", "mlp", "geotorch", "registration", "threshold")
+
+#: The targets of issue 5, checked at the end of a run.
+TARGETS = {
+    "fused_box_vs_floor_16M": 1.3,
+    "mlp_best_b256": 1.03,
+    "mlp_best_b32": 1.15,
+    "constrain_200_ms": 100.0,
+}
+
+
+# ------------------------------------------------------------------------------------ timing
+def interleaved(
+    variants: dict[str, Callable[[], Any]], rounds: int, reps: int, baseline: str | None = None
+) -> dict[str, dict[str, float]]:
+    """Time every variant ``reps`` calls per round, ``rounds`` rounds, rotating the order each round.
+
+    Returns, per variant, the median milliseconds per call and, when ``baseline`` is given, the
+    median over rounds of the ratio to the baseline's time in the same round.
+    """
+    names = list(variants)
+    per_round: dict[str, list[float]] = {name: [] for name in names}
+    for round_index in range(rounds):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            fn = variants[name]
+            start = time.perf_counter()
+            for _ in range(reps):
+                fn()
+            per_round[name].append((time.perf_counter() - start) / reps * 1e3)
+    results = {}
+    for name in names:
+        entry = {"ms": statistics.median(per_round[name])}
+        if baseline is not None:
+            ratios = [a / b for a, b in zip(per_round[name], per_round[baseline], strict=True)]
+            entry["ratio"] = statistics.median(ratios)
+        results[name] = entry
+    return results
+
+
+@contextmanager
+def fusion_mode(mode: str | None) -> Iterator[None]:
+    with ps.fusion(mode) if mode is not None else nullcontext():
+        yield
+
+
+# ------------------------------------------------------------------------------------ 1. transform alone
+def _forward(fn: Callable[[Tensor], Tensor], mode: str | None, x: Tensor) -> Callable[[], None]:
+    def run() -> None:
+        with fusion_mode(mode), torch.no_grad():
+            fn(x)
+
+    return run
+
+
+def _forward_backward(
+    fn: Callable[[Tensor], Tensor], mode: str | None, x: Tensor, grad: Tensor
+) -> Callable[[], None]:
+    def run() -> None:
+        x.grad = None
+        with fusion_mode(mode):
+            fn(x).backward(grad)
+
+    return run
+
+
+def transform_alone(sizes: list[int], rounds: int) -> list[dict[str, Any]]:
+    rows = []
+    box = ps.Box(-1.0, 1.0)
+    maps: dict[str, tuple[Callable[[Tensor], Tensor], str | None]] = {
+        "floor (clone)": (torch.clone, None),
+        "paramshape eager (hand-fused)": (box, "off"),
+        "paramshape fused (compiled)": (box, "on"),
+        "unfused map (Box.forward)": (box.forward, None),
+    }
+    for size in sizes:
+        x = torch.randn(size, requires_grad=True)
+        grad = torch.randn(size)
+        reps = max(1, min(50, int(2e7 // (size * 4))))
+        for kind in ("forward", "forward+backward"):
+            if kind == "forward":
+                variants = {name: _forward(fn, mode, x) for name, (fn, mode) in maps.items()}
+            else:
+                variants = {name: _forward_backward(fn, mode, x, grad) for name, (fn, mode) in maps.items()}
+            for run in variants.values():  # warm-up; compiles the fused kernel
+                run()
+            timed = interleaved(variants, rounds, reps, baseline="floor (clone)")
+            for name, entry in timed.items():
+                rows.append({"size": size, "kind": kind, "variant": name, **entry})
+    return rows
+
+
+# ------------------------------------------------------------------------------------ 2. MLP step
+def mlp(width: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Linear(width, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(), nn.Linear(width, width)
+    )
+
+
+class _Bijector(nn.Module):
+    """The hand-written way with torch alone: ``biject_to(constraint)`` as a parametrization."""
+
+    def __init__(self, constraint: constraints.Constraint) -> None:
+        super().__init__()
+        self.bijector = biject_to(constraint)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.bijector(x)
+
+    def right_inverse(self, y: Tensor) -> Tensor:
+        return self.bijector.inv(y)
+
+
+class _RawLinear(nn.Module):
+    """GPyTorch style: the module stores ``raw_weight`` and transforms it in its own forward."""
+
+    def __init__(self, layer: nn.Linear, low: float, high: float) -> None:
+        super().__init__()
+        self.low, self.high = low, high
+        with torch.no_grad():
+            unit = (layer.weight - low) / (high - low)
+            self.raw_weight = nn.Parameter(torch.logit(unit))
+        self.bias = layer.bias
+
+    def forward(self, x: Tensor) -> Tensor:
+        weight = self.low + (self.high - self.low) * torch.sigmoid(self.raw_weight)
+        return F.linear(x, weight, self.bias)
+
+
+class Step:
+    """One training-step variant: a model, its Adam optimizer, and what wraps the step."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        mode: str | None = None,
+        compile_backend: str | None = None,
+        after_step: Callable[[nn.Module], None] | None = None,
+    ) -> None:
+        self.model = model
+        self.mode = mode
+        self.after_step = after_step
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+        self.forward = torch.compile(model, backend=compile_backend) if compile_backend else model
+
+    def __call__(self, x: Tensor, y: Tensor) -> None:
+        with fusion_mode(self.mode):
+            self.optimizer.zero_grad(set_to_none=True)
+            F.mse_loss(self.forward(x), y).backward()
+            self.optimizer.step()
+            if self.after_step is not None:
+                self.after_step(self.model)
+
+
+def _clamp_weights(model: nn.Module) -> None:
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.Linear):
+                module.weight.clamp_(-1.0, 1.0)
+
+
+def _box_all_weights(model: nn.Module, **options: Any) -> nn.Module:
+    return ps.constrain(model, "*.weight", ps.Box(-1.0, 1.0), **options)
+
+
+def mlp_variants(width: int, backend: str) -> dict[str, Step]:
+    torch.manual_seed(0)
+    base = mlp(width)
+
+    def fresh() -> nn.Sequential:
+        return copy.deepcopy(base)
+
+    bijected = fresh()
+    for layer in bijected[::2]:
+        parametrize.register_parametrization(layer, "weight", _Bijector(constraints.interval(-1.0, 1.0)))
+    raw = fresh()
+    for index in (0, 2, 4):
+        raw[index] = _RawLinear(raw[index], -1.0, 1.0)
+    return {
+        "unconstrained": Step(fresh()),
+        "paramshape eager": Step(_box_all_weights(fresh()), mode="off"),
+        "paramshape fused": Step(_box_all_weights(fresh()), mode="on"),
+        "paramshape + torch.compile(model)": Step(_box_all_weights(fresh()), compile_backend=backend),
+        'paramshape method="project"': Step(_box_all_weights(fresh(), method="project")),
+        "peer: clamp_ after step (by hand)": Step(fresh(), after_step=_clamp_weights),
+        "peer: torch biject_to parametrization": Step(bijected),
+        "peer: GPyTorch-style raw parameter": Step(raw),
+    }
+
+
+REPARAM_MODES = ("paramshape eager", "paramshape fused", "paramshape + torch.compile(model)")
+PEERS_OF_REPARAM = ("peer: torch biject_to parametrization", "peer: GPyTorch-style raw parameter")
+
+
+def training_step(
+    width: int, batches: list[int], rounds: int, steps: int, backend: str
+) -> list[dict[str, Any]]:
+    rows = []
+    for batch in batches:
+        variants = mlp_variants(width, backend)
+        x, y = torch.randn(batch, width), torch.randn(batch, width)
+        for step in variants.values():  # warm-up: compiles, allocator, Adam state
+            for _ in range(3):
+                step(x, y)
+        timed = interleaved(
+            {name: functools.partial(step, x, y) for name, step in variants.items()},
+            rounds,
+            steps,
+            baseline="unconstrained",
+        )
+        for name, entry in timed.items():
+            rows.append({"batch": batch, "variant": name, **entry})
+    return rows
+
+
+# ------------------------------------------------------------------------------------ 3. geotorch
+def _moved_into(layer: nn.Linear, transform: ps.Transform) -> None:
+    """Constrain the weight, moving the default initialization into the set (intended: no warning)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ps.ParamshapeWarning)
+        ps.constrain(layer, "weight", transform, init="project")
+
+
+def geotorch_comparison(width: int, batch: int, rounds: int, steps: int) -> tuple[list[dict[str, Any]], str]:
+    try:
+        import geotorch  # ty: ignore[unresolved-import]
+    except ImportError:
+        return [], 'geotorch is not installed (pip install -e ".[bench]"): its rows are skipped.'
+    torch.manual_seed(0)
+    base = mlp(width)
+    pairs: dict[str, tuple[Callable[[nn.Module], None], Callable[[nn.Module], None]]] = {
+        "sphere (unit rows)": (
+            lambda layer: _moved_into(layer, ps.UnitNorm(dim=-1)),
+            lambda layer: geotorch.sphere(layer, "weight"),
+        ),
+        "orthogonal": (
+            lambda layer: _moved_into(layer, ps.Orthogonal()),
+            lambda layer: geotorch.orthogonal(layer, "weight"),
+        ),
+        "positive definite": (
+            lambda layer: _moved_into(layer, ps.PositiveDefinite()),
+            lambda layer: geotorch.positive_definite(layer, "weight"),
+        ),
+    }
+    rows = []
+    x, y = torch.randn(batch, width), torch.randn(batch, width)
+    for constraint, (ours, theirs) in pairs.items():
+        variants = {"unconstrained": Step(copy.deepcopy(base))}
+        for label, attach in (("paramshape", ours), ("geotorch", theirs)):
+            model = copy.deepcopy(base)
+            for layer in model[::2]:
+                attach(layer)
+            variants[label] = Step(model)
+        for step in variants.values():
+            step(x, y)
+        timed = interleaved(
+            {name: functools.partial(step, x, y) for name, step in variants.items()},
+            rounds,
+            steps,
+            baseline="unconstrained",
+        )
+        for name, entry in timed.items():
+            rows.append({"constraint": constraint, "variant": name, **entry})
+    return rows, ""
+
+
+# ------------------------------------------------------------------------------------ 4. registration, unconstrain
+def registration(tensors: int, repeats: int) -> dict[str, Any]:
+    """``constrain()`` of every weight and bias of ``tensors / 2`` small Linear layers, in one call."""
+    from torch._dynamo.utils import counters
+
+    graphs_before = counters["stats"]["unique_graphs"]
+    times = []
+    for _ in range(repeats):
+        model = nn.Sequential(*(nn.Linear(8, 8) for _ in range(tensors // 2)))
+        gc.collect()
+        start = time.perf_counter()
+        ps.constrain(model, "*", ps.Box(-1.0, 1.0))
+        times.append((time.perf_counter() - start) * 1e3)
+        assert len(ps.constraints(model)) == 2 * (tensors // 2)
+    return {
+        "tensors": 2 * (tensors // 2),
+        "ms": statistics.median(times),
+        "compiled_graphs": counters["stats"]["unique_graphs"] - graphs_before,
+    }
+
+
+def inference_after_unconstrain(
+    width: int, batch: int, rounds: int, reps: int
+) -> dict[str, dict[str, float]]:
+    torch.manual_seed(0)
+    plain = mlp(width).eval()
+    constrained = _box_all_weights(copy.deepcopy(plain))
+    ps.unconstrain(constrained)
+    x = torch.randn(batch, width)
+
+    def infer(model: nn.Module) -> Callable[[], Any]:
+        def run() -> None:
+            with torch.no_grad():
+                model(x)
+
+        return run
+
+    return interleaved(
+        {"never constrained": infer(plain), "after ps.unconstrain": infer(constrained)},
+        rounds,
+        reps,
+        baseline="never constrained",
+    )
+
+
+# ------------------------------------------------------------------------------------ 5. threshold
+#: One transform per kernel, for the threshold section.
+THRESHOLD_FAMILIES = {
+    "box": lambda: ps.Box(-1.0, 1.0),
+    "positive": lambda: ps.Positive(),
+    "soft_clip": lambda: ps.SoftClip(-1.0, 1.0),
+    "simplex": lambda: ps.Simplex(),
+}
+
+
+def auto_threshold(families: list[str], sizes: list[int], rounds: int) -> list[dict[str, Any]]:
+    """Forward+backward, eager against fused, by size: where fusing starts to pay, per kernel.
+    Tensors are (size / 64, 64), so the simplex has rows of 64."""
+    rows = []
+    for family in families:
+        transform = THRESHOLD_FAMILIES[family]()
+        for size in sizes:
+            x = torch.randn(max(1, size // 64), 64, requires_grad=True)
+            grad = torch.randn(x.shape)
+            variants = {
+                "eager": _forward_backward(transform, "off", x, grad),
+                "fused": _forward_backward(transform, "on", x, grad),
+            }
+            for fn in variants.values():
+                fn()
+            reps = max(2, min(200, int(4e6 // size)))
+            timed = interleaved(variants, rounds, reps, baseline="eager")
+            rows.append({"family": family, "size": x.numel(), "eager_ms": timed["eager"]["ms"],
+                         "fused_ms": timed["fused"]["ms"], "fused_over_eager": timed["fused"]["ratio"]})  # fmt: skip
+    return rows
+
+
+def crossover(rows: list[dict[str, Any]], margin: float = 0.95) -> dict[str, int | None]:
+    """Per kernel, the smallest size from which on fused takes at most ``margin`` of eager's time at
+    every larger size measured (None: at no size)."""
+    found: dict[str, int | None] = {}
+    for family in dict.fromkeys(row["family"] for row in rows):
+        best = None
+        for row in reversed([r for r in rows if r["family"] == family]):
+            if row["fused_over_eager"] > margin:
+                break
+            best = row["size"]
+        found[family] = best
+    return found
+
+
+# ------------------------------------------------------------------------------------ report
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _ratio(value: float) -> str:
+    return f"{value:.2f}x"
+
+
+def report(results: dict[str, Any]) -> str:
+    out = [f"machine: {results['machine']}"]
+    if "transform" in results:
+        out.append(
+            "\n## 1. Box(-1, 1) alone, float32 (ratio to the floor: clone, and clone + its backward)\n"
+        )
+        out.append(
+            table(
+                ["size", "pass", "variant", "ms", "vs floor"],
+                [
+                    [f"{r['size']:,}", r["kind"], r["variant"], f"{r['ms']:.3f}", _ratio(r["ratio"])]
+                    for r in results["transform"]
+                ],
+            )
+        )
+    if "mlp" in results:
+        out.append("\n## 2. Training step, 3 x Linear(512, 512) + Adam, all weights in [-1, 1]\n")
+        out.append(
+            table(
+                ["batch", "variant", "ms/step", "vs unconstrained"],
+                [
+                    [str(r["batch"]), r["variant"], f"{r['ms']:.3f}", _ratio(r["ratio"])]
+                    for r in results["mlp"]
+                ],
+            )
+        )
+    if "geotorch" in results:
+        out.append(f"\n## 3. geotorch, same MLP, batch {results['geotorch_batch']}\n")
+        if results["geotorch"]:
+            out.append(
+                table(
+                    ["constraint", "variant", "ms/step", "vs unconstrained"],
+                    [
+                        [r["constraint"], r["variant"], f"{r['ms']:.3f}", _ratio(r["ratio"])]
+                        for r in results["geotorch"]
+                    ],
+                )
+            )
+        else:
+            out.append(results["geotorch_note"])
+    if "registration" in results:
+        reg = results["registration"]
+        inference = results["inference"]["after ps.unconstrain"]
+        out.append(
+            f"\n## 4. Registration and unconstrain\n\nconstrain() of {reg['tensors']} tensors in one call: "
+            f"{reg['ms']:.1f} ms (graphs compiled meanwhile: {reg['compiled_graphs']})\n"
+            f"inference after ps.unconstrain: {_ratio(inference['ratio'])} of the never-constrained model"
+        )
+    if "threshold" in results:
+        out.append("\n## 5. Where fusing pays: forward+backward, eager vs fused, by kernel\n")
+        out.append(
+            table(
+                ["kernel", "elements", "eager ms", "fused ms", "fused / eager"],
+                [
+                    [r["family"], f"{r['size']:,}", f"{r['eager_ms']:.3f}", f"{r['fused_ms']:.3f}",
+                     _ratio(r["fused_over_eager"])]
+                    for r in results["threshold"]
+                ],
+            )
+        )  # fmt: skip
+        for family, size in results["crossover"].items():
+            where = f"from {size:,} elements on" if size else "at no measured size"
+            out.append(f"{family}: fused takes <= 0.95x of eager's time {where}")
+        out.append(f"(paramshape.fusion.AUTO_MIN_ELEMENTS = {AUTO_MIN_ELEMENTS:,})")
+    out.append("\n## Targets\n")
+    out.append(
+        table(
+            ["target", "measured", "met"],
+            [[t["target"], t["measured"], "yes" if t["met"] else "no"] for t in results["targets"]],
+        )
+    )
+    return "\n".join(out)
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    checks = []
+    if "transform" in results:
+        largest = max(r["size"] for r in results["transform"])
+        (fused,) = [
+            r["ratio"]
+            for r in results["transform"]
+            if r["size"] == largest
+            and r["kind"] == "forward+backward"
+            and r["variant"].endswith("(compiled)")
+        ]
+        limit = TARGETS["fused_box_vs_floor_16M"]
+        checks.append(
+            {
+                "target": f"fused Box forward+backward at {largest:,} within {limit}x of the floor",
+                "measured": _ratio(fused),
+                "met": fused <= limit,
+            }
+        )
+    by_batch: dict[int, dict[str, float]] = {}
+    for r in results.get("mlp", []):
+        by_batch.setdefault(r["batch"], {})[r["variant"]] = r["ratio"]
+    for batch, ratios in sorted(by_batch.items()):
+        limit = TARGETS["mlp_best_b256"] if batch >= 256 else TARGETS["mlp_best_b32"]
+        paramshape_modes = {name: v for name, v in ratios.items() if name.startswith("paramshape")}
+        best = min(paramshape_modes, key=paramshape_modes.__getitem__)
+        best_reparam = min(REPARAM_MODES, key=ratios.__getitem__)
+        fastest_peer = min(PEERS_OF_REPARAM, key=ratios.__getitem__)
+        checks.append(
+            {
+                "target": f"MLP step, batch {batch}, best paramshape mode <= {limit}x",
+                "measured": f"{_ratio(ratios[best])} ({best}); best reparametrization "
+                f"{_ratio(ratios[best_reparam])} ({best_reparam})",
+                "met": ratios[best] <= limit,
+            }
+        )
+        checks.append(
+            {
+                "target": f"MLP step, batch {batch}: reparametrization faster than every reparametrizing peer",
+                "measured": f"{_ratio(ratios[best_reparam])} ({best_reparam}) vs fastest peer "
+                f"{_ratio(ratios[fastest_peer])} ({fastest_peer})",
+                "met": ratios[best_reparam] < ratios[fastest_peer],
+            }
+        )
+    geo: dict[str, dict[str, float]] = {}
+    for r in results.get("geotorch", []):
+        geo.setdefault(r["constraint"], {})[r["variant"]] = r["ratio"]
+    for constraint, ratios in geo.items():
+        checks.append(
+            {
+                "target": f"{constraint}: faster than geotorch",
+                "measured": f"{_ratio(ratios['paramshape'])} vs {_ratio(ratios['geotorch'])}",
+                "met": ratios["paramshape"] < ratios["geotorch"],
+            }
+        )
+    if "registration" in results:
+        reg = results["registration"]
+        limit = TARGETS["constrain_200_ms"]
+        checks.append(
+            {
+                "target": f"constrain() of {reg['tensors']} tensors < {limit:.0f} ms, no compilation",
+                "measured": f"{reg['ms']:.1f} ms, {reg['compiled_graphs']} graphs",
+                "met": reg["ms"] < limit and reg["compiled_graphs"] == 0,
+            }
+        )
+        inference = results["inference"]["after ps.unconstrain"]["ratio"]
+        checks.append(
+            {
+                "target": "inference after ps.unconstrain 1.00x of the unconstrained model",
+                "measured": _ratio(inference),
+                "met": round(inference, 2) <= 1.01,
+            }
+        )
+    return checks
+
+
+def plot(results: dict[str, Any], path: Path) -> bool:
+    """Bar charts of the ratios; False when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    figure, (alone, steps) = plt.subplots(1, 2, figsize=(14, 5))
+    labels, values = [], []
+    for r in results.get("transform", []):
+        if r["kind"] == "forward+backward":
+            labels.append(f"{r['variant']}\n{r['size']:,}")
+            values.append(r["ratio"])
+    alone.barh(labels, values)
+    alone.set_xlabel("forward+backward time / floor (clone + backward)")
+    alone.set_title("Box(-1, 1) alone, float32")
+    labels, values = [], []
+    for r in results.get("mlp", []):
+        labels.append(f"{r['variant']} (b{r['batch']})")
+        values.append(r["ratio"])
+    steps.barh(labels, values)
+    steps.axvline(1.0, color="black", linewidth=0.8)
+    steps.set_xlabel("step time / unconstrained step")
+    steps.set_title("3 x Linear(512, 512) + Adam")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return True
+
+
+# ------------------------------------------------------------------------------------ main
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1 << 20, 1 << 24], help="transform sizes")
+    parser.add_argument("--batches", type=int, nargs="+", default=[32, 256])
+    parser.add_argument("--width", type=int, default=512, help="the MLP's width")
+    parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds per table")
+    parser.add_argument("--steps", type=int, default=10, help="training steps per variant and round")
+    parser.add_argument("--geotorch-batch", type=int, default=256)
+    parser.add_argument("--tensors", type=int, default=200, help="tensors to constrain in section 4")
+    parser.add_argument(
+        "--threshold-sizes",
+        type=int,
+        nargs="+",
+        default=[1 << 12, 1 << 14, 1 << 16, 1 << 17, 1 << 18, 1 << 20],
+    )
+    parser.add_argument(
+        "--families", nargs="+", default=list(THRESHOLD_FAMILIES), help="kernels in section 5"
+    )
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument(
+        "--backend", default="inductor", help="compiler backend (tests use aot_eager to skip C++ builds)"
+    )
+    parser.add_argument("--json", type=Path, default=HERE / "results.json")
+    parser.add_argument("--plot", type=Path, default=HERE / "results.png")
+    parser.add_argument("--no-plot", action="store_true")
+    args = parser.parse_args(argv)
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    previous_backend = _backend[0]
+    _backend[0] = args.backend
+    started = time.perf_counter()
+    try:
+        results: dict[str, Any] = {"machine": machine(), "arguments": vars(args) | {"json": str(args.json)}}
+        results["arguments"]["plot"] = str(args.plot)
+        sections = set(args.sections)
+        if "transform" in sections:
+            results["transform"] = transform_alone(args.sizes, args.rounds)
+        if "mlp" in sections:
+            results["mlp"] = training_step(args.width, args.batches, args.rounds, args.steps, args.backend)
+        if "geotorch" in sections:
+            results["geotorch_batch"] = args.geotorch_batch
+            results["geotorch"], results["geotorch_note"] = geotorch_comparison(
+                args.width, args.geotorch_batch, max(3, args.rounds // 3), max(1, args.steps // 3)
+            )
+        if "registration" in sections:
+            results["registration"] = registration(args.tensors, repeats=5)
+            results["inference"] = inference_after_unconstrain(
+                args.width, max(args.batches), args.rounds, args.steps
+            )
+        if "threshold" in sections:
+            rounds = max(3, args.rounds // 2)
+            results["threshold"] = auto_threshold(args.families, args.threshold_sizes, rounds)
+            results["crossover"] = crossover(results["threshold"])
+        results["targets"] = targets(results)
+    finally:
+        _backend[0] = previous_backend
+    results["seconds"] = time.perf_counter() - started
+    print(report(results))
+    print(f"\n({results['seconds']:.0f} s)")
+    args.json.write_text(json.dumps(results, indent=2))
+    print(f"results written to {args.json}")
+    if not args.no_plot:
+        if plot(results, args.plot):
+            print(f"plot written to {args.plot}")
+        else:
+            print('matplotlib is not installed: no plot (pip install -e ".[bench]")')
+    return results
+
+
+if __name__ == "__main__":
+    main()

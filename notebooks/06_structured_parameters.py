@@ -1,0 +1,261 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Structured parameters
+#
+# Some constraints tie the entries of a tensor together: cut-points that must increase, a covariance
+# matrix that must be symmetric positive definite, rows that must have unit length, a correlation
+# matrix with ones on its diagonal. Each is one `ps.constrain` call, and the optimizer sees an
+# ordinary unconstrained tensor. This notebook fits one small model for each.
+#
+# Runs on CPU in about ten seconds; needs `torch`, `paramshape` and `matplotlib`.
+
+# %%
+import math
+import sys
+
+import matplotlib
+
+if "ipykernel" not in sys.modules:  # run as a script (CI): draw off-screen
+    matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import torch
+from torch import nn
+from torch.distributions import MultivariateNormal
+
+import paramshape as ps
+
+torch.manual_seed(0)
+
+
+def fit(model: nn.Module, loss_fn, steps: int, lr: float, record=None) -> list:
+    """Adam on ``loss_fn()``; returns ``record()`` after every step."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    trace = []
+    for _ in range(steps):
+        loss = loss_fn()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if record is not None:
+            trace.append(record())
+    return trace
+
+
+# %% [markdown]
+# ## Ordered cut-points: ordinal regression
+#
+# Ratings from 0 to 3 come from a latent score $z = x^\top \beta + \varepsilon$ (logistic noise),
+# cut at three thresholds $c_0 < c_1 < c_2$: the rating is the number of thresholds below $z$. The
+# model gives $P(\text{rating} \le k) = \sigma(c_k - x^\top\beta)$, which is a probability only if
+# the thresholds increase; `ps.Ordered()` keeps them so at every step.
+
+# %%
+true_beta = torch.tensor([1.0, -2.0])
+true_cuts = torch.tensor([-1.5, 0.0, 2.0])
+features = torch.randn(3000, 2)
+uniform = torch.rand(3000)
+latent = features @ true_beta + torch.log(uniform) - torch.log1p(-uniform)  # logistic noise
+ratings = (latent[:, None] > true_cuts).sum(-1)
+
+
+class OrdinalRegression(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.beta = nn.Parameter(torch.zeros(2))
+        self.cuts = nn.Parameter(torch.tensor([-0.1, 0.0, 0.1]))
+        ps.constrain(self, "cuts", ps.Ordered())
+
+    def log_likelihood(self) -> torch.Tensor:
+        below = torch.sigmoid(self.cuts - (features @ self.beta)[:, None])  # P(rating <= k), k = 0..2
+        cumulative = torch.cat([torch.zeros(len(features), 1), below, torch.ones(len(features), 1)], -1)
+        probabilities = cumulative.diff(dim=-1)  # P(rating = k), k = 0..3
+        return probabilities.gather(-1, ratings[:, None]).clamp_min(1e-12).log().mean()
+
+
+ordinal = OrdinalRegression()
+cut_trace = torch.stack(
+    fit(ordinal, lambda: -ordinal.log_likelihood(), 500, 0.05, lambda: ordinal.cuts.detach().clone())
+)
+print("cut-points:", ordinal.cuts.detach(), " true:", true_cuts)
+print("beta:      ", ordinal.beta.detach(), " true:", true_beta)
+
+# %% [markdown]
+# ## A covariance matrix learned by gradient descent
+#
+# Fit the mean and covariance of 2-dimensional data by maximum likelihood. The covariance must be
+# symmetric positive definite, or `MultivariateNormal` refuses it (and its Cholesky factorisation
+# fails). `ps.PositiveDefinite()` maps any stored matrix to one that is, with a margin that keeps the
+# factorisation from failing in floating point. The maximum-likelihood answer is known in closed form
+# (the sample covariance), so we can check the fit.
+
+# %%
+true_cov = torch.tensor([[2.0, 1.2], [1.2, 1.0]])
+points = MultivariateNormal(torch.tensor([1.0, -1.0]), true_cov).sample((2000,))
+
+
+class Gaussian(nn.Module):
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.loc = nn.Parameter(torch.zeros(size))
+        self.cov = nn.Parameter(torch.eye(size))
+        ps.constrain(self, "cov", ps.PositiveDefinite())
+
+    def log_likelihood(self, x: torch.Tensor) -> torch.Tensor:
+        return MultivariateNormal(self.loc, covariance_matrix=self.cov).log_prob(x).mean()
+
+
+gaussian = Gaussian(2)
+eigen_trace = torch.stack(
+    fit(
+        gaussian,
+        lambda: -gaussian.log_likelihood(points),
+        600,
+        0.05,
+        lambda: torch.linalg.eigvalsh(gaussian.cov.detach()),
+    )
+)
+sample_cov = torch.cov(points.T, correction=0)
+print("fitted covariance:\n", gaussian.cov.detach())
+print("sample covariance:\n", sample_cov)
+print("smallest eigenvalue seen during training:", eigen_trace.min().item())
+
+
+# %%
+def ellipse(cov: torch.Tensor, centre: torch.Tensor, scale: float = 2.0) -> torch.Tensor:
+    angles = torch.linspace(0, 2 * math.pi, 200)
+    circle = torch.stack([angles.cos(), angles.sin()], -1)
+    return centre + scale * circle @ torch.linalg.cholesky(cov).T
+
+
+fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+left.plot(cut_trace)
+for cut in true_cuts:
+    left.axhline(cut, color="0.6", linestyle=":")
+left.set_xlabel("step")
+left.set_title("ordinal cut-points (dotted: true values); they never cross")
+right.scatter(*points.T, s=3, color="0.75")
+fitted = ellipse(gaussian.cov.detach(), gaussian.loc.detach())
+truth = ellipse(true_cov, torch.tensor([1.0, -1.0]))
+right.plot(*fitted.T, label="fitted covariance (2 sd)")
+right.plot(*truth.T, linestyle="--", label="true covariance")
+right.set_aspect("equal")
+right.legend(fontsize=8)
+right.set_title("covariance learned by gradient descent")
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ## Unit-norm rows: a cosine classifier
+#
+# In a cosine classifier the logits are the cosines between an input's direction and one prototype
+# per class, times a fixed scale; only directions matter. `ps.UnitNorm(dim=-1)` keeps each row of the
+# prototype matrix at length one. Here four classes are defined by direction only: their points lie
+# at very different distances from the origin.
+
+# %%
+class_angles = torch.tensor([0.3, 1.9, 3.4, 4.9])
+labels = torch.arange(4).repeat_interleave(250)
+radius = 0.5 + 2.5 * torch.rand(1000)
+angle = class_angles[labels] + 0.25 * torch.randn(1000)
+inputs = radius[:, None] * torch.stack([angle.cos(), angle.sin()], -1)
+
+prototypes = nn.Linear(2, 4, bias=False)
+ps.constrain(prototypes, "weight", ps.UnitNorm(dim=-1), init="raw")
+
+
+def cosine_loss() -> torch.Tensor:
+    logits = 10.0 * nn.functional.normalize(inputs, dim=-1) @ prototypes.weight.T
+    return nn.functional.cross_entropy(logits, labels)
+
+
+norm_trace = torch.stack(
+    fit(prototypes, cosine_loss, 300, 0.05, lambda: prototypes.weight.detach().norm(dim=-1))
+)
+with torch.no_grad():
+    accuracy = ((inputs @ prototypes.weight.T).argmax(-1) == labels).float().mean().item()
+    directions = torch.stack([class_angles.cos(), class_angles.sin()], -1)
+    alignment = (prototypes.weight * directions).sum(-1)
+print(f"accuracy {accuracy:.1%}; cosine between each prototype and its class direction: {alignment}")
+
+# %% [markdown]
+# ## Correlation matrices: `CorrCholesky`
+#
+# To learn correlations separately from scales, write the covariance as
+# $\Sigma = D L L^\top D$ with $D$ the diagonal of standard deviations and $L$ the Cholesky factor of
+# a correlation matrix: lower-triangular with unit-length rows, so $L L^\top$ has ones on its
+# diagonal. `ps.CorrCholesky()` keeps $L$ in that set; `ps.Positive()` keeps the scales positive.
+# (`CorrCholesky` is also the support of torch's `LKJCholesky` prior, whose density can be added to
+# the loss.)
+
+# %%
+true_corr = torch.tensor([[1.0, 0.6, -0.3], [0.6, 1.0, 0.2], [-0.3, 0.2, 1.0]])
+true_sd = torch.tensor([0.5, 2.0, 10.0])
+samples = MultivariateNormal(torch.zeros(3), true_sd[:, None] * true_corr * true_sd).sample((3000,))
+
+
+class CorrelatedGaussian(nn.Module):
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(size))
+        self.corr_factor = nn.Parameter(torch.eye(size))
+        ps.constrain(self, "scale", ps.Positive())
+        ps.constrain(self, "corr_factor", ps.CorrCholesky())
+
+    def log_likelihood(self, x: torch.Tensor) -> torch.Tensor:
+        scale_tril = self.scale[:, None] * self.corr_factor
+        return MultivariateNormal(torch.zeros(len(self.scale)), scale_tril=scale_tril).log_prob(x).mean()
+
+
+correlated = CorrelatedGaussian(3)
+correlated.scale = samples.std(dim=0)  # start from the data's scales: assignment goes through the inverse
+fit(correlated, lambda: -correlated.log_likelihood(samples), 400, 0.05)
+factor = correlated.corr_factor.detach()
+fitted_corr = factor @ factor.T
+sample_corr = torch.corrcoef(samples.T)
+print("fitted correlation:\n", fitted_corr)
+print("fitted scales:", correlated.scale.detach(), " true:", true_sd)
+
+fig, axes = plt.subplots(1, 3, figsize=(11, 3.3))
+for axes_, matrix, title in zip(
+    axes, (true_corr, sample_corr, fitted_corr), ("true", "sample", "fitted (L Lᵀ)"), strict=True
+):
+    image = axes_.imshow(matrix, vmin=-1, vmax=1, cmap="RdBu_r")
+    for i in range(3):
+        for j in range(3):
+            colour = "white" if abs(matrix[i, j]) > 0.5 else "black"
+            axes_.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=9, color=colour)
+    axes_.set_title(f"{title} correlation")
+    axes_.set_xticks([])
+    axes_.set_yticks([])
+fig.colorbar(image, ax=axes, shrink=0.8)
+plt.show()
+
+# %% [markdown]
+# ## Check
+
+# %%
+assert bool((cut_trace.diff(dim=-1) > 0).all()), "the cut-points crossed"
+assert torch.allclose(ordinal.cuts.detach(), true_cuts, atol=0.2)
+assert torch.allclose(ordinal.beta.detach(), true_beta, atol=0.15)
+assert bool((eigen_trace > 0).all()), "the covariance left the positive definite matrices"
+assert torch.allclose(gaussian.cov.detach(), sample_cov, atol=1e-2)
+assert torch.equal(gaussian.cov.detach(), gaussian.cov.detach().T)
+assert torch.allclose(norm_trace, torch.ones_like(norm_trace), atol=1e-5)
+assert accuracy > 0.9
+assert bool((alignment > 0.95).all())
+assert torch.allclose(torch.diagonal(fitted_corr), torch.ones(3), atol=1e-5)
+assert torch.allclose(fitted_corr, sample_corr, atol=0.02)
+assert torch.allclose(correlated.scale.detach(), true_sd, rtol=0.05)
+print("all checks passed")

@@ -1,0 +1,67 @@
+"""The per-rank body of tests/test_distributed.py (spawned: must be importable, not a test)."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+import paramshape as ps
+
+
+def build_model() -> nn.Module:
+    torch.manual_seed(0)  # identical initial weights on every rank
+    model = nn.Sequential(nn.Linear(8, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 2))
+    ps.constrain(model, "0.weight", ps.Box(-0.5, 0.5), init="project")
+    ps.constrain(model, "2.weight", ps.Box(-0.3, 0.3), init="project")
+    ps.constrain(model, "4.bias", "positive", init="raw")
+    return model
+
+
+def train(model: nn.Module, rank: int, steps: int = 5) -> None:
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
+    generator = torch.Generator().manual_seed(100 + rank)  # different data per rank
+    for _ in range(steps):
+        x = torch.randn(16, 8, generator=generator)
+        loss = (model(x) - 3.0).square().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
+def report(inner: nn.Module) -> dict:
+    """Feasibility and a fingerprint of the stored tensors, to compare across ranks."""
+    with torch.no_grad():
+        feasible = all(
+            bool(t.contains(getattr(inner.get_submodule(n.rpartition(".")[0]), n.rpartition(".")[2])).all())
+            for n, t in ps.constraints(inner).items()
+        )
+        params = [p.full_tensor() if hasattr(p, "full_tensor") else p for p in inner.parameters()]
+        fingerprint = torch.cat([p.detach().flatten() for p in params])
+    return {"feasible": feasible, "fingerprint": fingerprint}
+
+
+def run(rank: int, world_size: int, init_file: str, results_dir: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    torch.set_num_threads(1)
+    results = {}
+    for mode in ("ddp", "ddp_compiled", "fsdp2", "fsdp2_compiled"):
+        model = build_model()
+        if mode.startswith("ddp"):
+            wrapped = nn.parallel.DistributedDataParallel(model)
+        else:
+            from torch.distributed.device_mesh import init_device_mesh
+            from torch.distributed.fsdp import fully_shard
+
+            mesh = init_device_mesh("cpu", (world_size,))
+            for layer in (model[0], model[2], model[4]):
+                fully_shard(layer, mesh=mesh)
+            wrapped = fully_shard(model, mesh=mesh)
+        if mode.endswith("compiled"):
+            wrapped = torch.compile(wrapped, backend="aot_eager")
+        train(wrapped, rank)
+        results[mode] = report(model)
+    torch.save(results, os.path.join(results_dir, f"rank{rank}.pt"))
+    dist.destroy_process_group()

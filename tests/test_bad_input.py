@@ -1,0 +1,269 @@
+"""Bad input: one test per row of the table in docs/errors.md, plus a fuzz test.
+
+Every row must raise a paramshape error (a ValueError/TypeError subclass) whose message names what is
+wrong and what to do, and must leave the module exactly as it was.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from torch import nn
+
+import paramshape as ps
+
+from .test_constrain import assert_unchanged, snapshot
+
+
+def linear() -> nn.Module:
+    return nn.Linear(4, 3)
+
+
+def with_nan() -> nn.Module:
+    layer = nn.Linear(4, 3)
+    with torch.no_grad():
+        layer.weight[1, 1] = math.nan
+    return layer
+
+
+def counter() -> nn.Module:
+    module = nn.Module()
+    module.register_buffer("count", torch.zeros(3, dtype=torch.int64))
+    return module
+
+
+def tied() -> nn.Module:
+    model = nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 10, bias=False))
+    model[1].weight = model[0].weight
+    return model
+
+
+@dataclass(frozen=True)
+class Row:
+    what: str
+    build: Callable[[], nn.Module]
+    call: Callable[[nn.Module], object]
+    error: type[Exception]
+    message: str
+
+
+ROWS = [
+    Row(
+        "non-floating tensor",
+        counter,
+        lambda m: ps.constrain(m, "count", "positive"),
+        ps.UnsupportedTensorError,
+        "'count' of Module has dtype torch.int64; only real floating point",
+    ),
+    Row(
+        "complex tensor",
+        lambda: nn.Linear(2, 2, dtype=torch.complex64),
+        lambda m: ps.constrain(m, "weight", "positive"),
+        ps.UnsupportedTensorError,
+        "has dtype torch.complex64",
+    ),
+    Row(
+        "NaN in the current value",
+        with_nan,
+        lambda m: ps.constrain(m, "weight", "box(-10, 10)"),
+        ps.InfeasibleValueError,
+        "worst: value nan at [1, 1] is not finite",
+    ),
+    Row(
+        "NaN with init='raw'",
+        with_nan,
+        lambda m: ps.constrain(m, "weight", "positive", init="raw"),
+        ps.InfeasibleValueError,
+        "init='raw' needs finite values, but 1 of 12 are NaN or infinite",
+    ),
+    Row(
+        "NaN in a bound",
+        linear,
+        lambda m: ps.constrain(
+            m,
+            "weight",
+            ps.Box(torch.tensor([0.0, math.nan]).reshape(2, 1)[0:1], 1.0) if False else ps.Box(math.nan, 1.0),
+        ),
+        ps.SpecError,
+        "'low' is NaN at []; bounds must be numbers",
+    ),
+    Row(
+        "bounds that do not broadcast",
+        linear,
+        lambda m: ps.constrain(m, "weight", ps.Box(torch.zeros(5), 1.0)),
+        ps.ShapeMismatchError,
+        "'low' has shape (5,), which does not broadcast to the tensor's shape (3, 4)",
+    ),
+    Row(
+        "low >= high",
+        linear,
+        lambda m: ps.constrain(m, "weight", "box(1, -1)"),
+        ps.SpecError,
+        "Box needs low < high everywhere",
+    ),
+    Row(
+        "unknown name",
+        linear,
+        lambda m: ps.constrain(m, "weight", "boxx(-1, 1)"),
+        ps.SpecError,
+        "Unknown transform 'boxx'. Did you mean 'box'?",
+    ),
+    Row(
+        "malformed spec string",
+        linear,
+        lambda m: ps.constrain(m, "weight", "box(-1, 1"),
+        ps.SpecError,
+        "Malformed constraint spec 'box(-1, 1'",
+    ),
+    Row(
+        "spec that is not a spec",
+        linear,
+        lambda m: ps.constrain(m, "weight", 3.0),
+        ps.SpecTypeError,
+        "A constraint spec must be a paramshape.Transform",
+    ),
+    Row(
+        "missing attribute",
+        linear,
+        lambda m: ps.constrain(m, "wieght", "positive"),
+        ps.TensorNotFoundError,
+        "Linear has no parameter or buffer 'wieght'. Did you mean 'weight'?",
+    ),
+    Row(
+        "dim out of range",
+        linear,
+        lambda m: ps.constrain(m, "weight", "simplex(dim=3)"),
+        ps.ShapeMismatchError,
+        "Simplex(dim=3) is out of range for a tensor of shape (3, 4); use a dim in [-2, 1]",
+    ),
+    Row(
+        "tied weights",
+        tied,
+        lambda m: ps.constrain(m, "0.weight", "box(-5, 5)"),
+        ps.TiedTensorError,
+        "'0.weight' of Sequential is shared with '1.weight'",
+    ),
+    Row(
+        "unknown init policy",
+        linear,
+        lambda m: ps.constrain(m, "weight", "positive", init="clamp"),
+        ps.SpecError,
+        "init must be one of ['keep', 'project', 'raw', 'sample']",
+    ),
+    Row(
+        "value outside the set",
+        linear,
+        lambda m: ps.constrain(m, "weight", "box(2, 3)"),
+        ps.InfeasibleValueError,
+        "12 of 12 values lie outside Box(low=2.0, high=3.0)",
+    ),
+]
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[row.what for row in ROWS])
+def test_bad_input_row(row):
+    module = row.build()
+    before = snapshot(module)
+    with pytest.raises(row.error, match=re.escape(row.message)):
+        row.call(module)
+    assert_unchanged(module, before)
+    assert isinstance(row.error("x"), (ValueError, TypeError))
+
+
+def test_the_docs_table_has_a_row_for_every_case():
+    table = (Path(__file__).resolve().parent.parent / "docs" / "errors.md").read_text()
+    for row in ROWS:
+        assert f"| {row.what} |" in table, f"docs/errors.md lacks a bad-input row for {row.what!r}"
+
+
+# ------------------------------------------------------------------------------------ fuzz
+NAMES = [*ps.available(), "boxx", "", "Box"]
+ARGUMENTS = st.lists(
+    st.one_of(
+        st.floats(allow_nan=True, allow_infinity=True), st.integers(-3, 3), st.just("'exp'"), st.just("dim=5")
+    ),
+    max_size=3,
+)
+DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.int32, torch.bool]
+
+
+def spec_text(name: str, arguments: list) -> str:
+    rendered = [a if isinstance(a, str) else repr(a) for a in arguments]
+    return f"{name}({', '.join(rendered)})" if arguments else name
+
+
+@given(
+    name=st.sampled_from(NAMES),
+    arguments=ARGUMENTS,
+    shape=st.lists(st.integers(0, 4), max_size=3),
+    dtype=st.sampled_from(DTYPES),
+    init=st.sampled_from(["keep", "project", "raw", "sample", "clip"]),
+    scale=st.sampled_from([1e-3, 1.0, 1e4, math.inf]),
+)
+def test_fuzz_constrain_either_works_or_fails_cleanly(name, arguments, shape, dtype, init, scale):
+    module = nn.Module()
+    values = torch.randn(shape) * scale if scale != math.inf else torch.full(shape, math.inf)
+    module.register_parameter("value", nn.Parameter(values.to(dtype), requires_grad=dtype.is_floating_point))
+    before = snapshot(module)
+    failure = None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ps.ParamshapeWarning)
+            ps.constrain(module, "value", spec_text(name, arguments), init=init)
+    except ps.ParamshapeError as error:
+        failure = error
+    if failure is not None:
+        assert isinstance(failure, (ValueError, TypeError, RuntimeError))
+        assert len(str(failure)) < 1000, "messages stay short: no tensor dumps"
+        assert_unchanged(module, before)
+        return
+    transform = ps.constraints(module)["value"]
+    with torch.no_grad():
+        assert transform.contains(module.value).all()
+
+
+def test_running_statistics_of_batch_norm_are_refused():
+    norm = nn.BatchNorm1d(3)
+    before = snapshot(norm)
+    with pytest.raises(ps.ConstraintConflictError, match="BatchNorm1d updates 'running_var' in place"):
+        ps.constrain(norm, "running_var", "positive")
+    assert_unchanged(norm, before)
+
+
+def test_raw_init_is_refused_where_the_value_depends_on_state():
+    layer = nn.Linear(3, 3)
+    before = snapshot(layer)
+    with pytest.raises(ps.SpecError, match="init='raw' is not available for Orthogonal"):
+        ps.constrain(layer, "weight", "orthogonal", init="raw")
+    assert_unchanged(layer, before)
+
+
+def test_constraining_inside_a_compiled_region():
+    """Without fullgraph the call runs eagerly at a graph break and works; with fullgraph Dynamo's
+    error carries paramshape's message."""
+    for fullgraph in (False, True):
+        layer = nn.Linear(2, 2)
+
+        def inner(x, layer=layer):
+            ps.constrain(layer, "weight", "box(-1, 1)")
+            return x + 1
+
+        torch.compiler.reset()
+        compiled = torch.compile(inner, backend="eager", fullgraph=fullgraph)
+        if fullgraph:
+            with pytest.raises(Exception, match=r"cannot happen inside a torch\.compile region"):
+                compiled(torch.zeros(1))
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # dynamo's graph-break log
+                compiled(torch.zeros(1))
+            assert list(ps.constraints(layer)) == ["weight"]

@@ -1,0 +1,87 @@
+"""benchmarks/run.py runs end to end with tiny sizes and reports every section (no timing assertions:
+the numbers of a tiny run mean nothing, only that the script keeps working)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import paramshape as ps
+from paramshape.fusion import _backend, _reset
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "run.py"
+TINY = [
+    "--sizes", "4096", "--batches", "4", "8", "--width", "16", "--rounds", "2", "--steps", "1",
+    "--tensors", "20", "--threshold-sizes", "256", "1024", "--families", "box", "simplex",
+    "--geotorch-batch", "4", "--backend", "aot_eager", "--no-plot",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("benchmarks_run", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        del sys.modules[spec.name]
+
+
+@pytest.fixture(scope="module")
+def results(bench, tmp_path_factory):
+    torch.compiler.reset()
+    threads = torch.get_num_threads()
+    path = tmp_path_factory.mktemp("bench") / "results.json"
+    try:
+        results = bench.main([*TINY, "--json", str(path)])
+    finally:
+        torch.set_num_threads(threads)
+        _reset()
+    return results, path
+
+
+def test_every_section_reports(results, capsys):
+    results, path = results
+    assert {r["variant"] for r in results["transform"]} == {
+        "floor (clone)", "paramshape eager (hand-fused)", "paramshape fused (compiled)", "unfused map (Box.forward)",
+    }  # fmt: skip
+    assert {r["kind"] for r in results["transform"]} == {"forward", "forward+backward"}
+    variants = {r["variant"] for r in results["mlp"]}
+    assert {
+        "unconstrained",
+        "paramshape eager",
+        "paramshape fused",
+        'paramshape method="project"',
+    } <= variants
+    assert {"peer: torch biject_to parametrization", "peer: GPyTorch-style raw parameter"} <= variants
+    assert {r["batch"] for r in results["mlp"]} == {4, 8}
+    assert results["geotorch"] or "geotorch is not installed" in results["geotorch_note"]
+    assert results["registration"]["tensors"] == 20
+    assert results["registration"]["compiled_graphs"] == 0
+    assert {r["family"] for r in results["threshold"]} == {"box", "simplex"}
+    for row in results["transform"] + results["mlp"]:
+        assert row["ms"] > 0
+        assert row["ratio"] > 0
+    saved = json.loads(path.read_text())
+    assert saved["targets"] == results["targets"]
+    assert "torch" in saved["machine"]
+
+
+def test_targets_cover_every_goal_of_the_issue(results):
+    results, _ = results
+    names = " / ".join(t["target"] for t in results["targets"])
+    for goal in ("fused Box forward+backward", "best paramshape mode", "faster than every", "constrain() of"):
+        assert goal in names
+    assert all(isinstance(t["met"], bool) for t in results["targets"])
+
+
+def test_the_run_leaves_the_fusion_settings_alone(results):
+    assert ps.get_fusion() == "auto"
+    assert _backend[0] == "inductor"

@@ -1,0 +1,406 @@
+"""The fusion switch (``ps.set_fusion`` / ``ps.fusion``), the dispatch of ``Transform.__call__`` to a
+compiled or hand-fused kernel, and the agreement of every path with the plain ``forward``.
+
+Dispatch tests compile with a counting ``aot_eager`` backend (no C++ builds, and every graph is
+counted); the agreement tests use the real compiler (inductor) and are marked slow.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import math
+import threading
+import warnings
+
+import pytest
+import torch
+from torch import nn
+from torch._dynamo.testing import CompileCounterWithBackend
+from torch.nn.utils import parametrize
+
+import paramshape as ps
+from paramshape.fusion import _backend, _reset
+
+# The module itself: ``paramshape.fusion`` is also the name of the context manager.
+fusion_module = importlib.import_module("paramshape.fusion")
+
+#: One of each kernel and layout (each compiles its own graphs, a few seconds each with inductor).
+FUSABLE = [
+    ps.Box(100.0, 101.0),
+    ps.Box(0.0, math.inf),
+    ps.Box(
+        torch.tensor([-1.0, -math.inf, 0.0, -math.inf, 3.0]),
+        torch.tensor([1.0, 2.0, math.inf, math.inf, 4.0]),
+    ),
+    ps.Positive(method="exp"),
+    ps.GreaterThan(0.5),
+    ps.LessThan(torch.full((4, 1), 3.0)),
+    ps.SoftClip(-3.0, 2.0, softness=0.1),
+    ps.Simplex(dim=0),
+    ps.Simplex(method="ilr"),
+]
+SHAPE = (4, 5)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_fusion_state():
+    """Every test starts with mode "auto", no compiled kernels, no timings, the real backend."""
+    _reset()
+    previous = ps.set_fusion("auto")
+    yield
+    ps.set_fusion(previous)
+    _backend[0] = "inductor"
+    _reset()
+
+
+@pytest.fixture
+def counter():
+    """Compile with a counting aot_eager backend: fast, and every graph compiled is counted."""
+    torch.compiler.reset()
+    count = CompileCounterWithBackend("aot_eager")
+    _backend[0] = count
+    return count
+
+
+def _stored_input(transform: ps.Transform, dtype=torch.float32, scale: float = 5.0) -> torch.Tensor:
+    shape = transform.inverse_shape(torch.Size(SHAPE))
+    return (scale * torch.randn(shape, dtype=dtype)).requires_grad_(True)
+
+
+def _value_and_grad(fn, x: torch.Tensor, weights: torch.Tensor):
+    x.grad = None
+    y = fn(x)
+    (y * weights).sum().backward()
+    return y.detach(), x.grad.detach().clone()
+
+
+# ------------------------------------------------------------------------------------ the switch
+def test_default_mode_is_auto():
+    assert ps.get_fusion() == "auto"
+
+
+def test_set_fusion_returns_the_previous_mode_and_rejects_unknown_modes():
+    assert ps.set_fusion("off") == "auto"
+    assert ps.set_fusion("on") == "off"
+    assert ps.get_fusion() == "on"
+    with pytest.raises(ps.SpecError, match="fusion mode must be one of"):
+        ps.set_fusion("fast")
+    assert ps.get_fusion() == "on"
+
+
+def test_context_manager_restores_the_mode_even_after_an_error():
+    with ps.fusion("off"):
+        assert ps.get_fusion() == "off"
+        with ps.fusion("on"):
+            assert ps.get_fusion() == "on"
+        assert ps.get_fusion() == "off"
+    assert ps.get_fusion() == "auto"
+    with pytest.raises(RuntimeError, match="boom"), ps.fusion("on"):
+        raise RuntimeError("boom")
+    assert ps.get_fusion() == "auto"
+    with pytest.raises(ps.SpecError), ps.fusion("sometimes"):
+        pass  # pragma: no cover
+
+
+def test_the_mode_is_per_thread():
+    seen = []
+    ps.set_fusion("off")
+    thread = threading.Thread(target=lambda: seen.append(ps.get_fusion()))
+    thread.start()
+    thread.join()
+    assert seen == ["auto"]
+    assert ps.get_fusion() == "off"
+
+
+def test_every_elementwise_family_and_the_simplex_opt_in():
+    for cls in (ps.Box, ps.UnitInterval, ps.Positive, ps.GreaterThan, ps.LessThan, ps.SoftClip, ps.Simplex):
+        assert isinstance(cls.fusable, ps.Fusable), cls
+    assert ps.Affine.fusable is None
+
+
+def test_a_subclass_with_its_own_forward_is_not_fused(counter):
+    class Halved(ps.Box):
+        def forward(self, x):
+            return super().forward(x) / 2
+
+    assert Halved.fusable is None
+    with ps.fusion("on"):
+        y = Halved(-1.0, 1.0)(torch.full((3,), 50.0))
+    torch.testing.assert_close(y, torch.full((3,), 0.5))
+    assert counter.frame_count == 0
+
+
+# ------------------------------------------------------------------------------------ dispatch
+def test_on_compiles_and_off_does_not(counter):
+    box = ps.Box(-1.0, 1.0)
+    x = _stored_input(box)
+    with ps.fusion("off"):
+        assert type(box(x).grad_fn).__name__ != "CompiledFunctionBackward"
+    assert counter.frame_count == 0
+    with ps.fusion("on"):
+        y = box(x)
+    assert type(y.grad_fn).__name__ == "CompiledFunctionBackward"
+    assert counter.frame_count == 1
+
+
+def test_auto_leaves_small_tensors_and_cold_kernels_eager(counter, monkeypatch):
+    box = ps.Box(-1.0, 1.0)
+    small = torch.randn(8, requires_grad=True)
+    large = torch.randn(64, requires_grad=True)
+    monkeypatch.setattr(fusion_module, "AUTO_MIN_ELEMENTS", 32)
+    box(small)
+    box(large)  # above the size threshold, but the kernel has not yet earned its compile
+    assert counter.frame_count == 0
+    monkeypatch.setattr(fusion_module, "AUTO_COMPILE_BUDGET_S", 0.0)
+    assert type(box(large).grad_fn).__name__ == "CompiledFunctionBackward"
+    assert type(box(small).grad_fn).__name__ != "CompiledFunctionBackward"
+    assert counter.frame_count == 1
+
+
+def test_auto_never_compiles_a_family_whose_eager_path_is_as_fast(counter, monkeypatch):
+    monkeypatch.setattr(fusion_module, "AUTO_COMPILE_BUDGET_S", 0.0)
+    assert ps.Simplex.fusable.auto_min_elements is None
+    simplex = ps.Simplex()
+    x = torch.randn(1024, 512, requires_grad=True)
+    simplex(x)
+    simplex(x)
+    assert counter.frame_count == 0
+    with ps.fusion("on"):
+        assert type(simplex(x).grad_fn).__name__ == "CompiledFunctionBackward"
+
+
+def test_auto_counts_eager_time_toward_the_compile_budget(counter, monkeypatch):
+    monkeypatch.setattr(fusion_module, "AUTO_MIN_ELEMENTS", 32)
+    monkeypatch.setattr(fusion_module, "AUTO_COMPILE_BUDGET_S", 1e-9)
+    box = ps.Box(-1.0, 1.0)
+    large = torch.randn(64, requires_grad=True)
+    box(large)  # eager, and its time crosses the (tiny) budget
+    assert counter.frame_count == 0
+    box(large)
+    assert counter.frame_count == 1
+
+
+def test_constrain_never_compiles(counter):
+    """register_parametrization runs the transform as a check; compiling there would put seconds
+    into constrain(). The first read outside it compiles."""
+    with ps.fusion("on"):
+        layer = ps.constrain(nn.Linear(16, 8), "weight", ps.Box(-1.0, 1.0), init="project")
+        ps.constrain(layer, "bias", "positive", init="raw")
+        ps.constrain(layer, "weight", ps.Box(-2.0, 2.0))  # replacing a constraint
+        plain = nn.Linear(4, 4)
+        parametrize.register_parametrization(plain, "weight", ps.Box(-1.0, 1.0))  # torch's own API
+        assert counter.frame_count == 0
+        layer(torch.randn(2, 16)).sum().backward()
+        assert counter.frame_count >= 1
+
+
+def test_shapes_dtypes_and_grad_modes_never_exhaust_the_recompile_limit(counter):
+    """dynamo's shared limit is 8 graphs per code object; 3 ranks x 3 dtypes x 2 grad modes need 18.
+    Each kernel has its own, raised limit, so none of them falls back to eager."""
+    box = ps.Box(-1.0, 1.0)
+    shapes = [(70,), (9, 7), (3, 4, 5)]
+    dtypes = [torch.float32, torch.float64, torch.bfloat16]
+    with ps.fusion("on"):
+        for dtype in dtypes:
+            converted = copy.deepcopy(box).to(dtype)
+            for shape in shapes:
+                x = torch.randn(shape, dtype=dtype, requires_grad=True)
+                assert type(converted(x).grad_fn).__name__ == "CompiledFunctionBackward"
+                with torch.no_grad():
+                    converted(x)
+        compiled_graphs = counter.frame_count
+        assert compiled_graphs > torch._dynamo.config.recompile_limit
+        # Other sizes of the same ranks reuse the dynamic graphs.
+        for shape in [(71,), (10, 7), (3, 4, 6)]:
+            box(torch.randn(shape, requires_grad=True))
+    assert counter.frame_count == compiled_graphs
+
+
+def test_a_new_bound_value_does_not_recompile(counter):
+    box = ps.Box(-1.0, 1.0)
+    x = torch.linspace(-5.0, 5.0, 11)
+    with ps.fusion("on"):
+        box(x)
+        with torch.no_grad():
+            box.high.fill_(3.0)
+        y = box(x)
+    assert counter.frame_count == 1
+    torch.testing.assert_close(y, box.forward(x))
+    assert y.max() > 2.0
+
+
+def test_module_hooks_still_run():
+    box = ps.Box(-1.0, 1.0)
+    calls = []
+    box.register_forward_hook(lambda module, inputs, output: calls.append(output.shape))
+    box(torch.zeros(3))
+    assert calls == [torch.Size([3])]
+
+
+def test_a_bound_that_requires_grad_gets_its_gradient():
+    box = ps.Box(-1.0, 1.0)
+    box.high.requires_grad_(True)
+    box(torch.zeros(3)).sum().backward()
+    torch.testing.assert_close(box.high.grad, torch.tensor(1.5))
+
+
+def test_vmap_runs_the_plain_forward():
+    box = ps.Box(-1.0, 1.0)
+    x = torch.randn(3, 5)
+    with ps.fusion("on"):
+        torch.testing.assert_close(torch.vmap(box)(x), box.forward(x))
+
+
+# ------------------------------------------------------------------------------------ failures
+def _broken_backend(gm, example_inputs):
+    raise RuntimeError("no C++ compiler here")
+
+
+def test_a_broken_compiler_warns_once_and_auto_stays_eager(monkeypatch):
+    torch.compiler.reset()
+    _backend[0] = _broken_backend
+    monkeypatch.setattr(fusion_module, "AUTO_MIN_ELEMENTS", 1)
+    monkeypatch.setattr(fusion_module, "AUTO_COMPILE_BUDGET_S", 0.0)
+    box, positive = ps.Box(-1.0, 1.0), ps.Positive()
+    x = torch.linspace(-5.0, 5.0, 11)
+    with pytest.warns(ps.ParamshapeWarning, match="torch.compile failed") as record:
+        y = box(x)
+    assert len(record) == 1
+    assert "no C++ compiler here" in str(record[0].message)
+    torch.testing.assert_close(y, box.forward(x))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        torch.testing.assert_close(box(x), box.forward(x))
+        torch.testing.assert_close(positive(x), positive.forward(x))
+
+
+def test_a_broken_compiler_raises_under_on():
+    torch.compiler.reset()
+    _backend[0] = _broken_backend
+    with ps.fusion("on"):
+        with pytest.raises(ps.FusionUnavailableError, match="no C\\+\\+ compiler here"):
+            ps.Box(-1.0, 1.0)(torch.zeros(3))
+        with pytest.raises(ps.FusionUnavailableError):
+            ps.Box(-1.0, 1.0)(torch.zeros(3))
+
+
+def test_an_error_of_the_input_is_the_input_s_not_the_compiler_s(counter):
+    box = ps.Box(torch.zeros(4, 1), torch.ones(4, 1))
+    with ps.fusion("on"), pytest.raises(RuntimeError, match=r"broadcast|size"):
+        box(torch.zeros(3, 5))
+    with ps.fusion("on"), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        box(torch.zeros(4, 5))
+
+
+# ------------------------------------------------------------------------------------ hand-fused box
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("bounds", [(-1.0, 1.0), (100.0, 101.0), (-1.0, 1e-3), (-1e-30, 1e-30)])
+def test_hand_fused_box_matches_the_plain_map(bounds, dtype):
+    if abs(bounds[0]) < torch.finfo(dtype).tiny:
+        pytest.skip("the bounds underflow to 0 in this dtype")
+    box = ps.Box(*bounds).to(dtype)
+    x = torch.cat([torch.randn(200) * 30, torch.tensor([0.0, -1e4, 1e4, 1e-30, -1e-30, 80.0, -80.0])])
+    x = x.to(dtype).requires_grad_(True)
+    weights = torch.randn(x.shape).to(dtype)
+    with ps.fusion("off"):
+        y, grad = _value_and_grad(box, x, weights)
+    y_plain, grad_plain = _value_and_grad(box.forward, x, weights)
+    # One rounding (a fused multiply-add) where the plain map has two: within an ulp of the value or
+    # of the nearer bound, whichever is larger (the terms the map adds).
+    nearer_bound = torch.where(x.detach() < 0, abs(bounds[0]), abs(bounds[1])).float()
+    ulp = torch.finfo(dtype).eps * torch.maximum(y_plain.abs().float(), nearer_bound)
+    assert bool(((y.float() - y_plain.float()).abs() <= ulp).all())
+    assert torch.equal(grad, grad_plain)
+
+
+def test_hand_fused_box_at_negative_zero_is_the_midpoint():
+    box = ps.Box(-1.0, 3.0)
+    assert box(torch.tensor([-0.0])).item() == 1.0
+
+
+def test_hand_fused_box_has_second_derivatives():
+    box = ps.Box(-2.0, 3.0).double()
+    x = torch.randn(7, dtype=torch.float64, requires_grad=True)
+    with ps.fusion("off"):
+        assert torch.autograd.gradgradcheck(box, (x,))
+        (slope,) = torch.autograd.grad(box(x).sum(), x, create_graph=True)
+    (plain_slope,) = torch.autograd.grad(box.forward(x).sum(), x, create_graph=True)
+    (curvature,) = torch.autograd.grad(slope.sum(), x)
+    (plain_curvature,) = torch.autograd.grad(plain_slope.sum(), x)
+    torch.testing.assert_close(curvature, plain_curvature)
+
+
+def test_hand_fused_box_declines_bounds_that_broadcast_the_input():
+    box = ps.Box(torch.zeros(4, 1), torch.ones(4, 1))
+    x = torch.zeros(5)
+    torch.testing.assert_close(box(x), box.forward(x))
+    assert box(x).shape == (4, 5)
+
+
+# ------------------------------------------------------------------------------------ agreement
+def _gradient_scale(transform: ps.Transform, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """What "2 ulps" of a gradient entry is measured against. Elementwise: the entry itself,
+    |f'(x)| |w| (float64). Slices (the simplex): the largest incoming gradient |w| of the slice --
+    the softmax gradient y (w - <y, w>) cancels to 0 where one entry takes all the mass, and there
+    each path's rounding is a few ulps of w, not of the (near-zero) result."""
+    if not transform.event_dim:
+        x64 = x.detach().double().requires_grad_(True)
+        (slope,) = torch.autograd.grad(transform.double().forward(x64).sum(), x64)
+        return (slope * weights.double()).abs()
+    dims = transform.event_dims(weights.dim())
+    return weights.double().abs().amax(dims, keepdim=True).expand(x.shape)
+
+
+def _assert_within_ulps(
+    got: torch.Tensor, expected: torch.Tensor, scale: torch.Tensor, ulps: float, what: str
+):
+    eps = torch.finfo(expected.dtype).eps
+    error = (got.double() - expected.double()).abs()
+    allowed = ulps * eps * scale.double() + torch.finfo(expected.dtype).tiny
+    worst = int(torch.argmax(error / allowed))
+    assert bool((error <= allowed).all()), (
+        f"{what}: {error.flatten()[worst].item():.3g} apart, {ulps} ulps allow {allowed.flatten()[worst].item():.3g}"
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_fused_kernels_agree_with_eager_within_two_ulps(dtype):
+    """The real compiler (inductor): values within 2 ulps of the plain forward, and gradients within
+    2 ulps of the terms they sum; extreme inputs included."""
+    torch.compiler.reset()
+    for template in FUSABLE:
+        transform = copy.deepcopy(template).to(dtype)
+        x = _stored_input(transform, dtype)
+        with torch.no_grad():
+            x[0, 0], x[1, 1], x[-1, -1] = 1e4, -1e4, 0.0
+        weights = torch.randn(transform.forward_shape(x.shape), dtype=dtype)
+        with ps.fusion("on"):
+            assert type(transform(x).grad_fn).__name__ == "CompiledFunctionBackward"
+            y, grad = _value_and_grad(transform, x, weights)
+        y_plain, grad_plain = _value_and_grad(transform.forward, x, weights)
+        if transform.event_dim:
+            value_scale = y_plain.abs().amax(transform.event_dims(y.dim()), keepdim=True).expand_as(y_plain)
+        else:
+            value_scale = y_plain.abs()
+        _assert_within_ulps(y, y_plain, value_scale, 2, f"{transform!r} {dtype} value")
+        scale = _gradient_scale(copy.deepcopy(transform), x, weights)
+        _assert_within_ulps(grad, grad_plain, scale, 2, f"{transform!r} {dtype} gradient")
+    box = ps.Box(-1.0, 1.0).to(dtype)
+    x = 30 * torch.randn(100, dtype=dtype)
+    with ps.fusion("on"), torch.no_grad():
+        _assert_within_ulps(box(x), box.forward(x), box.forward(x).abs(), 2, f"{box!r} {dtype} no-grad value")
+
+
+@pytest.mark.slow
+def test_fused_half_precision_is_computed_in_float32():
+    torch.compiler.reset()
+    for dtype in (torch.float16, torch.bfloat16):
+        box = ps.Box(-1.0, 1.0).to(dtype)
+        x = (5 * torch.randn(64)).to(dtype)
+        with ps.fusion("on"):
+            fused = box(x)
+        assert fused.dtype == dtype
+        assert torch.equal(fused, box.forward(x))

@@ -1,0 +1,550 @@
+"""constrain(method="project" | "penalty"), project_, penalty, constraint_info, and patterns."""
+
+from __future__ import annotations
+
+import copy
+import gc
+import io
+import re
+import sys
+import warnings
+import weakref
+
+import pytest
+import torch
+from torch import nn
+
+import paramshape as ps
+from paramshape import _state
+
+from .test_constrain import assert_unchanged, snapshot
+
+
+class Holder(nn.Module):
+    def __init__(self, value: torch.Tensor) -> None:
+        super().__init__()
+        self.value = nn.Parameter(value.clone())
+
+
+class NonNegativeSquare(ps.Transform):
+    """A transform without a projection: x -> x**2 onto [0, inf)."""
+
+    def forward(self, x):
+        return x * x
+
+    def inverse(self, y):
+        return y.clamp_min(0).sqrt()
+
+    @property
+    def codomain(self):
+        return torch.distributions.constraints.greater_than_eq(0.0)
+
+    def _excess(self, y):
+        return (-y.double()).clamp_min(0.0)
+
+    def _describe(self, y, index):
+        return f"value at {list(index)} is negative"
+
+    def to_interior(self, y):
+        return torch.nan_to_num(y, nan=1.0, posinf=1.0, neginf=1.0).abs() + 1e-3
+
+
+def push_outward(module: nn.Module, steps: int = 20, lr: float = 1.0, check=None) -> None:
+    """Adam steps on a loss that pushes every parameter away from 0, checking after each step."""
+    optimizer = torch.optim.Adam(module.parameters(), lr=lr)
+    directions = {id(p): torch.where(torch.rand_like(p) < 0.5, -1.0, 1.0) for p in module.parameters()}
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss = -sum((p * directions[id(p)]).sum() for p in module.parameters())
+        loss.backward()
+        optimizer.step()
+        if check is not None:
+            check()
+
+
+# ------------------------------------------------------------------------------------- project
+@pytest.mark.parametrize(
+    ("spec", "shape"),
+    [
+        (ps.Box(-0.5, 0.5), (4, 5)),
+        (ps.Box(torch.linspace(-2, 0, 4).reshape(4, 1), 1.0), (4, 5)),
+        (ps.UnitInterval(), (4, 5)),
+        (ps.Positive(), (4, 5)),
+        (ps.GreaterThan(2.0), (4, 5)),
+        (ps.LessThan(-1.0), (4, 5)),
+        (ps.Simplex(dim=-1), (4, 5)),
+        (ps.Simplex(dim=0), (4, 5)),
+    ],
+    ids=repr,
+)
+def test_project_keeps_every_step_feasible_and_reaches_the_boundary(spec, shape):
+    module = Holder(torch.zeros(shape))
+    ps.constrain(module, "value", spec, init="sample", method="project")
+    transform = ps.constraints(module)["value"]
+    parameter = module.value
+    push_outward(module, check=lambda: _assert_inside(transform, module.value))
+    assert module.value is parameter  # a plain Parameter, the same object
+    assert list(module.state_dict()) == ["value"]
+    # Pushed outward for 20 large steps, values sit exactly on the boundary (the projection's mark).
+    on_boundary = torch.equal(transform.project(module.value.detach()), module.value.detach())
+    assert on_boundary
+    assert not torch.equal(module.value.detach(), transform.to_interior(module.value.detach()))
+
+
+def _assert_inside(transform: ps.Transform, value: torch.Tensor) -> None:
+    assert transform.contains(value.detach()).all(), f"{transform!r}: left the set after a step"
+
+
+def test_project_with_init_project_lands_on_the_boundary_and_warns():
+    layer = nn.Linear(4, 3)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[0.5, 2.0, -3.0, float("nan")]] * 3))
+    with pytest.warns(ps.ParamshapeWarning, match="moved 9 of 12 values onto Box"):
+        ps.constrain(layer, "weight", ps.Box(-1, 1), init="project", method="project")
+    assert torch.equal(layer.weight[0].detach(), torch.tensor([0.5, 1.0, -1.0, 0.0]))
+
+
+def test_project_with_init_keep_refuses_infeasible_values_and_changes_nothing():
+    layer = nn.Linear(3, 2)
+    with torch.no_grad():
+        layer.weight.fill_(2.0)
+    before = snapshot(layer)
+    with pytest.raises(ps.InfeasibleValueError, match="init='project'"):
+        ps.constrain(layer, "weight", ps.Box(-1, 1), method="project")
+    assert_unchanged(layer, before)
+    assert ps.constraints(layer) == {}
+
+
+def test_project_init_raw_and_sample():
+    layer = nn.Linear(6, 4)
+    raw = layer.weight.detach().clone()
+    ps.constrain(layer, "weight", "positive", init="raw", method="project")
+    torch.testing.assert_close(layer.weight.detach(), torch.nn.functional.softplus(raw))
+    ps.constrain(layer, "bias", ps.Box(2, 3), init="sample", method="project")
+    assert ((layer.bias > 2) & (layer.bias < 3)).all()
+
+
+def test_the_hook_projects_only_the_parameters_of_the_optimizer_that_stepped():
+    a = ps.constrain(Holder(torch.zeros(3)), "value", ps.Box(-1, 1), method="project")
+    b = ps.constrain(Holder(torch.zeros(3)), "value", ps.Box(-1, 1), method="project")
+    optimizer = torch.optim.SGD(a.parameters(), lr=1.0)
+    with torch.no_grad():
+        b.value.fill_(5.0)  # b is not in the optimizer: left alone
+    optimizer.zero_grad()
+    (-a.value.sum()).backward()
+    optimizer.step()
+    assert torch.equal(a.value.detach(), torch.ones(3))
+    assert torch.equal(b.value.detach(), torch.full((3,), 5.0))
+    ps.project_(b)
+    assert torch.equal(b.value.detach(), torch.ones(3))
+
+
+def test_project_underscore_for_hand_written_updates_and_penalty_tensors():
+    model = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 1))
+    ps.constrain(model, "0.weight", ps.Box(-1, 1), init="project", method="project")
+    ps.constrain(model, "1.weight", ps.Box(-1, 1), init="project", method="penalty")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(10.0)
+    assert ps.project_(model) is model
+    assert (model[0].weight <= 1).all()
+    assert (model[1].weight > 1).all()  # penalty tensors are left alone by default
+    ps.project_(model, include_penalty=True)
+    assert (model[1].weight <= 1).all()
+    assert (model[0].bias > 1).all()  # unconstrained tensors untouched
+
+
+def test_unconstrain_stops_projection_and_removes_the_global_hook():
+    module = ps.constrain(Holder(torch.zeros(3)), "value", ps.Box(-1, 1), method="project")
+    state = module.__dict__[_state.STATE_ATTRIBUTE]
+    assert state in _state._PROJECTING
+    assert _state._HOOK is not None
+    ps.unconstrain(module, "value")
+    assert ps.constraints(module) == {}
+    assert _state.STATE_ATTRIBUTE not in module.__dict__
+    assert state not in _state._PROJECTING
+    gc.collect()  # models of earlier tests may still be waiting for the collector
+    assert (_state._HOOK is None) == (len(_state._PROJECTING) == 0)
+    optimizer = torch.optim.SGD(module.parameters(), lr=10.0)
+    (-module.value.sum()).backward()
+    optimizer.step()
+    assert (module.value > 1).all()
+
+
+def test_a_dropped_model_leaves_no_reference_behind():
+    gc.collect()
+    projecting = len(_state._PROJECTING)
+    module = ps.constrain(Holder(torch.zeros(3)), "value", ps.Box(-1, 1), method="project")
+    assert len(_state._PROJECTING) == projecting + 1
+    alive = weakref.ref(module)
+    parameter = weakref.ref(module.value)
+    del module
+    gc.collect()
+    assert alive() is None
+    assert parameter() is None
+    assert len(_state._PROJECTING) == projecting
+    # The hook holds nothing and is a no-op once nothing is projected; the next step removes nothing
+    # it should not.
+    other = Holder(torch.full((2,), 7.0))
+    optimizer = torch.optim.SGD(other.parameters(), lr=0.0)
+    other.value.sum().backward()
+    optimizer.step()
+    assert torch.equal(other.value.detach(), torch.full((2,), 7.0))
+
+
+def test_deep_copies_and_pickles_keep_projecting():
+    module = ps.constrain(Holder(torch.zeros(3)), "value", ps.Box(-1, 1), method="project")
+    clone = copy.deepcopy(module)
+    buffer = io.BytesIO()
+    torch.save(module, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    for copied in (clone, loaded):
+        assert copied.value is not module.value
+        assert (
+            repr(ps.constraint_info(copied))
+            == "{'value': ConstraintInfo(Box(low=-1.0, high=1.0), method='project')}"
+        )
+        optimizer = torch.optim.SGD(copied.parameters(), lr=10.0)
+        (-copied.value.sum()).backward()
+        optimizer.step()
+        assert torch.equal(copied.value.detach(), torch.ones(3))
+    assert torch.equal(module.value.detach(), torch.zeros(3))
+
+
+def test_replaced_parameters_are_followed_by_name():
+    module = ps.constrain(Holder(torch.zeros(3)), "value", ps.Box(-1, 1), method="project")
+    module.load_state_dict({"value": torch.full((3,), 0.5)}, assign=True)
+    optimizer = torch.optim.SGD(module.parameters(), lr=10.0)
+    (-module.value.sum()).backward()
+    optimizer.step()
+    assert torch.equal(module.value.detach(), torch.ones(3))
+
+
+def test_project_follows_the_module_dtype():
+    module = ps.constrain(Holder(torch.zeros(3)), "value", ps.Box(-1, 1), method="project").double()
+    optimizer = torch.optim.SGD(module.parameters(), lr=10.0)
+    (-module.value.sum()).backward()
+    optimizer.step()
+    assert module.value.dtype == torch.float64
+    assert torch.equal(module.value.detach(), torch.ones(3, dtype=torch.float64))
+    assert ps.constraints(module)["value"].low.dtype == torch.float64
+
+
+def test_project_refuses_transforms_without_a_projection_and_buffers():
+    module = Holder(torch.ones(3))
+    before = snapshot(module)
+    with pytest.raises(ps.ProjectionUnavailableError, match=r"'value' of Holder: method='project' is not"):
+        ps.constrain(module, "value", NonNegativeSquare(), method="project")
+    assert_unchanged(module, before)
+    norm = nn.BatchNorm1d(3)
+    with pytest.raises(ps.UnsupportedTensorError, match="'running_var' of BatchNorm1d is a buffer"):
+        ps.constrain(norm, "running_var", "positive", method="project")
+
+
+def test_tied_weights_are_accepted_by_the_plain_strategies():
+    model = nn.Module()
+    model.embedding = nn.Embedding(10, 4)
+    model.decoder = nn.Linear(4, 10, bias=False)
+    model.decoder.weight = model.embedding.weight
+    with pytest.warns(ps.ParamshapeWarning):
+        ps.constrain(model, "embedding.weight", ps.Box(-0.5, 0.5), init="project", method="project")
+    assert model.decoder.weight is model.embedding.weight
+    assert (model.decoder.weight.abs() <= 0.5).all()
+    with pytest.raises(ps.ConstraintConflictError, match=re.escape("same Parameter as 'embedding.weight'")):
+        ps.constrain(model, "decoder.weight", ps.Box(-0.5, 0.5), method="penalty")
+
+
+# ------------------------------------------------------------------------------------- penalty
+def test_penalty_is_zero_inside_and_on_the_boundary():
+    layer = nn.Linear(3, 2)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[1.0, -1.0, 0.3], [0.0, 1.0, -0.999]]))
+    ps.constrain(layer, "weight", ps.Box(-1, 1), method="penalty")
+    assert ps.penalty(layer).item() == 0.0
+    with torch.no_grad():  # one ulp past the bound: inside for contains(), so no penalty either
+        layer.weight[0, 0] = torch.nextafter(torch.tensor(1.0), torch.tensor(2.0))
+    assert ps.constraints(layer)["weight"].contains(layer.weight.detach()).all()
+    assert ps.penalty(layer).item() == 0.0
+    with torch.no_grad():
+        layer.weight[0, 0] = 1.001
+    assert ps.penalty(layer).item() == pytest.approx(1e-6, rel=1e-3)
+
+
+def test_penalty_is_the_weighted_squared_distance_and_its_gradient_points_back():
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1))
+    with torch.no_grad():
+        model[0].weight.zero_()
+        model[1].bias.fill_(1.0)
+    ps.constrain(model, "0.weight", "box(-1, 1)", method="penalty", weight=2.0)
+    ps.constrain(model, "1.bias", "positive", method="penalty")
+    with torch.no_grad():  # plain parameters: nothing stops them from leaving the set
+        model[0].weight.copy_(torch.tensor([[1.5, 0.0], [-3.0, 0.5]]))
+        model[1].bias.fill_(-0.25)
+    value = ps.penalty(model)
+    # 2 * ((1.5 - 1)^2 + (-3 + 1)^2) + 1 * (-0.25 - 0)^2
+    assert value.item() == pytest.approx(2 * (0.25 + 4.0) + 0.0625)
+    value.backward()
+    torch.testing.assert_close(model[0].weight.grad, torch.tensor([[2 * 2 * 0.5, 0.0], [2 * 2 * -2.0, 0.0]]))
+    torch.testing.assert_close(model[1].bias.grad, torch.tensor([2 * -0.25]))
+
+
+def test_penalty_training_reduces_violation_and_weight_tightens_it():
+    torch.manual_seed(0)
+    x = torch.randn(256, 3)
+    y = x @ torch.tensor([3.0, -2.0, 0.5])  # the unconstrained optimum lies outside the box
+    violations = {}
+    for weight in (0.1, 10.0):
+        layer = nn.Linear(3, 1, bias=False)
+        with torch.no_grad():
+            layer.weight.zero_()
+        ps.constrain(layer, "weight", ps.Box(-1, 1), method="penalty", weight=weight)
+        optimizer = torch.optim.Adam(layer.parameters(), lr=0.05)
+        for _ in range(400):
+            optimizer.zero_grad()
+            loss = (layer(x).squeeze(-1) - y).square().mean() + ps.penalty(layer)
+            loss.backward()
+            optimizer.step()
+        violations[weight] = (layer.weight.detach().abs() - 1).clamp_min(0).max().item()
+    assert violations[0.1] > 0.1  # a weak penalty leaves a visible violation
+    # The optimum trades loss against violation: 100x the weight, about 10x less violation here.
+    assert 0 < violations[10.0] < violations[0.1] / 5
+
+
+def test_penalty_falls_back_on_the_excess_without_a_projection():
+    module = Holder(torch.ones(3))
+    ps.constrain(module, "value", NonNegativeSquare(), method="penalty")
+    assert ps.penalty(module).item() == 0.0
+    with torch.no_grad():
+        module.value.copy_(torch.tensor([-2.0, 1.0, 0.0]))
+    assert ps.penalty(module).item() == pytest.approx(4.0)
+
+
+def test_penalty_dtype_and_empty_model():
+    assert ps.penalty(nn.Linear(2, 2)).item() == 0.0
+    layer = ps.constrain(nn.Linear(2, 2).double(), "weight", ps.Box(-1, 1), method="penalty")
+    assert ps.penalty(layer).dtype == torch.float64
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"method": "clip"}, r"method must be one of \['reparam', 'project', 'penalty'\]"),
+        ({"method": "penalty", "weight": -1.0}, "weight must be a finite number >= 0"),
+        ({"method": "penalty", "weight": float("nan")}, "weight must be a finite number >= 0"),
+        ({"method": "penalty", "weight": True}, "weight must be a finite number >= 0"),
+        ({"method": "project", "weight": 2.0}, "weight= applies to method='penalty' only"),
+        ({"weight": 2.0}, "weight= applies to method='penalty' only"),
+    ],
+)
+def test_bad_method_or_weight(kwargs, message):
+    layer = nn.Linear(2, 2)
+    before = snapshot(layer)
+    with pytest.raises(ps.SpecError, match=message):
+        ps.constrain(layer, "weight", "box(-1, 1)", **kwargs)
+    assert_unchanged(layer, before)
+
+
+# ------------------------------------------------------------------- listing, switching, removing
+def test_constraints_and_constraint_info_report_every_strategy():
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    ps.constrain(model, "0.weight", "box(-1, 1)")
+    ps.constrain(model, "0.bias", "box(-1, 1)", method="project")
+    ps.constrain(model, "1.weight", "box(-1, 1)", method="penalty", weight=0.5)
+    assert list(ps.constraints(model)) == ["0.weight", "0.bias", "1.weight"]
+    assert all(isinstance(t, ps.Box) for t in ps.constraints(model).values())
+    info = ps.constraint_info(model)
+    assert [(i.method, i.weight) for i in info.values()] == [
+        ("reparam", None),
+        ("project", None),
+        ("penalty", 0.5),
+    ]
+    assert info["0.weight"].transform is ps.constraints(model)["0.weight"]
+    assert repr(info["1.weight"]) == "ConstraintInfo(Box(low=-1.0, high=1.0), method='penalty', weight=0.5)"
+    ps.unconstrain(model)
+    assert ps.constraint_info(model) == {}
+    assert type(model[0]) is nn.Linear
+
+
+def test_switching_strategies_keeps_the_parameter_object_and_the_value():
+    layer = nn.Linear(3, 3)
+    weight = layer.weight
+    optimizer = torch.optim.SGD(layer.parameters(), lr=0.1)
+    with pytest.warns(ps.ParamshapeWarning):
+        ps.constrain(layer, "weight", ps.Box(-0.2, 0.2), init="project")
+    value = layer.weight.detach().clone()
+    for method in ("project", "penalty", "reparam", "penalty", "reparam", "project"):
+        ps.constrain(layer, "weight", ps.Box(-0.2, 0.2), method=method)
+        assert ps.constraint_info(layer)["weight"].method == method
+        assert len(ps.constraints(layer)) == 1
+        torch.testing.assert_close(layer.weight.detach(), value, rtol=0, atol=1e-6)
+        stored = layer.parametrizations.weight.original if method == "reparam" else layer.weight
+        assert stored is weight
+    assert type(layer) is nn.Linear
+    layer(torch.randn(4, 3)).sum().backward()
+    optimizer.step()
+    assert (layer.weight.abs() <= 0.2).all()
+
+
+def test_unconstrain_one_plain_tensor_and_the_error_listing():
+    layer = nn.Linear(2, 2)
+    ps.constrain(layer, "weight", "box(-1, 1)", init="project", method="penalty")
+    ps.constrain(layer, "bias", "box(-1, 1)", method="project")
+    ps.unconstrain(layer, "weight")
+    assert list(ps.constraints(layer)) == ["bias"]
+    with pytest.raises(
+        ps.ConstraintConflictError,
+        match=re.escape("'weight' of Linear carries no paramshape constraint. Constrained tensors: bias"),
+    ):
+        ps.unconstrain(layer, "weight")
+
+
+# -------------------------------------------------------------------------------------- patterns
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8))
+        self.head = nn.Linear(8, 2)
+        self.norm = nn.BatchNorm1d(8)
+        self.bound = ps.Box(-1, 1)  # a transform used as a layer: its bounds are not targets
+        self.register_buffer("scale_lo", torch.ones(8))
+        self.register_buffer("scale_hi", torch.ones(8))
+
+
+def small(module: nn.Module) -> nn.Module:
+    with torch.no_grad():
+        for p in module.parameters():
+            p.mul_(0.01)
+    return module
+
+
+def test_patterns_constrain_every_match_at_any_depth():
+    net = small(Net())
+    ps.constrain(net, {"encoder.*.weight": ps.Box(-1, 1), "*.bias": "box(-1, 1)"})
+    assert list(ps.constraints(net)) == [
+        "encoder.0.weight",
+        "encoder.0.bias",
+        "encoder.2.weight",
+        "encoder.2.bias",
+        "head.bias",
+        "norm.bias",
+    ]
+    ps.constrain(net, {"head.weight": "box(-1, 1)", "scale_*": "positive"}, method="reparam")
+    assert {"scale_lo", "scale_hi"} <= set(ps.constraints(net))
+    # BatchNorm's running statistics are updated in place: refused, and nothing changes.
+    with pytest.raises(ps.ConstraintConflictError, match="updates 'running_mean' in place"):
+        ps.constrain(net, {"norm.weight": "positive", "norm.running_*": "positive"}, init="project")
+    assert "norm.weight" not in ps.constraints(net)
+
+
+def test_patterns_pass_method_and_weight_to_every_match():
+    net = small(Net())
+    ps.constrain(net, {"*.weight": ps.Box(-1, 1)}, method="penalty", weight=3.0)
+    info = ps.constraint_info(net)
+    assert set(info) == {"encoder.0.weight", "encoder.2.weight", "head.weight", "norm.weight"}
+    assert {(i.method, i.weight) for i in info.values()} == {("penalty", 3.0)}
+
+
+def test_a_pattern_that_matches_nothing_lists_the_names_and_changes_nothing():
+    net = small(Net())
+    before = snapshot(net)
+    with pytest.raises(ps.TensorNotFoundError) as error:
+        ps.constrain(net, {"*.bias": "box(-1, 1)", "decoder.*": "positive"})
+    message = str(error.value)
+    assert "The pattern 'decoder.*' matches no parameter or buffer of Net." in message
+    assert "encoder.0.weight, encoder.0.bias" in message
+    assert "bound.low" not in message  # a transform's bounds are not targets
+    assert "num_batches_tracked" not in message  # not floating point
+    assert_unchanged(net, before)
+    assert ps.constraints(net) == {}
+
+
+def test_overlapping_patterns_are_refused():
+    net = small(Net())
+    with pytest.raises(ps.SpecError, match=r"'head.bias' is matched by both '\*.bias' and 'head.\*'"):
+        ps.constrain(net, {"*.bias": "box(-1, 1)", "head.*": "positive"})
+
+
+def test_all_or_nothing_when_a_later_tensor_is_infeasible():
+    net = small(Net())
+    with torch.no_grad():
+        net.head.bias.fill_(5.0)
+    ps.constrain(net, "encoder.0.weight", ps.Box(-2, 2))  # an existing constraint to keep
+    before = snapshot(net)
+    with pytest.raises(ps.InfeasibleValueError, match=re.escape("'head.bias' of Net")):
+        ps.constrain(net, {"encoder.*": ps.Box(-1, 1), "head.*": ps.Box(-1, 1)}, method="project")
+    assert_unchanged(net, before)
+    assert repr(ps.constraint_info(net)) == (
+        "{'encoder.0.weight': ConstraintInfo(Box(low=-2.0, high=2.0), method='reparam')}"
+    )
+
+
+def test_all_or_nothing_when_applying_fails_half_way(monkeypatch):
+    net = small(Net())
+    ps.constrain(net, "encoder.0.weight", ps.Box(-2, 2))
+    ps.constrain(net, "encoder.0.bias", ps.Box(-2, 2), method="penalty")
+    before = snapshot(net)
+    module = sys.modules["paramshape._applying"]
+    real = module._apply_one
+    calls = []
+
+    def failing(root, plan):
+        calls.append(plan.ref.path)
+        if len(calls) == 4:
+            raise RuntimeError("boom")
+        real(root, plan)
+
+    monkeypatch.setattr(module, "_apply_one", failing)
+    with pytest.raises(RuntimeError, match="boom"):
+        ps.constrain(net, {"encoder.*": ps.Box(-1, 1)}, method="project")
+    assert len(calls) == 4
+    # Values, tensor objects and constraints are back (parametrize's dynamic class may be a new one).
+    after = snapshot(net)[1]
+    assert after.keys() == before[1].keys()
+    for name, (identity, value) in before[1].items():
+        assert after[name][0] == identity, name
+        torch.testing.assert_close(after[name][1], value, rtol=0, atol=0)
+    assert repr(ps.constraint_info(net)) == (
+        "{'encoder.0.weight': ConstraintInfo(Box(low=-2.0, high=2.0), method='reparam'), "
+        "'encoder.0.bias': ConstraintInfo(Box(low=-2.0, high=2.0), method='penalty', weight=1.0)}"
+    )
+
+
+def test_mapping_and_spec_together_or_missing_spec():
+    layer = nn.Linear(2, 2)
+    with pytest.raises(ps.SpecError, match="either a tensor name and a spec, or one mapping"):
+        ps.constrain(layer, {"*": "positive"}, "positive")
+    with pytest.raises(ps.SpecError, match="needs a spec for 'weight'"):
+        ps.constrain(layer, "weight")
+    with pytest.raises(ps.SpecError, match="empty mapping"):
+        ps.constrain(layer, {})
+
+
+def test_plain_names_in_a_mapping_keep_suggestions():
+    layer = nn.Linear(2, 2)
+    with pytest.raises(ps.TensorNotFoundError, match="Did you mean 'weight'"):
+        ps.constrain(layer, {"wieght": "box(-1, 1)"})
+
+
+def test_patterns_on_a_shared_module_constrain_it_once():
+    shared = small(nn.Linear(2, 2))
+    model = nn.Sequential(shared, nn.ReLU(), shared)
+    ps.constrain(model, {"*.weight": "box(-1, 1)"})
+    assert list(ps.constraints(model)) == ["0.weight"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ps.SpecError, match="name the same tensor"):
+            ps.constrain(model, {"0.bias": "box(-1, 1)", "2.bias": "box(-1, 1)"})
+
+
+def test_a_pattern_string_stands_for_a_one_entry_mapping_in_constrain_and_unconstrain():
+    net = small(Net())
+    ps.constrain(net, "encoder.*.weight", ps.Box(-1, 1), method="project")
+    ps.constrain(net, "*.bias", "box(-1, 1)", method="penalty")
+    assert [i.method for i in ps.constraint_info(net).values()] == ["project", "penalty"] * 2 + [
+        "penalty"
+    ] * 2
+    ps.unconstrain(net, "encoder.*")
+    assert list(ps.constraints(net)) == ["head.bias", "norm.bias"]
+    with pytest.raises(ps.TensorNotFoundError, match=re.escape("The pattern 'encoder.*' matches no")):
+        ps.unconstrain(net, "encoder.*")
