@@ -1,8 +1,8 @@
 """How fast paramshape is, side by side with the unconstrained model and with peers doing the same job.
 
-One command (from the repository root; about 3 minutes on 2 CPU cores, compilation included)::
+One command (from the repository root; 1 to 3 minutes on 2 CPU cores, compilation included)::
 
-    python benchmarks/run.py                       # tables, targets, benchmarks/results.json, a plot
+    python benchmarks/run.py                       # tables and targets; JSON and plot in benchmarks/results/
     python benchmarks/run.py --json out.json --plot out.png --threads 1
 
 Sections, each timed in one process with every variant of a table run in interleaved rounds (the
@@ -10,7 +10,8 @@ order rotates each round) and medians reported, so all rows of a table share the
 
 1. the transform alone (``Box(-1, 1)`` over 1M and 16M float32 values), forward and
    forward+backward: paramshape eager (hand-fused), fused (one compiled kernel), the unfused map the
-   compiled kernel is traced from, and the floor, ``clone`` (and its backward);
+   compiled kernel is traced from, the peers' one-sided map, and the floor, ``clone`` (and its
+   backward);
 2. a training step of a 3 x Linear(512, 512) MLP with Adam, batch 32 and 256: unconstrained,
    paramshape eager / fused / whole model compiled / ``method="project"``, and the peers -- a
    hand-written ``torch.distributions.biject_to`` parametrization, a GPyTorch-style raw parameter
@@ -19,7 +20,8 @@ order rotates each round) and medians reported, so all rows of a table share the
    transform for the same set, on the same MLP (skipped with a note when geotorch is not installed);
 4. ``constrain()`` on a model with 200 tensors (registration cost), and inference after
    ``ps.unconstrain`` against the never-constrained model;
-5. the size above which the fused kernel beats eager (how ``AUTO_MIN_ELEMENTS`` was chosen).
+5. per kernel, the size above which the fused kernel beats eager (how ``"auto"``'s thresholds,
+   ``AUTO_MIN_ELEMENTS`` and ``Fusable.auto_min_elements``, were chosen).
 
 ``pip install -e ".[bench]"`` installs matplotlib (the plot) and geotorch (section 3); both are optional.
 """
@@ -118,6 +120,12 @@ def _forward_backward(
     return run
 
 
+def _one_sided_box(x: Tensor) -> Tensor:
+    """What GPyTorch's Interval and biject_to(interval) compute: -1 + 2 sigmoid(x), three ops, which
+    loses the precision near the upper bound that Box keeps."""
+    return -1.0 + 2.0 * torch.sigmoid(x)
+
+
 def transform_alone(sizes: list[int], rounds: int) -> list[dict[str, Any]]:
     rows = []
     box = ps.Box(-1.0, 1.0)
@@ -126,6 +134,7 @@ def transform_alone(sizes: list[int], rounds: int) -> list[dict[str, Any]]:
         "paramshape eager (hand-fused)": (box, "off"),
         "paramshape fused (compiled)": (box, "on"),
         "unfused map (Box.forward)": (box.forward, None),
+        "peer: one-sided low + w sigmoid(x), eager": (_one_sided_box, None),
     }
     for size in sizes:
         x = torch.randn(size, requires_grad=True)
@@ -606,7 +615,9 @@ def plot(results: dict[str, Any], path: Path) -> bool:
             labels.append(f"{r['variant']}\n{r['size']:,}")
             values.append(r["ratio"])
     alone.barh(labels, values)
-    alone.set_xlabel("forward+backward time / floor (clone + backward)")
+    alone.set_xscale("log")
+    alone.axvline(1.0, color="black", linewidth=0.8)
+    alone.set_xlabel("forward+backward time / floor (clone + backward), log scale")
     alone.set_title("Box(-1, 1) alone, float32")
     labels, values = [], []
     for r in results.get("mlp", []):
@@ -637,7 +648,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--threshold-sizes",
         type=int,
         nargs="+",
-        default=[1 << 12, 1 << 14, 1 << 16, 1 << 17, 1 << 18, 1 << 20],
+        default=[1 << 12, 1 << 14, 1 << 16, 1 << 18, 1 << 19, 1 << 20, 1 << 22],
     )
     parser.add_argument(
         "--families", nargs="+", default=list(THRESHOLD_FAMILIES), help="kernels in section 5"
@@ -646,8 +657,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--backend", default="inductor", help="compiler backend (tests use aot_eager to skip C++ builds)"
     )
-    parser.add_argument("--json", type=Path, default=HERE / "results.json")
-    parser.add_argument("--plot", type=Path, default=HERE / "results.png")
+    parser.add_argument("--json", type=Path, default=HERE / "results" / "run.json")
+    parser.add_argument("--plot", type=Path, default=HERE / "results" / "run.png")
     parser.add_argument("--no-plot", action="store_true")
     args = parser.parse_args(argv)
 
@@ -684,9 +695,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results["seconds"] = time.perf_counter() - started
     print(report(results))
     print(f"\n({results['seconds']:.0f} s)")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2))
     print(f"results written to {args.json}")
     if not args.no_plot:
+        args.plot.parent.mkdir(parents=True, exist_ok=True)
         if plot(results, args.plot):
             print(f"plot written to {args.plot}")
         else:

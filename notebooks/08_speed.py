@@ -171,8 +171,9 @@ plt.show()
 #   the weights, not with the batch; relative to the whole step it is largest for big weights and
 #   small batches.
 # - Fusing pays only for large tensors: a compiled kernel has a fixed call overhead that a
-#   256 x 256 weight does not recover. That is why the default, `"auto"`, fuses only tensors of at
-#   least 65 536 elements, and only once the eager maps have cost as much time as a compile.
+#   256 x 256 weight does not recover. That is why the default, `"auto"`, fuses only tensors above a
+#   per-transform size measured on a 2-core CPU (524 288 elements for a box; see
+#   docs/performance.md), and only once the eager maps have cost as much time as a compile.
 # - Compiling the whole model is usually the fastest, because the compiler fuses the map with the
 #   surrounding code; constrained modules compile with `fullgraph=True` (no graph breaks). Its
 #   price is the first call.

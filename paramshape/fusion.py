@@ -46,9 +46,10 @@ _MODES: tuple[str, ...] = get_args(FusionMode)
 #: ``"auto"`` compiles only for tensors of at least this many elements, unless the family says
 #: otherwise (:attr:`Fusable.auto_min_elements`). Below it the call overhead of a compiled function
 #: (guards and the autograd wrapper: about 75 us per forward+backward on the 2-core benchmark machine)
-#: exceeds what fusing saves. ``python benchmarks/run.py --sections threshold`` measures the
-#: crossover per kernel; this default is Box's (see docs/performance.md).
-AUTO_MIN_ELEMENTS = 1 << 18
+#: eats what fusing saves. ``python benchmarks/run.py --sections threshold`` measures, per kernel, the
+#: smallest size from which the fused forward+backward takes at most 0.95 of eager's time at every
+#: larger size; this default is Box's: 0.96 at 262,144 elements, 0.72 at 524,288 (docs/performance.md).
+AUTO_MIN_ELEMENTS = 1 << 19
 
 #: ``"auto"`` compiles a family's kernel once that family has spent this long (seconds of eager
 #: forward time on tensors above its size threshold, in this process): a cold compile takes
@@ -115,14 +116,14 @@ _state = _State()
 _compiled: dict[Callable[..., Tensor], Callable[..., Tensor]] = {}
 _eager_seconds: dict[Callable[..., Tensor], float] = {}
 _backend_failure: list[str] = []  # the first compiler error, once one happened
-_backend: list[str] = ["inductor"]  # tests swap in "aot_eager" to exercise dispatch without C++ builds
+_backend: list[Any] = ["inductor"]  # tests swap in "aot_eager" to exercise dispatch without C++ builds
 
 
 def set_fusion(mode: FusionMode) -> FusionMode:
     r"""Choose whether the elementwise transforms run as one compiled kernel; returns the previous mode.
 
     * ``"auto"`` (default): compile where it pays -- for tensors above the family's measured
-      size threshold (:data:`AUTO_MIN_ELEMENTS` = 262,144 elements for ``Box``; never for
+      size threshold (:data:`AUTO_MIN_ELEMENTS` = 524,288 elements for ``Box``; never for
       ``Simplex``, whose eager softmax is already one kernel), once the family has spent
       :data:`AUTO_COMPILE_BUDGET_S` seconds in eager forwards in this process, and only where the
       compiler works (if it fails, one :class:`~paramshape.ParamshapeWarning` says so and

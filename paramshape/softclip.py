@@ -105,8 +105,8 @@ class SoftClip(BoundedTransform):
     low: Tensor
     high: Tensor
     bound_names = ("low", "high")
-    # Eager, its three boolean selects dominate: compiling pays from a few thousand elements.
-    fusable = Fusable(_soft_clip_forward, ("low", "high"), ("softness",), auto_min_elements=1 << 12)
+    # Eager, its boolean selects dominate: compiling pays from 262,144 elements on (benchmarks/run.py).
+    fusable = Fusable(_soft_clip_forward, ("low", "high"), ("softness",), auto_min_elements=1 << 18)
 
     def __init__(self, low: BoundLike, high: BoundLike, softness: float = DEFAULT_SOFTNESS) -> None:
         super().__init__()

@@ -51,6 +51,7 @@ def test_every_section_reports(results, capsys):
     results, path = results
     assert {r["variant"] for r in results["transform"]} == {
         "floor (clone)", "paramshape eager (hand-fused)", "paramshape fused (compiled)", "unfused map (Box.forward)",
+        "peer: one-sided low + w sigmoid(x), eager",
     }  # fmt: skip
     assert {r["kind"] for r in results["transform"]} == {"forward", "forward+backward"}
     variants = {r["variant"] for r in results["mlp"]}

@@ -20,6 +20,7 @@ from torch._dynamo.testing import CompileCounterWithBackend
 from torch.nn.utils import parametrize
 
 import paramshape as ps
+from paramshape import _handfused as handfused
 from paramshape.fusion import _backend, _reset
 
 # The module itself: ``paramshape.fusion`` is also the name of the context manager.
@@ -295,9 +296,15 @@ def test_an_error_of_the_input_is_the_input_s_not_the_compiler_s(counter):
 
 
 # ------------------------------------------------------------------------------------ hand-fused box
+@pytest.fixture
+def hand_fused_everywhere(monkeypatch):
+    """The hand-fused box leaves tensors below 4096 elements to the plain map; these tests want it."""
+    monkeypatch.setattr(handfused, "MIN_ELEMENTS", 0)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("bounds", [(-1.0, 1.0), (100.0, 101.0), (-1.0, 1e-3), (-1e-30, 1e-30)])
-def test_hand_fused_box_matches_the_plain_map(bounds, dtype):
+def test_hand_fused_box_matches_the_plain_map(bounds, dtype, hand_fused_everywhere):
     if abs(bounds[0]) < torch.finfo(dtype).tiny:
         pytest.skip("the bounds underflow to 0 in this dtype")
     box = ps.Box(*bounds).to(dtype)
@@ -315,12 +322,21 @@ def test_hand_fused_box_matches_the_plain_map(bounds, dtype):
     assert torch.equal(grad, grad_plain)
 
 
-def test_hand_fused_box_at_negative_zero_is_the_midpoint():
+def test_eager_box_runs_hand_fused_for_large_tensors_and_plain_for_small_ones():
+    box = ps.Box(-1.0, 1.0)
+    with ps.fusion("off"):
+        large = box(torch.randn(handfused.MIN_ELEMENTS, requires_grad=True))
+        small = box(torch.randn(8, requires_grad=True))
+    assert type(large.grad_fn).__name__ == "_SigmoidBoxBackward"
+    assert type(small.grad_fn).__name__ != "_SigmoidBoxBackward"
+
+
+def test_hand_fused_box_at_negative_zero_is_the_midpoint(hand_fused_everywhere):
     box = ps.Box(-1.0, 3.0)
     assert box(torch.tensor([-0.0])).item() == 1.0
 
 
-def test_hand_fused_box_has_second_derivatives():
+def test_hand_fused_box_has_second_derivatives(hand_fused_everywhere):
     box = ps.Box(-2.0, 3.0).double()
     x = torch.randn(7, dtype=torch.float64, requires_grad=True)
     with ps.fusion("off"):
