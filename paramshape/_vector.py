@@ -56,6 +56,14 @@ class VectorTransform(Transform):
     def inverse_shape(self, shape: torch.Size) -> torch.Size:
         return self._resize(shape, self.size_change)
 
+    def _slice_at(self, y: Tensor, index: tuple[int, ...]) -> tuple[Tensor, str]:
+        """The slice of ``y`` along ``dim`` through ``index`` (an index of :meth:`_excess`), in float64,
+        and its label for messages (``[0, :]``)."""
+        dim = self.dim % y.dim()
+        where: list[int | slice] = list(index)
+        where[dim] = slice(None)
+        return y.double()[tuple(where)], slice_label(index, dim)
+
     def _resize(self, shape: torch.Size, change: int) -> torch.Size:
         if change == 0 or len(shape) == 0:
             return torch.Size(shape)

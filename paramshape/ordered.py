@@ -10,7 +10,7 @@ from . import _constraints
 from ._numerics import compute_dtype, interior_margin, softplus_inverse
 from ._report import format_scalar
 from ._slopes import softplus, to_dtype
-from ._vector import VectorTransform, slice_label
+from ._vector import VectorTransform
 from .registry import register
 
 __all__ = ["Ordered", "PositiveOrdered"]
@@ -59,11 +59,7 @@ class _Increasing(VectorTransform):
         return _constraints.ordered_excess(y, self.dim, positive=self.positive_start)
 
     def _describe(self, y: Tensor, index: tuple[int, ...]) -> str:
-        dim = self.dim % y.dim()
-        where = list(index)
-        where[dim] = slice(None)
-        row = y.double()[tuple(where)]
-        label = slice_label(index, dim)
+        row, label = self._slice_at(y, index)
         if self.positive_start and row[0] < 0:
             return f"the slice {label} starts at {format_scalar(row[0].item())}, below 0"
         drops = row[:-1] - row[1:]

@@ -12,7 +12,7 @@ from torch.distributions import constraints
 from ._numerics import INTERIOR_FRACTION, compute_dtype, membership_tolerance
 from ._report import format_scalar
 from ._slopes import to_dtype
-from ._vector import VectorTransform, slice_label
+from ._vector import VectorTransform
 from .errors import SpecError
 from .fusion import Fusable
 from .registry import register
@@ -153,11 +153,7 @@ class Simplex(VectorTransform):
         return negative + off_sum.clamp_min(0.0)
 
     def _describe(self, y: Tensor, index: tuple[int, ...]) -> str:
-        dim = self.dim % y.dim()
-        where = list(index)
-        where[dim] = slice(None)
-        row = y.double()[tuple(where)]
-        label = slice_label(index, dim)
+        row, label = self._slice_at(y, index)
         smallest = row.min().item()
         if smallest < 0:
             position = int(torch.argmin(row))

@@ -11,7 +11,7 @@ from torch.distributions import constraints
 from . import _constraints
 from ._numerics import compute_dtype
 from ._report import format_scalar
-from ._vector import VectorTransform, slice_label
+from ._vector import VectorTransform
 from .registry import register
 
 __all__ = ["UnitNorm"]
@@ -92,11 +92,8 @@ class UnitNorm(VectorTransform):
         return _constraints.sphere_excess(y, self.dim)
 
     def _describe(self, y: Tensor, index: tuple[int, ...]) -> str:
-        dim = self.dim % y.dim()
-        where = list(index)
-        where[dim] = slice(None)
-        norm = torch.linalg.vector_norm(y.double()[tuple(where)]).item()
-        return f"the slice {slice_label(index, dim)} has norm {format_scalar(norm)}"
+        row, label = self._slice_at(y, index)
+        return f"the slice {label} has norm {format_scalar(torch.linalg.vector_norm(row).item())}"
 
     def to_interior(self, y: Tensor) -> Tensor:
         finite = torch.where(torch.isfinite(y), y.double(), 0.0)

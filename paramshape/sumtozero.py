@@ -12,7 +12,7 @@ from torch.distributions import constraints
 from . import _constraints
 from ._numerics import compute_dtype
 from ._report import format_scalar
-from ._vector import VectorTransform, slice_label
+from ._vector import VectorTransform
 from .registry import register
 
 __all__ = ["SumToZero", "helmert", "helmert_inverse"]
@@ -133,11 +133,8 @@ class SumToZero(VectorTransform):
         return _constraints.sum_to_zero_excess(y, self.dim)
 
     def _describe(self, y: Tensor, index: tuple[int, ...]) -> str:
-        dim = self.dim % y.dim()
-        where = list(index)
-        where[dim] = slice(None)
-        row = y.double()[tuple(where)]
-        return f"the slice {slice_label(index, dim)} sums to {format_scalar(row.sum().item())}"
+        row, label = self._slice_at(y, index)
+        return f"the slice {label} sums to {format_scalar(row.sum().item())}"
 
     def project(self, y: Tensor) -> Tensor:
         r"""Subtract each slice's mean: the orthogonal projection onto the hyperplane
