@@ -19,6 +19,7 @@ __all__ = [
     "BoundLike",
     "BoundedTransform",
     "as_bound",
+    "as_bound_pair",
     "check_broadcast",
     "describe_bound_violation",
     "elementwise_excess",
@@ -51,6 +52,13 @@ def as_bound(value: BoundLike, name: str, owner: str) -> Tensor:
         where = _first_index(torch.isnan(tensor))
         raise SpecError(f"{owner}: '{name}' is NaN at {format_index(where)}; bounds must be numbers.")
     return tensor
+
+
+def as_bound_pair(low: BoundLike, high: BoundLike, owner: str) -> tuple[Tensor, Tensor]:
+    """:func:`as_bound` for a lower and an upper bound, promoted to one common dtype."""
+    low_tensor, high_tensor = as_bound(low, "low", owner), as_bound(high, "high", owner)
+    dtype = torch.promote_types(low_tensor.dtype, high_tensor.dtype)
+    return low_tensor.to(dtype), high_tensor.to(dtype)
 
 
 def ensure_finite(bound: Tensor, name: str, owner: str, advice: str) -> None:

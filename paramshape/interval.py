@@ -7,7 +7,7 @@ from torch import Tensor
 from torch.distributions import constraints
 
 from . import _handfused, _maps, _slopes
-from ._bounds import BoundedTransform, BoundLike, as_bound
+from ._bounds import BoundedTransform, BoundLike, as_bound_pair
 from ._numerics import compute_dtype, interior_margin
 from ._report import format_index, format_scalar
 from .errors import SpecError
@@ -73,10 +73,8 @@ class Box(BoundedTransform):
     def __init__(self, low: BoundLike, high: BoundLike) -> None:
         super().__init__()
         name = type(self).__name__
-        low_tensor = as_bound(low, "low", name)
-        high_tensor = as_bound(high, "high", name)
-        dtype = torch.promote_types(low_tensor.dtype, high_tensor.dtype)
-        self._set_bounds(low=low_tensor.to(dtype), high=high_tensor.to(dtype))
+        low_tensor, high_tensor = as_bound_pair(low, high, name)
+        self._set_bounds(low=low_tensor, high=high_tensor)
 
     def forward(self, x: Tensor) -> Tensor:
         return _box_forward(x, self.low, self.high, self._layout)

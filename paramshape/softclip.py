@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 from torch.distributions import constraints
 
-from ._bounds import BoundedTransform, BoundLike, as_bound
+from ._bounds import BoundedTransform, BoundLike, as_bound_pair
 from ._numerics import compute_dtype, interior_margin, softplus_inverse, step_inside
 from ._slopes import softplus, to_dtype
 from .errors import SpecError
@@ -119,10 +119,8 @@ class SoftClip(BoundedTransform):
         ):
             raise SpecError(f"{name}: softness must be a positive finite number; got {softness!r}.")
         self.softness = float(softness)
-        low_tensor = as_bound(low, "low", name)
-        high_tensor = as_bound(high, "high", name)
-        dtype = torch.promote_types(low_tensor.dtype, high_tensor.dtype)
-        self._set_bounds(low=low_tensor.to(dtype), high=high_tensor.to(dtype))
+        low_tensor, high_tensor = as_bound_pair(low, high, name)
+        self._set_bounds(low=low_tensor, high=high_tensor)
 
     def forward(self, x: Tensor) -> Tensor:
         return _soft_clip_forward(x, self.low, self.high, self.softness)
