@@ -50,7 +50,7 @@ from torch.distributions import biject_to, constraints
 from torch.nn.utils import parametrize
 
 import paramshape as ps
-from paramshape.fusion import AUTO_MIN_ELEMENTS, _backend
+from paramshape.fusion.compiled import AUTO_MIN_ELEMENTS, _backend
 
 HERE = Path(__file__).resolve().parent
 

@@ -6,15 +6,11 @@
 True
 """
 
-from . import testing
-from ._version import __version__
-from .affine import Affine
-from .checkpoint import plain_state_dict
-from .cholesky import LowerCholesky, PositiveDefinite
-from .compose import Compose
-from .constrain import InitPolicy, constrain, constraint_info, constraints, unconstrain
-from .correlation import CorrCholesky, CorrMatrix
-from .errors import (
+from paramshape import testing
+from paramshape._version import __version__
+from paramshape.attach.checkpoint import plain_state_dict
+from paramshape.attach.constrain import InitPolicy, constrain, constraint_info, constraints, unconstrain
+from paramshape.errors import (
     CompiledRegionError,
     ConstraintConflictError,
     ContractViolation,
@@ -33,27 +29,32 @@ from .errors import (
     TransformError,
     UnsupportedTensorError,
 )
-from .function import FunctionTransform
-from .functional import functional_params
-from .fusion import Fusable, fusion, get_fusion, set_fusion
-from .grad import clip_grad
-from .init import init_
-from .interop import TorchTransform
-from .interval import Box, UnitInterval
-from .layers import BoundedReLU, HardClamp, TemperatureSoftmax
-from .optim import param_groups
-from .ordered import Ordered, PositiveOrdered
-from .orthogonal import Orthogonal
-from .output import bound_output
-from .positive import GreaterThan, LessThan, Positive
-from .registry import Spec, available, register, resolve
-from .simplex import Simplex
-from .softclip import SoftClip
-from .sphere import UnitNorm
-from .strategies import ConstraintInfo, penalty, project_
-from .sumtozero import SumToZero
-from .symmetric import Symmetric
-from .transform import Transform
+from paramshape.fusion.compiled import Fusable, fusion, get_fusion, set_fusion
+from paramshape.interop.distributions import TorchTransform
+from paramshape.interop.function import FunctionTransform
+from paramshape.outputs.bound import bound_output
+from paramshape.outputs.layers import BoundedReLU, HardClamp, TemperatureSoftmax
+from paramshape.spec.compose import Compose
+from paramshape.spec.resolve import Spec, register, resolve
+from paramshape.strategies.methods import ConstraintInfo, penalty, project_
+from paramshape.training.functional import functional_params
+from paramshape.training.grad import clip_grad
+from paramshape.training.init import init_
+from paramshape.training.optim import param_groups
+from paramshape.transforms.base import Transform
+from paramshape.transforms.elementwise.affine import Affine
+from paramshape.transforms.elementwise.interval import Box, UnitInterval
+from paramshape.transforms.elementwise.positive import GreaterThan, LessThan, Positive
+from paramshape.transforms.elementwise.softclip import SoftClip
+from paramshape.transforms.matrix.cholesky import LowerCholesky, PositiveDefinite
+from paramshape.transforms.matrix.correlation import CorrCholesky, CorrMatrix
+from paramshape.transforms.matrix.orthogonal import Orthogonal
+from paramshape.transforms.matrix.symmetric import Symmetric
+from paramshape.transforms.registry import available
+from paramshape.transforms.vector.ordered import Ordered, PositiveOrdered
+from paramshape.transforms.vector.simplex import Simplex
+from paramshape.transforms.vector.sphere import UnitNorm
+from paramshape.transforms.vector.sumtozero import SumToZero
 
 __all__ = [
     "Affine",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .registry import available, registered_class
+from paramshape.transforms.registry import available, registered_class
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("list", help="list the registered transforms")
     args = parser.parse_args(argv)
     if args.command == "demo":
-        from .demo import main as run_demo
+        from paramshape.demo import main as run_demo
 
         run_demo(steps=args.steps)
     else:

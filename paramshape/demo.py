@@ -13,7 +13,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .constrain import constrain, constraints
+from paramshape.attach.constrain import constrain, constraints
 
 __all__ = ["GaussianMixture", "main", "make_data"]
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import paramshape as ps
-from paramshape.fusion import _backend, _reset
+from paramshape.fusion.compiled import _backend, _reset
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "run.py"
 TINY = [

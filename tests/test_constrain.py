@@ -476,7 +476,7 @@ def test_failed_replacement_of_a_shape_changing_transform_restores_it(monkeypatc
             raise RuntimeError("boom")
 
     # Skip the dry run so the failure happens half-way through the registration.
-    monkeypatch.setattr(sys.modules["paramshape._planning"], "_dry_run", lambda *args: None)
+    monkeypatch.setattr(sys.modules["paramshape.attach.planning"], "_dry_run", lambda *args: None)
     with pytest.raises(RuntimeError, match="boom"):
         ps.constrain(layer, "weight", Exploding(), init="keep")
     assert_unchanged(layer, before)

@@ -12,7 +12,7 @@ import pytest
 
 import paramshape as ps
 from paramshape import testing
-from paramshape.registry import registered_class
+from paramshape.transforms.registry import registered_class
 
 from .transform_cases import CASES, DTYPES, Case, case_params
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import paramshape as ps
-from paramshape.registry import registered_class
+from paramshape.transforms.registry import registered_class
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()

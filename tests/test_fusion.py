@@ -20,11 +20,11 @@ from torch._dynamo.testing import CompileCounterWithBackend
 from torch.nn.utils import parametrize
 
 import paramshape as ps
-from paramshape import _handfused as handfused
-from paramshape.fusion import _backend, _reset
+from paramshape.fusion import handfused
+from paramshape.fusion.compiled import _backend, _reset
 
 # The module itself: ``paramshape.fusion`` is also the name of the context manager.
-fusion_module = importlib.import_module("paramshape.fusion")
+fusion_module = importlib.import_module("paramshape.fusion.compiled")
 
 #: One of each kernel and layout (each compiles its own graphs, a few seconds each with inductor).
 FUSABLE = [

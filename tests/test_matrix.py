@@ -14,8 +14,8 @@ from torch.distributions import constraints, transform_to
 from torch.distributions.transforms import CorrCholeskyTransform
 
 import paramshape as ps
-from paramshape._matrix import cholesky_jitter, matrix_tolerance
 from paramshape.testing import autograd_log_abs_det_jacobian
+from paramshape.transforms.matrix.base import cholesky_jitter, matrix_tolerance
 
 SQUARE = [ps.LowerCholesky, ps.PositiveDefinite, ps.CorrCholesky, ps.CorrMatrix, ps.Symmetric]
 ALL = [*SQUARE, ps.Orthogonal]

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import paramshape as ps
-from paramshape import registry
+from paramshape.transforms import registry
 
 
 @pytest.fixture

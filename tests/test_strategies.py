@@ -484,7 +484,7 @@ def test_all_or_nothing_when_applying_fails_half_way(monkeypatch):
     ps.constrain(net, "encoder.0.weight", ps.Box(-2, 2))
     ps.constrain(net, "encoder.0.bias", ps.Box(-2, 2), method="penalty")
     before = snapshot(net)
-    module = sys.modules["paramshape._applying"]
+    module = sys.modules["paramshape.attach.applying"]
     real = module._apply_one
     calls = []
 

@@ -13,8 +13,9 @@ from torch.distributions import biject_to, constraints
 from torch.distributions import transforms as T
 
 import paramshape as ps
-from paramshape import registry, testing
-from paramshape.sumtozero import helmert, helmert_inverse
+from paramshape import testing
+from paramshape.transforms import registry
+from paramshape.transforms.vector.sumtozero import helmert, helmert_inverse
 
 
 @pytest.fixture

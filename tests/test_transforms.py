@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import paramshape as ps
-from paramshape._numerics import softplus_inverse
+from paramshape.numerics.precision import softplus_inverse
 
 FLOATS = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 

@@ -24,7 +24,7 @@ from mkdocs.structure.files import File, Files
 from torch import nn
 
 import paramshape as ps
-from paramshape.registry import registered_class
+from paramshape.transforms.registry import registered_class
 
 log = logging.getLogger("mkdocs.hooks.gallery")
 

@@ -1,0 +1,254 @@
+"""Attach, list and remove constraints on the tensors of a module: :func:`constrain`,
+:func:`constraints`, :func:`constraint_info` and :func:`unconstrain`."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator, Mapping
+from typing import Literal, get_args
+
+from torch import nn
+from torch.nn.utils import parametrize
+
+from paramshape.attach.applying import apply_plans
+from paramshape.attach.planning import check_distinct, check_method, plan
+from paramshape.errors import ConstraintConflictError, ParamshapeWarning, SpecError
+from paramshape.lookup.modules import (
+    constrained_tensors,
+    locate,
+    paramshape_transform,
+    refuse_inside_compile,
+    type_name,
+    unwrap,
+)
+from paramshape.lookup.patterns import expand_targets, is_pattern, match_names
+from paramshape.spec.resolve import Spec
+from paramshape.strategies.methods import ConstraintInfo, ConstraintMethod
+from paramshape.strategies.state import discard_state_if_empty, module_states, state_of
+from paramshape.transforms.base import Transform
+
+__all__ = ["InitPolicy", "constrain", "constraint_info", "constraints", "unconstrain"]
+
+#: How :func:`constrain` chooses the tensor's initial constrained value.
+InitPolicy = Literal["keep", "project", "raw", "sample"]
+_POLICIES: tuple[str, ...] = get_args(InitPolicy)
+
+
+def constrain(
+    module: nn.Module,
+    name: str | Mapping[str, Spec],
+    spec: Spec | None = None,
+    *,
+    init: InitPolicy = "keep",
+    method: ConstraintMethod = "reparam",
+    weight: float | None = None,
+) -> nn.Module:
+    r"""Constrain the tensor ``name`` of ``module`` to the transform's set, by one of three strategies.
+
+    * ``method="reparam"`` (default): the tensor is attached to the transform with
+      :func:`torch.nn.utils.parametrize.register_parametrization`, so the constrained value is
+      recomputed from a stored unconstrained tensor :math:`u` at every read, :math:`\theta = f(u)`,
+      gradients flow to :math:`u`, and ``module.<name> = value`` stores ``value`` through the
+      transform's inverse (raising :class:`~paramshape.InfeasibleValueError` for a value outside the
+      set). Every read lies in the set, whatever the optimizer does.
+    * ``method="project"``: the tensor stays a plain ``Parameter``; after every ``step()`` of a
+      ``torch.optim`` optimizer that holds it, it is replaced by its Euclidean projection onto the
+      closed set, :math:`\theta \leftarrow P_C(\theta)` (:meth:`~paramshape.Transform.project`: a
+      clamp for bounds, a sort-based projection for the simplex). Values can sit exactly on a bound.
+      :func:`~paramshape.project_` does the same by hand. The transform must define a projection.
+    * ``method="penalty"``: the tensor stays a plain ``Parameter`` and is not forced into the set;
+      :func:`~paramshape.penalty` returns :math:`\sum w\,\lVert\theta - P_C(\theta)\rVert^2` to add
+      to the loss, with this constraint's ``weight``.
+
+    The same ``Parameter`` object keeps holding the data under every strategy (the unconstrained
+    data for ``"reparam"``), so an optimizer built before this call keeps working. The plain
+    strategies leave ``state_dict`` keys unchanged and accept tied weights (both modules read the same,
+    projected tensor); they apply to parameters only, not buffers.
+
+    ``name`` may also be an fnmatch-style pattern (``"*.weight"``), or a mapping of patterns to specs, applied to every matching
+    parameter or buffer (qualified names as ``named_parameters()`` spells them; ``*`` matches dots
+    too): ``constrain(model, {"encoder.*.weight": ps.Box(-1, 1), "*.bias": "positive"})``.
+    ``init``, ``method`` and ``weight`` apply to all of them. A pattern that matches nothing raises,
+    listing the available names; a tensor matched by two patterns raises. All or nothing: if one
+    tensor fails, no tensor changes.
+
+    Args:
+        module: any ``nn.Module``.
+        name: a parameter or buffer of ``module``, or a dotted path to one in a submodule
+            (``"encoder.0.weight"``); a pattern (``"encoder.*.weight"``), for every match; or a
+            mapping ``{pattern: spec}``.
+        spec: a :class:`~paramshape.Transform`, a registered name, or a name with literal arguments
+            (``"box(-1, 1)"``). The transform is copied, so one instance can serve many tensors, and
+            cast to the tensor's dtype and device. Omitted when ``name`` is a mapping.
+        init: how the initial constrained value is chosen.
+
+            * ``"keep"`` (default): keep the current value, which must lie in the set (round trip
+              within a few ulps); otherwise raise, naming how many values are outside and the worst.
+            * ``"project"``: values outside the set are moved into it, with a
+              :class:`~paramshape.ParamshapeWarning` that counts them. With ``method="reparam"``
+              they go a thousandth of the set's scale (box width, or ``max(|bound|, 1)`` for
+              one-sided sets) past the nearest bound, where the gradient is still alive; with the
+              plain strategies, to their exact projection (onto the boundary).
+            * ``"raw"``: the current values become the *unconstrained* ones (natural for a freshly
+              initialized layer: ``Positive`` of a default ``Linear`` weight gives ``softplus(w)``).
+            * ``"sample"``: a fresh draw from the transform's :meth:`~paramshape.Transform.sample`.
+        method: ``"reparam"``, ``"project"`` or ``"penalty"`` (above).
+        weight: the weight of this constraint in :func:`~paramshape.penalty`, a finite number
+            :math:`\ge 0`; only with ``method="penalty"`` (default 1).
+
+    Returns:
+        ``module``, for chaining.
+
+    Calling ``constrain`` again on the same tensor replaces its constraint (the current constrained
+    value is the starting point), whatever the old and new strategies, instead of stacking a second
+    one. With ``method="reparam"``, a tensor shared with another module reachable from ``module``
+    (tied weights) is refused, because the other module would keep reading the raw tensor. On any
+    error the module is left exactly as it was.
+
+    Raises:
+        TensorNotFoundError: ``name`` is not a tensor of ``module``, or a pattern matches nothing.
+        SpecError: the spec, ``init``, ``method`` or ``weight`` is invalid, or two patterns match
+            the same tensor.
+        UnsupportedTensorError: the tensor is not real floating point, or is a buffer and ``method``
+            is not ``"reparam"``.
+        ShapeMismatchError: the transform's settings do not fit the tensor's shape.
+        InfeasibleValueError: ``init="keep"`` and the value lies outside the set (or is not finite).
+        ProjectionUnavailableError: ``method="project"`` and the transform defines no projection.
+        TiedTensorError: ``method="reparam"`` and the tensor is shared with another module.
+        ConstraintConflictError: the tensor carries a parametrization paramshape did not attach.
+
+    Example:
+        >>> import torch, torch.nn as nn, paramshape as ps
+        >>> model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
+        >>> _ = ps.constrain(model, "0.weight", ps.Box(-1, 1))
+        >>> _ = ps.constrain(model, "2.bias", "positive", init="project")  # doctest: +SKIP
+        >>> ps.constraints(model)
+        {'0.weight': Box(low=-1.0, high=1.0)}
+        >>> _ = ps.constrain(model, {"*.bias": "box(-1, 1)"}, method="project")
+        >>> ps.constraint_info(model)["2.bias"]
+        ConstraintInfo(Box(low=-1.0, high=1.0), method='project')
+    """
+    refuse_inside_compile("constrain")
+    module = unwrap(module)
+    if init not in _POLICIES:
+        raise SpecError(f"init must be one of {list(_POLICIES)}; got {init!r}.")
+    weight = check_method(method, weight)
+    targets = expand_targets(module, name, spec)
+    plans = [plan(module, dotted, target_spec, init, method, weight) for dotted, target_spec in targets]
+    check_distinct(plans)
+    apply_plans(module, plans)
+    for planned in plans:
+        if planned.moved is not None:
+            warnings.warn(planned.moved, ParamshapeWarning, stacklevel=2)
+    return module
+
+
+def constraints(module: nn.Module) -> dict[str, Transform]:
+    """Map the qualified name of every constrained tensor under ``module`` to its transform, whatever
+    its strategy; :func:`constraint_info` also says the strategy.
+
+    Example:
+        >>> import torch.nn as nn, paramshape as ps
+        >>> model = nn.Sequential(nn.Linear(2, 2))
+        >>> _ = ps.constrain(model, "0.weight", "box(-1, 1)")
+        >>> ps.constraints(model)
+        {'0.weight': Box(low=-1.0, high=1.0)}
+    """
+    return {path: info.transform for path, info in _entries(unwrap(module))}
+
+
+def constraint_info(module: nn.Module) -> dict[str, ConstraintInfo]:
+    """Map the qualified name of every constrained tensor under ``module`` to a
+    :class:`~paramshape.ConstraintInfo`: its transform, its strategy (``method``) and, for
+    ``method="penalty"``, its weight. Same keys, in the same order, as :func:`constraints`.
+
+    Example:
+        >>> import torch.nn as nn, paramshape as ps
+        >>> model = nn.Sequential(nn.Linear(2, 2))
+        >>> _ = ps.constrain(model, "0.weight", "box(-1, 1)")
+        >>> _ = ps.constrain(model, "0.bias", "box(-1, 1)", method="penalty", weight=10.0)
+        >>> for name, info in ps.constraint_info(model).items():
+        ...     print(name, info)
+        0.weight ConstraintInfo(Box(low=-1.0, high=1.0), method='reparam')
+        0.bias ConstraintInfo(Box(low=-1.0, high=1.0), method='penalty', weight=10.0)
+    """
+    return dict(_entries(unwrap(module)))
+
+
+def unconstrain(module: nn.Module, name: str | None = None) -> nn.Module:
+    """Remove paramshape constraints of any strategy, keeping the current values.
+
+    With ``name=None``, every constraint under ``module`` is removed; otherwise only the one on
+    ``name``. A ``"reparam"`` tensor becomes a plain tensor holding its constrained value again (the
+    same ``Parameter`` object, so optimizers keep working, and the module gets its original class
+    back); a ``"project"`` tensor stops being projected after optimizer steps; a ``"penalty"``
+    tensor drops out of :func:`~paramshape.penalty`. Output bounds and gradient clipping
+    (:func:`~paramshape.clip_grad`) are not constraints and stay.
+
+    Args:
+        module: any ``nn.Module``.
+        name: a constrained tensor of ``module`` (dotted path), an fnmatch pattern over the
+            constrained tensors' names (``"encoder.*"``), or ``None`` for all.
+
+    Returns:
+        ``module``.
+
+    Raises:
+        TensorNotFoundError: ``name`` is not a tensor of ``module``, or a pattern matches no
+            constrained tensor.
+        ConstraintConflictError: ``name`` carries no paramshape constraint.
+
+    Example:
+        >>> import torch.nn as nn, paramshape as ps
+        >>> layer = ps.constrain(nn.Linear(2, 2), "weight", "box(-1, 1)")
+        >>> type(ps.unconstrain(layer)).__name__, ps.constraints(layer)
+        ('Linear', {})
+    """
+    refuse_inside_compile("unconstrain")
+    module = unwrap(module)
+    if name is None:
+        for _, owner, tensor_name, _ in list(constrained_tensors(module)):
+            parametrize.remove_parametrizations(owner, tensor_name, leave_parametrized=True)
+        for _, owner, state in list(module_states(module)):
+            for tensor_name in list(state.plain):
+                state.pop_plain(tensor_name)
+            discard_state_if_empty(owner)
+        return module
+    if is_pattern(name):
+        for dotted in match_names(module, name, list(constraints(module))):
+            unconstrain(module, dotted)
+        return module
+    ref = locate(module, name)
+    if paramshape_transform(ref.owner, ref.name) is not None:
+        parametrize.remove_parametrizations(ref.owner, ref.name, leave_parametrized=True)
+        return module
+    state = state_of(ref.owner)
+    if state is not None and ref.name in state.plain:
+        state.pop_plain(ref.name)
+        discard_state_if_empty(ref.owner)
+        return module
+    listing = ", ".join(constraints(module)) or "none"
+    raise ConstraintConflictError(
+        f"'{name}' of {type_name(module)} carries no paramshape constraint. Constrained tensors: {listing}."
+    )
+
+
+def _entries(root: nn.Module) -> Iterator[tuple[str, ConstraintInfo]]:
+    """Every constrained tensor under ``root``, module by module: parametrized ones, then plain ones."""
+    for prefix, module in root.named_modules():
+        if parametrize.is_parametrized(module):
+            for name in list(module.parametrizations.keys()):
+                transform = paramshape_transform(module, name)
+                if transform is not None:
+                    yield _join(prefix, name), ConstraintInfo(transform)
+        state = state_of(module)
+        if state is None:
+            continue
+        state.sync(module)
+        for name, entry in state.plain.items():
+            transform = entry.transform_for(entry.tensor)
+            yield _join(prefix, name), ConstraintInfo(transform, entry.method, entry.weight)
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name

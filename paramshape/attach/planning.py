@@ -1,0 +1,247 @@
+"""Planning a constraint: everything :func:`paramshape.constrain` checks and computes for one tensor
+before it changes anything (so a failed call leaves the module exactly as it was)."""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import get_args
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from paramshape.errors import (
+    ConstraintConflictError,
+    InfeasibleValueError,
+    ProjectionUnavailableError,
+    SpecError,
+    TiedTensorError,
+    TransformError,
+    UnsupportedTensorError,
+)
+from paramshape.errors.report import format_shape
+from paramshape.lookup.modules import TensorRef, aliases_of, locate, paramshape_transform, type_name
+from paramshape.spec.resolve import Spec, resolve
+from paramshape.strategies.methods import ConstraintMethod
+from paramshape.strategies.state import module_states
+from paramshape.transforms.base import Transform
+
+__all__ = ["Plan", "check_distinct", "check_method", "plan"]
+
+_METHODS: tuple[str, ...] = get_args(ConstraintMethod)
+# BatchNorm updates these in place on the value it reads; a constrained tensor is recomputed on
+# every read, so the updates would vanish.
+_RUNNING_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
+_KEEP_HINT = (
+    "Pass init='project' to move them inside the set, init='raw' to treat the current values as "
+    "unconstrained ones, or init='sample' to draw new values."
+)
+
+
+@dataclass
+class Plan:
+    """Everything one tensor's constraint needs, computed and checked before anything changes."""
+
+    ref: TensorRef
+    transform: Transform
+    method: str
+    weight: float | None
+    target: Tensor
+    raw: Tensor | None
+    moved: str | None
+
+
+def check_method(method: str, weight: float | None) -> float | None:
+    """Validate ``method`` and ``weight``; return the weight to store (1.0 by default for penalties)."""
+    if method not in _METHODS:
+        raise SpecError(f"method must be one of {list(_METHODS)}; got {method!r}.")
+    if weight is None:
+        return 1.0 if method == "penalty" else None
+    if method != "penalty":
+        raise SpecError(f"weight= applies to method='penalty' only; got method={method!r}.")
+    if (
+        isinstance(weight, bool)
+        or not isinstance(weight, (int, float))
+        or not math.isfinite(weight)
+        or weight < 0
+    ):
+        raise SpecError(f"weight must be a finite number >= 0; got {weight!r}.")
+    return float(weight)
+
+
+def plan(root: nn.Module, dotted: str, spec: Spec, init: str, method: str, weight: float | None) -> Plan:
+    ref = locate(root, dotted)
+    transform = copy.deepcopy(resolve(spec))
+    with torch.no_grad():
+        current = getattr(ref.owner, ref.name).detach().clone()
+    _check_tensor(ref, current, root, method)
+    transform = transform.to(device=current.device, dtype=current.dtype)
+    transform._target = f"'{ref.path}' of {type_name(root)}"
+    transform.check_shape(current.shape)
+    if method == "reparam":
+        target, raw, moved = _initial_value(transform, current, init, exact=False)
+        _dry_run(transform, target if raw is None else raw, current, raw is not None)
+        return Plan(ref, transform, method, weight, target, raw, moved)
+    exact = _projection_works(transform, current, required=method == "project")
+    target, _, moved = _initial_value(transform, current, init, exact=exact)
+    _check_output(transform, "value", target, current.shape, current.dtype)
+    return Plan(ref, transform, method, weight, target, None, moved)
+
+
+def check_distinct(plans: list[Plan]) -> None:
+    seen: dict[tuple[int, str], str] = {}
+    for plan in plans:
+        key = (id(plan.ref.owner), plan.ref.name)
+        if key in seen:
+            raise SpecError(f"'{seen[key]}' and '{plan.ref.path}' name the same tensor; constrain it once.")
+        seen[key] = plan.ref.path
+
+
+# ------------------------------------------------------------------------------------ checks
+def _check_tensor(ref: TensorRef, current: Tensor, root: nn.Module, method: str = "reparam") -> None:
+    if not current.is_floating_point():
+        raise UnsupportedTensorError(
+            f"'{ref.path}' of {type_name(root)} has dtype {current.dtype}; only real floating "
+            "point tensors can be constrained."
+        )
+    existing = parametrize.is_parametrized(ref.owner, ref.name)
+    if existing and paramshape_transform(ref.owner, ref.name) is None:
+        chain = ", ".join(type(p).__name__ for p in ref.owner.parametrizations[ref.name])
+        raise ConstraintConflictError(
+            f"'{ref.path}' of {type_name(root)} already carries parametrizations paramshape did "
+            f"not attach ({chain}). Remove them with torch.nn.utils.parametrize."
+            "remove_parametrizations first, or constrain another tensor."
+        )
+    if method != "reparam":
+        _check_plain_target(ref, root, method)
+        return
+    if isinstance(ref.owner, nn.modules.batchnorm._NormBase) and ref.name in _RUNNING_STATISTICS:
+        raise ConstraintConflictError(
+            f"'{ref.path}' of {type_name(root)}: {type_name(ref.owner)} updates '{ref.name}' in place "
+            "during training, and a constrained tensor is recomputed on every read, so the updates "
+            "would be lost without a word. Constrain the layer's 'weight' or 'bias' instead."
+        )
+    tied = aliases_of(root, ref)
+    if tied:
+        raise TiedTensorError(
+            f"'{ref.path}' of {type_name(root)} is shared with {', '.join(repr(t) for t in tied)}. "
+            "Constraining it would leave the other module reading the raw, unconstrained values. "
+            "Untie the weights, or constrain the tensor in one module and read it from there "
+            "(for example in a forward that uses the constrained module's attribute); "
+            "method='project' and method='penalty' accept tied weights."
+        )
+
+
+def _check_plain_target(ref: TensorRef, root: nn.Module, method: str) -> None:
+    storage = ref.storage()
+    if not isinstance(storage, nn.Parameter):
+        raise UnsupportedTensorError(
+            f"'{ref.path}' of {type_name(root)} is a buffer; method={method!r} acts on parameters "
+            "that an optimizer updates. Use method='reparam' to constrain a buffer."
+        )
+    for prefix, owner, state in module_states(root):
+        for other_name, entry in state.plain.items():
+            other = _join(prefix, other_name)
+            if entry.tensor is storage and (owner is not ref.owner or other_name != ref.name):
+                raise ConstraintConflictError(
+                    f"'{ref.path}' of {type_name(root)} is the same Parameter as '{other}', which is "
+                    f"already constrained ({entry.method}); constrain it under one name only."
+                )
+
+
+def _projection_works(transform: Transform, current: Tensor, *, required: bool) -> bool:
+    """Whether the transform projects (checked on the current value); raise if ``required`` and not."""
+    try:
+        with torch.no_grad():
+            projected = transform.project(current)
+    except ProjectionUnavailableError as error:
+        if required:
+            raise ProjectionUnavailableError(f"{transform._target}: {error}") from None
+        return False
+    except AttributeError as error:
+        raise TransformError(f"{transform!r} failed while computing: {error}") from error
+    _check_output(transform, "project", projected, current.shape, current.dtype)
+    return True
+
+
+def _check_output(
+    transform: Transform, label: str, tensor: object, shape: torch.Size, dtype: torch.dtype
+) -> None:
+    if not isinstance(tensor, Tensor) or tensor.shape != shape or tensor.dtype != dtype:
+        got = (
+            f"{format_shape(tensor.shape)}, {tensor.dtype}"
+            if isinstance(tensor, Tensor)
+            else type(tensor).__name__
+        )
+        raise TransformError(
+            f"{transform!r}.{label} must return shape {format_shape(shape)} and dtype {dtype}; got {got}."
+        )
+
+
+def _initial_value(
+    transform: Transform, current: Tensor, init: str, *, exact: bool = False
+) -> tuple[Tensor, Tensor | None, str | None]:
+    """The constrained value to store, the raw unconstrained one when ``init="raw"``, and the warning
+    to give when ``init="project"`` moved values. ``exact``: project onto the closed set instead of
+    moving values into the interior."""
+    with torch.no_grad():
+        if init == "keep":
+            transform.validate(current, hint=_KEEP_HINT)
+            return current, None, None
+        if init == "project":
+            inside = transform.contains(current)
+            moved = int((~inside).sum())
+            if exact:
+                # As to_interior does, non-finite values are read as 0 first.
+                replacement = transform.project(torch.nan_to_num(current, nan=0.0, posinf=0.0, neginf=0.0))
+            else:
+                replacement = transform.to_interior(current)
+            message = None
+            if moved:
+                where = "onto" if exact else "inside"
+                message = (
+                    f"{transform._target}: init='project' moved {moved} of {inside.numel()} "
+                    f"{transform.element_noun} {where} {transform!r}."
+                )
+            return torch.where(inside, current, replacement), None, message
+        if init == "raw":
+            if not transform.supports_raw_init:
+                raise SpecError(
+                    f"{transform._target}: init='raw' is not available for {type(transform).__name__}, "
+                    "whose value depends on state set by its inverse. Use init='project' or 'sample'."
+                )
+            if transform.inverse_shape(current.shape) != current.shape:
+                raise SpecError(
+                    f"{transform._target}: init='raw' needs a transform that stores a tensor of the "
+                    f"value's shape; {transform!r} stores shape "
+                    f"{format_shape(transform.inverse_shape(current.shape))}. Use init='keep' or 'sample'."
+                )
+            if not bool(torch.isfinite(current).all()):
+                bad = int((~torch.isfinite(current)).sum())
+                raise InfeasibleValueError(
+                    f"{transform._target}: init='raw' needs finite values, but {bad} of "
+                    f"{current.numel()} are NaN or infinite."
+                )
+            return transform(current), current, None
+        return transform.sample(current.shape, dtype=current.dtype, device=current.device), None, None
+
+
+def _dry_run(transform: Transform, value: Tensor, current: Tensor, value_is_raw: bool) -> None:
+    """Run the inverse and forward once, outside the module, so a broken transform fails here
+    (with a clear message) instead of half-way through the registration."""
+    try:
+        with torch.no_grad():
+            raw = value if value_is_raw else transform.inverse(value)
+            constrained = transform(raw)
+    except AttributeError as error:
+        raise TransformError(f"{transform!r} failed while computing: {error}") from error
+    _check_output(transform, "inverse", raw, transform.inverse_shape(current.shape), current.dtype)
+    _check_output(transform, "forward", constrained, current.shape, current.dtype)
+    if not bool(torch.isfinite(raw).all()):
+        raise TransformError(f"{transform!r}.inverse returned non-finite values for a value in its set.")
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name

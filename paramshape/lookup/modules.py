@@ -1,0 +1,155 @@
+"""Finding tensors in module trees: dotted paths, paramshape's parametrizations, shared tensors."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from paramshape.errors import CompiledRegionError, NotAModuleError, TensorNotFoundError
+from paramshape.transforms.base import Transform
+
+__all__ = [
+    "TensorRef",
+    "aliases_of",
+    "constrained_tensors",
+    "locate",
+    "paramshape_transform",
+    "refuse_inside_compile",
+    "type_name",
+    "unwrap",
+]
+
+
+@dataclass(frozen=True)
+class TensorRef:
+    """Where a tensor lives: its owning module, its name there, and its path from the root given."""
+
+    owner: nn.Module
+    name: str
+    path: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.path} ({type(self.owner).__name__}.{self.name})"
+
+    def storage(self) -> Tensor:
+        """The Parameter or buffer object that holds the data (``original`` when parametrized)."""
+        if parametrize.is_parametrized(self.owner, self.name):
+            return self.owner.parametrizations[self.name].original
+        return self.owner._parameters.get(self.name, self.owner._buffers.get(self.name))
+
+
+def locate(root: nn.Module, dotted: str) -> TensorRef:
+    """Resolve ``"encoder.0.weight"`` against ``root``; :class:`TensorNotFoundError` if it is not a
+    parameter, buffer or parametrized tensor."""
+    if not isinstance(dotted, str) or not dotted:
+        raise TensorNotFoundError(f"A tensor name must be a non-empty string; got {dotted!r}.")
+    module_path, _, name = dotted.rpartition(".")
+    if "parametrizations" in dotted.split("."):
+        raise TensorNotFoundError(
+            f"{dotted!r} is parametrize's internal storage; name the tensor itself, e.g. "
+            f"{_public_name(dotted)!r}."
+        )
+    try:
+        owner = root.get_submodule(module_path) if module_path else root
+    except AttributeError:
+        owner = None
+    if owner is None or not _holds_tensor(owner, name):
+        raise TensorNotFoundError(_not_found_message(root, dotted))
+    return TensorRef(owner, name, dotted)
+
+
+def paramshape_transform(owner: nn.Module, name: str) -> Transform | None:
+    """The paramshape transform on ``owner.name``, if it carries exactly one."""
+    if not parametrize.is_parametrized(owner, name):
+        return None
+    chain = owner.parametrizations[name]
+    if len(chain) == 1 and isinstance(chain[0], Transform):
+        return chain[0]
+    return None
+
+
+def constrained_tensors(root: nn.Module) -> Iterator[tuple[str, nn.Module, str, Transform]]:
+    """Every tensor under ``root`` that carries a paramshape transform: (path, owner, name, transform)."""
+    for prefix, module in root.named_modules():
+        if not parametrize.is_parametrized(module):
+            continue
+        for name in list(module.parametrizations.keys()):
+            transform = paramshape_transform(module, name)
+            if transform is not None:
+                yield (f"{prefix}.{name}" if prefix else name), module, name, transform
+
+
+def aliases_of(root: nn.Module, ref: TensorRef) -> list[str]:
+    """Paths under ``root``, other than ``ref`` itself, that hold the same tensor or share its memory."""
+    storage = ref.storage()
+    own_list = (
+        ref.owner.parametrizations[ref.name] if parametrize.is_parametrized(ref.owner, ref.name) else None
+    )
+    pointer = storage.untyped_storage().data_ptr() if storage.numel() else None
+    found = []
+    for prefix, module in root.named_modules(remove_duplicate=False):
+        for name, tensor in (*module._parameters.items(), *module._buffers.items()):
+            if tensor is None or (module is ref.owner and name == ref.name) or module is own_list:
+                continue
+            same_memory = (
+                pointer is not None and tensor.numel() and tensor.untyped_storage().data_ptr() == pointer
+            )
+            if tensor is storage or same_memory:
+                found.append(f"{prefix}.{name}" if prefix else name)
+    return sorted(set(found))
+
+
+def refuse_inside_compile(what: str) -> None:
+    if torch.compiler.is_compiling():
+        raise CompiledRegionError(
+            f"ps.{what}() changes the module, which cannot happen inside a torch.compile region. "
+            "Call it before compiling (or outside the compiled function)."
+        )
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    if not isinstance(module, nn.Module):
+        raise NotAModuleError(f"Expected an nn.Module; got {type(module).__name__}.")
+    # torch.compile's wrapper forwards to the module it wraps; constrain that one (dynamo's guards
+    # notice the change and recompile).
+    inner = getattr(module, "_orig_mod", None)
+    return inner if isinstance(inner, nn.Module) else module
+
+
+def _holds_tensor(module: nn.Module, name: str) -> bool:
+    if parametrize.is_parametrized(module, name):
+        return True
+    # A registered-but-None entry (Linear(bias=False).bias) holds no tensor.
+    return module._parameters.get(name) is not None or module._buffers.get(name) is not None
+
+
+def _not_found_message(root: nn.Module, dotted: str) -> str:
+    names = [name for name, _ in root.named_parameters()] + [name for name, _ in root.named_buffers()]
+    names = [_public_name(name) for name in names]
+    close = difflib.get_close_matches(dotted, names, n=3)
+    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    listing = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
+    return (
+        f"{type(root).__name__} has no parameter or buffer {dotted!r}.{hint} "
+        f"Its tensors: {listing or 'none'}."
+    )
+
+
+def _public_name(name: str) -> str:
+    """``encoder.parametrizations.weight.original`` -> ``encoder.weight``."""
+    parts = name.split(".")
+    if "parametrizations" in parts:
+        i = parts.index("parametrizations")
+        return ".".join(parts[:i] + parts[i + 1 : i + 2])
+    return name
+
+
+def type_name(module: nn.Module) -> str:
+    """The module's class name as the user wrote it (not parametrize's ``Parametrized...`` subclass)."""
+    return parametrize.type_before_parametrizations(module).__name__

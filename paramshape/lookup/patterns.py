@@ -1,0 +1,115 @@
+"""Model-wide constraints by name pattern: ``{"encoder.*.weight": ps.Box(-1, 1), "*.bias": "positive"}``.
+
+Patterns are matched with :func:`fnmatch.fnmatchcase` against the qualified names that
+``named_parameters()`` and ``named_buffers()`` give, as the user spells them (``"0.weight"``, not
+parametrize's ``"0.parametrizations.weight.original"``). ``*`` matches any run of characters, dots
+included, so ``"*.bias"`` reaches biases at every depth.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from fnmatch import fnmatchcase
+from typing import Any
+
+from torch import nn
+from torch.nn.utils import parametrize
+
+from paramshape.errors import SpecError, TensorNotFoundError
+from paramshape.lookup.modules import _public_name
+from paramshape.transforms.base import Transform
+
+__all__ = ["constrainable_names", "expand_targets", "is_pattern", "match_names"]
+
+_WILDCARDS = frozenset("*?[")
+
+
+def expand_targets(root: nn.Module, name: Any, spec: Any) -> list[tuple[str, Any]]:
+    """``[(dotted_name, spec), ...]`` for ``constrain(root, name, spec)``: one pair for a name and a
+    spec, one per matched tensor for a mapping of patterns to specs. Raises before anything changes."""
+    if not isinstance(name, Mapping):
+        if spec is None:
+            raise SpecError(
+                f"constrain() needs a spec for {name!r}: a Transform, a registered name or a spec "
+                "string such as 'box(-1, 1)'; or pass one mapping {pattern: spec} instead of a name."
+            )
+        if is_pattern(name):
+            return [(hit, spec) for hit in match_names(root, name)]
+        return [(name, spec)]
+    if spec is not None:
+        raise SpecError(
+            "constrain() takes either a tensor name and a spec, or one mapping {pattern: spec}; "
+            "got a mapping and a spec."
+        )
+    if not name:
+        raise SpecError("constrain() got an empty mapping of patterns; give at least one {pattern: spec}.")
+    candidates: list[str] | None = None
+    matched: dict[str, str] = {}
+    targets: list[tuple[str, Any]] = []
+    for pattern, pattern_spec in name.items():
+        if not isinstance(pattern, str) or not pattern:
+            raise SpecError(f"Patterns must be non-empty strings such as '*.weight'; got {pattern!r}.")
+        if not is_pattern(pattern):
+            hits = [pattern]  # a plain name: constrain() reports a missing tensor with suggestions
+        else:
+            candidates = constrainable_names(root) if candidates is None else candidates
+            hits = match_names(root, pattern, candidates)
+        for hit in hits:
+            if hit in matched:
+                raise SpecError(
+                    f"'{hit}' is matched by both {matched[hit]!r} and {pattern!r}; make the patterns "
+                    "disjoint so each tensor gets one constraint."
+                )
+            matched[hit] = pattern
+            targets.append((hit, pattern_spec))
+    return targets
+
+
+def is_pattern(name: object) -> bool:
+    """Whether ``name`` is a string with fnmatch wildcards (``*``, ``?``, ``[``)."""
+    return isinstance(name, str) and not _WILDCARDS.isdisjoint(name)
+
+
+def match_names(root: nn.Module, pattern: str, candidates: list[str] | None = None) -> list[str]:
+    """The names among ``candidates`` (default: :func:`constrainable_names`) that ``pattern`` matches;
+    :class:`TensorNotFoundError` listing them when it matches none."""
+    candidates = constrainable_names(root) if candidates is None else candidates
+    hits = [candidate for candidate in candidates if fnmatchcase(candidate, pattern)]
+    if not hits:
+        raise TensorNotFoundError(_no_match_message(root, pattern, candidates))
+    return hits
+
+
+def constrainable_names(root: nn.Module) -> list[str]:
+    """Qualified names of the floating-point parameters and buffers under ``root``, constrained ones
+    under their public name; tensors of paramshape transforms used as layers (their bounds) and of
+    shared modules reached twice are listed once or not at all."""
+    names: dict[str, None] = {}
+    tensors = [*root.named_parameters(), *root.named_buffers()]
+    for raw_name, tensor in tensors:
+        if not tensor.is_floating_point():
+            continue
+        if "parametrizations" in raw_name.split("."):
+            names.setdefault(_public_name(raw_name))
+            continue
+        owner_path = raw_name.rpartition(".")[0]
+        owner = root.get_submodule(owner_path) if owner_path else root
+        if isinstance(owner, Transform):
+            continue
+        names.setdefault(raw_name)
+    return list(names)
+
+
+def _no_match_message(root: nn.Module, pattern: str, candidates: list[str]) -> str:
+    kind = parametrize.type_before_parametrizations(root).__name__
+    close = difflib.get_close_matches(pattern, candidates, n=3)
+    hint = f" Closest names: {', '.join(repr(c) for c in close)}." if close else ""
+    listing = ", ".join(candidates[:20]) + (
+        f", ... ({len(candidates)} in all)" if len(candidates) > 20 else ""
+    )
+    return (
+        f"The pattern {pattern!r} matches no parameter or buffer of {kind}.{hint} "
+        f"Its tensors: {listing or 'none'}. Patterns use fnmatch syntax: '*' matches any characters, "
+        "dots included ('*.bias' reaches every bias)."
+    )

@@ -1,0 +1,8 @@
+"""How a constraint is kept: reparametrise, project after the step, or penalise.
+
+Modules: :mod:`~.methods` (``ConstraintMethod``, ``ConstraintInfo``, ``penalty``, ``project_``) and
+:mod:`~.state` (the per-module state: which tensors are projected or penalised, the optimizer step
+hook that projects, gradient clipping settings).
+
+May import: :mod:`paramshape.lookup`, :mod:`paramshape.transforms` and the layers below.
+"""

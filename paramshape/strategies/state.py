@@ -1,0 +1,303 @@
+"""Per-module bookkeeping for what paramshape attaches without a parametrization: constraints that keep
+a plain parameter (``method="project"`` and ``method="penalty"``) and per-tensor gradient clipping,
+plus the optimizer hook that projects.
+
+Each module that owns such a tensor holds one :class:`ModuleState` in its ``__dict__`` (not a
+submodule, so ``state_dict`` keys do not change). Entries keep a reference to the tensor they apply
+to; the optimizer hook finds them through a weak set of the states that hold a projection, so nothing
+global keeps a module alive. Deep copies and pickles carry the state, and its ``__setstate__``
+re-registers the copy (and its gradient hooks), because ``Parameter.__deepcopy__`` drops hooks.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+import torch.optim.optimizer as _optimizer
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+from torch.utils.hooks import RemovableHandle
+
+from paramshape.errors import ProjectionUnavailableError, SpecError
+from paramshape.numerics.precision import compute_dtype, membership_tolerance
+from paramshape.transforms.base import Transform
+
+__all__ = [
+    "STATE_ATTRIBUTE",
+    "GradClip",
+    "ModuleState",
+    "PlainConstraint",
+    "PlainMethod",
+    "check_limit",
+    "discard_state_if_empty",
+    "module_states",
+    "state_of",
+    "stored_tensor",
+]
+
+#: The ``__dict__`` key under which a module keeps its :class:`ModuleState`.
+STATE_ATTRIBUTE = "_paramshape_state"
+
+PlainMethod = Literal["project", "penalty"]
+
+
+def stored_tensor(owner: nn.Module, name: str) -> Tensor | None:
+    """The tensor object an optimizer updates for ``owner.name``: the parametrization's ``original``,
+    or the parameter or buffer itself."""
+    if parametrize.is_parametrized(owner, name):
+        return owner.parametrizations[name].original
+    tensor = owner._parameters.get(name)
+    return tensor if tensor is not None else owner._buffers.get(name)
+
+
+@dataclass(eq=False)
+class PlainConstraint:
+    """A constraint that keeps ``owner.name`` a plain parameter: projected after each optimizer step
+    (``"project"``) or measured by :func:`~paramshape.penalty` (``"penalty"``)."""
+
+    transform: Transform
+    method: PlainMethod
+    weight: float | None
+    tensor: Tensor
+
+    def transform_for(self, tensor: Tensor) -> Transform:
+        """The transform, moved to ``tensor``'s dtype and device if the module was converted since
+        (``module.to()`` does not reach it: it is not a submodule)."""
+        bound = next((b for b in self.transform.buffers() if b.is_floating_point()), None)
+        if bound is not None and (bound.dtype != tensor.dtype or bound.device != tensor.device):
+            self.transform.to(device=tensor.device, dtype=tensor.dtype)
+        return self.transform
+
+    def project_(self) -> None:
+        """Replace the tensor's values by their projection onto the set, in place."""
+        tensor = self.tensor
+        with torch.no_grad():
+            tensor.copy_(self.transform_for(tensor).project(tensor))
+
+    def squared_distance(self) -> Tensor:
+        """Differentiable squared Euclidean distance of the tensor to the set; exactly 0 for values that
+        :meth:`~paramshape.Transform.contains` accepts."""
+        return squared_distance(self.transform_for(self.tensor), self.tensor)
+
+
+def squared_distance(transform: Transform, y: Tensor) -> Tensor:
+    r"""The squared Euclidean distance of ``y`` to the set, beyond the tolerance of
+    :meth:`~paramshape.Transform.contains`, so values it accepts count exactly 0.
+
+    Elementwise: :math:`\sum_i (|y_i - P(y)_i| - \tau_i)_+^2` with :math:`\tau_i` four ulps of the
+    bound :math:`P(y)_i` (``membership_tolerance``, the tolerance of ``contains``); it differs from
+    the plain squared distance by a few ulps and is continuous, with gradient
+    :math:`2(|y - P(y)| - \tau)_+ \operatorname{sign}(y - P(y))`. Slices (``event_dim > 0``):
+    :math:`\lVert y - P(y)\rVert^2` for the slices ``contains`` rejects. :math:`P(y)` is detached: the
+    gradient of the squared distance to a convex set is :math:`2(y - P(y))`. Transforms without a
+    projection fall back on the squared excess their membership test measures."""
+    work = compute_dtype(y.dtype)
+    with torch.no_grad():
+        try:
+            target = transform.project(y)
+        except ProjectionUnavailableError:
+            target = None
+    if target is None:
+        return transform._excess(y).square().sum().to(work)
+    if transform.event_dim == 0:
+        tolerance = membership_tolerance(y.dtype, target).to(work)
+        gap = ((y.to(work) - target.to(work)).abs() - tolerance).clamp_min(0.0)
+        return gap.square().sum()
+    with torch.no_grad():
+        inside = transform.contains(y)
+    gap = (y.to(work) - target.to(work)).square()
+    return torch.where(inside, torch.zeros((), dtype=work, device=y.device), gap).sum()
+
+
+class GradClip:
+    """The tensor hook behind :func:`~paramshape.clip_grad`: clip each gradient entry to
+    ``[-max_value, max_value]``, then rescale the gradient to a norm of at most ``max_norm``."""
+
+    # Tensor pickling warns about hooks it drops unless they say so; ModuleState re-registers them.
+    __torch_unserializable__ = True
+
+    def __init__(self, max_norm: float | None, max_value: float | None) -> None:
+        self.max_norm = max_norm
+        self.max_value = max_value
+
+    def __call__(self, grad: Tensor) -> Tensor:
+        work = grad.to(compute_dtype(grad.dtype))
+        if self.max_value is not None:
+            work = work.clamp(-self.max_value, self.max_value)
+        if self.max_norm is not None:
+            norm = torch.linalg.vector_norm(work)
+            scale = (self.max_norm / norm.clamp_min(torch.finfo(work.dtype).tiny)).clamp(max=1.0)
+            work = work * scale
+        return work.to(grad.dtype)
+
+    def __repr__(self) -> str:
+        settings = [f"{key}={value}" for key, value in vars(self).items() if value is not None]
+        return f"GradClip({', '.join(settings)})"
+
+
+@dataclass(eq=False)
+class _ClipEntry:
+    clip: GradClip
+    tensor: Tensor
+    handle: RemovableHandle | None = field(default=None, repr=False)
+
+    def attach(self) -> None:
+        self.handle = self.tensor.register_hook(self.clip)
+
+    def detach(self) -> None:
+        if self.handle is not None:
+            self.handle.remove()
+            self.handle = None
+
+
+class ModuleState:
+    """What paramshape keeps on one module outside parametrize: plain constraints and gradient clips,
+    by tensor name."""
+
+    def __init__(self, owner: nn.Module) -> None:
+        self.plain: dict[str, PlainConstraint] = {}
+        self.clips: dict[str, _ClipEntry] = {}
+        self._owner: weakref.ref[nn.Module] | None = weakref.ref(owner)
+
+    # ------------------------------------------------------------------ plain constraints
+    def put_plain(self, name: str, entry: PlainConstraint) -> None:
+        self.plain[name] = entry
+        _update_registry(self)
+
+    def pop_plain(self, name: str) -> PlainConstraint | None:
+        entry = self.plain.pop(name, None)
+        _update_registry(self)
+        return entry
+
+    # ------------------------------------------------------------------ gradient clipping
+    def set_clip(self, name: str, clip: GradClip | None, tensor: Tensor | None) -> None:
+        old = self.clips.pop(name, None)
+        if old is not None:
+            old.detach()
+        if clip is not None and tensor is not None:
+            entry = _ClipEntry(clip, tensor)
+            entry.attach()
+            self.clips[name] = entry
+
+    # ------------------------------------------------------------------ keeping in step
+    def sync(self, owner: nn.Module | None = None) -> None:
+        """Follow tensors the module replaced since (``load_state_dict(assign=True)``, a new
+        ``Parameter`` assigned): entries are keyed by name, the module's current tensor wins."""
+        if owner is not None:
+            self._owner = weakref.ref(owner)
+        owner = self._owner() if self._owner is not None else None
+        if owner is None:
+            return
+        for name, entry in self.plain.items():
+            current = owner._parameters.get(name)
+            if current is not None and current is not entry.tensor:
+                entry.tensor = current
+        for name, clip in list(self.clips.items()):
+            current = stored_tensor(owner, name)
+            if current is not None and current is not clip.tensor:
+                self.set_clip(name, clip.clip, current)
+
+    def empty(self) -> bool:
+        return not self.plain and not self.clips
+
+    # ------------------------------------------------------------------ copying and pickling
+    def __getstate__(self) -> dict[str, Any]:
+        return {"plain": self.plain, "clips": {name: (e.clip, e.tensor) for name, e in self.clips.items()}}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # The owner is not known here (its __dict__ is filled after this); the next walk over the
+        # module (constraints, project_, penalty, constrain) sets it. The tensors are the copies.
+        self.plain = state["plain"]
+        self.clips = {}
+        self._owner = None
+        for name, (clip, tensor) in state["clips"].items():
+            if tensor.requires_grad:
+                self.set_clip(name, clip, tensor)
+        _update_registry(self)
+
+
+def state_of(module: nn.Module, *, create: bool = False) -> ModuleState | None:
+    """The module's :class:`ModuleState`, created when asked."""
+    state = module.__dict__.get(STATE_ATTRIBUTE)
+    if state is None and create:
+        state = ModuleState(module)
+        module.__dict__[STATE_ATTRIBUTE] = state
+    return state
+
+
+def discard_state_if_empty(module: nn.Module) -> None:
+    state = module.__dict__.get(STATE_ATTRIBUTE)
+    if state is not None and state.empty():
+        del module.__dict__[STATE_ATTRIBUTE]
+        _PROJECTING.discard(state)
+        _update_hook()
+
+
+def module_states(root: nn.Module) -> Iterator[tuple[str, nn.Module, ModuleState]]:
+    """``(prefix, module, state)`` for every module under ``root`` that holds a state, synced."""
+    for prefix, module in root.named_modules():
+        state = module.__dict__.get(STATE_ATTRIBUTE)
+        if state is not None:
+            state.sync(module)
+            yield prefix, module, state
+
+
+# ---------------------------------------------------------------------- the optimizer hook
+#: States holding at least one ``method="project"`` entry. Weak: a module that is garbage collected
+#: drops out by itself, and the hook holds no reference to any module or tensor.
+_PROJECTING: weakref.WeakSet[ModuleState] = weakref.WeakSet()
+_HOOK: RemovableHandle | None = None
+
+
+def _update_registry(state: ModuleState) -> None:
+    if any(entry.method == "project" for entry in state.plain.values()):
+        _PROJECTING.add(state)
+    else:
+        _PROJECTING.discard(state)
+    _update_hook()
+
+
+def _update_hook() -> None:
+    global _HOOK
+    if _PROJECTING and _HOOK is None:
+        _HOOK = _optimizer.register_optimizer_step_post_hook(_project_after_step)
+    elif not _PROJECTING and _HOOK is not None:
+        _HOOK.remove()
+        _HOOK = None
+
+
+def _project_after_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    """Global post-step hook: project every parameter of *this* optimizer that carries a
+    ``method="project"`` constraint. Parameters of other optimizers are left alone."""
+    targets: dict[int, PlainConstraint] = {}
+    for state in list(_PROJECTING):
+        state.sync()
+        for entry in state.plain.values():
+            if entry.method == "project":
+                targets[id(entry.tensor)] = entry
+    if not targets:
+        return
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            entry = targets.pop(id(param), None)
+            if entry is not None:
+                entry.project_()
+
+
+def check_limit(value: float | None, name: str, owner: str) -> float | None:
+    """``None`` or a positive finite number (as ``float``)."""
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise SpecError(f"{owner}: {name} must be a positive finite number or None; got {value!r}.")
+    return float(value)

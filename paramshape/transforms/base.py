@@ -1,0 +1,366 @@
+"""The transform contract every paramshape transform follows."""
+
+from __future__ import annotations
+
+import abc
+import math
+import warnings
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import constraints
+
+from paramshape.errors import (
+    InfeasibleValueError,
+    ParamshapeWarning,
+    ProjectionUnavailableError,
+    TransformError,
+)
+from paramshape.errors.report import format_index, format_scalar, tensor_label
+from paramshape.fusion.compiled import Fusable, dispatch
+
+__all__ = ["Transform"]
+
+_DEFAULT_HINT = "Assign a value inside the set."
+
+
+class Transform(nn.Module, abc.ABC):
+    r"""Abstract base of every paramshape transform: an invertible map from unconstrained tensors
+    onto a constrained set, packaged as an :class:`torch.nn.Module`.
+
+    .. math::
+
+        \text{forward}: \mathbb{R}^{n} \to C, \qquad
+        \text{right\_inverse}: C \to \mathbb{R}^{n}, \qquad
+        \text{forward}(\text{right\_inverse}(y)) = y \text{ for } y \in C.
+
+    The method names are the ones :mod:`torch.nn.utils.parametrize` calls, so a transform can be
+    passed to :func:`paramshape.constrain` (the usual way) or to ``register_parametrization``
+    directly, and it is also a layer: ``nn.Sequential(nn.Linear(16, 2), Box(-2, 3))`` bounds an output.
+
+    Subclasses implement:
+
+    * :meth:`forward` -- pure tensor math (no ``.item()``, no Python branching on values), so that
+      ``torch.compile(..., fullgraph=True)`` traces it; finite for every finite input;
+    * :meth:`inverse` -- the inverse map for values in the closed set, returning finite values even
+      on the boundary (it may step one ulp inside);
+    * :meth:`to_interior` -- a point strictly inside the set, away from the boundary, for each value;
+    * :meth:`_excess` and :meth:`_describe` -- how far values lie outside the set, used by
+      :meth:`contains` and by the error messages;
+    * :attr:`codomain` -- the set as a :mod:`torch.distributions.constraints` object;
+    * :meth:`check_shape` when the transform's settings restrict the tensor's shape.
+
+    :meth:`right_inverse` checks its input with :meth:`validate` and then calls :meth:`inverse`, so
+    assigning an infeasible value to a constrained tensor raises :class:`InfeasibleValueError`
+    instead of silently storing NaN or a clipped value.
+
+    Tensor-valued settings (bounds) are registered buffers, validated once at construction, so
+    ``.to()``, ``.double()``, ``.half()`` and ``state_dict`` carry them. Float16 and bfloat16 inputs
+    are computed in float32 and the result is cast back to the input's dtype.
+
+    Example:
+        >>> import torch, paramshape as ps
+        >>> box = ps.Box(-1.0, 1.0)
+        >>> y = box(torch.tensor([-50.0, 0.0, 50.0]))
+        >>> bool(box.contains(y).all())
+        True
+        >>> torch.allclose(box(box.right_inverse(torch.tensor([0.5]))), torch.tensor([0.5]))
+        True
+    """
+
+    #: Number of trailing dimensions that form one element of the set (0: elementwise).
+    event_dim: ClassVar[int] = 0
+    #: Whether ``forward`` is a bijection from the domain onto the codomain. A class attribute by
+    #: default; a transform whose bijectivity depends on its settings (``Simplex(method=...)``) sets
+    #: it per instance. Only bijective transforms have a :meth:`log_abs_det_jacobian`.
+    bijective: bool = True
+    #: What one element of the set is called in messages.
+    element_noun: ClassVar[str] = "values"
+    #: Whether the stored tensor alone determines the value, so ``constrain(..., init="raw")`` can
+    #: store the current values as the unconstrained ones. False for transforms with state that
+    #: their inverse sets (Orthogonal's base).
+    supports_raw_init: ClassVar[bool] = True
+    #: How the family runs as one fused kernel (see :mod:`paramshape.fusion`); ``None``: not fusable.
+    #: A subclass that overrides ``forward`` without setting its own ``fusable`` is not fused.
+    fusable: ClassVar[Fusable | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # An inherited kernel would silently replace the subclass's own forward.
+        if "forward" in cls.__dict__ and "fusable" not in cls.__dict__:
+            cls.fusable = None
+
+    def __init__(self) -> None:
+        super().__init__()
+        # Label of the tensor this transform is attached to, for error messages. Set by constrain().
+        self._target: str | None = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        # An AttributeError escaping here would be swallowed by Module.__getattr__ of the
+        # parametrized module and reported as "has no attribute 'weight'" (pytorch#72452).
+        try:
+            # The fused or hand-fused kernel; inside a compiled region dynamo traces forward itself.
+            fusable = self.fusable
+            if fusable is not None and len(args) == 1 and not kwargs and not torch.compiler.is_compiling():
+                out = dispatch(self, fusable, args[0])
+                if out is not None:
+                    return out
+            return super().__call__(*args, **kwargs)
+        except AttributeError as error:
+            raise TransformError(f"{self!r} failed while computing: {error}") from error
+
+    # ---------------------------------------------------------------- the map
+    @abc.abstractmethod
+    def forward(self, x: Tensor) -> Tensor:
+        """Map an unconstrained tensor onto the constrained set."""
+
+    @abc.abstractmethod
+    def inverse(self, y: Tensor) -> Tensor:
+        """Map a value of the (closed) set back to an unconstrained tensor, without checking it."""
+
+    def right_inverse(self, value: Tensor) -> Tensor:
+        """Check that ``value`` lies in the set (:meth:`validate`), then return :meth:`inverse` of it.
+
+        parametrize calls this under ``no_grad`` when a value is assigned, so a value that requires
+        grad is stored without its history: that is what ``torch.func.functional_call`` does with a
+        constrained name, silently dropping the gradient. A :class:`ParamshapeWarning` says so.
+        """
+        # A Parameter is parametrize registering the tensor itself, not a value being assigned.
+        if value.requires_grad and not torch.is_grad_enabled() and not isinstance(value, nn.Parameter):
+            _warn_gradient_dropped(self._target)
+        self.validate(value)
+        return self.inverse(value)
+
+    # ---------------------------------------------------------------- the set
+    @property
+    @abc.abstractmethod
+    def codomain(self) -> constraints.Constraint:
+        """The constrained set, as a :mod:`torch.distributions.constraints` object."""
+
+    @property
+    def domain(self) -> constraints.Constraint:
+        """The unconstrained space: the real numbers (or real vectors for event transforms)."""
+        if self.event_dim == 0:
+            return constraints.real
+        return constraints.independent(constraints.real, self.event_dim)
+
+    @abc.abstractmethod
+    def _excess(self, y: Tensor) -> Tensor:
+        """Non-negative float64 distance of each element (or slice) of ``y`` outside the set, beyond a
+        dtype-aware tolerance; 0 inside. Broadcastable against ``y``; NaN marks a NaN input."""
+
+    @abc.abstractmethod
+    def _describe(self, y: Tensor, index: tuple[int, ...]) -> str:
+        """Say how the element (or slice) of ``y`` at ``index`` of :meth:`_excess` breaks the set."""
+
+    @abc.abstractmethod
+    def to_interior(self, y: Tensor) -> Tensor:
+        """Move every value of ``y`` to a point strictly inside the set, far enough from the boundary
+        that the transform's gradient there is still alive. Non-finite values (NaN, ``inf``) are
+        read as 0 first, so the result is finite for any input."""
+
+    def project(self, y: Tensor) -> Tensor:
+        r"""The Euclidean projection of ``y`` onto the *closed* set: the nearest point of the set.
+
+        .. math::
+
+            P(y) = \operatorname*{arg\,min}_{z \in \bar C} \lVert z - y \rVert_2
+
+        taken per element for elementwise transforms and per slice (or matrix) for the others.
+        Unlike :meth:`to_interior` it adds no margin: values outside land exactly on the boundary and
+        values inside are returned unchanged. It is what ``ps.constrain(..., method="project")``
+        applies after every optimizer step, what ``ps.penalty`` measures the distance to, and what
+        ``ps.project_`` calls. NaN stays NaN (a projection cannot repair a diverged value).
+
+        Transforms with a cheap exact projection override this method (a clamp for bounds, a
+        sort-based projection for the simplex). The default raises
+        :class:`~paramshape.ProjectionUnavailableError` (also a :class:`NotImplementedError`).
+
+        Args:
+            y: values of the tensor's shape, in any floating dtype.
+
+        Returns:
+            A tensor of ``y``'s shape and dtype, inside the closed set.
+
+        Raises:
+            ProjectionUnavailableError: the transform defines no projection.
+
+        Example:
+            >>> import torch, paramshape as ps
+            >>> ps.Box(-1.0, 1.0).project(torch.tensor([-3.0, 0.25, 2.0]))
+            tensor([-1.0000,  0.2500,  1.0000])
+        """
+        raise ProjectionUnavailableError(
+            f"method='project' is not available for {type(self).__name__}: it defines no Euclidean "
+            "projection (Transform.project). Use method='reparam' or method='penalty'."
+        )
+
+    def contains(self, y: Tensor) -> Tensor:
+        """Boolean tensor, broadcastable against ``y``: which elements (or slices) lie in the set.
+
+        The test is on the closed set with a tolerance of a few ulps of the bounds in ``y``'s dtype,
+        because the forward map can round onto a bound. NaN and infinite values are never inside.
+        """
+        return self._finite_excess(y) == 0
+
+    def forward_shape(self, shape: torch.Size) -> torch.Size:
+        """Shape of the constrained value for an unconstrained tensor of ``shape`` (default: the same).
+
+        Transforms whose stored tensor has another shape than the value they produce (a bijective
+        simplex stores ``K - 1`` numbers per slice) override this and :meth:`inverse_shape`.
+        """
+        return torch.Size(shape)
+
+    def inverse_shape(self, shape: torch.Size) -> torch.Size:
+        """Shape of the stored unconstrained tensor for a constrained value of ``shape``."""
+        return torch.Size(shape)
+
+    def check_shape(self, shape: torch.Size) -> None:
+        """Raise :class:`~paramshape.ShapeMismatchError` if the transform cannot apply to tensors of
+        ``shape`` (bounds that do not broadcast, ``dim`` out of range). The default accepts all."""
+
+    # ---------------------------------------------------------------- log-det-Jacobian
+    def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
+        r"""Log of the absolute determinant of the Jacobian of :meth:`forward` at ``x``, per event.
+
+        The signature and the event-dimension rules are those of
+        :meth:`torch.distributions.transforms.Transform.log_abs_det_jacobian`: ``x`` is an
+        unconstrained tensor and ``y = forward(x)`` (passed in so it is not recomputed). The result
+        has ``x``'s shape with the event dimensions (:meth:`event_dims`) removed: the same shape as
+        ``x`` for elementwise transforms, one entry per slice for vector transforms, one per matrix for
+        matrix transforms. It is what turns a density on the constrained value into one on the
+        unconstrained tensor:
+
+        .. math::
+
+            \log p_X(x) = \log p_Y(f(x)) + \log\lvert\det J_f(x)\rvert
+
+        The determinant is taken in the coordinates :meth:`domain_coordinates` and
+        :meth:`codomain_coordinates` pick; by default every entry of an event is a coordinate, so the
+        Jacobian is square. Transforms whose value has more entries than free coordinates (a
+        bijective simplex stores ``K - 1`` numbers for ``K`` probabilities) say in their docstring
+        which coordinates of the value the density refers to.
+
+        Subclasses override this method; the default raises :class:`NotImplementedError`, saying why
+        (a transform that is not bijective has no log-det-Jacobian).
+
+        Args:
+            x: the unconstrained tensor.
+            y: ``forward(x)``.
+
+        Returns:
+            A tensor of ``x``'s dtype and of ``x``'s shape without the event dimensions.
+
+        Raises:
+            NotImplementedError: the transform is not bijective, or does not implement it.
+
+        Example:
+            >>> import torch, paramshape as ps
+            >>> box = ps.Box(0.0, 4.0)
+            >>> x = torch.zeros(3)
+            >>> box.log_abs_det_jacobian(x, box(x))  # slope (4 - 0) / 4 = 1 at x = 0
+            tensor([0., 0., 0.])
+        """
+        raise NotImplementedError(self._no_jacobian_reason())
+
+    def _no_jacobian_reason(self) -> str:
+        """Why :meth:`log_abs_det_jacobian` is not available, for the :class:`NotImplementedError`."""
+        if not self.bijective:
+            return (
+                f"{self!r} is not a bijection from its domain onto its codomain, so it has no "
+                "log-det-Jacobian. Use a bijective transform for the same set if one exists."
+            )
+        return (
+            f"{type(self).__name__} does not implement log_abs_det_jacobian(x, y); override it "
+            "(paramshape.testing.check_transform compares it with an autograd Jacobian)."
+        )
+
+    def event_dims(self, ndim: int) -> tuple[int, ...]:
+        """The dimensions, counted from 0, that form one event of a tensor with ``ndim`` dimensions:
+        ``()`` for elementwise transforms, the trailing :attr:`event_dim` ones by default otherwise.
+        Transforms with a ``dim`` argument return that dimension. The same positions hold for the
+        unconstrained tensor and the value (a shape-changing transform changes sizes, not ranks)."""
+        return tuple(range(ndim - self.event_dim, ndim))
+
+    def domain_coordinates(self, x: Tensor) -> Tensor:
+        """The free coordinates of each event of an unconstrained tensor, as ``(*batch, n)``: the
+        event dimensions (:meth:`event_dims`) moved last and flattened, ``batch`` being ``x``'s shape
+        without them. :meth:`log_abs_det_jacobian` is the log-density change with respect to these
+        coordinates. Override it (with a pure selection of entries, no arithmetic) when some entries
+        of the stored tensor are ignored by :meth:`forward`."""
+        return _flatten_events(x, self.event_dims(x.dim()))
+
+    def codomain_coordinates(self, y: Tensor) -> Tensor:
+        """The coordinates of each event of a constrained value that :meth:`log_abs_det_jacobian`
+        measures the density in, as ``(*batch, n)``; by default every entry of the event. Override it
+        when the value has more entries than free coordinates (the first ``K - 1`` probabilities of a
+        simplex; the lower triangle of a symmetric matrix): the count must equal that of
+        :meth:`domain_coordinates`, so the Jacobian between them is square."""
+        return _flatten_events(y, self.event_dims(y.dim()))
+
+    def sample(
+        self,
+        shape: torch.Size | tuple[int, ...],
+        *,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """A random value of the set, of shape ``shape``: the forward map of a standard normal draw."""
+        noise = torch.randn(
+            self.inverse_shape(torch.Size(shape)), dtype=dtype, device=device, generator=generator
+        )
+        with torch.no_grad():
+            return self.forward(noise)
+
+    # ---------------------------------------------------------------- checking
+    def validate(self, value: Tensor, *, hint: str | None = None) -> None:
+        """Raise :class:`InfeasibleValueError` unless every element of ``value`` lies in the set.
+
+        The message names the tensor, its shape and dtype, how many elements are outside, and the
+        worst one against the bound it breaks.
+        """
+        excess = self._finite_excess(value)
+        outside = excess != 0
+        count = int(outside.sum())
+        if count == 0:
+            return
+        flat = int(torch.argmax(excess.reshape(-1)))
+        index = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), excess.shape))
+        detail = self._describe_worst(value, index)
+        label = tensor_label(self._target or "value", value)
+        raise InfeasibleValueError(
+            f"{label}: {count} of {excess.numel()} {self.element_noun} lie outside {self!r}; "
+            f"worst: {detail}. {hint or _DEFAULT_HINT}"
+        )
+
+    def _finite_excess(self, y: Tensor) -> Tensor:
+        excess = self._excess(y)
+        if self.event_dim == 0:
+            excess = torch.where(torch.isfinite(y), excess, torch.inf)
+        return torch.nan_to_num(excess, nan=torch.inf)
+
+    def _describe_worst(self, y: Tensor, index: tuple[int, ...]) -> str:
+        if self.event_dim == 0:
+            element = y.broadcast_to(torch.broadcast_shapes(y.shape, self._finite_excess(y).shape))
+            value = element[index].item()
+            if not math.isfinite(value):
+                return f"value {format_scalar(value)} at {format_index(index)} is not finite"
+        return self._describe(y, index)
+
+
+def _flatten_events(tensor: Tensor, dims: tuple[int, ...]) -> Tensor:
+    """``tensor`` with ``dims`` moved last (in order) and flattened into one: ``(*batch, n)``."""
+    moved = tensor.movedim(dims, tuple(range(tensor.dim() - len(dims), tensor.dim())))
+    return moved.reshape(*moved.shape[: tensor.dim() - len(dims)], -1)
+
+
+def _warn_gradient_dropped(target: str | None) -> None:
+    warnings.warn(
+        f"Assigning a tensor that requires grad to {target or 'a constrained tensor'} stores its value "
+        "only: no gradient will flow back to it. With torch.func.functional_call, pass the stored "
+        "tensors instead: ps.functional_params(model, {'<name>': value}) builds them.",
+        ParamshapeWarning,
+        stacklevel=4,
+    )

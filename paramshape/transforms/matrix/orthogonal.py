@@ -1,0 +1,250 @@
+"""Orthogonal matrices and matrices with orthonormal columns (or rows): :class:`Orthogonal`."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, get_args
+
+import torch
+from torch import Tensor
+from torch.distributions import constraints
+
+from paramshape.errors import SpecError
+from paramshape.numerics.precision import compute_dtype
+from paramshape.transforms.matrix.base import (
+    MatrixSet,
+    MatrixTransform,
+    finite_float64,
+    format_value,
+    matrix_label,
+    matrix_tolerance,
+    nonfinite_matrices,
+)
+from paramshape.transforms.registry import register
+
+__all__ = ["Orthogonal", "OrthogonalMethod", "orthogonal"]
+
+#: The maps from skew-symmetric matrices onto rotations that :class:`Orthogonal` offers.
+OrthogonalMethod = Literal["matrix_exp", "cayley"]
+_METHODS: tuple[str, ...] = get_args(OrthogonalMethod)
+
+
+def _tall(matrix: Tensor) -> Tensor:
+    """``matrix`` with at least as many rows as columns (transposed if it is wide)."""
+    return matrix.mT if matrix.shape[-2] < matrix.shape[-1] else matrix
+
+
+def _deviation(y: Tensor) -> Tensor:
+    r"""Per matrix, ``(*batch, 1, 1)`` float64: the spectral norm of :math:`Q^\top Q - I` (of
+    :math:`Q Q^\top - I` for a wide matrix), the largest :math:`|\sigma_i^2 - 1|` over its singular
+    values. NaN and infinite entries are read as 0 (the caller marks those matrices)."""
+    tall = _tall(finite_float64(y))
+    gram = tall.mT @ tall - torch.eye(tall.shape[-1], dtype=torch.float64, device=y.device)
+    big = torch.finfo(torch.float64).max
+    gram = torch.nan_to_num(gram, nan=0.0, posinf=big, neginf=-big)
+    scale = gram.abs().amax((-2, -1), keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)
+    values = torch.linalg.eigvalsh(gram / scale)
+    return values.abs().amax(-1)[..., None, None] * scale
+
+
+def _orthogonal_excess(y: Tensor) -> Tensor:
+    """Per matrix: the deviation from orthonormal beyond :func:`matrix_tolerance` of the longer side."""
+    tolerance = matrix_tolerance(y.dtype, max(y.shape[-2], y.shape[-1]))
+    excess = (_deviation(y) - tolerance).clamp_min(0.0)
+    return torch.where(nonfinite_matrices(y), torch.inf, excess)
+
+
+def _polar(y64: Tensor) -> Tensor:
+    """The nearest matrix with orthonormal columns (rows, if wide) in the Frobenius norm: U V^T."""
+    largest = y64.abs().amax((-2, -1), keepdim=True)
+    u, _, vh = torch.linalg.svd(y64 / torch.where(largest > 0, largest, 1.0), full_matrices=False)
+    return u @ vh
+
+
+def _newton_schulz(rotation: Tensor) -> Tensor:
+    r"""One Newton--Schulz step towards the orthogonal polar factor, :math:`R (3 I - R^\top R) / 2`:
+    it squares the deviation from orthogonality, and leaves an exactly orthogonal :math:`I` as it is."""
+    eye = torch.eye(rotation.shape[-1], dtype=rotation.dtype, device=rotation.device)
+    return rotation @ (1.5 * eye - 0.5 * (rotation.mT @ rotation))
+
+
+@register("orthogonal")
+class Orthogonal(MatrixTransform):
+    r"""Orthogonal matrices, and rectangular ones with orthonormal columns (tall) or rows (wide): the
+    Stiefel manifold. For orthogonal weights (RNN recurrences, normalising flows, isometric layers).
+
+    .. math::
+
+        f(X) = B\, \phi\bigl(\operatorname{skew}(X)\bigr), \quad
+        \operatorname{skew}(X) = \tfrac12 (X - X^\top), \quad
+        \phi(A) = e^{A} \ \text{or}\ (I - A)^{-1} (I + A), \qquad
+        f^{-1}(Q) = 0 \text{ with } B := Q
+
+    A *dynamic trivialization*, as in ``torch.nn.utils.parametrizations.orthogonal``: the base
+    :math:`B` is a buffer (in ``state_dict``) that assignment sets to the assigned value, and the
+    stored tensor is then 0, so ``constrain(..., init="keep")`` keeps an orthogonal value exactly, to
+    the last bit (geotorch draws a new one; geotorch issue #28). Training moves the stored tensor
+    away from 0; the gradient at 0 is the Riemannian gradient, and :math:`e^A` reaches every
+    rotation of :math:`B`. Before any assignment :math:`B = I`.
+
+    Unlike torch's version, assigning a value that is not orthogonal raises
+    :class:`~paramshape.InfeasibleValueError` with its deviation :math:`\lVert Q^\top Q - I \rVert_2`,
+    instead of silently replacing it by the Q of its QR decomposition; ``init="project"`` moves it
+    to the nearest orthogonal matrix (the polar factor :math:`U V^\top`) and says so.
+
+    For an ``n x k`` tensor with ``n > k`` (columns orthonormal) the stored tensor keeps its shape;
+    it fills the first ``k`` columns of an ``n x n`` matrix whose exponential is taken, and
+    :math:`B` is the ``n x n`` completion of the value. A wide tensor is handled transposed (rows
+    orthonormal). The cost is that of an ``n x n`` exponential, for the longer side ``n``.
+
+    Numerics: two Newton--Schulz steps after :math:`\phi` bring the result to orthogonal within a few
+    epsilons (``torch.matrix_exp`` of a skew matrix of norm 100 is off by 1e-4 in float32); and
+    :math:`\operatorname{skew}(X)` is scaled down to Frobenius norm :math:`1/\sqrt{\epsilon}` (2896 in
+    float32) where it is larger, beyond which the exponential's squaring steps lose orthogonality
+    faster than the polish restores it. That only happens for entries far beyond any training
+    trajectory.
+
+    ``init="raw"`` is refused (:class:`~paramshape.SpecError`): the stored tensor is a rotation of the
+    base, which the inverse sets, so raw values have no meaning of their own. Use
+    ``init="project"`` (the nearest orthogonal matrix) or ``init="sample"``.
+
+    **Not bijective**: :math:`e^A` is periodic and :math:`X` has more entries than the manifold has
+    dimensions, so there is no log-det-Jacobian.
+
+    * Domain: :math:`\mathbb{R}^{n \times k}`, on the last two dimensions; leading dimensions are a
+      batch (the base has one matrix per batch entry).
+    * Codomain: :math:`\{Q : Q^\top Q = I\}` (:math:`Q Q^\top = I` if wide),
+      :data:`paramshape.transforms.matrix.orthogonal.orthogonal`. Membership per matrix:
+      :math:`\lVert Q^\top Q - I \rVert_2` (the largest :math:`|\sigma_i^2 - 1|`) at most
+      ``matrix_tolerance`` of the longer side (about ``10 n`` epsilons).
+
+    Args:
+        method: ``"matrix_exp"`` (default; reaches every rotation) or ``"cayley"``
+            (:math:`(I - A)^{-1}(I + A)`, one linear solve instead of an exponential; it approaches
+            rotations by :math:`\pi` only as :math:`A` grows without bound).
+
+    Raises:
+        SpecError: ``method`` is not one of the above.
+        ShapeMismatchError: (from :func:`paramshape.constrain`) the tensor has fewer than two
+            dimensions, or empty matrices.
+
+    Example:
+        >>> import torch, torch.nn as nn, paramshape as ps
+        >>> layer = nn.Linear(3, 3)
+        >>> with torch.no_grad():
+        ...     _ = layer.weight.copy_(torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, -1.0]]))
+        >>> _ = ps.constrain(layer, "weight", ps.Orthogonal())  # init="keep": kept exactly
+        >>> layer.weight.detach()
+        tensor([[ 0.,  1.,  0.],
+                [ 1.,  0.,  0.],
+                [ 0.,  0., -1.]])
+        >>> try:
+        ...     layer.weight = 2 * torch.eye(3)
+        ... except ps.InfeasibleValueError as error:
+        ...     print(error)
+        'weight' of Linear (shape (3, 3), float32): 1 of 1 matrices lie outside Orthogonal(); worst: the
+        matrix has |Q^T Q - I| = 3.0 (spectral norm; at most 4.4e-06 allowed). Assign a value inside the set.
+    """
+
+    supports_raw_init = False  # the inverse sets the base; a raw stored tensor would rotate twice
+
+    square = False
+    bijective = False
+    base: Tensor
+
+    def __init__(self, method: OrthogonalMethod = "matrix_exp") -> None:
+        super().__init__()
+        if method not in _METHODS:
+            raise SpecError(f"Orthogonal: method must be one of {list(_METHODS)}; got {method!r}.")
+        self.method: OrthogonalMethod = method
+        # Empty until a value is assigned: the base is then that value (completed to n x n).
+        self.register_buffer("base", torch.zeros(0))
+
+    def forward(self, x: Tensor) -> Tensor:
+        work = x.to(compute_dtype(x.dtype))
+        wide = x.shape[-2] < x.shape[-1]
+        tall = work.mT if wide else work
+        rows, cols = tall.shape[-2:]
+        if cols < rows:
+            tall = torch.cat([tall, tall.new_zeros(*tall.shape[:-1], rows - cols)], -1)
+        skew = tall * 0.5 - tall.mT * 0.5
+        rotation = self._rotation(_cap_norm(skew))
+        value = rotation[..., :cols]
+        if self.base.numel():
+            value = self.base.to(work.dtype) @ value
+        return (value.mT.contiguous() if wide else value).to(x.dtype)
+
+    def _rotation(self, skew: Tensor) -> Tensor:
+        if self.method == "cayley":
+            eye = torch.eye(skew.shape[-1], dtype=skew.dtype, device=skew.device)
+            rotation = torch.linalg.solve(eye - skew, eye + skew)
+        else:
+            rotation = torch.matrix_exp(skew)
+        return _newton_schulz(_newton_schulz(rotation))
+
+    def inverse(self, y: Tensor) -> Tensor:
+        """Set the base to ``y`` (completed to a square orthogonal matrix) and return zeros.
+
+        A value whose deviation from orthonormal is more than half the membership tolerance is
+        replaced in the base by its polar factor (a change within the tolerance), so that the values
+        computed from the base stay inside the set.
+        """
+        tall = _tall(y.double())
+        drifted = _deviation(y) > matrix_tolerance(y.dtype, tall.shape[-2]) / 2
+        if bool(drifted.any()):
+            tall = torch.where(drifted, _polar(tall), tall)
+        rows, cols = tall.shape[-2:]
+        if cols < rows:
+            # Columns spanning the orthogonal complement: the last ones of a complete QR.
+            complement = torch.linalg.qr(tall, mode="complete").Q[..., cols:]
+            tall = torch.cat([tall, complement], -1)
+        # A copy: parametrize passes the Parameter itself, whose storage it then overwrites.
+        self.base = tall.detach().to(dtype=y.dtype, device=y.device, copy=True)
+        return torch.zeros_like(y)
+
+    @property
+    def codomain(self) -> constraints.Constraint:
+        return orthogonal
+
+    def _excess(self, y: Tensor) -> Tensor:
+        return _orthogonal_excess(y)
+
+    def _describe(self, y: Tensor, index: tuple[int, ...]) -> str:
+        broken = self._describe_nonfinite(y, index)
+        if broken is not None:
+            return broken
+        gram = "Q Q^T" if y.shape[-2] < y.shape[-1] else "Q^T Q"
+        deviation = float(_deviation(y[index[:-2]]))
+        tolerance = matrix_tolerance(y.dtype, max(y.shape[-2], y.shape[-1]))
+        return (
+            f"{matrix_label(index)} has |{gram} - I| = {format_value(deviation, y.dtype)} (spectral norm; at most "
+            f"{tolerance:.2g} allowed)"
+        )
+
+    def to_interior(self, y: Tensor) -> Tensor:
+        return _polar(finite_float64(y)).to(y.dtype)
+
+    def extra_repr(self) -> str:
+        return "" if self.method == "matrix_exp" else f"method={self.method!r}"
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        # The base's shape is that of the value last assigned; a fresh transform has an empty one.
+        incoming = state_dict.get(prefix + "base")
+        if isinstance(incoming, Tensor) and incoming.shape != self.base.shape:
+            self.base = torch.empty(incoming.shape, dtype=self.base.dtype, device=self.base.device)
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+
+def _cap_norm(skew: Tensor) -> Tensor:
+    """``skew`` scaled down to Frobenius norm ``1 / sqrt(eps)`` where it is larger; exactly itself
+    elsewhere. The norm is taken of a copy divided by its largest entry, so it cannot overflow, and
+    the reciprocal is taken after the clamp, so no infinity reaches the gradient of a zero matrix."""
+    largest = skew.detach().abs().amax((-2, -1), keepdim=True).clamp_min(torch.finfo(skew.dtype).tiny)
+    norm = torch.linalg.vector_norm(skew / largest, dim=(-2, -1), keepdim=True)
+    limit = torch.finfo(skew.dtype).eps ** -0.5
+    return skew / ((largest / limit) * norm).clamp_min(1.0)
+
+
+#: Matrices with orthonormal columns (rows, if wide), as a
+#: :class:`torch.distributions.constraints.Constraint` (event_dim 2) with :class:`Orthogonal`'s
+#: tolerance: ``orthogonal.check(value)`` is one boolean per matrix.
+orthogonal = MatrixSet("Orthogonal()", _orthogonal_excess)
