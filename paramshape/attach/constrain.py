@@ -68,6 +68,10 @@ def constrain(
     ``name`` may also be an fnmatch-style pattern (``"*.weight"``), or a mapping of patterns to specs, applied to every matching
     parameter or buffer (qualified names as ``named_parameters()`` spells them; ``*`` matches dots
     too): ``constrain(model, {"encoder.*.weight": ps.Box(-1, 1), "*.bias": "positive"})``.
+    A pattern skips the tensors ``method`` can never constrain: buffers under ``"project"`` and
+    ``"penalty"``, and the running statistics of norm layers (BatchNorm updates them in place)
+    under every method; so ``constrain(model, "*", spec, method="project")`` takes every
+    parameter of a model with BatchNorm. A tensor named without wildcards is never skipped.
     ``init``, ``method`` and ``weight`` apply to all of them. A pattern that matches nothing raises,
     listing the available names; a tensor matched by two patterns raises. All or nothing: if one
     tensor fails, no tensor changes.
@@ -133,7 +137,7 @@ def constrain(
     if init not in _POLICIES:
         raise SpecError(f"init must be one of {list(_POLICIES)}; got {init!r}.")
     weight = check_method(method, weight)
-    targets = expand_targets(module, name, spec)
+    targets = expand_targets(module, name, spec, method)
     plans = [plan(module, dotted, target_spec, init, method, weight) for dotted, target_spec in targets]
     check_distinct(plans)
     apply_plans(module, plans)

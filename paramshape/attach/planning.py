@@ -23,6 +23,7 @@ from paramshape.errors import (
 )
 from paramshape.errors.report import format_shape
 from paramshape.lookup.modules import TensorRef, aliases_of, locate, paramshape_transform, type_name
+from paramshape.lookup.patterns import is_running_statistic
 from paramshape.spec.resolve import Spec, resolve
 from paramshape.strategies.methods import ConstraintMethod
 from paramshape.strategies.state import module_states
@@ -33,7 +34,6 @@ __all__ = ["Plan", "check_distinct", "check_method", "plan"]
 _METHODS: tuple[str, ...] = get_args(ConstraintMethod)
 # BatchNorm updates these in place on the value it reads; a constrained tensor is recomputed on
 # every read, so the updates would vanish.
-_RUNNING_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
 _KEEP_HINT = (
     "Pass init='project' to move them inside the set, init='raw' to treat the current values as "
     "unconstrained ones, or init='sample' to draw new values."
@@ -117,7 +117,7 @@ def _check_tensor(ref: TensorRef, current: Tensor, root: nn.Module, method: str 
     if method != "reparam":
         _check_plain_target(ref, root, method)
         return
-    if isinstance(ref.owner, nn.modules.batchnorm._NormBase) and ref.name in _RUNNING_STATISTICS:
+    if is_running_statistic(ref.owner, ref.name):
         raise ConstraintConflictError(
             f"'{ref.path}' of {type_name(root)}: {type_name(ref.owner)} updates '{ref.name}' in place "
             "during training, and a constrained tensor is recomputed on every read, so the updates "
@@ -137,9 +137,16 @@ def _check_tensor(ref: TensorRef, current: Tensor, root: nn.Module, method: str 
 def _check_plain_target(ref: TensorRef, root: nn.Module, method: str) -> None:
     storage = ref.storage()
     if not isinstance(storage, nn.Parameter):
+        # Suggest reparam only where it works: a norm layer's running statistics take no constraint.
+        fix = (
+            f"{type_name(ref.owner)} updates it in place, so no method can constrain it; constrain the "
+            "layer's 'weight' or 'bias', or use a pattern ('*'), which skips buffers under this method."
+            if is_running_statistic(ref.owner, ref.name)
+            else "Use method='reparam' to constrain a buffer."
+        )
         raise UnsupportedTensorError(
             f"'{ref.path}' of {type_name(root)} is a buffer; method={method!r} acts on parameters "
-            "that an optimizer updates. Use method='reparam' to constrain a buffer."
+            f"that an optimizer updates. {fix}"
         )
     for prefix, owner, state in module_states(root):
         for other_name, entry in state.plain.items():
