@@ -17,6 +17,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check paramshape tests notebooks benchmarks docs/hooks conftest.py
 	$(BIN)/ruff format --check paramshape tests notebooks benchmarks docs/hooks conftest.py
+	$(BIN)/mypy
 
 # The site goes to site/; --strict turns every warning (a broken link, a docstring that does not
 # render, a notebook that fails) into an error. The tutorials are executed during the build, on one

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -88,14 +88,14 @@ def bound_output(module: nn.Module, spec: Spec | nn.Module | None) -> nn.Module:
         owner._non_persistent_buffers_set.add(name)
     module.add_module(OUTPUT_BOUND_NAME, layer)
     module.register_forward_hook(_apply_output_bound)
-    module._register_load_state_dict_pre_hook(_keep_code_bounds, with_module=True)
+    module._register_load_state_dict_pre_hook(_keep_code_bounds, with_module=True)  # type: ignore[no-untyped-call]
     return module
 
 
 def _code_bounds(layer: nn.Module) -> list[tuple[nn.Module, str]]:
     """(owner, buffer name) of every buffer of a paramshape module inside ``layer``: settings written
     in the code (bounds), not state learned or accumulated in training."""
-    found = []
+    found: list[tuple[nn.Module, str]] = []
     for owner in layer.modules():
         if type(owner).__module__.startswith("paramshape."):
             found.extend((owner, name) for name, buffer in owner._buffers.items() if buffer is not None)
@@ -124,7 +124,7 @@ def _keep_code_bounds(
         key = f"{prefix}{OUTPUT_BOUND_NAME}.{relative}"
         if key not in state_dict:
             continue
-        saved, current = state_dict.pop(key), owner._buffers[name]
+        saved, current = state_dict.pop(key), cast(Tensor, owner._buffers[name])
         if (
             not isinstance(saved, Tensor)
             or saved.shape != current.shape
@@ -156,4 +156,4 @@ def _apply_output_bound(module: nn.Module, args: Any, output: Any) -> Tensor:
             f"bound_output: {type(module).__name__} returned {type(output).__name__}, not a tensor; "
             "bound the tensor you need instead, e.g. by adding the transform as a layer after it."
         )
-    return layer(output)
+    return cast(Tensor, layer(output))

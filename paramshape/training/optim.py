@@ -83,7 +83,7 @@ def param_groups(
         >>> [(len(g["params"]), g["weight_decay"]) for g in groups]
         [(3, 0.0), (1, 0.0)]
     """
-    stored = {id(owner.parametrizations[name].original) for _, owner, name, _ in constrained_tensors(module)}
+    stored = {id(locate(module, path).storage()) for path, _, _, _ in constrained_tensors(module)}
     project = (
         {
             id(locate(module, path).storage())
