@@ -161,7 +161,9 @@ class BoundedTransform(Transform):
         check_broadcast(self._bounds(), shape, repr(self))
 
     def extra_repr(self) -> str:
-        return ", ".join(f"{name}={format_setting(bound)}" for name, bound in self._bounds().items())
+        # On the meta device the values are kept aside (see _apply); show those.
+        bounds = getattr(self, "_meta_source", None) or self._bounds()
+        return ", ".join(f"{name}={format_setting(bound)}" for name, bound in bounds.items())
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
         incoming = {name: state_dict.get(prefix + name, bound) for name, bound in self._bounds().items()}
@@ -172,10 +174,24 @@ class BoundedTransform(Transform):
     def _apply(self, fn: Any, recurse: bool = True) -> BoundedTransform:
         # Convert copies first and check them, so a failing .half() leaves the bounds untouched
         # (instead of infinite bounds with a stale layout, which would make every value NaN).
-        converted = {name: fn(bound) for name, bound in self._bounds().items()}
-        if all(bound.device.type != "meta" for bound in converted.values()):
+        current = self._bounds()
+        converted = {name: fn(bound) for name, bound in current.items()}
+        was_meta = any(bound.device.type == "meta" for bound in current.values())
+        to_meta = any(bound.device.type == "meta" for bound in converted.values())
+        if to_meta and not was_meta:
+            # A move to ``meta`` drops the values; keep them, so that ``to_empty()`` (the deferred
+            # initialisation path) gets the same bounds back instead of uninitialised memory.
+            self._meta_source = {name: bound.detach().cpu().clone() for name, bound in current.items()}
+        source = getattr(self, "_meta_source", None) if was_meta and not to_meta else None
+        if source is not None:
+            converted = {
+                name: source[name].to(device=bound.device, dtype=bound.dtype)
+                for name, bound in converted.items()
+            }
+        if not to_meta:
             for name, bound in converted.items():
-                before = torch.isfinite(self._bounds()[name]).to(bound.device)
+                reference = source[name] if source is not None else current[name]
+                before = torch.isfinite(reference).to(bound.device)
                 if not torch.equal(torch.isfinite(bound), before):
                     raise SpecError(
                         f"{type(self).__name__}: converting '{name}' to {bound.dtype} would turn a finite "
@@ -184,6 +200,10 @@ class BoundedTransform(Transform):
                     )
             layout = self._analyse_bounds(converted)
         result = super()._apply(fn, recurse)
-        if all(bound.device.type != "meta" for bound in converted.values()):
+        if source is not None:
+            for name, bound in converted.items():
+                self._buffers[name] = bound
+            del self._meta_source
+        if not to_meta:
             self._layout = layout
         return result
