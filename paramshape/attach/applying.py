@@ -8,6 +8,7 @@ from torch.nn.utils import parametrize
 
 from paramshape.attach.checkpoint import install_module_support
 from paramshape.attach.planning import Plan
+from paramshape.attach.reinit import install_init_support
 from paramshape.attach.rollback import rollback_on_failure
 from paramshape.lookup.modules import TensorRef, paramshape_transform
 from paramshape.strategies.state import PlainConstraint, discard_state_if_empty, state_of
@@ -37,6 +38,7 @@ def _apply_one(root: nn.Module, plan: Plan) -> None:
             discard_state_if_empty(ref.owner)
         _attach(ref, plan.transform, plan.target, plan.raw)
         install_module_support(root, ref.owner)
+        install_init_support(ref.owner)
         return
     if paramshape_transform(ref.owner, ref.name) is not None:
         # The same Parameter object stays, now holding the constrained value.

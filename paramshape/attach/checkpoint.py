@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from paramshape.attach.reinit import install_init_support
 from paramshape.errors import InfeasibleValueError, ShapeMismatchError, SpecError
 from paramshape.errors.report import format_shape, tensor_label
 from paramshape.lookup.modules import constrained_tensors, paramshape_transform, type_name
@@ -286,4 +287,5 @@ def _rebuild_parametrized(base: type[nn.Module], state: dict[str, Any], entries:
         module.parametrizations[name].unsafe = unsafe
     if any(paramshape_transform(module, name) is not None for name, *_ in entries):
         install_module_support(module, module)
+        install_init_support(module)
     return module

@@ -89,6 +89,7 @@ def plan(root: nn.Module, dotted: str, spec: Spec, init: str, method: str, weigh
     _check_tensor(ref, current, root, method)
     transform = transform.to(device=current.device, dtype=current.dtype)
     transform._target = f"'{ref.path}' of {type_name(root)}"
+    transform._init_policy = init  # how reset_parameters() and apply() re-initialise it
     transform.check_shape(current.shape)
     if current.device.type == "meta":
         # A model built on the meta device has no values to check or choose yet: they come after
@@ -297,9 +298,9 @@ def _check_stored_values(transform: Transform, constrained: Tensor, value: Tenso
         worst = int(torch.argmax(excess.reshape(-1)))
         raise TransformError(
             f"{label}: {transform!r} does not give the value back: forward(inverse(y)) is "
-            f"{format_scalar(constrained.reshape(-1)[worst].item())} for y = "
-            f"{format_scalar(value.reshape(-1)[worst].item())} (flat index {worst}), beyond the "
-            f"round-trip tolerance {format_scalar(allowed.reshape(-1)[worst].item())}. Its inverse "
+            f"{format_scalar(constrained.reshape(-1)[worst].item(), value.dtype)} for y = "
+            f"{format_scalar(value.reshape(-1)[worst].item(), value.dtype)} (flat index {worst}), beyond the "
+            f"round-trip tolerance {format_scalar(allowed.reshape(-1)[worst].item(), value.dtype)}. Its inverse "
             "is not the inverse of its forward; nothing was changed."
         )
 
