@@ -9,6 +9,7 @@ parametrizations and paramshape's state.
 
 from __future__ import annotations
 
+import io
 import math
 import pickle
 import re
@@ -365,3 +366,56 @@ def test_keep_checks_the_round_trip_of_the_values_actually_stored(transform, mes
         ps.constrain(layer, "weight", transform)
     assert_same(before, take(layer))
     assert not parametrize.is_parametrized(layer)
+
+
+# ------------------------------------------------------------------------ 6. optimizer resume
+def trained_checkpoint(build_before: bool) -> dict:
+    torch.manual_seed(0)
+    layer = nn.LayerNorm(3)
+    optimizer = torch.optim.Adam(layer.parameters(), lr=0.1) if build_before else None
+    ps.constrain(layer, "weight", "positive")
+    optimizer = optimizer or torch.optim.Adam(layer.parameters(), lr=0.1)
+    layer(torch.randn(4, 3)).pow(2).sum().backward()
+    optimizer.step()
+    buffer = io.BytesIO()
+    torch.save({"model": layer.state_dict(), "optimizer": optimizer.state_dict()}, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
+@pytest.mark.parametrize(("saved_before", "resumed_before"), [(True, False), (False, True)])
+def test_resuming_with_the_optimizer_built_in_another_order_raises_before_any_update(
+    saved_before, resumed_before
+):
+    checkpoint = trained_checkpoint(saved_before)
+    layer = nn.LayerNorm(3)
+    optimizer = torch.optim.Adam(layer.parameters(), lr=0.1) if resumed_before else None
+    ps.constrain(layer, "weight", "positive")
+    optimizer = optimizer or torch.optim.Adam(layer.parameters(), lr=0.1)
+    layer.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    layer(torch.randn(4, 3)).pow(2).sum().backward()
+    before = take(layer)
+    with pytest.raises(
+        ps.ConstraintConflictError,
+        match=r"parameter 0 \('(bias|weight)', shape \(3,\)\) was saved for '(weight|bias)'",
+    ):
+        optimizer.step()
+    assert_same(before, take(layer))
+
+
+@pytest.mark.parametrize("before", [True, False])
+def test_resuming_in_the_same_order_restores_the_moments_of_the_right_tensors(before):
+    checkpoint = trained_checkpoint(before)
+    layer = nn.LayerNorm(3)
+    optimizer = torch.optim.Adam(layer.parameters(), lr=0.1) if before else None
+    ps.constrain(layer, "weight", "positive")
+    optimizer = optimizer or torch.optim.Adam(layer.parameters(), lr=0.1)
+    layer.load_state_dict(checkpoint["model"])
+    saved = checkpoint["optimizer"]["state"][0 if before else 1]  # the weight's moments
+    moment = saved["exp_avg_sq"].clone()
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    stored = layer.parametrizations.weight.original
+    assert torch.equal(optimizer.state[stored]["exp_avg_sq"], moment)
+    layer(torch.randn(4, 3)).pow(2).sum().backward()
+    optimizer.step()

@@ -13,6 +13,7 @@ from torch.nn.utils import parametrize
 
 from paramshape.attach.applying import apply_plans
 from paramshape.attach.planning import check_distinct, check_method, plan
+from paramshape.attach.resume import record_names
 from paramshape.errors import ConstraintConflictError, ParamshapeWarning, SpecError
 from paramshape.lookup.modules import (
     constrained_tensors,
@@ -137,6 +138,7 @@ def constrain(
     targets = expand_targets(module, name, spec)
     plans = [plan(module, dotted, target_spec, init, method, weight) for dotted, target_spec in targets]
     check_distinct(plans)
+    record_names(module)  # the names before this call, for the optimizer-resume check
     apply_plans(module, plans)
     for planned in plans:
         if planned.moved is not None:
