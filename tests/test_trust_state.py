@@ -419,3 +419,22 @@ def test_resuming_in_the_same_order_restores_the_moments_of_the_right_tensors(be
     assert torch.equal(optimizer.state[stored]["exp_avg_sq"], moment)
     layer(torch.randn(4, 3)).pow(2).sum().backward()
     optimizer.step()
+
+
+# ----------------------------------------------------------------- 4. dtype moves, checked first
+def test_a_dtype_move_that_overflows_a_bound_converts_no_constrained_module():
+    net = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2), nn.Linear(2, 2))
+    ps.constrain(net, "0.weight", ps.Box(-1, 1))
+    ps.constrain(net, {"1.weight": ps.Box(-1, 1), "1.bias": ps.Box(-1, 1)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ps.ParamshapeWarning)
+        ps.constrain(net, "2.weight", ps.Box(0, 1e5), init="project")
+    before = take(net)
+    with pytest.raises(
+        ps.SpecError, match=r"'2.weight' of Sequential: Box: converting 'high' to torch.float16"
+    ):
+        net.half()
+    assert_same(before, take(net))
+    net.double()  # a move that fits converts everything, bounds included
+    assert {p.dtype for p in net.parameters()} == {torch.float64}
+    assert {b.dtype for b in net.buffers()} == {torch.float64}

@@ -7,6 +7,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from paramshape.attach.checkpoint import install_module_support
+from paramshape.attach.moves import install_move_check
 from paramshape.attach.planning import Plan
 from paramshape.attach.reinit import install_init_support
 from paramshape.attach.rollback import rollback_on_failure
@@ -39,6 +40,7 @@ def _apply_one(root: nn.Module, plan: Plan) -> None:
         _attach(ref, plan.transform, plan.target, plan.raw)
         install_module_support(root, ref.owner)
         install_init_support(ref.owner)
+        install_move_check(ref.owner)
         return
     if paramshape_transform(ref.owner, ref.name) is not None:
         # The same Parameter object stays, now holding the constrained value.

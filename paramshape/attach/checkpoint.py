@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from paramshape.attach.moves import install_move_check
 from paramshape.attach.reinit import install_init_support
 from paramshape.errors import InfeasibleValueError, ShapeMismatchError, SpecError
 from paramshape.errors.report import format_shape, tensor_label
@@ -288,4 +289,5 @@ def _rebuild_parametrized(base: type[nn.Module], state: dict[str, Any], entries:
     if any(paramshape_transform(module, name) is not None for name, *_ in entries):
         install_module_support(module, module)
         install_init_support(module)
+        install_move_check(module)
     return module
