@@ -21,8 +21,15 @@ from paramshape.errors import (
     TransformError,
     UnsupportedTensorError,
 )
-from paramshape.errors.report import format_shape
-from paramshape.lookup.modules import TensorRef, aliases_of, locate, paramshape_transform, type_name
+from paramshape.errors.report import format_scalar, format_shape, tensor_label
+from paramshape.lookup.modules import (
+    TensorRef,
+    aliases_of,
+    locate,
+    paramshape_transform,
+    shares_memory,
+    type_name,
+)
 from paramshape.lookup.patterns import is_running_statistic
 from paramshape.spec.resolve import Spec, resolve
 from paramshape.strategies.methods import ConstraintMethod
@@ -73,13 +80,21 @@ def check_method(method: str, weight: float | None) -> float | None:
 
 def plan(root: nn.Module, dotted: str, spec: Spec, init: str, method: str, weight: float | None) -> Plan:
     ref = locate(root, dotted)
+    # Before the value is read: reading a tensor with a foreign parametrization runs it (and
+    # spectral_norm's power iteration would advance), which a refused call must not do.
+    _check_foreign(ref, root)
     transform = copy.deepcopy(resolve(spec))
     with torch.no_grad():
         current = getattr(ref.owner, ref.name).detach().clone()
     _check_tensor(ref, current, root, method)
     transform = transform.to(device=current.device, dtype=current.dtype)
     transform._target = f"'{ref.path}' of {type_name(root)}"
+    transform._init_policy = init  # how reset_parameters() and apply() re-initialise it
     transform.check_shape(current.shape)
+    if current.device.type == "meta":
+        # A model built on the meta device has no values to check or choose yet: they come after
+        # to_empty(), from an init function or a checkpoint, and are checked then.
+        return Plan(ref, transform, method, weight, current, None, None)
     if method == "reparam":
         target, raw, moved = _initial_value(transform, current, init, exact=False)
         _dry_run(transform, target if raw is None else raw, current, raw is not None)
@@ -91,12 +106,18 @@ def plan(root: nn.Module, dotted: str, spec: Spec, init: str, method: str, weigh
 
 
 def check_distinct(plans: list[Plan]) -> None:
-    seen: dict[tuple[int, str], str] = {}
-    for plan in plans:
-        key = (id(plan.ref.owner), plan.ref.name)
-        if key in seen:
-            raise SpecError(f"'{seen[key]}' and '{plan.ref.path}' name the same tensor; constrain it once.")
-        seen[key] = plan.ref.path
+    """Refuse two names for one tensor in one call: the same tensor under two paths (a reused
+    submodule), or tied tensors (one Parameter, or overlapping memory) named twice, which would
+    get two conflicting constraints."""
+    for i, plan in enumerate(plans):
+        storage = plan.ref.storage()
+        for earlier in plans[:i]:
+            same_slot = earlier.ref.owner is plan.ref.owner and earlier.ref.name == plan.ref.name
+            if same_slot or shares_memory(earlier.ref.storage(), storage):
+                raise SpecError(
+                    f"'{earlier.ref.path}' and '{plan.ref.path}' name the same tensor (or tied tensors "
+                    "sharing memory); constrain it once, under one name."
+                )
 
 
 # ------------------------------------------------------------------------------------ checks
@@ -105,14 +126,6 @@ def _check_tensor(ref: TensorRef, current: Tensor, root: nn.Module, method: str 
         raise UnsupportedTensorError(
             f"'{ref.path}' of {type_name(root)} has dtype {current.dtype}; only real floating "
             "point tensors can be constrained."
-        )
-    existing = parametrize.is_parametrized(ref.owner, ref.name)
-    if existing and paramshape_transform(ref.owner, ref.name) is None:
-        chain = ", ".join(type(p).__name__ for p in ref.owner.parametrizations[ref.name])
-        raise ConstraintConflictError(
-            f"'{ref.path}' of {type_name(root)} already carries parametrizations paramshape did "
-            f"not attach ({chain}). Remove them with torch.nn.utils.parametrize."
-            "remove_parametrizations first, or constrain another tensor."
         )
     if method != "reparam":
         _check_plain_target(ref, root, method)
@@ -131,6 +144,17 @@ def _check_tensor(ref: TensorRef, current: Tensor, root: nn.Module, method: str 
             "Untie the weights, or constrain the tensor in one module and read it from there "
             "(for example in a forward that uses the constrained module's attribute); "
             "method='project' and method='penalty' accept tied weights."
+        )
+
+
+def _check_foreign(ref: TensorRef, root: nn.Module) -> None:
+    existing = parametrize.is_parametrized(ref.owner, ref.name)
+    if existing and paramshape_transform(ref.owner, ref.name) is None:
+        chain = ", ".join(type(p).__name__ for p in ref.owner.parametrizations[ref.name])
+        raise ConstraintConflictError(
+            f"'{ref.path}' of {type_name(root)} already carries parametrizations paramshape did "
+            f"not attach ({chain}). Remove them with torch.nn.utils.parametrize."
+            "remove_parametrizations first, or constrain another tensor."
         )
 
 
@@ -248,6 +272,44 @@ def _dry_run(transform: Transform, value: Tensor, current: Tensor, value_is_raw:
     _check_output(transform, "forward", constrained, current.shape, current.dtype)
     if not bool(torch.isfinite(raw).all()):
         raise TransformError(f"{transform!r}.inverse returned non-finite values for a value in its set.")
+    _check_stored_values(transform, constrained, None if value_is_raw else value)
+
+
+def _check_stored_values(transform: Transform, constrained: Tensor, value: Tensor | None) -> None:
+    """What the module will read after registration, checked on the values actually stored (not only
+    on the transform's registration probes): finite and, when a value was given, equal
+    to it up to the round trip's rounding, ``sqrt(eps)`` of the value's and the bounds' scale."""
+    label = tensor_label(transform._target or "value", constrained)
+    finite = torch.isfinite(constrained)
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        raise TransformError(
+            f"{label}: {transform!r} reads {bad} of {constrained.numel()} stored values back as NaN or "
+            "infinite; its forward is not finite on its own inverse. Nothing was changed."
+        )
+    if value is None:
+        return
+    eps = torch.finfo(value.dtype).eps
+    scale = max(
+        (
+            float(b.detach().abs().nan_to_num(posinf=0.0, neginf=0.0).max())
+            for b in transform.buffers()
+            if b.is_floating_point() and b.numel()
+        ),
+        default=0.0,
+    )
+    error = (constrained - value).abs_()
+    allowed = value.abs().add_(scale).mul_(math.sqrt(eps)).clamp_min_(torch.finfo(value.dtype).tiny)
+    excess = error - allowed
+    if bool((excess > 0).any()):
+        worst = int(torch.argmax(excess.reshape(-1)))
+        raise TransformError(
+            f"{label}: {transform!r} does not give the value back: forward(inverse(y)) is "
+            f"{format_scalar(constrained.reshape(-1)[worst].item(), value.dtype)} for y = "
+            f"{format_scalar(value.reshape(-1)[worst].item(), value.dtype)} (flat index {worst}), beyond the "
+            f"round-trip tolerance {format_scalar(allowed.reshape(-1)[worst].item(), value.dtype)}. Its inverse "
+            "is not the inverse of its forward; nothing was changed."
+        )
 
 
 def _join(prefix: str, name: str) -> str:
