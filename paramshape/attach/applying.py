@@ -9,7 +9,8 @@ from torch.nn.utils import parametrize
 from paramshape.attach.checkpoint import install_module_support
 from paramshape.attach.planning import Plan
 from paramshape.lookup.modules import TensorRef, paramshape_transform
-from paramshape.strategies.state import PlainConstraint, discard_state_if_empty, state_of
+from paramshape.strategies.methods import plain_entry
+from paramshape.strategies.state import discard_state_if_empty, state_of
 from paramshape.transforms.base import Transform
 
 __all__ = ["apply_plans"]
@@ -43,7 +44,7 @@ def _apply_one(root: nn.Module, plan: Plan) -> None:
     storage = ref.owner._parameters[ref.name]
     with torch.no_grad():
         storage.copy_(plan.target)
-    entry = PlainConstraint(plan.transform, plan.method, plan.weight, storage)  # type: ignore[arg-type]
+    entry = plain_entry(plan.transform, plan.method, plan.weight, storage)
     state_of(ref.owner, create=True).put_plain(ref.name, entry)  # type: ignore[union-attr]
 
 
