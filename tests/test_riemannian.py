@@ -4,11 +4,16 @@ here from their definitions, not taken from the transforms."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
+from torch import nn
 
 import paramshape as ps
 from tests.transform_cases import CASES
+
+from .test_constrain import assert_unchanged, snapshot
 
 MANIFOLD_CASES = [case for case in CASES if case.build().manifold]
 
@@ -152,3 +157,150 @@ def test_transforms_without_manifold_raise_naming_the_other_strategies():
 def test_the_manifold_transforms_are_the_documented_ones():
     names = {case.name for case in MANIFOLD_CASES}
     assert {"unit_norm", "orthogonal", "positive_definite"} <= names
+
+
+# ---------------------------------------------------------------------------- method="riemannian"
+def _module(name, value):
+    module = nn.Module()
+    module.register_parameter(name, nn.Parameter(value.clone()))
+    return module
+
+
+def _minimise(module, loss_fn, optimizer, steps, check=None):
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss = loss_fn()
+        loss.backward()
+        optimizer.step()
+        if check is not None:
+            check()
+    return float(loss_fn().detach())
+
+
+@pytest.mark.parametrize(
+    "make", [lambda p: torch.optim.SGD(p, lr=0.02, momentum=0.9), lambda p: torch.optim.Adam(p, lr=0.05)]
+)
+def test_top_eigenvector_on_the_sphere_stays_on_it_every_step(make):
+    generator = torch.Generator().manual_seed(1)
+    a = torch.randn(8, 8, generator=generator)
+    a = a @ a.T / 8
+    module = _module("v", torch.nn.functional.normalize(torch.randn(8, generator=generator), dim=0))
+    ps.constrain(module, "v", ps.UnitNorm(), method="riemannian")
+    sphere = ps.UnitNorm()
+
+    def on_sphere():
+        assert bool(sphere.contains(module.v.detach()))
+
+    value = _minimise(module, lambda: -(module.v @ a @ module.v), make(module.parameters()), 400, on_sphere)
+    assert -value == pytest.approx(float(torch.linalg.eigvalsh(a)[-1]), rel=1e-4)
+
+
+def test_momentum_is_transported_to_the_new_tangent_space():
+    module = _module("v", torch.tensor([1.0, 0.0, 0.0]))
+    ps.constrain(module, "v", ps.UnitNorm(), method="riemannian")
+    target = torch.tensor([0.0, 1.0, 1.0])
+    sgd = torch.optim.SGD(module.parameters(), lr=0.1, momentum=0.9)
+    adam = None
+    for optimizer in (sgd, torch.optim.Adam(module.parameters(), lr=0.1)):
+        adam = optimizer
+        for _ in range(5):
+            optimizer.zero_grad()
+            (-(module.v @ target)).backward()
+            optimizer.step()
+            moment = optimizer.state[module.v].get(
+                "momentum_buffer", optimizer.state[module.v].get("exp_avg")
+            )
+            assert abs(float(moment @ module.v.detach())) < 1e-6
+    assert adam is not None
+
+
+def test_orthogonal_procrustes_reaches_the_polar_solution():
+    # min ||Q A - B||_F over orthogonal Q: Q* = U V^T for the SVD B A^T = U S V^T (Schoenemann, 1966).
+    generator = torch.Generator().manual_seed(2)
+    a, b = torch.randn(4, 20, generator=generator), torch.randn(4, 20, generator=generator)
+    u, _, vh = torch.linalg.svd(b @ a.T)
+    module = _module("q", torch.eye(4))
+    ps.constrain(module, "q", ps.Orthogonal(), method="riemannian")
+    optimizer = torch.optim.Adam(module.parameters(), lr=0.02)
+    _minimise(module, lambda: (module.q @ a - b).square().sum(), optimizer, 600)
+    assert torch.allclose(module.q.detach(), u @ vh, atol=1e-3)
+    assert bool(ps.Orthogonal().contains(module.q.detach()))
+
+
+def test_positive_definite_covariance_fit_reaches_the_sample_covariance():
+    # The Gaussian negative log-likelihood log det P + tr(P^-1 S) is minimised at P = S.
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(200, 3, generator=generator) @ torch.tensor(
+        [[2.0, 0.0, 0.0], [0.5, 1.0, 0.0], [0.0, 0.3, 0.2]]
+    )
+    s = x.T @ x / 200
+    module = _module("p", torch.eye(3))
+    ps.constrain(module, "p", ps.PositiveDefinite(), method="riemannian")
+    optimizer = torch.optim.SGD(module.parameters(), lr=0.2)
+
+    def nll():
+        return torch.logdet(module.p) + torch.trace(torch.linalg.solve(module.p, s))
+
+    _minimise(module, nll, optimizer, 200)
+    assert torch.allclose(module.p.detach(), s, rtol=1e-3, atol=1e-4)
+
+
+def test_only_the_parameters_of_the_stepped_optimizer_are_touched():
+    module = _module("v", torch.tensor([1.0, 0.0]))
+    ps.constrain(module, "v", ps.UnitNorm(), method="riemannian")
+    module.v.grad = torch.tensor([1.0, 1.0])
+    other = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+    other.step()
+    assert torch.equal(module.v.grad, torch.tensor([1.0, 1.0]))
+
+
+def test_refused_without_manifold_structure_and_the_module_is_unchanged():
+    layer = nn.Linear(3, 3)
+    before = snapshot(layer)
+    with pytest.raises(
+        ps.ManifoldUnavailableError,
+        match=r"'weight' of Linear: method='riemannian' is not available for Box.*'lagrangian'",
+    ):
+        ps.constrain(layer, "weight", ps.Box(-1, 1), method="riemannian")
+    assert_unchanged(layer, before)
+    assert ps.constraints(layer) == {}
+
+
+def test_init_project_starts_strictly_inside_for_positive_definite():
+    module = _module("p", -torch.eye(3))
+    with pytest.warns(ps.ParamshapeWarning, match="moved 1 of 1 matrices inside"):
+        ps.constrain(module, "p", ps.PositiveDefinite(), method="riemannian", init="project")
+    assert float(torch.linalg.eigvalsh(module.p.detach())[0]) > 0
+
+
+def test_a_singular_start_is_refused_before_anything_changes():
+    module = _module("p", torch.zeros(3, 3))
+    before = snapshot(module)
+    with pytest.raises(
+        ps.InfeasibleValueError,
+        match=r"'p' of Module \(shape \(3, 3\), float32\): method='riemannian' cannot step from this value",
+    ):
+        ps.constrain(module, "p", ps.PositiveDefinite(), method="riemannian")
+    assert_unchanged(module, before)
+
+
+def test_state_dict_keys_checkpoint_unconstrain_and_patterns():
+    model = nn.Sequential(nn.Linear(3, 3, bias=False), nn.Linear(3, 3, bias=False))
+    with pytest.warns(ps.ParamshapeWarning):
+        ps.constrain(model, {"*.weight": ps.Orthogonal()}, method="riemannian", init="project")
+    assert set(model.state_dict()) == {"0.weight", "1.weight"}
+    info = ps.constraint_info(model)
+    assert [i.method for i in info.values()] == ["riemannian", "riemannian"]
+    clone = copy.deepcopy(model)
+    optimizer = torch.optim.SGD(clone.parameters(), lr=0.5)
+    clone(torch.randn(4, 3)).square().sum().backward()
+    optimizer.step()
+    assert bool(ps.Orthogonal().contains(clone[0].weight.detach()))
+    fresh = nn.Sequential(nn.Linear(3, 3, bias=False), nn.Linear(3, 3, bias=False))
+    fresh.load_state_dict(clone.state_dict())
+    ps.unconstrain(clone)
+    assert ps.constraints(clone) == {}
+    before = clone[0].weight.detach().clone()
+    clone[0].weight.grad = torch.ones(3, 3)
+    torch.optim.SGD(clone.parameters(), lr=1.0).step()
+    assert torch.allclose(clone[0].weight.detach(), before - 1.0)  # a plain step: no retraction

@@ -22,7 +22,7 @@ from paramshape.errors import (
     TransformError,
     UnsupportedTensorError,
 )
-from paramshape.errors.report import format_shape
+from paramshape.errors.report import format_shape, tensor_label
 from paramshape.lookup.modules import TensorRef, aliases_of, locate, paramshape_transform, type_name
 from paramshape.spec.resolve import Spec, resolve
 from paramshape.strategies.methods import ConstraintMethod
@@ -94,6 +94,8 @@ def plan(root: nn.Module, dotted: str, spec: Spec, init: str, method: str, weigh
     exact = exact and method != "riemannian"
     target, _, moved = _initial_value(transform, current, init, exact=exact)
     _check_output(transform, "value", target, current.shape, current.dtype)
+    if method == "riemannian":
+        _check_riemannian_start(transform, target)
     return Plan(ref, transform, method, weight, target, None, moved)
 
 
@@ -161,6 +163,25 @@ def _check_plain_target(ref: TensorRef, root: nn.Module, method: str) -> None:
 def _check_manifold(transform: Transform) -> None:
     if not transform.manifold:
         raise ManifoldUnavailableError(f"{transform._target}: {transform._no_manifold()}")
+
+
+def _check_riemannian_start(transform: Transform, value: Tensor) -> None:
+    """Take one small Riemannian step from ``value`` outside the module: a point of the closed set
+    where the geometry breaks down (a singular covariance) is refused here, not after a NaN step."""
+    try:
+        with torch.no_grad():
+            tangent = transform.riemannian_grad(value, torch.ones_like(value))
+            moved = transform.retract(value, tangent * 1e-3)
+        works = bool(torch.isfinite(moved).all()) and bool(transform.contains(moved).all())
+    except RuntimeError:  # torch.linalg errors on a singular matrix
+        works = False
+    if not works:
+        label = tensor_label(transform._target or "value", value)
+        raise InfeasibleValueError(
+            f"{label}: method='riemannian' cannot step from this value of {transform!r}: it lies on "
+            "the boundary of the manifold (a singular matrix has no affine-invariant metric). Assign "
+            "an interior value first, or use init='sample'."
+        )
 
 
 def _projection_works(transform: Transform, current: Tensor, *, required: bool) -> bool:
