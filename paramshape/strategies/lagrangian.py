@@ -170,7 +170,9 @@ def _save_multipliers(
     module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any
 ) -> None:
     for name, entry in _lagrangian_entries(module).items():
-        state_dict[prefix + name + MULTIPLIER_SUFFIX] = entry.current_multiplier().detach().clone()
+        # The tensor itself, as for a buffer: dual steps replace it rather than write into it, so a
+        # state dict taken earlier keeps the values of its time.
+        state_dict[prefix + name + MULTIPLIER_SUFFIX] = entry.current_multiplier()
 
 
 def _load_multipliers(module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
