@@ -25,6 +25,7 @@ from paramshape.lookup.modules import (
 )
 from paramshape.lookup.patterns import expand_targets, is_pattern, match_names
 from paramshape.spec.resolve import Spec
+from paramshape.strategies.lagrangian import LagrangianConstraint
 from paramshape.strategies.methods import ConstraintInfo, ConstraintMethod
 from paramshape.strategies.state import discard_state_if_empty, module_states, state_of
 from paramshape.transforms.base import Transform
@@ -254,7 +255,10 @@ def _entries(root: nn.Module) -> Iterator[tuple[str, ConstraintInfo]]:
         state.sync(module)
         for name, entry in state.plain.items():
             transform = entry.transform_for(entry.tensor)
-            yield _join(prefix, name), ConstraintInfo(transform, entry.method, entry.weight)
+            multiplier = None
+            if isinstance(entry, LagrangianConstraint):
+                multiplier = entry.current_multiplier().detach().clone()
+            yield _join(prefix, name), ConstraintInfo(transform, entry.method, entry.weight, multiplier)
 
 
 def _remove_transform(owner: nn.Module, name: str) -> None:
