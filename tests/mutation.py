@@ -43,27 +43,57 @@ CORE: dict[str, tuple[list[str], str]] = {
     "paramshape/numerics/maps.py": (["tests/test_references.py", "tests/test_membership.py"], ""),
     "paramshape/numerics/slopes.py": (["tests/test_contract.py"], "log_abs_det_jacobian_matches"),
     "paramshape/transforms/elementwise/interval.py": (
-        ["tests/test_references.py", "tests/test_membership.py", "tests/test_contract.py"],
+        [
+            "tests/test_references.py",
+            "tests/test_membership.py",
+            "tests/test_integration.py",
+            "tests/test_contract.py",
+        ],
         "box or unit_interval",
     ),
     "paramshape/transforms/elementwise/positive.py": (
-        ["tests/test_references.py", "tests/test_membership.py", "tests/test_contract.py"],
+        [
+            "tests/test_references.py",
+            "tests/test_membership.py",
+            "tests/test_integration.py",
+            "tests/test_contract.py",
+        ],
         "positive or greater or less",
     ),
     "paramshape/transforms/elementwise/softclip.py": (
-        ["tests/test_references.py", "tests/test_membership.py", "tests/test_contract.py"],
+        [
+            "tests/test_references.py",
+            "tests/test_membership.py",
+            "tests/test_integration.py",
+            "tests/test_contract.py",
+        ],
         "soft_clip",
     ),
     "paramshape/transforms/vector/simplex.py": (
-        ["tests/test_references.py", "tests/test_membership.py", "tests/test_contract.py"],
+        [
+            "tests/test_references.py",
+            "tests/test_membership.py",
+            "tests/test_integration.py",
+            "tests/test_contract.py",
+        ],
         "simplex",
     ),
     "paramshape/transforms/vector/sumtozero.py": (
-        ["tests/test_references.py", "tests/test_membership.py", "tests/test_contract.py"],
+        [
+            "tests/test_references.py",
+            "tests/test_membership.py",
+            "tests/test_integration.py",
+            "tests/test_contract.py",
+        ],
         "sum_to_zero",
     ),
     "paramshape/transforms/vector/ordered.py": (
-        ["tests/test_references.py", "tests/test_membership.py", "tests/test_contract.py"],
+        [
+            "tests/test_references.py",
+            "tests/test_membership.py",
+            "tests/test_integration.py",
+            "tests/test_contract.py",
+        ],
         "ordered",
     ),
     "paramshape/transforms/sets.py": (
