@@ -423,6 +423,8 @@ class Transform(nn.Module, abc.ABC):
         The message names the tensor, its shape and dtype, how many elements are outside, and the
         worst one against the bound it breaks.
         """
+        if value.device.type == "meta":
+            return  # no values (deferred initialisation); checked when real values come in
         excess = self._finite_excess(value)
         outside = excess != 0
         count = int(outside.sum())
