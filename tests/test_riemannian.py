@@ -304,3 +304,14 @@ def test_state_dict_keys_checkpoint_unconstrain_and_patterns():
     clone[0].weight.grad = torch.ones(3, 3)
     torch.optim.SGD(clone.parameters(), lr=1.0).step()
     assert torch.allclose(clone[0].weight.detach(), before - 1.0)  # a plain step: no retraction
+
+
+def test_a_checkpoint_off_the_manifold_is_refused_before_anything_is_loaded():
+    module = _module("v", torch.tensor([0.6, 0.8]))
+    ps.constrain(module, "v", ps.UnitNorm(), method="riemannian")
+    before = snapshot(module)
+    with pytest.raises(ps.InfeasibleValueError, match=r"'v' of Module.*1 of 1 slices lie outside UnitNorm"):
+        module.load_state_dict({"v": torch.tensor([3.0, 4.0])})
+    assert_unchanged(module, before)
+    module.load_state_dict({"v": torch.tensor([0.0, 1.0])})
+    assert torch.equal(module.v.detach(), torch.tensor([0.0, 1.0]))

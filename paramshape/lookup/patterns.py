@@ -100,10 +100,11 @@ def constrainable_names(root: nn.Module, method: str | None = None) -> list[str]
     """Qualified names of the floating-point parameters and buffers under ``root``, constrained ones
     under their public name; tensors of paramshape transforms used as layers (their bounds) and of
     shared modules reached twice are listed once or not at all. With a ``method``, the tensors it
-    can never constrain are left out: buffers for ``"project"`` and ``"penalty"``, and the running
+    can never constrain are left out: buffers for the plain methods (all but ``"reparam"``), and the running
     statistics of norm layers (updated in place) for every method."""
     names: dict[str, None] = {}
-    buffers = [] if method in ("project", "penalty") else list(root.named_buffers())
+    plain = ("project", "penalty", "riemannian", "lagrangian")  # every method but reparam
+    buffers = [] if method in plain else list(root.named_buffers())
     tensors = [*root.named_parameters(), *buffers]
     for raw_name, tensor in tensors:
         if not tensor.is_floating_point():
