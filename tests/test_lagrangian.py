@@ -193,3 +193,11 @@ def test_float64_tensor_keeps_float64_multipliers():
     _train(module, torch.optim.SGD(module.parameters(), lr=0.1), 3.0, 400)
     assert ps.constraint_info(module)["w"].multiplier.dtype == torch.float64
     assert torch.allclose(module.w.detach(), torch.ones(2, dtype=torch.float64), atol=1e-9)
+
+
+def test_project_with_include_penalty_makes_a_lagrangian_tensor_exactly_feasible():
+    module = _holder([1.5, -0.5], method="lagrangian")
+    ps.project_(module)
+    assert torch.equal(module.w.detach(), torch.tensor([1.5, -0.5]))  # not a projected method
+    ps.project_(module, include_penalty=True)
+    assert torch.equal(module.w.detach(), torch.tensor([1.0, -0.5]))
