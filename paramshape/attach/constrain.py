@@ -71,10 +71,11 @@ def constrain(
     ``name`` may also be an fnmatch-style pattern (``"*.weight"``), or a mapping of patterns to specs, applied to every matching
     parameter or buffer (qualified names as ``named_parameters()`` spells them; ``*`` matches dots
     too): ``constrain(model, {"encoder.*.weight": ps.Box(-1, 1), "*.bias": "positive"})``.
-    A pattern skips the tensors ``method`` can never constrain: buffers under ``"project"`` and
-    ``"penalty"``, and the running statistics of norm layers (BatchNorm updates them in place)
+    A pattern skips the tensors ``method`` can never constrain: buffers under every method but
+    ``"reparam"``, and the running statistics of norm layers (BatchNorm updates them in place)
     under every method; so ``constrain(model, "*", spec, method="project")`` takes every
-    parameter of a model with BatchNorm. A tensor named without wildcards is never skipped.
+    parameter of a model with BatchNorm. A tensor named without wildcards is never skipped, nor
+    one matched by a pattern that matches nothing else: the call raises and says why.
     ``init``, ``method`` and ``weight`` apply to all of them. A pattern that matches nothing raises,
     listing the available names; a tensor matched by two patterns raises. All or nothing: if one
     tensor fails, no tensor changes.
