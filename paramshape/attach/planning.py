@@ -78,7 +78,7 @@ def plan(root: nn.Module, dotted: str, spec: Spec, init: str, method: str, weigh
         current = getattr(ref.owner, ref.name).detach().clone()
     _check_tensor(ref, current, root, method)
     transform = transform.to(device=current.device, dtype=current.dtype)
-    transform._target = f"'{ref.path}' of {type_name(root)}"
+    transform._bind(f"'{ref.path}' of {type_name(root)}", current)
     transform.check_shape(current.shape)
     if method == "reparam":
         target, raw, moved = _initial_value(transform, current, init, exact=False)
