@@ -233,3 +233,143 @@ def test_compose_log_det_has_the_batch_shape_torch_expects() -> None:
     ladj = chain.log_abs_det_jacobian(x, y)
     assert ladj.shape == x.shape[: x.dim() - chain.domain.event_dim]
     assert math.isfinite(float(ladj.sum()))
+
+
+# ------------------------------------------------- 3. number bounds at the tensor's precision
+@pytest.mark.parametrize(
+    ("build", "name", "number"),
+    [
+        (lambda: ps.GreaterThan(1e-4), "low", 1e-4),
+        (lambda: ps.LessThan(0.1), "high", 0.1),
+        (lambda: ps.Box(0.1, 0.7), "low", 0.1),
+        (lambda: ps.Box(0.1, 0.7), "high", 0.7),
+        (lambda: ps.SoftClip(-0.3, 0.3), "high", 0.3),
+        (lambda: ps.Affine(0.1, 3.3), "scale", 3.3),
+    ],
+)
+def test_a_number_bound_is_that_number_at_the_tensors_precision(build, name: str, number: float) -> None:
+    transform = build()
+    # Constructed in the default dtype: the float32 rounding of the number, as before.
+    assert getattr(transform, name).item() == torch.tensor(number, dtype=torch.float32).item()
+    # Moved to float64, directly or through float16 and back: the float64 number, not float32's.
+    assert getattr(transform.double(), name).item() == number
+    assert getattr(transform.half().double(), name).item() == number
+    module = ps.constrain(nn.Linear(2, 2), "weight", build(), init="sample").double()
+    assert getattr(module.parametrizations.weight[0], name).item() == number
+
+
+def test_a_float64_floor_is_never_undercut() -> None:
+    # The reference is Python's float: 1e-4 in float64. float32's 9.99999997e-05 lies below it.
+    module = ps.constrain(nn.Linear(2, 2).double(), "weight", ps.GreaterThan(1e-4), init="sample")
+    module.weight = 1e-4  # exactly the floor: inside the closed set
+    assert float(module.weight.detach().min()) >= 1e-4 * (1 - 4 * torch.finfo(torch.float64).eps)
+    with torch.no_grad():
+        module.parametrizations.weight.original.fill_(-1e4)  # far below: the map's floor
+    assert float(module.weight.detach().min()) >= 1e-4
+
+
+def test_a_float64_parameter_holding_the_bound_exactly_is_inside() -> None:
+    layer = nn.Linear(2, 2).double()
+    with torch.no_grad():
+        layer.weight.fill_(0.1)
+    ps.constrain(layer, "weight", ps.GreaterThan(0.1))  # init="keep" checks membership
+    assert float(layer.weight.detach().min()) == pytest.approx(0.1, rel=4 * torch.finfo(torch.float64).eps)
+
+
+def test_a_huge_bound_stays_finite_in_float64_and_is_refused_where_it_overflows() -> None:
+    box = ps.Box(-1e300, 1e300)
+    assert box.low.item() == -1e300
+    assert box.high.item() == 1e300
+    module = ps.constrain(nn.Linear(2, 2).double(), "weight", box, init="sample")
+    before = snapshot(module)
+    with pytest.raises(ps.InfeasibleValueError, match=r"above high=1e[+]?300"):
+        module.weight = 1e305
+    assert_unchanged(module, before)
+    with pytest.raises(
+        ps.SpecError, match=r"converting 'low' to torch.float32 would turn a finite bound into infinity"
+    ):
+        module.float()
+    assert_unchanged(module, before)
+    with pytest.raises(ps.SpecError, match="would turn a finite bound into infinity"):
+        ps.constrain(nn.Linear(2, 2), "weight", ps.Box(-1e300, 1e300))
+
+
+def test_a_bound_changed_in_place_is_not_reverted_by_a_dtype_move() -> None:
+    box = ps.GreaterThan(1e-4)
+    with torch.no_grad():
+        box.low.fill_(0.5)
+    assert box.double().low.item() == 0.5
+
+
+def test_tensor_bounds_keep_their_own_precision() -> None:
+    low = torch.tensor([0.1, 0.2], dtype=torch.float64)
+    box = ps.Box(low, 1.0)
+    assert box.low.dtype == torch.float64
+    assert torch.equal(box.float().double().low, low)
+    low32 = torch.tensor([0.1, 0.2])
+    assert torch.equal(ps.Box(low32, 1.0).double().low, low32.double())
+
+
+# ------------------------------------------------------------ 11. shape checks on direct use
+MATRIX_SPECS = ["symmetric", "positive_definite", "corr_matrix", "corr_cholesky"]
+
+
+@pytest.mark.parametrize("spec", MATRIX_SPECS)
+@pytest.mark.parametrize(
+    ("shape", "match"),
+    [
+        ((1, 3), "needs square matrices"),
+        ((3,), "acts on matrices"),
+        ((), "acts on matrices"),
+        ((2, 0), "empty"),
+    ],
+)
+def test_matrix_transforms_refuse_what_is_not_a_batch_of_square_matrices(
+    spec: str, shape: tuple[int, ...], match: str
+) -> None:
+    transform = ps.resolve(spec)
+    with pytest.raises(ps.ShapeMismatchError, match=match):
+        transform(torch.rand(shape))
+
+
+@pytest.mark.parametrize("spec", MATRIX_SPECS)
+def test_bound_output_with_a_matrix_transform_checks_the_outputs_shape(spec: str) -> None:
+    model = ps.bound_output(nn.Linear(2, 3), spec)
+    with pytest.raises(ps.ShapeMismatchError, match="needs square matrices"):
+        model(torch.rand(4, 2))  # a 4 x 3 output is no batch of square matrices
+    with pytest.raises(ps.ShapeMismatchError, match="acts on matrices"):
+        model(torch.rand(2))
+    assert model(torch.rand(5, 3, 2)).shape == (5, 3, 3)
+
+
+@pytest.mark.parametrize("spec", MATRIX_SPECS)
+def test_matrix_transforms_still_map_square_batches(spec: str) -> None:
+    transform = ps.resolve(spec)
+    x = torch.randn(2, 3, 3)
+    y = transform(x)
+    assert y.shape == transform.forward_shape(x.shape)
+    assert bool(transform.contains(y).all())
+
+
+@pytest.mark.parametrize(
+    "build",
+    [lambda: ps.SumToZero(), lambda: ps.Simplex(method="ilr"), lambda: ps.SumToZero(dim=0)],
+)
+def test_sets_that_need_two_entries_say_so(build) -> None:
+    transform = build()
+    for stored in (torch.zeros(3, 0), torch.zeros(0)):
+        with pytest.raises(ps.ShapeMismatchError, match="needs at least 2 entries"):
+            transform(stored.mT if transform.dim == 0 and stored.dim() == 2 else stored)
+    module = nn.Module()
+    module.w = nn.Parameter(torch.zeros(3, 1) if transform.dim == -1 else torch.zeros(1, 3))
+    before = snapshot(module)
+    with pytest.raises(ps.ShapeMismatchError, match=r"needs at least 2 entries.*nothing to"):
+        ps.constrain(module, "w", build(), init="sample")
+    assert_unchanged(module, before)
+
+
+def test_bounds_that_would_broadcast_the_input_up_are_refused() -> None:
+    box = ps.Box(torch.zeros(3, 1), 1.0)
+    with pytest.raises(ps.ShapeMismatchError, match="does not broadcast"):
+        box(torch.zeros(2))  # would silently return a (3, 2) tensor
+    assert box(torch.zeros(3, 5)).shape == (3, 5)

@@ -25,6 +25,8 @@ from paramshape.fusion.compiled import Fusable, dispatch
 __all__ = ["Transform", "coerce_value"]
 
 _DEFAULT_HINT = "Assign a value inside the set."
+#: How many input shapes a transform remembers as checked (a layer sees few; a cap bounds memory).
+_MAX_SHAPES_CHECKED = 32
 
 
 class Transform(nn.Module, abc.ABC):
@@ -122,6 +124,8 @@ class Transform(nn.Module, abc.ABC):
         # An AttributeError escaping here would be swallowed by Module.__getattr__ of the
         # parametrized module and reported as "has no attribute 'weight'" (pytorch#72452).
         try:
+            if len(args) == 1 and isinstance(args[0], Tensor) and not torch.compiler.is_compiling():
+                self._check_input_shape(args[0].shape)
             # The fused or hand-fused kernel; inside a compiled region dynamo traces forward itself.
             fusable = self.fusable
             if fusable is not None and len(args) == 1 and not kwargs and not torch.compiler.is_compiling():
@@ -131,6 +135,24 @@ class Transform(nn.Module, abc.ABC):
             return super().__call__(*args, **kwargs)
         except AttributeError as error:
             raise TransformError(f"{self!r} failed while computing: {error}") from error
+
+    def _check_input_shape(self, shape: torch.Size) -> None:
+        """Raise :class:`~paramshape.ShapeMismatchError` when the map cannot apply to a stored tensor
+        of ``shape`` (a 1 x 3 "matrix" for Symmetric, one entry for SumToZero, bounds that do not
+        broadcast), instead of a silently reshaped value or a raw error from inside the map. A shape
+        that passed once is remembered (settings that decide it change only by loading a state dict,
+        which forgets them), so a constrained tensor's every read pays a set lookup only."""
+        checked = self.__dict__.get("_shapes_checked")
+        if checked is not None and shape in checked:
+            return
+        self.check_shape(self.forward_shape(shape))
+        if checked is None or len(checked) >= _MAX_SHAPES_CHECKED:
+            checked = self.__dict__["_shapes_checked"] = set()
+        checked.add(shape)
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        self.__dict__.pop("_shapes_checked", None)
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     # ---------------------------------------------------------------- the map
     @abc.abstractmethod
