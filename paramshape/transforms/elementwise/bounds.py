@@ -189,7 +189,9 @@ class BoundedTransform(Transform):
         check_broadcast(self._bounds(), shape, repr(self))
 
     def extra_repr(self) -> str:
-        return ", ".join(f"{name}={format_setting(bound)}" for name, bound in self._bounds().items())
+        # On the meta device the values are kept aside (see _apply); show those.
+        bounds = getattr(self, "_meta_source", None) or self._bounds()
+        return ", ".join(f"{name}={format_setting(bound)}" for name, bound in bounds.items())
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
         incoming = {name: state_dict.get(prefix + name, bound) for name, bound in self._bounds().items()}
@@ -199,46 +201,78 @@ class BoundedTransform(Transform):
         # The checkpoint's numbers, at the precision it stored them, are the bounds from now on.
         self._exact = {name: bound.detach().to(torch.float64) for name, bound in self._bounds().items()}
 
-    def _exact_bounds(self) -> dict[str, Tensor]:
-        """The bounds at full precision: the exact copy while the buffers still hold its rounding,
-        the buffers themselves once something changed them in place."""
+    def _exact_bounds(self, reference: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The bounds at full precision: the exact copy while ``reference`` (the buffers, or the
+        values kept aside on ``meta``) still holds its rounding, else ``reference`` itself (changed in
+        place since, or loaded)."""
         exact = getattr(self, "_exact", None) or {}
         result = {}
-        for name, bound in self._bounds().items():
+        for name, bound in reference.items():
             kept = exact.get(name)
-            rounded = kept.to(device=bound.device, dtype=bound.dtype) if kept is not None else None
-            if kept is None or bound.device.type == "meta" or not torch.equal(rounded, bound):
+            if (
+                kept is None
+                or bound.device.type == "meta"
+                or not torch.equal(kept.to(bound.dtype).cpu(), bound.cpu())
+            ):
                 kept = bound.detach().to(torch.float64)
             result[name] = kept
         return result
 
-    def _apply(self, fn: Any, recurse: bool = True) -> BoundedTransform:
-        # Convert copies first and check them, so a failing .half() leaves the bounds untouched
-        # (instead of infinite bounds with a stale layout, which would make every value NaN). A
-        # move to another dtype rebuilds each bound from its exact value: one rounding, not two.
+    def check_conversion(self, fn: Any) -> None:
+        """Raise :class:`SpecError` if ``fn`` (what ``module.half()``, ``.to(dtype)`` or
+        ``.to_empty()`` applies to every tensor) would turn a finite bound infinite or leave invalid
+        bounds; changes nothing. Lets a whole model be checked before any module is converted."""
+        converted, _ = self._converted_bounds(fn)
+        if all(bound.device.type != "meta" for bound in converted.values()):
+            self._analyse_bounds(converted)
+
+    def _converted_bounds(self, fn: Any) -> tuple[dict[str, Tensor], dict[str, Tensor] | None]:
+        """The bounds after ``fn``, checked, and the values kept aside from a move to ``meta`` that
+        replace them when they come back (``to_empty()``), if any. A move to another dtype rebuilds
+        each bound from its exact value (:meth:`_set_bounds`): one rounding, not two."""
         current = self._bounds()
         converted = {name: fn(bound) for name, bound in current.items()}
-        real = all(bound.device.type != "meta" for bound in converted.values())
-        if real:
-            exact = self._exact_bounds()
+        was_meta = any(bound.device.type == "meta" for bound in current.values())
+        to_meta = any(bound.device.type == "meta" for bound in converted.values())
+        source = getattr(self, "_meta_source", None) if was_meta and not to_meta else None
+        if source is not None:
+            converted = {
+                name: source[name].to(device=bound.device, dtype=bound.dtype)
+                for name, bound in converted.items()
+            }
+        if not to_meta:
+            reference = source if source is not None else current
+            exact = self._exact_bounds(reference)
             for name, bound in converted.items():
-                if bound.dtype != current[name].dtype and bound.is_floating_point():
-                    bound = exact[name].to(device=bound.device, dtype=bound.dtype)
-                    converted[name] = bound
+                if bound.is_floating_point() and bound.dtype != reference[name].dtype:
+                    bound = converted[name] = exact[name].to(device=bound.device, dtype=bound.dtype)
                 if _overflows(exact[name], bound):
                     raise SpecError(
                         f"{type(self).__name__}: converting '{name}' to {bound.dtype} would turn a finite "
                         f"bound into infinity (the largest {bound.dtype} is "
                         f"{format_scalar(torch.finfo(bound.dtype).max)}); use bounds within its range."
                     )
-            layout = self._analyse_bounds(converted)
-            self._exact = exact
+        return converted, source
+
+    def _apply(self, fn: Any, recurse: bool = True) -> BoundedTransform:
+        # Convert copies first and check them, so a failing .half() leaves the bounds untouched
+        # (instead of infinite bounds with a stale layout, which would make every value NaN).
+        current = self._bounds()
+        converted, source = self._converted_bounds(fn)
+        to_meta = any(bound.device.type == "meta" for bound in converted.values())
+        if to_meta and all(bound.device.type != "meta" for bound in current.values()):
+            # A move to ``meta`` drops the values; keep them, so that ``to_empty()`` (the deferred
+            # initialisation path) gets the same bounds back instead of uninitialised memory.
+            self._meta_source = {name: bound.detach().cpu().clone() for name, bound in current.items()}
+        layout = None if to_meta else self._analyse_bounds(converted)
         result = super()._apply(fn, recurse)
-        if real:
+        if not to_meta:
+            # The checked (and, on a dtype move, rebuilt) bounds, not fn's second conversion.
             for name, bound in converted.items():
-                if self._buffers[name].dtype != current[name].dtype:
-                    self._buffers[name] = bound
+                self._buffers[name] = bound
             self._layout = layout
+        if source is not None:
+            del self._meta_source
         return result
 
 
