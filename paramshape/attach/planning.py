@@ -91,7 +91,7 @@ def plan(root: nn.Module, dotted: str, spec: Spec, init: str, method: str, weigh
         current = getattr(ref.owner, ref.name).detach().clone()
     _check_tensor(ref, current, root, method)
     transform = transform.to(device=current.device, dtype=current.dtype)
-    transform._target = f"'{ref.path}' of {type_name(root)}"
+    transform._bind(f"'{ref.path}' of {type_name(root)}", current)
     transform._init_policy = init  # how reset_parameters() and apply() re-initialise it
     transform.check_shape(current.shape)
     if current.device.type == "meta":
