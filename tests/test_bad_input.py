@@ -83,6 +83,18 @@ def fill_buffers(module: nn.Module) -> None:
         buffer.fill_(math.nan)
 
 
+def covariance(value: torch.Tensor) -> nn.Module:
+    module = nn.Module()
+    module.p = nn.Parameter(value)
+    return module
+
+
+def lagrangian_holder() -> nn.Module:
+    module = nn.Module()
+    module.w = nn.Parameter(torch.zeros(3))
+    return ps.constrain(module, "w", "box(-1, 1)", method="lagrangian")
+
+
 @dataclass(frozen=True)
 class Row:
     what: str
@@ -263,6 +275,42 @@ ROWS = [
         lambda m: m.apply(fill_buffers),
         ps.SpecError,
         "the call wrote into the settings of its constraint Box(low=-1.0, high=1.0)",
+        "riemannian on a set without a manifold",
+        linear,
+        lambda m: ps.constrain(m, "weight", "box(-1, 1)", method="riemannian"),
+        ps.ManifoldUnavailableError,
+        "'weight' of Linear: method='riemannian' is not available for Box: its set has no Riemannian "
+        "structure in paramshape (Transform.riemannian_grad, retract). Use method='reparam', 'project' "
+        "(if it defines a projection), 'penalty' or 'lagrangian'.",
+    ),
+    Row(
+        "riemannian from a singular covariance",
+        lambda: covariance(torch.zeros(3, 3)),
+        lambda m: ps.constrain(m, "p", ps.PositiveDefinite(), method="riemannian"),
+        ps.InfeasibleValueError,
+        "'p' of Module (shape (3, 3), float32): method='riemannian' cannot step from this value of "
+        "PositiveDefinite(): it lies on the boundary of the manifold",
+    ),
+    Row(
+        "lagrangian without a projection",
+        lambda: nn.Linear(3, 3),
+        lambda m: ps.constrain(m, "weight", ps.Orthogonal(), method="lagrangian", init="sample"),
+        ps.ProjectionUnavailableError,
+        "'weight' of Linear: method='project' is not available for Orthogonal",
+    ),
+    Row(
+        "lagrangian with rho 0",
+        linear,
+        lambda m: ps.constrain(m, "weight", "box(-1, 1)", method="lagrangian", weight=0.0),
+        ps.SpecError,
+        "weight (rho) of method='lagrangian' must be > 0; got 0.",
+    ),
+    Row(
+        "multiplier of the wrong shape in a checkpoint",
+        lagrangian_holder,
+        lambda m: m.load_state_dict({"w": torch.zeros(3), "w_lagrange_multiplier": torch.zeros(2)}),
+        ps.ShapeMismatchError,
+        "checkpoint key 'w_lagrange_multiplier': the Lagrange multiplier of 'w' must have shape (3,); got (2,).",
     ),
 ]
 
@@ -275,6 +323,8 @@ def test_bad_input_row(row):
         row.call(module)
     assert_unchanged(module, before)
     assert isinstance(row.error("x"), (ValueError, TypeError, RuntimeError))
+    # NotImplementedError: a strategy the transform lacks (projection, manifold structure).
+    assert isinstance(row.error("x"), (ValueError, TypeError, NotImplementedError))
 
 
 def test_the_docs_table_has_a_row_for_every_case():

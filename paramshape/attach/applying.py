@@ -12,7 +12,8 @@ from paramshape.attach.planning import Plan
 from paramshape.attach.reinit import install_init_support
 from paramshape.attach.rollback import rollback_on_failure
 from paramshape.lookup.modules import TensorRef, paramshape_transform
-from paramshape.strategies.state import PlainConstraint, discard_state_if_empty, state_of
+from paramshape.strategies.methods import plain_entry
+from paramshape.strategies.state import discard_state_if_empty, state_of
 from paramshape.transforms.base import Transform
 
 __all__ = ["apply_plans"]
@@ -48,7 +49,7 @@ def _apply_one(root: nn.Module, plan: Plan) -> None:
     storage = ref.owner._parameters[ref.name]
     with torch.no_grad():
         storage.copy_(plan.target)
-    entry = PlainConstraint(plan.transform, plan.method, plan.weight, storage)  # type: ignore[arg-type]
+    entry = plain_entry(plan.transform, plan.method, plan.weight, storage)
     state_of(ref.owner, create=True).put_plain(ref.name, entry)  # type: ignore[union-attr]
     install_module_support(root, ref.owner)  # checkpoints are checked against the set too
 

@@ -25,6 +25,7 @@ from paramshape.lookup.modules import (
 )
 from paramshape.lookup.patterns import expand_targets, is_pattern, match_names
 from paramshape.spec.resolve import Spec
+from paramshape.strategies.lagrangian import LagrangianConstraint
 from paramshape.strategies.methods import ConstraintInfo, ConstraintMethod
 from paramshape.strategies.state import discard_state_if_empty, module_states, state_of
 from paramshape.transforms.base import Transform
@@ -70,6 +71,10 @@ def constrain(
     ``name`` may also be an fnmatch-style pattern (``"*.weight"``), or a mapping of patterns to specs, applied to every matching
     parameter or buffer (qualified names as ``named_parameters()`` spells them; ``*`` matches dots
     too): ``constrain(model, {"encoder.*.weight": ps.Box(-1, 1), "*.bias": "positive"})``.
+    A pattern skips the tensors ``method`` can never constrain: buffers under ``"project"`` and
+    ``"penalty"``, and the running statistics of norm layers (BatchNorm updates them in place)
+    under every method; so ``constrain(model, "*", spec, method="project")`` takes every
+    parameter of a model with BatchNorm. A tensor named without wildcards is never skipped.
     ``init``, ``method`` and ``weight`` apply to all of them. A pattern that matches nothing raises,
     listing the available names; a tensor matched by two patterns raises. All or nothing: if one
     tensor fails, no tensor changes.
@@ -135,7 +140,7 @@ def constrain(
     if init not in _POLICIES:
         raise SpecError(f"init must be one of {list(_POLICIES)}; got {init!r}.")
     weight = check_method(method, weight)
-    targets = expand_targets(module, name, spec)
+    targets = expand_targets(module, name, spec, method)
     plans = [plan(module, dotted, target_spec, init, method, weight) for dotted, target_spec in targets]
     check_distinct(plans)
     record_names(module)  # the names before this call, for the optimizer-resume check
@@ -250,7 +255,10 @@ def _entries(root: nn.Module) -> Iterator[tuple[str, ConstraintInfo]]:
         state.sync(module)
         for name, entry in state.plain.items():
             transform = entry.transform_for(entry.tensor)
-            yield _join(prefix, name), ConstraintInfo(transform, entry.method, entry.weight)
+            multiplier = None
+            if isinstance(entry, LagrangianConstraint):
+                multiplier = entry.current_multiplier().detach().clone()
+            yield _join(prefix, name), ConstraintInfo(transform, entry.method, entry.weight, multiplier)
 
 
 def _remove_transform(owner: nn.Module, name: str) -> None:

@@ -15,6 +15,7 @@ from torch.nn.utils import parametrize
 from paramshape.errors import (
     ConstraintConflictError,
     InfeasibleValueError,
+    ManifoldUnavailableError,
     ProjectionUnavailableError,
     SpecError,
     TiedTensorError,
@@ -30,6 +31,7 @@ from paramshape.lookup.modules import (
     shares_memory,
     type_name,
 )
+from paramshape.lookup.patterns import is_running_statistic
 from paramshape.spec.resolve import Spec, resolve
 from paramshape.strategies.methods import ConstraintMethod
 from paramshape.strategies.state import module_states
@@ -40,7 +42,6 @@ __all__ = ["Plan", "check_distinct", "check_method", "plan"]
 _METHODS: tuple[str, ...] = get_args(ConstraintMethod)
 # BatchNorm updates these in place on the value it reads; a constrained tensor is recomputed on
 # every read, so the updates would vanish.
-_RUNNING_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
 _KEEP_HINT = (
     "Pass init='project' to move them inside the set, init='raw' to treat the current values as "
     "unconstrained ones, or init='sample' to draw new values."
@@ -65,9 +66,9 @@ def check_method(method: str, weight: float | None) -> float | None:
     if method not in _METHODS:
         raise SpecError(f"method must be one of {list(_METHODS)}; got {method!r}.")
     if weight is None:
-        return 1.0 if method == "penalty" else None
-    if method != "penalty":
-        raise SpecError(f"weight= applies to method='penalty' only; got method={method!r}.")
+        return 1.0 if method in ("penalty", "lagrangian") else None
+    if method not in ("penalty", "lagrangian"):
+        raise SpecError(f"weight= applies to method='penalty' and 'lagrangian' only; got method={method!r}.")
     if (
         isinstance(weight, bool)
         or not isinstance(weight, (int, float))
@@ -75,6 +76,8 @@ def check_method(method: str, weight: float | None) -> float | None:
         or weight < 0
     ):
         raise SpecError(f"weight must be a finite number >= 0; got {weight!r}.")
+    if method == "lagrangian" and weight == 0:
+        raise SpecError("weight (rho) of method='lagrangian' must be > 0; got 0.")
     return float(weight)
 
 
@@ -99,9 +102,15 @@ def plan(root: nn.Module, dotted: str, spec: Spec, init: str, method: str, weigh
         target, raw, moved = _initial_value(transform, current, init, exact=False)
         _dry_run(transform, target if raw is None else raw, current, raw is not None)
         return Plan(ref, transform, method, weight, target, raw, moved)
-    exact = _projection_works(transform, current, required=method == "project")
+    if method == "riemannian":
+        _check_manifold(transform)
+    exact = _projection_works(transform, current, required=method in ("project", "lagrangian"))
+    # Riemannian steps start strictly inside (a singular covariance has no affine-invariant metric).
+    exact = exact and method != "riemannian"
     target, _, moved = _initial_value(transform, current, init, exact=exact)
     _check_output(transform, "value", target, current.shape, current.dtype)
+    if method == "riemannian":
+        _check_riemannian_start(transform, target)
     return Plan(ref, transform, method, weight, target, None, moved)
 
 
@@ -130,7 +139,7 @@ def _check_tensor(ref: TensorRef, current: Tensor, root: nn.Module, method: str 
     if method != "reparam":
         _check_plain_target(ref, root, method)
         return
-    if isinstance(ref.owner, nn.modules.batchnorm._NormBase) and ref.name in _RUNNING_STATISTICS:
+    if is_running_statistic(ref.owner, ref.name):
         raise ConstraintConflictError(
             f"'{ref.path}' of {type_name(root)}: {type_name(ref.owner)} updates '{ref.name}' in place "
             "during training, and a constrained tensor is recomputed on every read, so the updates "
@@ -161,9 +170,16 @@ def _check_foreign(ref: TensorRef, root: nn.Module) -> None:
 def _check_plain_target(ref: TensorRef, root: nn.Module, method: str) -> None:
     storage = ref.storage()
     if not isinstance(storage, nn.Parameter):
+        # Suggest reparam only where it works: a norm layer's running statistics take no constraint.
+        fix = (
+            f"{type_name(ref.owner)} updates it in place, so no method can constrain it; constrain the "
+            "layer's 'weight' or 'bias', or use a pattern ('*'), which skips buffers under this method."
+            if is_running_statistic(ref.owner, ref.name)
+            else "Use method='reparam' to constrain a buffer."
+        )
         raise UnsupportedTensorError(
             f"'{ref.path}' of {type_name(root)} is a buffer; method={method!r} acts on parameters "
-            "that an optimizer updates. Use method='reparam' to constrain a buffer."
+            f"that an optimizer updates. {fix}"
         )
     for prefix, owner, state in module_states(root):
         for other_name, entry in state.plain.items():
@@ -173,6 +189,30 @@ def _check_plain_target(ref: TensorRef, root: nn.Module, method: str) -> None:
                     f"'{ref.path}' of {type_name(root)} is the same Parameter as '{other}', which is "
                     f"already constrained ({entry.method}); constrain it under one name only."
                 )
+
+
+def _check_manifold(transform: Transform) -> None:
+    if not transform.manifold:
+        raise ManifoldUnavailableError(f"{transform._target}: {transform._no_manifold()}")
+
+
+def _check_riemannian_start(transform: Transform, value: Tensor) -> None:
+    """Take one small Riemannian step from ``value`` outside the module: a point of the closed set
+    where the geometry breaks down (a singular covariance) is refused here, not after a NaN step."""
+    try:
+        with torch.no_grad():
+            tangent = transform.riemannian_grad(value, torch.ones_like(value))
+            moved = transform.retract(value, tangent * 1e-3)
+        works = bool(torch.isfinite(moved).all()) and bool(transform.contains(moved).all())
+    except RuntimeError:  # torch.linalg errors on a singular matrix
+        works = False
+    if not works:
+        label = tensor_label(transform._target or "value", value)
+        raise InfeasibleValueError(
+            f"{label}: method='riemannian' cannot step from this value of {transform!r}: it lies on "
+            "the boundary of the manifold (a singular matrix has no affine-invariant metric). Assign "
+            "an interior value first, or use init='sample'."
+        )
 
 
 def _projection_works(transform: Transform, current: Tensor, *, required: bool) -> bool:
