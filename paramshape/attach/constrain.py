@@ -64,7 +64,11 @@ def constrain(
       to the loss, with this constraint's ``weight``.
 
     The same ``Parameter`` object keeps holding the data under every strategy (the unconstrained
-    data for ``"reparam"``), so an optimizer built before this call keeps working. The plain
+    data for ``"reparam"``), so an optimizer built before this call keeps working; with
+    ``"reparam"`` the tensor moves after its siblings in ``parameters()``, so build an optimizer at
+    the same point in every run that saves or loads its state (a mismatch raises at its first
+    ``step()``; see the checkpoints page). The module's own ``reset_parameters()`` and
+    ``module.apply(init_fn)`` re-initialise constrained tensors through the inverse. The plain
     strategies leave ``state_dict`` keys unchanged and accept tied weights (both modules read the same,
     projected tensor); they apply to parameters only, not buffers.
 
@@ -111,7 +115,11 @@ def constrain(
     value is the starting point), whatever the old and new strategies, instead of stacking a second
     one. With ``method="reparam"``, a tensor shared with another module reachable from ``module``
     (tied weights) is refused, because the other module would keep reading the raw tensor. On any
-    error the module is left exactly as it was.
+    error (``KeyboardInterrupt`` included) the module is left exactly as it was: class, parameter
+    identities and order, hooks, buffers, parametrizations. Every policy checks the values actually
+    stored: they must read back finite and equal to the chosen value within ``sqrt(eps)`` of its scale
+    (:class:`~paramshape.TransformError` otherwise). On a ``meta``-device model nothing is checked
+    until values exist (after ``to_empty()``).
 
     Raises:
         TensorNotFoundError: ``name`` is not a tensor of ``module``, or a pattern matches nothing.
@@ -124,6 +132,8 @@ def constrain(
         ProjectionUnavailableError: ``method="project"`` and the transform defines no projection.
         TiedTensorError: ``method="reparam"`` and the tensor is shared with another module.
         ConstraintConflictError: the tensor carries a parametrization paramshape did not attach.
+        TransformError: the transform's code fails, changes the shape or dtype, or does not give
+            the stored values back (non-finite, or a round trip beyond its rounding).
 
     Example:
         >>> import torch, torch.nn as nn, paramshape as ps

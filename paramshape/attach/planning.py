@@ -333,7 +333,7 @@ def _check_stored_values(transform: Transform, constrained: Tensor, value: Tenso
     )
     error = (constrained - value).abs_()
     allowed = value.abs().add_(scale).mul_(math.sqrt(eps)).clamp_min_(torch.finfo(value.dtype).tiny)
-    excess = error - allowed
+    excess = error.sub_(allowed)  # in place: the check costs two temporaries of the tensor's size
     if bool((excess > 0).any()):
         worst = int(torch.argmax(excess.reshape(-1)))
         raise TransformError(
