@@ -62,6 +62,15 @@ def constrain(
     * ``method="penalty"``: the tensor stays a plain ``Parameter`` and is not forced into the set;
       :func:`~paramshape.penalty` returns :math:`\sum w\,\lVert\theta - P_C(\theta)\rVert^2` to add
       to the loss, with this constraint's ``weight``.
+    * ``method="riemannian"``: the tensor stays a plain ``Parameter`` on a manifold
+      (``Transform.manifold``: ``UnitNorm``, ``Orthogonal``, ``PositiveDefinite``); each optimizer
+      step follows the Riemannian gradient, is retracted onto the manifold and transports the
+      optimizer's momentum (:meth:`~paramshape.Transform.riemannian_grad`,
+      :meth:`~paramshape.Transform.retract`, :meth:`~paramshape.Transform.transport`).
+    * ``method="lagrangian"``: the tensor stays a plain ``Parameter``; :func:`~paramshape.penalty`
+      returns an augmented Lagrangian term (:math:`\rho` = ``weight``) whose multipliers take a
+      dual ascent step after every optimizer step, until the tensor is in the set. The multipliers
+      are in ``state_dict`` and :func:`constraint_info`. The transform must define a projection.
 
     The same ``Parameter`` object keeps holding the data under every strategy (the unconstrained
     data for ``"reparam"``), so an optimizer built before this call keeps working; with
@@ -104,9 +113,11 @@ def constrain(
             * ``"raw"``: the current values become the *unconstrained* ones (natural for a freshly
               initialized layer: ``Positive`` of a default ``Linear`` weight gives ``softplus(w)``).
             * ``"sample"``: a fresh draw from the transform's :meth:`~paramshape.Transform.sample`.
-        method: ``"reparam"``, ``"project"`` or ``"penalty"`` (above).
+        method: ``"reparam"``, ``"project"``, ``"penalty"``, ``"riemannian"`` or ``"lagrangian"``
+            (above).
         weight: the weight of this constraint in :func:`~paramshape.penalty`, a finite number
-            :math:`\ge 0`; only with ``method="penalty"`` (default 1).
+            :math:`\ge 0`; only with ``method="penalty"`` (default 1) and ``method="lagrangian"``
+            (:math:`\rho`, default 1, must be :math:`> 0`).
 
     Returns:
         ``module``, for chaining.
@@ -129,7 +140,10 @@ def constrain(
             is not ``"reparam"``.
         ShapeMismatchError: the transform's settings do not fit the tensor's shape.
         InfeasibleValueError: ``init="keep"`` and the value lies outside the set (or is not finite).
-        ProjectionUnavailableError: ``method="project"`` and the transform defines no projection.
+        ProjectionUnavailableError: ``method="project"`` or ``"lagrangian"`` and the transform
+            defines no projection.
+        ManifoldUnavailableError: ``method="riemannian"`` and the transform has no Riemannian
+            structure.
         TiedTensorError: ``method="reparam"`` and the tensor is shared with another module.
         ConstraintConflictError: the tensor carries a parametrization paramshape did not attach.
         TransformError: the transform's code fails, changes the shape or dtype, or does not give
