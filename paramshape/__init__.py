@@ -51,6 +51,7 @@ from paramshape.transforms.matrix.correlation import CorrCholesky, CorrMatrix
 from paramshape.transforms.matrix.orthogonal import Orthogonal
 from paramshape.transforms.matrix.symmetric import Symmetric
 from paramshape.transforms.registry import available
+from paramshape.transforms.vector.norms import MaxNorm, MinMaxNorm
 from paramshape.transforms.vector.ordered import Ordered, PositiveOrdered
 from paramshape.transforms.vector.simplex import Simplex
 from paramshape.transforms.vector.sphere import UnitNorm
@@ -76,6 +77,8 @@ __all__ = [
     "InitPolicy",
     "LessThan",
     "LowerCholesky",
+    "MaxNorm",
+    "MinMaxNorm",
     "NotAModuleError",
     "Ordered",
     "Orthogonal",
