@@ -49,6 +49,9 @@ from paramshape.transforms.elementwise.softclip import SoftClip
 from paramshape.transforms.matrix.cholesky import LowerCholesky, PositiveDefinite
 from paramshape.transforms.matrix.correlation import CorrCholesky, CorrMatrix
 from paramshape.transforms.matrix.orthogonal import Orthogonal
+from paramshape.transforms.matrix.rank import PositiveSemidefinite
+from paramshape.transforms.matrix.skew import SkewSymmetric
+from paramshape.transforms.matrix.spectral import SpectralBound
 from paramshape.transforms.matrix.symmetric import Symmetric
 from paramshape.transforms.registry import available
 from paramshape.transforms.vector.norms import MaxNorm, MinMaxNorm
@@ -87,13 +90,16 @@ __all__ = [
     "Positive",
     "PositiveDefinite",
     "PositiveOrdered",
+    "PositiveSemidefinite",
     "ProjectionUnavailableError",
     "RegistryError",
     "ShapeMismatchError",
     "Simplex",
+    "SkewSymmetric",
     "SoftClip",
     "Spec",
     "SpecError",
+    "SpectralBound",
     "SpecTypeError",
     "SumToZero",
     "Symmetric",
