@@ -299,7 +299,92 @@ def unit_norm_inverse(transform: object, y: Tensor, dtype: torch.dtype = F64) ->
     return y.clone()
 
 
+def _norm_dims(transform: object, ndim: int) -> tuple[int, ...]:
+    dims = transform.dim if isinstance(transform.dim, tuple) else (transform.dim,)
+    return tuple(sorted(d % ndim for d in dims))
+
+
+def _radial(x: Tensor, dims: tuple[int, ...], low: float, high: float) -> Tensor:
+    """x / ||x|| (low + w tanh(||x|| / w)), w = high - low; 0 maps to 0 for a ball and to
+    low (1, ..., 1) / sqrt(K) for a shell (docs: MaxNorm and MinMaxNorm)."""
+    norm = torch.linalg.vector_norm(x, dim=dims, keepdim=True)
+    width = high - low
+    safe = torch.where(norm > 0, norm, 1.0)
+    value = x / safe * (low + width * torch.tanh(norm / width))
+    size = math.prod(x.shape[d] for d in dims)
+    return torch.where(norm > 0, value, low / math.sqrt(size))
+
+
+def _radial_inverse(y: Tensor, dims: tuple[int, ...], low: float, high: float, dtype: torch.dtype) -> Tensor:
+    """y / ||y|| w artanh((||y|| - low) / w), the fraction at most 1 - eps / 2 of the compute dtype
+    (docs: the inverse of a value on the outer sphere steps half an ulp inside it)."""
+    norm = torch.linalg.vector_norm(y, dim=dims, keepdim=True)
+    width = high - low
+    safe = torch.where(norm > 0, norm, 1.0)
+    fraction = ((norm - low) / width).clamp_max(1 - _compute_eps(dtype) / 2)
+    return torch.where(norm > 0, y / safe * width * torch.atanh(fraction), 0.0)
+
+
+def max_norm(transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor:
+    """x / ||x|| r tanh(||x|| / r) per slice over dim."""
+    return _radial(x, _norm_dims(transform, x.dim()), 0.0, transform.max_value)
+
+
+def max_norm_inverse(transform: object, y: Tensor, dtype: torch.dtype = F64) -> Tensor:
+    return _radial_inverse(y, _norm_dims(transform, y.dim()), 0.0, transform.max_value, dtype)
+
+
+def min_max_norm(transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor:
+    """x / ||x|| (a + (b - a) tanh(||x|| / (b - a))) per slice over dim."""
+    return _radial(x, _norm_dims(transform, x.dim()), transform.min_value, transform.max_value)
+
+
+def min_max_norm_inverse(transform: object, y: Tensor, dtype: torch.dtype = F64) -> Tensor:
+    return _radial_inverse(y, _norm_dims(transform, y.dim()), transform.min_value, transform.max_value, dtype)
+
+
 # ---------------------------------------------------------------------------------- matrices
+def skew_symmetric(transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor:
+    """tril(x, -1) - tril(x, -1)^T."""
+    return x.tril(-1) - x.tril(-1).mT
+
+
+def skew_symmetric_inverse(transform: object, y: Tensor, dtype: torch.dtype = F64) -> Tensor:
+    return ((y - y.mT) / 2).tril(-1)
+
+
+def positive_semidefinite(transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor:
+    """B B^T with B = tril(x) (or x, n x r, with a rank), B scaled down where its longest squared
+    row would exceed min(max / 4, sqrt(max of the compute dtype)) (as PositiveDefinite)."""
+    factor = x.tril() if transform.rank is None else x
+    limit = min(torch.finfo(dtype).max / 4, torch.finfo(_compute(dtype)).max ** 0.5)
+    longest = (factor * factor).sum(-1).amax(-1)[..., None, None]
+    factor = factor * (limit / longest.clamp_min(limit)).sqrt()
+    return factor @ factor.mT
+
+
+def spectral_bound(transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor:
+    """X c tanh(sigma / c) / sigma, sigma the largest singular value (here the square root of the
+    largest eigenvalue of X^T X); with conv=True, of the kernel flattened to (out, in * prod(k)) and
+    c / sqrt(prod(k))."""
+    matrices = x.flatten(1) if transform.conv else x
+    bound = transform.bound / math.sqrt(math.prod(x.shape[2:])) if transform.conv else transform.bound
+    sigma = torch.linalg.eigvalsh(matrices.mT @ matrices)[..., -1:].clamp_min(0.0).sqrt()[..., None]
+    safe = torch.where(sigma > 0, sigma, 1.0)
+    value = torch.where(sigma > 0, matrices * bound * torch.tanh(sigma / bound) / safe, matrices)
+    return value.reshape(x.shape)
+
+
+def spectral_bound_inverse(transform: object, y: Tensor, dtype: torch.dtype = F64) -> Tensor:
+    matrices = y.flatten(1) if transform.conv else y
+    bound = transform.bound / math.sqrt(math.prod(y.shape[2:])) if transform.conv else transform.bound
+    sigma = torch.linalg.eigvalsh(matrices.mT @ matrices)[..., -1:].clamp_min(0.0).sqrt()[..., None]
+    safe = torch.where(sigma > 0, sigma, 1.0)
+    fraction = (sigma / bound).clamp_max(1 - _compute_eps(dtype) / 2)  # half an ulp inside the bound
+    value = torch.where(sigma > 0, matrices * bound * torch.atanh(fraction) / safe, matrices)
+    return value.reshape(y.shape)
+
+
 def symmetric(transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor:
     """tril(x) + tril(x, -1)^T."""
     return x.tril() + x.tril(-1).mT
@@ -436,12 +521,19 @@ REFERENCES: dict[str, Reference] = {
     "greater_than": Reference(greater_than, greater_than_inverse),
     "less_than": Reference(less_than, less_than_inverse),
     "lower_cholesky": Reference(lower_cholesky, lower_cholesky_inverse),
+    "max_norm": Reference(max_norm, max_norm_inverse),
+    "min_max_norm": Reference(min_max_norm, min_max_norm_inverse),
     "ordered": Reference(ordered, ordered_inverse),
     # The inverse sets the base to the value and stores zeros: no closed form to compare with.
     "orthogonal": Reference(orthogonal, None, orthogonal_condition),
     "positive": Reference(positive, positive_inverse),
     "positive_definite": Reference(positive_definite, positive_definite_inverse),
     "positive_ordered": Reference(positive_ordered, positive_ordered_inverse),
+    # The stored factor is defined up to rotation (and, for a singular value, a Cholesky factor is
+    # not unique): no closed-form inverse to compare with; the contract checks the round trip.
+    "positive_semidefinite": Reference(positive_semidefinite, None),
+    "skew_symmetric": Reference(skew_symmetric, skew_symmetric_inverse),
+    "spectral_bound": Reference(spectral_bound, spectral_bound_inverse),
     "simplex": Reference(simplex, simplex_inverse),
     "soft_clip": Reference(soft_clip, soft_clip_inverse),
     "sum_to_zero": Reference(sum_to_zero, sum_to_zero_inverse),

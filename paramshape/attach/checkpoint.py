@@ -102,16 +102,16 @@ def _load_plain_keys(module: nn.Module, state_dict: dict[str, Any], prefix: str,
         with contextlib.suppress(AttributeError):  # a plain dict (no outer load_state_dict frame)
             setattr(whole, _CHECKED, True)
     converted: dict[str, Tensor] = {}
-    for path, owner, name, transform in constrained_tensors(module, remove_duplicate=False):
+    for path, _owner, name, transform in constrained_tensors(module, remove_duplicate=False):
         stem = prefix + path[: len(path) - len(name)]
         plain_key, stored_key = stem + name, stem + _STORED.format(name=name)
         if plain_key not in state_dict or stored_key in state_dict:
             continue
-        original = owner.parametrizations[name].original
-        value = state_dict[plain_key]
-        value = value.to(device=original.device, dtype=original.dtype)
-        # The same check and message as an assignment, raised before any tensor is loaded.
-        transform.validate(value, hint=_CHECKPOINT_HINT.format(key=plain_key))
+        # The same conversion, shape rule (exact, as load_state_dict's), check and message as an
+        # assignment, raised before any tensor is loaded.
+        value = transform.admit(
+            state_dict[plain_key], hint=_CHECKPOINT_HINT.format(key=plain_key), broadcast=False
+        )
         with torch.no_grad():
             converted[stored_key] = transform.inverse(value)
         for buffer_name, buffer in transform.named_buffers():

@@ -73,7 +73,11 @@ def constrain(
       are in ``state_dict`` and :func:`constraint_info`. The transform must define a projection.
 
     The same ``Parameter`` object keeps holding the data under every strategy (the unconstrained
-    data for ``"reparam"``), so an optimizer built before this call keeps working. The plain
+    data for ``"reparam"``), so an optimizer built before this call keeps working; with
+    ``"reparam"`` the tensor moves after its siblings in ``parameters()``, so build an optimizer at
+    the same point in every run that saves or loads its state (a mismatch raises at its first
+    ``step()``; see the checkpoints page). The module's own ``reset_parameters()`` and
+    ``module.apply(init_fn)`` re-initialise constrained tensors through the inverse. The plain
     strategies leave ``state_dict`` keys unchanged and accept tied weights (both modules read the same,
     projected tensor); they apply to parameters only, not buffers.
 
@@ -83,7 +87,8 @@ def constrain(
     A pattern skips the tensors ``method`` can never constrain: buffers under every method but
     ``"reparam"``, and the running statistics of norm layers (BatchNorm updates them in place)
     under every method; so ``constrain(model, "*", spec, method="project")`` takes every
-    parameter of a model with BatchNorm. A tensor named without wildcards is never skipped.
+    parameter of a model with BatchNorm. A tensor named without wildcards is never skipped, nor
+    one matched by a pattern that matches nothing else: the call raises and says why.
     ``init``, ``method`` and ``weight`` apply to all of them. A pattern that matches nothing raises,
     listing the available names; a tensor matched by two patterns raises. All or nothing: if one
     tensor fails, no tensor changes.
@@ -121,7 +126,11 @@ def constrain(
     value is the starting point), whatever the old and new strategies, instead of stacking a second
     one. With ``method="reparam"``, a tensor shared with another module reachable from ``module``
     (tied weights) is refused, because the other module would keep reading the raw tensor. On any
-    error the module is left exactly as it was.
+    error (``KeyboardInterrupt`` included) the module is left exactly as it was: class, parameter
+    identities and order, hooks, buffers, parametrizations. Every policy checks the values actually
+    stored: they must read back finite and equal to the chosen value within ``sqrt(eps)`` of its scale
+    (:class:`~paramshape.TransformError` otherwise). On a ``meta``-device model nothing is checked
+    until values exist (after ``to_empty()``).
 
     Raises:
         TensorNotFoundError: ``name`` is not a tensor of ``module``, or a pattern matches nothing.
@@ -137,6 +146,8 @@ def constrain(
             structure.
         TiedTensorError: ``method="reparam"`` and the tensor is shared with another module.
         ConstraintConflictError: the tensor carries a parametrization paramshape did not attach.
+        TransformError: the transform's code fails, changes the shape or dtype, or does not give
+            the stored values back (non-finite, or a round trip beyond its rounding).
 
     Example:
         >>> import torch, torch.nn as nn, paramshape as ps

@@ -91,7 +91,7 @@ def plan(root: nn.Module, dotted: str, spec: Spec, init: str, method: str, weigh
         current = getattr(ref.owner, ref.name).detach().clone()
     _check_tensor(ref, current, root, method)
     transform = transform.to(device=current.device, dtype=current.dtype)
-    transform._target = f"'{ref.path}' of {type_name(root)}"
+    transform._bind(f"'{ref.path}' of {type_name(root)}", current)
     transform._init_policy = init  # how reset_parameters() and apply() re-initialise it
     transform.check_shape(current.shape)
     if current.device.type == "meta":
@@ -333,7 +333,7 @@ def _check_stored_values(transform: Transform, constrained: Tensor, value: Tenso
     )
     error = (constrained - value).abs_()
     allowed = value.abs().add_(scale).mul_(math.sqrt(eps)).clamp_min_(torch.finfo(value.dtype).tiny)
-    excess = error - allowed
+    excess = error.sub_(allowed)  # in place: the check costs two temporaries of the tensor's size
     if bool((excess > 0).any()):
         worst = int(torch.argmax(excess.reshape(-1)))
         raise TransformError(
