@@ -21,6 +21,7 @@ from paramshape.errors import (
     ParamshapeWarning,
     ProjectionUnavailableError,
     RegistryError,
+    SaturationWarning,
     ShapeMismatchError,
     SpecError,
     SpecTypeError,
@@ -37,6 +38,7 @@ from paramshape.outputs.layers import BoundedReLU, HardClamp, TemperatureSoftmax
 from paramshape.spec.compose import Compose
 from paramshape.spec.resolve import Spec, register, resolve
 from paramshape.strategies.methods import ConstraintInfo, penalty, project_
+from paramshape.strategies.saturation import SaturationReport, saturation, set_saturation_warning
 from paramshape.training.functional import functional_params
 from paramshape.training.grad import clip_grad
 from paramshape.training.init import init_
@@ -86,6 +88,8 @@ __all__ = [
     "PositiveOrdered",
     "ProjectionUnavailableError",
     "RegistryError",
+    "SaturationReport",
+    "SaturationWarning",
     "ShapeMismatchError",
     "Simplex",
     "SoftClip",
@@ -119,7 +123,9 @@ __all__ = [
     "project_",
     "register",
     "resolve",
+    "saturation",
     "set_fusion",
+    "set_saturation_warning",
     "testing",
     "unconstrain",
     "__version__",

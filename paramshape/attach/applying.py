@@ -9,6 +9,7 @@ from torch.nn.utils import parametrize
 from paramshape.attach.checkpoint import install_module_support
 from paramshape.attach.planning import Plan
 from paramshape.lookup.modules import TensorRef, paramshape_transform
+from paramshape.strategies.saturation import watch
 from paramshape.strategies.state import PlainConstraint, discard_state_if_empty, state_of
 from paramshape.transforms.base import Transform
 
@@ -36,6 +37,7 @@ def _apply_one(root: nn.Module, plan: Plan) -> None:
             discard_state_if_empty(ref.owner)
         _attach(ref, plan.transform, plan.target, plan.raw)
         install_module_support(root, ref.owner)
+        watch(ref.owner, ref.name, ref.label, ref.storage())  # the SaturationWarning check
         return
     if paramshape_transform(ref.owner, ref.name) is not None:
         # The same Parameter object stays, now holding the constrained value.
