@@ -16,6 +16,7 @@ from paramshape.errors import (
     ContractViolation,
     FusionUnavailableError,
     InfeasibleValueError,
+    ManifoldUnavailableError,
     NotAModuleError,
     ParamshapeError,
     ParamshapeWarning,
@@ -51,8 +52,12 @@ from paramshape.transforms.elementwise.softclip import SoftClip
 from paramshape.transforms.matrix.cholesky import LowerCholesky, PositiveDefinite
 from paramshape.transforms.matrix.correlation import CorrCholesky, CorrMatrix
 from paramshape.transforms.matrix.orthogonal import Orthogonal
+from paramshape.transforms.matrix.rank import PositiveSemidefinite
+from paramshape.transforms.matrix.skew import SkewSymmetric
+from paramshape.transforms.matrix.spectral import SpectralBound
 from paramshape.transforms.matrix.symmetric import Symmetric
 from paramshape.transforms.registry import available
+from paramshape.transforms.vector.norms import MaxNorm, MinMaxNorm
 from paramshape.transforms.vector.ordered import Ordered, PositiveOrdered
 from paramshape.transforms.vector.simplex import Simplex
 from paramshape.transforms.vector.sphere import UnitNorm
@@ -78,6 +83,8 @@ __all__ = [
     "InitPolicy",
     "LessThan",
     "LowerCholesky",
+    "MaxNorm",
+    "MinMaxNorm",
     "NotAModuleError",
     "Ordered",
     "Orthogonal",
@@ -86,15 +93,19 @@ __all__ = [
     "Positive",
     "PositiveDefinite",
     "PositiveOrdered",
+    "PositiveSemidefinite",
+    "ManifoldUnavailableError",
     "ProjectionUnavailableError",
     "RegistryError",
     "SaturationReport",
     "SaturationWarning",
     "ShapeMismatchError",
     "Simplex",
+    "SkewSymmetric",
     "SoftClip",
     "Spec",
     "SpecError",
+    "SpectralBound",
     "SpecTypeError",
     "SumToZero",
     "Symmetric",

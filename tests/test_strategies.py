@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 import paramshape as ps
-from paramshape import _state
+from paramshape.strategies import state as _state
 
 from .test_constrain import assert_unchanged, snapshot
 
@@ -329,12 +329,20 @@ def test_penalty_dtype_and_empty_model():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"method": "clip"}, r"method must be one of \['reparam', 'project', 'penalty'\]"),
+        (
+            {"method": "clip"},
+            r"method must be one of \['reparam', 'project', 'penalty', 'riemannian', 'lagrangian'\]",
+        ),
         ({"method": "penalty", "weight": -1.0}, "weight must be a finite number >= 0"),
         ({"method": "penalty", "weight": float("nan")}, "weight must be a finite number >= 0"),
         ({"method": "penalty", "weight": True}, "weight must be a finite number >= 0"),
-        ({"method": "project", "weight": 2.0}, "weight= applies to method='penalty' only"),
-        ({"weight": 2.0}, "weight= applies to method='penalty' only"),
+        ({"method": "project", "weight": 2.0}, "weight= applies to method='penalty' and 'lagrangian' only"),
+        (
+            {"method": "riemannian", "weight": 2.0},
+            "weight= applies to method='penalty' and 'lagrangian' only",
+        ),
+        ({"weight": 2.0}, "weight= applies to method='penalty' and 'lagrangian' only"),
+        ({"method": "lagrangian", "weight": 0.0}, r"weight \(rho\) of method='lagrangian' must be > 0"),
     ],
 )
 def test_bad_method_or_weight(kwargs, message):
@@ -431,9 +439,12 @@ def test_patterns_constrain_every_match_at_any_depth():
     ]
     ps.constrain(net, {"head.weight": "box(-1, 1)", "scale_*": "positive"}, method="reparam")
     assert {"scale_lo", "scale_hi"} <= set(ps.constraints(net))
-    # BatchNorm's running statistics are updated in place: refused, and nothing changes.
-    with pytest.raises(ps.ConstraintConflictError, match="updates 'running_mean' in place"):
+    # BatchNorm's running statistics are updated in place: a pattern skips them (so one that matches
+    # nothing else is an error), a name refuses them, and in both cases nothing changes.
+    with pytest.raises(ps.TensorNotFoundError, match=r"'norm.running_\*' matches no parameter"):
         ps.constrain(net, {"norm.weight": "positive", "norm.running_*": "positive"}, init="project")
+    with pytest.raises(ps.ConstraintConflictError, match="updates 'running_mean' in place"):
+        ps.constrain(net, {"norm.weight": "positive", "norm.running_mean": "positive"}, init="project")
     assert "norm.weight" not in ps.constraints(net)
 
 

@@ -7,11 +7,13 @@ import warnings
 from collections.abc import Iterator, Mapping
 from typing import Literal, get_args
 
+import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
 from paramshape.attach.applying import apply_plans
 from paramshape.attach.planning import check_distinct, check_method, plan
+from paramshape.attach.resume import record_names
 from paramshape.errors import ConstraintConflictError, ParamshapeWarning, SpecError
 from paramshape.lookup.modules import (
     constrained_tensors,
@@ -23,6 +25,7 @@ from paramshape.lookup.modules import (
 )
 from paramshape.lookup.patterns import expand_targets, is_pattern, match_names
 from paramshape.spec.resolve import Spec
+from paramshape.strategies.lagrangian import LagrangianConstraint
 from paramshape.strategies.methods import ConstraintInfo, ConstraintMethod
 from paramshape.strategies.state import discard_state_if_empty, module_states, state_of
 from paramshape.transforms.base import Transform
@@ -59,15 +62,33 @@ def constrain(
     * ``method="penalty"``: the tensor stays a plain ``Parameter`` and is not forced into the set;
       :func:`~paramshape.penalty` returns :math:`\sum w\,\lVert\theta - P_C(\theta)\rVert^2` to add
       to the loss, with this constraint's ``weight``.
+    * ``method="riemannian"``: the tensor stays a plain ``Parameter`` on a manifold
+      (``Transform.manifold``: ``UnitNorm``, ``Orthogonal``, ``PositiveDefinite``); each optimizer
+      step follows the Riemannian gradient, is retracted onto the manifold and transports the
+      optimizer's momentum (:meth:`~paramshape.Transform.riemannian_grad`,
+      :meth:`~paramshape.Transform.retract`, :meth:`~paramshape.Transform.transport`).
+    * ``method="lagrangian"``: the tensor stays a plain ``Parameter``; :func:`~paramshape.penalty`
+      returns an augmented Lagrangian term (:math:`\rho` = ``weight``) whose multipliers take a
+      dual ascent step after every optimizer step, until the tensor is in the set. The multipliers
+      are in ``state_dict`` and :func:`constraint_info`. The transform must define a projection.
 
     The same ``Parameter`` object keeps holding the data under every strategy (the unconstrained
-    data for ``"reparam"``), so an optimizer built before this call keeps working. The plain
+    data for ``"reparam"``), so an optimizer built before this call keeps working; with
+    ``"reparam"`` the tensor moves after its siblings in ``parameters()``, so build an optimizer at
+    the same point in every run that saves or loads its state (a mismatch raises at its first
+    ``step()``; see the checkpoints page). The module's own ``reset_parameters()`` and
+    ``module.apply(init_fn)`` re-initialise constrained tensors through the inverse. The plain
     strategies leave ``state_dict`` keys unchanged and accept tied weights (both modules read the same,
     projected tensor); they apply to parameters only, not buffers.
 
     ``name`` may also be an fnmatch-style pattern (``"*.weight"``), or a mapping of patterns to specs, applied to every matching
     parameter or buffer (qualified names as ``named_parameters()`` spells them; ``*`` matches dots
     too): ``constrain(model, {"encoder.*.weight": ps.Box(-1, 1), "*.bias": "positive"})``.
+    A pattern skips the tensors ``method`` can never constrain: buffers under every method but
+    ``"reparam"``, and the running statistics of norm layers (BatchNorm updates them in place)
+    under every method; so ``constrain(model, "*", spec, method="project")`` takes every
+    parameter of a model with BatchNorm. A tensor named without wildcards is never skipped, nor
+    one matched by a pattern that matches nothing else: the call raises and says why.
     ``init``, ``method`` and ``weight`` apply to all of them. A pattern that matches nothing raises,
     listing the available names; a tensor matched by two patterns raises. All or nothing: if one
     tensor fails, no tensor changes.
@@ -92,9 +113,11 @@ def constrain(
             * ``"raw"``: the current values become the *unconstrained* ones (natural for a freshly
               initialized layer: ``Positive`` of a default ``Linear`` weight gives ``softplus(w)``).
             * ``"sample"``: a fresh draw from the transform's :meth:`~paramshape.Transform.sample`.
-        method: ``"reparam"``, ``"project"`` or ``"penalty"`` (above).
+        method: ``"reparam"``, ``"project"``, ``"penalty"``, ``"riemannian"`` or ``"lagrangian"``
+            (above).
         weight: the weight of this constraint in :func:`~paramshape.penalty`, a finite number
-            :math:`\ge 0`; only with ``method="penalty"`` (default 1).
+            :math:`\ge 0`; only with ``method="penalty"`` (default 1) and ``method="lagrangian"``
+            (:math:`\rho`, default 1, must be :math:`> 0`).
 
     Returns:
         ``module``, for chaining.
@@ -103,7 +126,11 @@ def constrain(
     value is the starting point), whatever the old and new strategies, instead of stacking a second
     one. With ``method="reparam"``, a tensor shared with another module reachable from ``module``
     (tied weights) is refused, because the other module would keep reading the raw tensor. On any
-    error the module is left exactly as it was.
+    error (``KeyboardInterrupt`` included) the module is left exactly as it was: class, parameter
+    identities and order, hooks, buffers, parametrizations. Every policy checks the values actually
+    stored: they must read back finite and equal to the chosen value within ``sqrt(eps)`` of its scale
+    (:class:`~paramshape.TransformError` otherwise). On a ``meta``-device model nothing is checked
+    until values exist (after ``to_empty()``).
 
     Raises:
         TensorNotFoundError: ``name`` is not a tensor of ``module``, or a pattern matches nothing.
@@ -113,9 +140,14 @@ def constrain(
             is not ``"reparam"``.
         ShapeMismatchError: the transform's settings do not fit the tensor's shape.
         InfeasibleValueError: ``init="keep"`` and the value lies outside the set (or is not finite).
-        ProjectionUnavailableError: ``method="project"`` and the transform defines no projection.
+        ProjectionUnavailableError: ``method="project"`` or ``"lagrangian"`` and the transform
+            defines no projection.
+        ManifoldUnavailableError: ``method="riemannian"`` and the transform has no Riemannian
+            structure.
         TiedTensorError: ``method="reparam"`` and the tensor is shared with another module.
         ConstraintConflictError: the tensor carries a parametrization paramshape did not attach.
+        TransformError: the transform's code fails, changes the shape or dtype, or does not give
+            the stored values back (non-finite, or a round trip beyond its rounding).
 
     Example:
         >>> import torch, torch.nn as nn, paramshape as ps
@@ -133,9 +165,10 @@ def constrain(
     if init not in _POLICIES:
         raise SpecError(f"init must be one of {list(_POLICIES)}; got {init!r}.")
     weight = check_method(method, weight)
-    targets = expand_targets(module, name, spec)
+    targets = expand_targets(module, name, spec, method)
     plans = [plan(module, dotted, target_spec, init, method, weight) for dotted, target_spec in targets]
     check_distinct(plans)
+    record_names(module)  # the names before this call, for the optimizer-resume check
     apply_plans(module, plans)
     for planned in plans:
         if planned.moved is not None:
@@ -207,8 +240,8 @@ def unconstrain(module: nn.Module, name: str | None = None) -> nn.Module:
     refuse_inside_compile("unconstrain")
     module = unwrap(module)
     if name is None:
-        for _, owner, tensor_name, _ in list(constrained_tensors(module)):
-            parametrize.remove_parametrizations(owner, tensor_name, leave_parametrized=True)
+        for _, owner, tensor_name, _ in list(constrained_tensors(module, stacked=True)):
+            _remove_transform(owner, tensor_name)
         for _, owner, state in list(module_states(module)):
             for tensor_name in list(state.plain):
                 state.pop_plain(tensor_name)
@@ -219,8 +252,8 @@ def unconstrain(module: nn.Module, name: str | None = None) -> nn.Module:
             unconstrain(module, dotted)
         return module
     ref = locate(module, name)
-    if paramshape_transform(ref.owner, ref.name) is not None:
-        parametrize.remove_parametrizations(ref.owner, ref.name, leave_parametrized=True)
+    if paramshape_transform(ref.owner, ref.name, stacked=True) is not None:
+        _remove_transform(ref.owner, ref.name)
         return module
     state = state_of(ref.owner)
     if state is not None and ref.name in state.plain:
@@ -238,7 +271,7 @@ def _entries(root: nn.Module) -> Iterator[tuple[str, ConstraintInfo]]:
     for prefix, module in root.named_modules():
         if parametrize.is_parametrized(module):
             for name in list(module.parametrizations.keys()):
-                transform = paramshape_transform(module, name)
+                transform = paramshape_transform(module, name, stacked=True)
                 if transform is not None:
                     yield _join(prefix, name), ConstraintInfo(transform)
         state = state_of(module)
@@ -247,7 +280,24 @@ def _entries(root: nn.Module) -> Iterator[tuple[str, ConstraintInfo]]:
         state.sync(module)
         for name, entry in state.plain.items():
             transform = entry.transform_for(entry.tensor)
-            yield _join(prefix, name), ConstraintInfo(transform, entry.method, entry.weight)
+            multiplier = None
+            if isinstance(entry, LagrangianConstraint):
+                multiplier = entry.current_multiplier().detach().clone()
+            yield _join(prefix, name), ConstraintInfo(transform, entry.method, entry.weight, multiplier)
+
+
+def _remove_transform(owner: nn.Module, name: str) -> None:
+    """Remove paramshape's transform from ``owner.name``, keeping the constrained value; foreign
+    parametrizations stacked on top of it (``spectral_norm``, ``weight_norm``) stay, now reading the
+    constrained value as their stored tensor."""
+    chain = owner.parametrizations[name]
+    if len(chain) == 1:
+        parametrize.remove_parametrizations(owner, name, leave_parametrized=True)
+        return
+    with torch.no_grad():
+        value = chain[0](chain.original)
+        chain.original.set_(value)
+    del chain[0]
 
 
 def _join(prefix: str, name: str) -> str:

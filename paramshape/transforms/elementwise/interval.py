@@ -15,7 +15,7 @@ from paramshape.fusion.compiled import Fusable
 from paramshape.numerics import maps as _maps
 from paramshape.numerics import slopes as _slopes
 from paramshape.numerics.precision import INTERIOR_SLOPE, compute_dtype, interior_distance
-from paramshape.transforms.elementwise.bounds import BoundedTransform, BoundLike, as_bound_pair
+from paramshape.transforms.elementwise.bounds import BoundedTransform, BoundLike
 from paramshape.transforms.registry import register
 
 __all__ = ["Box", "UnitInterval"]
@@ -107,10 +107,8 @@ class Box(BoundedTransform):
 
     def __init__(self, low: BoundLike, high: BoundLike, slope: float = 1.0) -> None:
         super().__init__()
-        name = type(self).__name__
-        self.slope = check_slope(slope, name)
-        low_tensor, high_tensor = as_bound_pair(low, high, name)
-        self._set_bounds(low=low_tensor, high=high_tensor)
+        self.slope = check_slope(slope, type(self).__name__)
+        self._set_bounds(low=low, high=high)
 
     def forward(self, x: Tensor) -> Tensor:
         return _box_forward(x, self.low, self.high, self._layout, self.slope)

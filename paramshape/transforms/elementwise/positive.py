@@ -19,7 +19,6 @@ from paramshape.transforms.base import Transform
 from paramshape.transforms.elementwise.bounds import (
     BoundedTransform,
     BoundLike,
-    as_bound,
     describe_bound_violation,
     elementwise_excess,
     ensure_finite,
@@ -204,7 +203,7 @@ class GreaterThan(BoundedTransform):
         super().__init__()
         self.method: PositiveMethod = _check_method(method, type(self).__name__)
         self.softness = _check_softness(softness, self.method, type(self).__name__)
-        self._set_bounds(low=as_bound(low, "low", type(self).__name__))
+        self._set_bounds(low=low)
 
     def forward(self, x: Tensor) -> Tensor:
         return _above_forward(x, self.low, self.method, self.softness)
@@ -300,7 +299,7 @@ class LessThan(BoundedTransform):
         super().__init__()
         self.method: PositiveMethod = _check_method(method, type(self).__name__)
         self.softness = _check_softness(softness, self.method, type(self).__name__)
-        self._set_bounds(high=as_bound(high, "high", type(self).__name__))
+        self._set_bounds(high=high)
 
     def forward(self, x: Tensor) -> Tensor:
         return _below_forward(x, self.high, self.method, self.softness)
