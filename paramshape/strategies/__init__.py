@@ -4,8 +4,9 @@ drive the tensor into the set with Lagrange multipliers.
 Modules: :mod:`~.methods` (``ConstraintMethod``, ``ConstraintInfo``, ``penalty``, ``project_``),
 :mod:`~.state` (the per-module state: which tensors are projected or penalised, the optimizer step
 hook that projects, gradient clipping settings), :mod:`~.riemannian` (the step hooks of
-``method="riemannian"``) and :mod:`~.lagrangian` (the multipliers of ``method="lagrangian"``, their
-dual step and their ``state_dict`` entries).
+``method="riemannian"``), :mod:`~.lagrangian` (the multipliers of ``method="lagrangian"``, their
+dual step and their ``state_dict`` entries) and :mod:`~.saturation` (``saturation``, where a
+reparametrised tensor's map is flat, and the optimizer hook behind ``SaturationWarning``).
 
 May import: :mod:`paramshape.lookup`, :mod:`paramshape.transforms` and the layers below.
 """
