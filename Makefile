@@ -50,7 +50,7 @@ test: lint
 	$(MAKE) site-check
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis site build dist
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .hypothesis site build dist
 
 # Mutation testing of the core modules (tests/mutation.py): not part of `make test`. JOBS mutants run
 # in parallel, each in its own copy of the repository; SAMPLE=N tests a random sample of N. Writes
