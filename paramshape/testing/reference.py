@@ -53,8 +53,8 @@ INVERSE_RANGE: tuple[float, float, float] = (15.0, 15.0, 4.0)
 ROUND_TRIP_ULPS: dict[torch.dtype, float] = {
     torch.float16: 1.0,
     torch.bfloat16: 1.0,
-    torch.float32: 4.0,
-    torch.float64: 4.0,
+    torch.float32: 8.0,
+    torch.float64: 8.0,
 }
 
 #: Distances from a bound, as fractions of the set's scale (``high - low``, or ``max(1, |bound|)``
