@@ -180,6 +180,9 @@ class SoftClip(BoundedTransform):
         # maximum/minimum: the same values as clamp, which with tensor bounds runs ~3x slower on CPU.
         return torch.minimum(torch.maximum(y, self.low.to(y.dtype)), self.high.to(y.dtype))
 
+    def clamp_bounds(self) -> tuple[Tensor | None, Tensor | None]:
+        return self.low, self.high
+
     def to_interior(self, y: Tensor) -> Tensor:
         low, high = self.low.double(), self.high.double()
         width = high - low
