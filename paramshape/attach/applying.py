@@ -8,7 +8,7 @@ from torch.nn.utils import parametrize
 
 from paramshape.attach.checkpoint import install_module_support
 from paramshape.attach.planning import Plan
-from paramshape.lookup.modules import TensorRef, paramshape_transform
+from paramshape.lookup.modules import TensorRef, fast_read, paramshape_transform
 from paramshape.strategies.state import PlainConstraint, discard_state_if_empty, state_of
 from paramshape.transforms.base import Transform
 
@@ -80,6 +80,7 @@ class _Snapshot:
             elif self.transform is not None:
                 self.storage.set_(self.value)
                 parametrize.register_parametrization(owner, name, self.transform, unsafe=True)
+                fast_read(owner, name)
                 chain = owner.parametrizations[name]
                 chain.unsafe = self.unsafe
                 chain.original.set_(self.backup)
@@ -103,6 +104,7 @@ def _attach(ref: TensorRef, transform: Transform, target: Tensor, raw: Tensor | 
             storage = ref.storage()
             storage.copy_(target)
             parametrize.register_parametrization(ref.owner, ref.name, transform, unsafe=reshapes)
+            fast_read(ref.owner, ref.name)
         else:
             # Replace in place: the module keeps its parametrized class and the same Parameter.
             chain = ref.owner.parametrizations[ref.name]
