@@ -22,7 +22,7 @@ from paramshape.errors import (
     UnsupportedTensorError,
 )
 from paramshape.errors.report import format_shape
-from paramshape.lookup.modules import TensorRef, aliases_of, locate, paramshape_transform, type_name
+from paramshape.lookup.modules import AliasIndex, TensorRef, locate, paramshape_transform, type_name
 from paramshape.spec.resolve import Spec, resolve
 from paramshape.strategies.methods import ConstraintMethod
 from paramshape.strategies.state import module_states
@@ -71,13 +71,24 @@ def check_method(method: str, weight: float | None) -> float | None:
     return float(weight)
 
 
-def plan(root: nn.Module, dotted: str, spec: Spec, init: str, method: str, weight: float | None) -> Plan:
+def plan(
+    root: nn.Module,
+    dotted: str,
+    spec: Spec,
+    init: str,
+    method: str,
+    weight: float | None,
+    aliases: AliasIndex | None = None,
+) -> Plan:
+    """What constraining ``root.dotted`` will do, checked without changing anything. ``aliases``: the
+    index of ``root``'s tensors, built once when many tensors of one tree are planned together."""
     ref = locate(root, dotted)
     transform = copy.deepcopy(resolve(spec))
     with torch.no_grad():
         current = getattr(ref.owner, ref.name).detach().clone()
-    _check_tensor(ref, current, root, method)
-    transform = transform.to(device=current.device, dtype=current.dtype)
+    _check_tensor(ref, current, root, method, aliases)
+    if not _already_on(transform, current):  # .to() re-runs the bounds' checks even when a no-op
+        transform = transform.to(device=current.device, dtype=current.dtype)
     transform._target = f"'{ref.path}' of {type_name(root)}"
     transform.check_shape(current.shape)
     if method == "reparam":
@@ -100,7 +111,23 @@ def check_distinct(plans: list[Plan]) -> None:
 
 
 # ------------------------------------------------------------------------------------ checks
-def _check_tensor(ref: TensorRef, current: Tensor, root: nn.Module, method: str = "reparam") -> None:
+def _already_on(transform: Transform, like: Tensor) -> bool:
+    """Whether every floating tensor of ``transform`` already has ``like``'s dtype and device."""
+    return all(
+        t.dtype == like.dtype and t.device == like.device
+        for tensors in (transform.parameters(), transform.buffers())
+        for t in tensors
+        if t.is_floating_point()
+    )
+
+
+def _check_tensor(
+    ref: TensorRef,
+    current: Tensor,
+    root: nn.Module,
+    method: str = "reparam",
+    aliases: AliasIndex | None = None,
+) -> None:
     if not current.is_floating_point():
         raise UnsupportedTensorError(
             f"'{ref.path}' of {type_name(root)} has dtype {current.dtype}; only real floating "
@@ -123,7 +150,7 @@ def _check_tensor(ref: TensorRef, current: Tensor, root: nn.Module, method: str 
             "during training, and a constrained tensor is recomputed on every read, so the updates "
             "would be lost without a word. Constrain the layer's 'weight' or 'bias' instead."
         )
-    tied = aliases_of(root, ref)
+    tied = (aliases or AliasIndex(root)).aliases(ref)
     if tied:
         raise TiedTensorError(
             f"'{ref.path}' of {type_name(root)} is shared with {', '.join(repr(t) for t in tied)}. "
