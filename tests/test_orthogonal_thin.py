@@ -81,3 +81,22 @@ def test_thin_training_stays_on_the_manifold(shape):
     tall = q.mT if shape[-2] < shape[-1] else q
     assert (deviation(tall) <= matrix_tolerance(torch.float32, max(shape[-2:]))).all()
     assert (module.value - target).square().sum().item() < start
+
+
+@pytest.mark.parametrize("method", ["matrix_exp", "cayley"])
+def test_square_maps_differentiate_the_rotation_and_polish_outside_autograd(method):
+    """The polish only removes rounding: value and gradient are those of the rotation itself, in
+    float64 (where the rounding it removes is below the comparison's tolerance)."""
+    x = torch.randn(2, 5, 5, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(2, 5, 5, dtype=torch.float64)
+    (ps.Orthogonal(method=method).double()(x) * weights).sum().backward()
+    reference = x.detach().clone().requires_grad_(True)
+    skew = 0.5 * (reference - reference.mT)
+    eye = torch.eye(5, dtype=torch.float64)
+    rotation = (
+        torch.linalg.matrix_exp(skew)
+        if method == "matrix_exp"
+        else torch.linalg.solve(eye - skew, eye + skew)
+    )
+    (rotation * weights).sum().backward()
+    torch.testing.assert_close(x.grad, reference.grad, rtol=1e-10, atol=1e-12)
