@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint docs clean
+.PHONY: demo test lint docs site-check chromium clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check paramshape tests notebooks benchmarks docs/hooks conftest.py
 	$(BIN)/ruff format --check paramshape tests notebooks benchmarks docs/hooks conftest.py
+	$(BIN)/mypy
 
 # The site goes to site/; --strict turns every warning (a broken link, a docstring that does not
 # render, a notebook that fails) into an error. The tutorials are executed during the build, on one
@@ -24,9 +25,29 @@ lint: $(STAMP)
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 OMP_NUM_THREADS=1 $(BIN)/mkdocs build --strict --clean
 
+# Debian's chromium for the browser check of the site (tests/test_site.py). Installed when missing
+# and apt-get can (root, a Debian-like system); otherwise the check is skipped and says why. Never
+# a browser download of its own: Playwright's would need a host outside the package registries.
+chromium:
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 \
+	    || [ -n "$$PARAMSHAPE_CHROMIUM" ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's chromium for the site check"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	    || echo "chromium could not be installed: the browser check of the site will be skipped"; \
+	else \
+	    echo "no chromium, and apt-get is unavailable or needs root: the browser check of the site will be skipped"; \
+	fi
+
+# The built site, opened page by page in headless Chromium (raw TeX, broken images, console
+# errors, requests to the network, search). Screenshots go to build/site-screenshots/.
+site-check: $(STAMP) chromium
+	$(BIN)/python -m pytest -m site tests/test_site.py
+
 test: lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not site"
 	$(MAKE) docs
+	$(MAKE) site-check
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis site
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis site build dist

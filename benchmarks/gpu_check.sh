@@ -12,7 +12,8 @@
 #      parametrizes over the `device` fixture of conftest.py;
 #   3. the slow CUDA tests (the fused kernels through inductor, i.e. Triton, against eager);
 #   4. benchmarks/run.py --device cuda --quick: the small model, the 3 x Linear(512) step, the size
-#      sweep, registration and the fused Box over 1M values, with the GPU's name in the results;
+#      sweep, Orthogonal on a 30000 x 50 weight (time and peak memory), registration and the fused
+#      Box over 1M values, with the GPU's name in the results;
 #   5. the same on the CPU of that machine (--quick), for the CPU figures of a second machine.
 # Everything goes to $OUT (default: ./gpu_check_out): one log per step, the JSON of each benchmark,
 # and summary.txt.
@@ -50,7 +51,7 @@ fi
 step 2-cuda-tests 150 $PYTHON -m pytest tests -m "not slow" -k cuda -q -p no:cacheprovider -rs -x --maxfail=10
 step 3-cuda-slow-tests 120 $PYTHON -m pytest tests/test_fusion.py -m slow -k cuda -q -p no:cacheprovider -rs
 step 4-bench-cuda 150 $PYTHON benchmarks/run.py --device cuda --quick --no-plot \
-    --sections transform small mlp sweep registration --json "$OUT/run_cuda.json"
+    --sections transform small mlp sweep orthogonal registration --json "$OUT/run_cuda.json"
 step 5-bench-cpu 90 $PYTHON benchmarks/run.py --quick --no-plot --threads 1 \
     --sections small registration --json "$OUT/run_cpu.json"
 

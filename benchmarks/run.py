@@ -24,6 +24,7 @@ order rotates each round) and medians reported, so all rows of a table share the
    tensor and the peer's map: where the fixed cost per tensor ends;
 3. geotorch, where it has the constraint (sphere, orthogonal, positive definite), against paramshape's
    transform for the same set, on the same MLP (skipped with a note when geotorch is not installed);
+3b. ``Orthogonal()`` on one 30000 x 50 weight: registration and step time (and peak memory on CUDA);
 4. ``constrain()`` on a model with 200 tensors (registration cost), a table by number of tensors
    (and, with ``--big-tensor N``, one tensor of N values), and inference after ``ps.unconstrain``
    against the never-constrained model;
@@ -65,7 +66,7 @@ from paramshape.fusion.compiled import AUTO_MIN_ELEMENTS, _backend
 
 HERE = Path(__file__).resolve().parent
 
-SECTIONS = ("transform", "small", "mlp", "geotorch", "registration", "sweep", "threshold")
+SECTIONS = ("transform", "small", "mlp", "geotorch", "orthogonal", "registration", "sweep", "threshold")
 
 #: The targets of issues 5 and 12, checked at the end of a run.
 TARGETS = {
@@ -562,6 +563,41 @@ def registration_table(counts: list[int], big: int, repeats: int) -> list[dict[s
     return rows
 
 
+def orthogonal_at_scale(rows: int, cols: int, steps: int) -> dict[str, Any]:
+    """``Orthogonal()`` (``"auto"``: the thin map) on one ``rows x cols`` weight: ``constrain()`` with
+    ``init="project"`` and an Adam step (batch 32), and on CUDA the peak memory beyond the weight, in
+    weight sizes. The square maps would build a ``rows x rows`` matrix (7.2 GB at 30000 x 50)."""
+    layer = nn.Linear(cols, rows, bias=False).to(DEVICE[0])
+    if DEVICE[0].type == "cuda":
+        torch.cuda.reset_peak_memory_stats(DEVICE[0])
+        before = torch.cuda.memory_allocated(DEVICE[0])
+    _sync()
+    start = time.perf_counter()
+    _moved_into(layer, ps.Orthogonal())
+    _sync()
+    register_s = time.perf_counter() - start
+    optimizer = torch.optim.Adam(layer.parameters(), lr=1e-3)
+    x = torch.randn(32, cols, device=DEVICE[0])
+    times = []
+    for _ in range(steps + 1):
+        _sync()
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        layer(x).square().sum().backward()
+        optimizer.step()
+        _sync()
+        times.append(time.perf_counter() - start)
+    extra = None
+    if DEVICE[0].type == "cuda":
+        extra = (torch.cuda.max_memory_allocated(DEVICE[0]) - before) / (4 * rows * cols)
+    return {
+        "shape": [rows, cols],
+        "register_s": register_s,
+        "step_s": statistics.median(times[1:]),
+        "peak_extra_weight_sizes": extra,
+    }
+
+
 def inference_after_unconstrain(
     width: int, batch: int, rounds: int, reps: int
 ) -> dict[str, dict[str, float]]:
@@ -717,6 +753,15 @@ def report(results: dict[str, Any]) -> str:
             )
         else:
             out.append(results["geotorch_note"])
+    if "orthogonal" in results:
+        big = results["orthogonal"]
+        memory = big["peak_extra_weight_sizes"]
+        out.append(
+            f"\n## 3b. Orthogonal() on one {big['shape'][0]} x {big['shape'][1]} weight\n\n"
+            f"constrain(init='project'): {big['register_s']:.2f} s; Adam step (batch 32): "
+            f"{big['step_s'] * 1e3:.0f} ms"
+            + ("" if memory is None else f"; peak memory beyond the weight: {memory:.1f} weight sizes")
+        )
     if "registration" in results:
         reg = results["registration"]
         inference = results["inference"]["after ps.unconstrain"]
@@ -931,6 +976,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument("--small-batch", type=int, default=64, help="batch of the small model")
     parser.add_argument(
+        "--orthogonal-shape", type=int, nargs=2, default=[30000, 50], help="the long weight of section 3b"
+    )
+    parser.add_argument(
         "--sweep-sizes", type=int, nargs="+", default=[64, 1024, 16384, 262144, 1 << 22], help="section 2c"
     )
     parser.add_argument("--device", default="cpu", help="cpu or cuda (models and tensors are created there)")
@@ -982,6 +1030,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             results["geotorch"], results["geotorch_note"] = geotorch_comparison(
                 args.width, args.geotorch_batch, max(3, args.rounds // 3), max(1, args.steps // 3)
             )
+        if "orthogonal" in sections:
+            results["orthogonal"] = orthogonal_at_scale(*args.orthogonal_shape, steps=3)
         if "registration" in sections:
             results["registration"] = registration(args.tensors, repeats=5)
             results["registration_table"] = registration_table(args.registration_counts, args.big_tensor, 3)

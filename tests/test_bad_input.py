@@ -1,6 +1,6 @@
 """Bad input: one test per row of the table in docs/errors.md, plus a fuzz test.
 
-Every row must raise a paramshape error (a ValueError/TypeError subclass) whose message names what is
+Every row must raise a paramshape error (a ValueError/TypeError/RuntimeError subclass) whose message names what is
 wrong and what to do, and must leave the module exactly as it was.
 """
 
@@ -45,6 +45,54 @@ def tied() -> nn.Module:
     model = nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 10, bias=False))
     model[1].weight = model[0].weight
     return model
+
+
+def spectral() -> nn.Module:
+    return nn.utils.parametrizations.spectral_norm(nn.Linear(4, 3))
+
+
+def tied_plain() -> nn.Module:
+    model = nn.Sequential(nn.Linear(3, 3, bias=False), nn.Linear(3, 3, bias=False))
+    model[1].weight = model[0].weight
+    return model
+
+
+def constrained_pair() -> nn.Module:
+    """Constrained layer by layer (each layer is its own root), one reparam and one project."""
+    model = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 3))
+    ps.constrain(model[0], "weight", ps.Box(-1, 1))
+    ps.constrain(model[1], "weight", ps.Box(-1, 1), method="project")
+    return model
+
+
+def checkpoint(model: nn.Module, **changes: torch.Tensor) -> dict:
+    state = {key: value.detach().clone() for key, value in model.state_dict().items()}
+    state.update(changes)
+    return state
+
+
+class OffInverse(ps.Box):
+    """A user transform whose inverse is off by 0.1."""
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        return super().inverse(y) + 0.1
+
+
+def fill_buffers(module: nn.Module) -> None:
+    for buffer in module.buffers(recurse=False):
+        buffer.fill_(math.nan)
+
+
+def covariance(value: torch.Tensor) -> nn.Module:
+    module = nn.Module()
+    module.p = nn.Parameter(value)
+    return module
+
+
+def lagrangian_holder() -> nn.Module:
+    module = nn.Module()
+    module.w = nn.Parameter(torch.zeros(3))
+    return ps.constrain(module, "w", "box(-1, 1)", method="lagrangian")
 
 
 @dataclass(frozen=True)
@@ -166,6 +214,106 @@ ROWS = [
         ps.InfeasibleValueError,
         "12 of 12 values lie outside Box(low=2.0, high=3.0)",
     ),
+    Row(
+        "foreign parametrization",
+        spectral,
+        lambda m: ps.constrain(m, "weight", "box(-9, 9)"),
+        ps.ConstraintConflictError,
+        "'weight' of Linear already carries parametrizations paramshape did not attach (_SpectralNorm)",
+    ),
+    Row(
+        "tied tensors named twice",
+        tied_plain,
+        lambda m: ps.constrain(m, {"0.weight": "box(-1, 1)", "1.weight": "box(-2, 2)"}, method="project"),
+        ps.SpecError,
+        "'0.weight' and '1.weight' name the same tensor (or tied tensors sharing memory)",
+    ),
+    Row(
+        "inverse that does not round-trip",
+        linear,
+        lambda m: ps.constrain(m, "weight", OffInverse(-1, 1)),
+        ps.TransformError,
+        "does not give the value back: forward(inverse(y)) is",
+    ),
+    Row(
+        "checkpoint value outside the set",
+        constrained_pair,
+        lambda m: m.load_state_dict(checkpoint(m, **{"1.weight": torch.full((3, 3), 2.0)})),
+        ps.InfeasibleValueError,
+        "'1.weight' of Sequential (shape (3, 3), float32): 9 of 9 values lie outside Box(low=-1.0, high=1.0)",
+    ),
+    Row(
+        "checkpoint with NaN stored values",
+        constrained_pair,
+        lambda m: m.load_state_dict(
+            checkpoint(m, **{"0.parametrizations.weight.original": torch.full((3, 3), math.nan)})
+        ),
+        ps.InfeasibleValueError,
+        "9 of 9 stored unconstrained values are NaN or infinite, so every read of the constrained tensor",
+    ),
+    Row(
+        "checkpoint with a NaN bound",
+        constrained_pair,
+        lambda m: m.load_state_dict(
+            checkpoint(m, **{"0.parametrizations.weight.0.low": torch.tensor(math.nan)})
+        ),
+        ps.SpecError,
+        "Checkpoint keys under '0.parametrizations.weight.0.'",
+    ),
+    Row(
+        "checkpoint tensor of another shape",
+        constrained_pair,
+        lambda m: m.load_state_dict(
+            checkpoint(m, **{"0.parametrizations.weight.original": torch.zeros(2, 3)})
+        ),
+        ps.ShapeMismatchError,
+        "has shape (2, 3); the tensor it loads into needs (3, 3). Nothing was loaded.",
+    ),
+    Row(
+        "init function that poisons the bounds",
+        constrained_pair,
+        lambda m: m.apply(fill_buffers),
+        ps.SpecError,
+        "the call wrote into the settings of its constraint Box(low=-1.0, high=1.0)",
+    ),
+    Row(
+        "riemannian on a set without a manifold",
+        linear,
+        lambda m: ps.constrain(m, "weight", "box(-1, 1)", method="riemannian"),
+        ps.ManifoldUnavailableError,
+        "'weight' of Linear: method='riemannian' is not available for Box: its set has no Riemannian "
+        "structure in paramshape (Transform.riemannian_grad, retract). Use method='reparam', 'project' "
+        "(if it defines a projection), 'penalty' or 'lagrangian'.",
+    ),
+    Row(
+        "riemannian from a singular covariance",
+        lambda: covariance(torch.zeros(3, 3)),
+        lambda m: ps.constrain(m, "p", ps.PositiveDefinite(), method="riemannian"),
+        ps.InfeasibleValueError,
+        "'p' of Module (shape (3, 3), float32): method='riemannian' cannot step from this value of "
+        "PositiveDefinite(): it lies on the boundary of the manifold",
+    ),
+    Row(
+        "lagrangian without a projection",
+        lambda: nn.Linear(3, 3),
+        lambda m: ps.constrain(m, "weight", ps.Orthogonal(), method="lagrangian", init="sample"),
+        ps.ProjectionUnavailableError,
+        "'weight' of Linear: method='project' is not available for Orthogonal",
+    ),
+    Row(
+        "lagrangian with rho 0",
+        linear,
+        lambda m: ps.constrain(m, "weight", "box(-1, 1)", method="lagrangian", weight=0.0),
+        ps.SpecError,
+        "weight (rho) of method='lagrangian' must be > 0; got 0.",
+    ),
+    Row(
+        "multiplier of the wrong shape in a checkpoint",
+        lagrangian_holder,
+        lambda m: m.load_state_dict({"w": torch.zeros(3), "w_lagrange_multiplier": torch.zeros(2)}),
+        ps.ShapeMismatchError,
+        "checkpoint key 'w_lagrange_multiplier': the Lagrange multiplier of 'w' must have shape (3,); got (2,).",
+    ),
 ]
 
 
@@ -176,7 +324,9 @@ def test_bad_input_row(row):
     with pytest.raises(row.error, match=re.escape(row.message)):
         row.call(module)
     assert_unchanged(module, before)
-    assert isinstance(row.error("x"), (ValueError, TypeError))
+    # RuntimeError covers NotImplementedError (a strategy the transform lacks: projection, manifold
+    # structure) and TransformError (the transform's own code failed).
+    assert isinstance(row.error("x"), (ValueError, TypeError, RuntimeError))
 
 
 def test_the_docs_table_has_a_row_for_every_case():

@@ -20,6 +20,7 @@ TINY = [
     "--tensors", "20", "--threshold-sizes", "256", "1024", "--families", "box", "simplex",
     "--geotorch-batch", "4", "--backend", "aot_eager", "--no-plot", "--small-batch", "4",
     "--sweep-sizes", "64", "256", "--registration-counts", "4", "8", "--big-tensor", "1000",
+    "--orthogonal-shape", "40", "3",
 ]  # fmt: skip
 
 
@@ -76,6 +77,8 @@ def test_every_section_reports(results, capsys):
     assert {r["size"] for r in results["sweep"]} == {64, 256}
     assert [r["tensors"] for r in results["registration_table"]] == [4, 8, 1]
     assert results["machine"]["device"] == "cpu"
+    assert results["orthogonal"]["shape"] == [40, 3]
+    assert results["orthogonal"]["step_s"] > 0
     assert results["machine"]["cpu"]
     for row in results["transform"] + results["mlp"] + results["small"] + results["sweep"]:
         assert row["ms"] > 0

@@ -411,12 +411,20 @@ def test_penalty_dtype_and_empty_model():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"method": "clip"}, r"method must be one of \['reparam', 'project', 'penalty'\]"),
+        (
+            {"method": "clip"},
+            r"method must be one of \['reparam', 'project', 'penalty', 'riemannian', 'lagrangian'\]",
+        ),
         ({"method": "penalty", "weight": -1.0}, "weight must be a finite number >= 0"),
         ({"method": "penalty", "weight": float("nan")}, "weight must be a finite number >= 0"),
         ({"method": "penalty", "weight": True}, "weight must be a finite number >= 0"),
-        ({"method": "project", "weight": 2.0}, "weight= applies to method='penalty' only"),
-        ({"weight": 2.0}, "weight= applies to method='penalty' only"),
+        ({"method": "project", "weight": 2.0}, "weight= applies to method='penalty' and 'lagrangian' only"),
+        (
+            {"method": "riemannian", "weight": 2.0},
+            "weight= applies to method='penalty' and 'lagrangian' only",
+        ),
+        ({"weight": 2.0}, "weight= applies to method='penalty' and 'lagrangian' only"),
+        ({"method": "lagrangian", "weight": 0.0}, r"weight \(rho\) of method='lagrangian' must be > 0"),
     ],
 )
 def test_bad_method_or_weight(kwargs, message):

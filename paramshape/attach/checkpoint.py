@@ -15,16 +15,26 @@ and makes ``torch.save(model)`` and ``pickle`` raise. paramshape closes both:
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import sys
 from collections import OrderedDict
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from paramshape.lookup.modules import constrained_tensors, paramshape_transform
+from paramshape.attach.moves import install_move_check
+from paramshape.attach.reinit import install_init_support
+from paramshape.errors import InfeasibleValueError, ShapeMismatchError, SpecError
+from paramshape.errors.report import format_shape, tensor_label
+from paramshape.lookup.modules import constrained_tensors, paramshape_transform, type_name
+from paramshape.strategies.state import state_of
+from paramshape.transforms.base import Transform
 
-__all__ = ["install_module_support", "plain_state_dict"]
+__all__ = ["check_checkpoint", "install_module_support", "plain_state_dict"]
 
 _STORED = "parametrizations.{name}.original"
 _CHECKPOINT_HINT = (
@@ -50,7 +60,7 @@ def plain_state_dict(module: nn.Module) -> dict[str, Tensor]:
     state = module.state_dict()
     replacements: dict[str, tuple[str, Tensor]] = {}
     dropped: list[str] = []
-    for path, owner, name, _ in constrained_tensors(module):
+    for path, owner, name, _ in constrained_tensors(module, remove_duplicate=False):
         prefix = path[: len(path) - len(name)]
         stored = prefix + _STORED.format(name=name)
         with torch.no_grad():
@@ -83,10 +93,16 @@ def install_module_support(root: nn.Module, owner: nn.Module) -> None:
 
 # ------------------------------------------------------------------------ plain-key checkpoints
 def _load_plain_keys(module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
-    """Rewrite ``<prefix>weight`` into ``<prefix>parametrizations.weight.original`` through the inverse,
-    for every paramshape tensor under ``module``, before any of them is loaded."""
+    """Check the whole checkpoint once (before any tensor of the load is written), then rewrite
+    ``<prefix>weight`` into ``<prefix>parametrizations.weight.original`` through the inverse, for
+    every paramshape tensor under ``module``."""
+    root, whole, root_prefix = _outermost_load(module, state_dict, prefix)
+    if not getattr(whole, _CHECKED, False):
+        check_checkpoint(root, whole, root_prefix)
+        with contextlib.suppress(AttributeError):  # a plain dict (no outer load_state_dict frame)
+            setattr(whole, _CHECKED, True)
     converted: dict[str, Tensor] = {}
-    for path, owner, name, transform in constrained_tensors(module):
+    for path, owner, name, transform in constrained_tensors(module, remove_duplicate=False):
         stem = prefix + path[: len(path) - len(name)]
         plain_key, stored_key = stem + name, stem + _STORED.format(name=name)
         if plain_key not in state_dict or stored_key in state_dict:
@@ -99,13 +115,139 @@ def _load_plain_keys(module: nn.Module, state_dict: dict[str, Any], prefix: str,
         with torch.no_grad():
             converted[stored_key] = transform.inverse(value)
         for buffer_name, buffer in transform.named_buffers():
-            converted.setdefault(stem + f"parametrizations.{name}.0.{buffer_name}", buffer)
+            if buffer_name not in transform._non_persistent_buffers_set:
+                converted.setdefault(stem + f"parametrizations.{name}.0.{buffer_name}", buffer)
         converted[plain_key] = None  # type: ignore[assignment]  # marks the key for removal
     for key, value in converted.items():
         if value is None:
             del state_dict[key]
         else:
             state_dict.setdefault(key, value)
+
+
+#: Set on the state dict of a ``load_state_dict`` call once it has been checked as a whole.
+_CHECKED = "_paramshape_checked"
+
+
+def _outermost_load(module: nn.Module, state_dict: dict[str, Any], prefix: str) -> tuple[nn.Module, Any, str]:
+    """The module ``load_state_dict`` was called on, and its whole state dict.
+
+    torch gives each module's pre-hook only its own slice of the checkpoint, after the modules
+    before it in the tree were loaded; the caller's frame holds the whole one. Without it (a hook
+    called by hand), the module's own slice is all there is."""
+    frame = sys._getframe(1)
+    outer = None
+    while frame is not None:
+        if frame.f_code is _LOAD_CODE and isinstance(frame.f_locals.get("self"), nn.Module):
+            outer = frame
+        frame = frame.f_back
+    if outer is None:
+        return module, state_dict, prefix
+    return outer.f_locals["self"], outer.f_locals["state_dict"], ""
+
+
+_LOAD_CODE = nn.Module.load_state_dict.__code__
+
+
+def check_checkpoint(root: nn.Module, state_dict: Mapping[str, Any], prefix: str = "") -> None:
+    """Check every value ``state_dict`` would write into a paramshape-constrained tensor under
+    ``root``, before anything is written: plain keys (through the set, as an assignment),
+    stored unconstrained keys (finite, right shape), the transforms' settings (bounds), and
+    ``method="project"`` tensors (in the set) or ``"penalty"`` ones (finite).
+
+    Raises:
+        InfeasibleValueError: a value outside the set, or NaN/infinite.
+        ShapeMismatchError: a value of another shape than the tensor it loads into.
+        SpecError: stored bounds that are invalid (NaN, ``low >= high``).
+    """
+    for path, owner, name, transform in constrained_tensors(root, remove_duplicate=False):
+        stem = prefix + path[: len(path) - len(name)]
+        plain_key, stored_key = stem + name, stem + _STORED.format(name=name)
+        original = owner.parametrizations[name].original
+        checker = _with_stored_settings(transform, state_dict, stem + f"parametrizations.{name}.0.")
+        if stored_key in state_dict:
+            value = _tensor_entry(state_dict, stored_key, original, original.shape)
+            if value is not None and not bool(torch.isfinite(value).all()):
+                bad = int((~torch.isfinite(value)).sum())
+                raise InfeasibleValueError(
+                    f"Checkpoint key {tensor_label(repr(stored_key) + ' of ' + type_name(root), value)}: "
+                    f"{bad} of {value.numel()} stored unconstrained values are NaN or infinite, so every "
+                    "read of the constrained tensor would be NaN. Nothing was loaded."
+                )
+        elif plain_key in state_dict:
+            value = _tensor_entry(state_dict, plain_key, original, transform.forward_shape(original.shape))
+            if value is not None:
+                with _labelled(checker, f"'{plain_key}' of {type_name(root)}"):
+                    checker.validate(
+                        value, hint=_CHECKPOINT_HINT.format(key=plain_key) + " Nothing was loaded."
+                    )
+    for prefix_path, module in root.named_modules(remove_duplicate=False):
+        state = state_of(module)
+        if state is None:
+            continue
+        for name, entry in state.plain.items():
+            key = prefix + (f"{prefix_path}.{name}" if prefix_path else name)
+            if key not in state_dict:
+                continue
+            tensor = module._parameters.get(name)
+            if tensor is None:
+                continue
+            value = _tensor_entry(state_dict, key, tensor, tensor.shape)
+            if value is None:
+                continue
+            transform = entry.transform_for(tensor)
+            if entry.method == "project":
+                with _labelled(transform, f"'{key}' of {type_name(root)}"):
+                    transform.validate(value, hint=_CHECKPOINT_HINT.format(key=key) + " Nothing was loaded.")
+            elif not bool(torch.isfinite(value).all()):
+                bad = int((~torch.isfinite(value)).sum())
+                raise InfeasibleValueError(
+                    f"Checkpoint key {tensor_label(repr(key) + ' of ' + type_name(root), value)}: "
+                    f"{bad} of {value.numel()} values are NaN or infinite. Nothing was loaded."
+                )
+
+
+@contextlib.contextmanager
+def _labelled(transform: Transform, label: str) -> Iterator[None]:
+    """Name the tensor by its checkpoint key in ``transform``'s messages, for the duration."""
+    saved = transform._target
+    transform._target = label
+    try:
+        yield
+    finally:
+        transform._target = saved
+
+
+def _tensor_entry(state_dict: Mapping[str, Any], key: str, like: Tensor, shape: torch.Size) -> Tensor | None:
+    """The checkpoint's tensor under ``key`` in ``like``'s dtype and device, its shape checked."""
+    value = state_dict[key]
+    if not isinstance(value, Tensor) or like.device.type == "meta":
+        return None
+    if value.shape != shape:
+        raise ShapeMismatchError(
+            f"Checkpoint key '{key}' has shape {format_shape(value.shape)}; the tensor it loads into "
+            f"needs {format_shape(shape)}. Nothing was loaded."
+        )
+    if value.is_floating_point() and like.is_floating_point():
+        return value.detach().to(device=like.device, dtype=like.dtype)
+    return value.detach()
+
+
+def _with_stored_settings(transform: Transform, state_dict: Mapping[str, Any], stem: str) -> Transform:
+    """``transform``, or a copy holding the settings (bounds) the checkpoint would load into it,
+    checked as the transform checks them on load."""
+    keys = {name: stem + name for name, _ in transform.named_buffers()}
+    incoming = {name: state_dict[key] for name, key in keys.items() if key in state_dict}
+    if not incoming:
+        return transform
+    checker = copy.deepcopy(transform)
+    try:
+        checker.load_state_dict(incoming, strict=False)
+    except SpecError as error:
+        raise SpecError(f"Checkpoint keys under '{stem}': {error} Nothing was loaded.") from None
+    except RuntimeError as error:  # torch's own size mismatch
+        raise ShapeMismatchError(f"Checkpoint keys under '{stem}': {error} Nothing was loaded.") from None
+    return checker
 
 
 # ---------------------------------------------------------------------------------- pickling
@@ -146,4 +288,6 @@ def _rebuild_parametrized(base: type[nn.Module], state: dict[str, Any], entries:
         module.parametrizations[name].unsafe = unsafe
     if any(paramshape_transform(module, name) is not None for name, *_ in entries):
         install_module_support(module, module)
+        install_init_support(module)
+        install_move_check(module)
     return module

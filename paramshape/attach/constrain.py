@@ -7,11 +7,13 @@ import warnings
 from collections.abc import Iterator, Mapping
 from typing import Literal, get_args
 
+import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
 from paramshape.attach.applying import apply_plans
 from paramshape.attach.planning import check_distinct, check_method, plan
+from paramshape.attach.resume import record_names
 from paramshape.errors import ConstraintConflictError, ParamshapeWarning, SpecError
 from paramshape.lookup.modules import (
     AliasIndex,
@@ -24,6 +26,7 @@ from paramshape.lookup.modules import (
 )
 from paramshape.lookup.patterns import expand_targets, is_pattern, match_names
 from paramshape.spec.resolve import Spec
+from paramshape.strategies.lagrangian import LagrangianConstraint
 from paramshape.strategies.methods import ConstraintInfo, ConstraintMethod
 from paramshape.strategies.state import discard_state_if_empty, module_states, state_of
 from paramshape.transforms.base import Transform
@@ -69,6 +72,10 @@ def constrain(
     ``name`` may also be an fnmatch-style pattern (``"*.weight"``), or a mapping of patterns to specs, applied to every matching
     parameter or buffer (qualified names as ``named_parameters()`` spells them; ``*`` matches dots
     too): ``constrain(model, {"encoder.*.weight": ps.Box(-1, 1), "*.bias": "positive"})``.
+    A pattern skips the tensors ``method`` can never constrain: buffers under ``"project"`` and
+    ``"penalty"``, and the running statistics of norm layers (BatchNorm updates them in place)
+    under every method; so ``constrain(model, "*", spec, method="project")`` takes every
+    parameter of a model with BatchNorm. A tensor named without wildcards is never skipped.
     ``init``, ``method`` and ``weight`` apply to all of them. A pattern that matches nothing raises,
     listing the available names; a tensor matched by two patterns raises. All or nothing: if one
     tensor fails, no tensor changes.
@@ -134,12 +141,13 @@ def constrain(
     if init not in _POLICIES:
         raise SpecError(f"init must be one of {list(_POLICIES)}; got {init!r}.")
     weight = check_method(method, weight)
-    targets = expand_targets(module, name, spec)
+    targets = expand_targets(module, name, spec, method)
     aliases = AliasIndex(module)  # one walk of the tree for all the tensors, not one per tensor
     plans = [
         plan(module, dotted, target_spec, init, method, weight, aliases) for dotted, target_spec in targets
     ]
     check_distinct(plans)
+    record_names(module)  # the names before this call, for the optimizer-resume check
     apply_plans(module, plans)
     for planned in plans:
         if planned.moved is not None:
@@ -211,8 +219,8 @@ def unconstrain(module: nn.Module, name: str | None = None) -> nn.Module:
     refuse_inside_compile("unconstrain")
     module = unwrap(module)
     if name is None:
-        for _, owner, tensor_name, _ in list(constrained_tensors(module)):
-            parametrize.remove_parametrizations(owner, tensor_name, leave_parametrized=True)
+        for _, owner, tensor_name, _ in list(constrained_tensors(module, stacked=True)):
+            _remove_transform(owner, tensor_name)
         for _, owner, state in list(module_states(module)):
             for tensor_name in list(state.plain):
                 state.pop_plain(tensor_name)
@@ -223,8 +231,8 @@ def unconstrain(module: nn.Module, name: str | None = None) -> nn.Module:
             unconstrain(module, dotted)
         return module
     ref = locate(module, name)
-    if paramshape_transform(ref.owner, ref.name) is not None:
-        parametrize.remove_parametrizations(ref.owner, ref.name, leave_parametrized=True)
+    if paramshape_transform(ref.owner, ref.name, stacked=True) is not None:
+        _remove_transform(ref.owner, ref.name)
         return module
     state = state_of(ref.owner)
     if state is not None and ref.name in state.plain:
@@ -242,7 +250,7 @@ def _entries(root: nn.Module) -> Iterator[tuple[str, ConstraintInfo]]:
     for prefix, module in root.named_modules():
         if parametrize.is_parametrized(module):
             for name in list(module.parametrizations.keys()):
-                transform = paramshape_transform(module, name)
+                transform = paramshape_transform(module, name, stacked=True)
                 if transform is not None:
                     yield _join(prefix, name), ConstraintInfo(transform)
         state = state_of(module)
@@ -251,7 +259,24 @@ def _entries(root: nn.Module) -> Iterator[tuple[str, ConstraintInfo]]:
         state.sync(module)
         for name, entry in state.plain.items():
             transform = entry.transform_for(entry.tensor)
-            yield _join(prefix, name), ConstraintInfo(transform, entry.method, entry.weight)
+            multiplier = None
+            if isinstance(entry, LagrangianConstraint):
+                multiplier = entry.current_multiplier().detach().clone()
+            yield _join(prefix, name), ConstraintInfo(transform, entry.method, entry.weight, multiplier)
+
+
+def _remove_transform(owner: nn.Module, name: str) -> None:
+    """Remove paramshape's transform from ``owner.name``, keeping the constrained value; foreign
+    parametrizations stacked on top of it (``spectral_norm``, ``weight_norm``) stay, now reading the
+    constrained value as their stored tensor."""
+    chain = owner.parametrizations[name]
+    if len(chain) == 1:
+        parametrize.remove_parametrizations(owner, name, leave_parametrized=True)
+        return
+    with torch.no_grad():
+        value = chain[0](chain.original)
+        chain.original.set_(value)
+    del chain[0]
 
 
 def _join(prefix: str, name: str) -> str:

@@ -15,14 +15,23 @@ from torch.nn.utils import parametrize
 from paramshape.errors import (
     ConstraintConflictError,
     InfeasibleValueError,
+    ManifoldUnavailableError,
     ProjectionUnavailableError,
     SpecError,
     TiedTensorError,
     TransformError,
     UnsupportedTensorError,
 )
-from paramshape.errors.report import format_shape
-from paramshape.lookup.modules import AliasIndex, TensorRef, locate, paramshape_transform, type_name
+from paramshape.errors.report import format_scalar, format_shape, tensor_label
+from paramshape.lookup.modules import (
+    AliasIndex,
+    TensorRef,
+    locate,
+    paramshape_transform,
+    shares_memory,
+    type_name,
+)
+from paramshape.lookup.patterns import is_running_statistic
 from paramshape.spec.resolve import Spec, resolve
 from paramshape.strategies.methods import ConstraintMethod
 from paramshape.strategies.state import module_states
@@ -33,7 +42,6 @@ __all__ = ["Plan", "check_distinct", "check_method", "plan"]
 _METHODS: tuple[str, ...] = get_args(ConstraintMethod)
 # BatchNorm updates these in place on the value it reads; a constrained tensor is recomputed on
 # every read, so the updates would vanish.
-_RUNNING_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
 _KEEP_HINT = (
     "Pass init='project' to move them inside the set, init='raw' to treat the current values as "
     "unconstrained ones, or init='sample' to draw new values."
@@ -58,9 +66,9 @@ def check_method(method: str, weight: float | None) -> float | None:
     if method not in _METHODS:
         raise SpecError(f"method must be one of {list(_METHODS)}; got {method!r}.")
     if weight is None:
-        return 1.0 if method == "penalty" else None
-    if method != "penalty":
-        raise SpecError(f"weight= applies to method='penalty' only; got method={method!r}.")
+        return 1.0 if method in ("penalty", "lagrangian") else None
+    if method not in ("penalty", "lagrangian"):
+        raise SpecError(f"weight= applies to method='penalty' and 'lagrangian' only; got method={method!r}.")
     if (
         isinstance(weight, bool)
         or not isinstance(weight, (int, float))
@@ -68,6 +76,8 @@ def check_method(method: str, weight: float | None) -> float | None:
         or weight < 0
     ):
         raise SpecError(f"weight must be a finite number >= 0; got {weight!r}.")
+    if method == "lagrangian" and weight == 0:
+        raise SpecError("weight (rho) of method='lagrangian' must be > 0; got 0.")
     return float(weight)
 
 
@@ -83,6 +93,9 @@ def plan(
     """What constraining ``root.dotted`` will do, checked without changing anything. ``aliases``: the
     index of ``root``'s tensors, built once when many tensors of one tree are planned together."""
     ref = locate(root, dotted)
+    # Before the value is read: reading a tensor with a foreign parametrization runs it (and
+    # spectral_norm's power iteration would advance), which a refused call must not do.
+    _check_foreign(ref, root)
     transform = copy.deepcopy(resolve(spec))
     with torch.no_grad():
         current = getattr(ref.owner, ref.name).detach().clone()
@@ -90,24 +103,41 @@ def plan(
     if not _already_on(transform, current):  # .to() re-runs the bounds' checks even when a no-op
         transform = transform.to(device=current.device, dtype=current.dtype)
     transform._target = f"'{ref.path}' of {type_name(root)}"
+    transform._init_policy = init  # how reset_parameters() and apply() re-initialise it
     transform.check_shape(current.shape)
+    if current.device.type == "meta":
+        # A model built on the meta device has no values to check or choose yet: they come after
+        # to_empty(), from an init function or a checkpoint, and are checked then.
+        return Plan(ref, transform, method, weight, current, None, None)
     if method == "reparam":
         target, raw, moved = _initial_value(transform, current, init, exact=False)
         _dry_run(transform, target if raw is None else raw, current, raw is not None)
         return Plan(ref, transform, method, weight, target, raw, moved)
-    exact = _projection_works(transform, current, required=method == "project")
+    if method == "riemannian":
+        _check_manifold(transform)
+    exact = _projection_works(transform, current, required=method in ("project", "lagrangian"))
+    # Riemannian steps start strictly inside (a singular covariance has no affine-invariant metric).
+    exact = exact and method != "riemannian"
     target, _, moved = _initial_value(transform, current, init, exact=exact)
     _check_output(transform, "value", target, current.shape, current.dtype)
+    if method == "riemannian":
+        _check_riemannian_start(transform, target)
     return Plan(ref, transform, method, weight, target, None, moved)
 
 
 def check_distinct(plans: list[Plan]) -> None:
-    seen: dict[tuple[int, str], str] = {}
-    for plan in plans:
-        key = (id(plan.ref.owner), plan.ref.name)
-        if key in seen:
-            raise SpecError(f"'{seen[key]}' and '{plan.ref.path}' name the same tensor; constrain it once.")
-        seen[key] = plan.ref.path
+    """Refuse two names for one tensor in one call: the same tensor under two paths (a reused
+    submodule), or tied tensors (one Parameter, or overlapping memory) named twice, which would
+    get two conflicting constraints."""
+    for i, plan in enumerate(plans):
+        storage = plan.ref.storage()
+        for earlier in plans[:i]:
+            same_slot = earlier.ref.owner is plan.ref.owner and earlier.ref.name == plan.ref.name
+            if same_slot or shares_memory(earlier.ref.storage(), storage):
+                raise SpecError(
+                    f"'{earlier.ref.path}' and '{plan.ref.path}' name the same tensor (or tied tensors "
+                    "sharing memory); constrain it once, under one name."
+                )
 
 
 # ------------------------------------------------------------------------------------ checks
@@ -133,18 +163,10 @@ def _check_tensor(
             f"'{ref.path}' of {type_name(root)} has dtype {current.dtype}; only real floating "
             "point tensors can be constrained."
         )
-    existing = parametrize.is_parametrized(ref.owner, ref.name)
-    if existing and paramshape_transform(ref.owner, ref.name) is None:
-        chain = ", ".join(type(p).__name__ for p in ref.owner.parametrizations[ref.name])
-        raise ConstraintConflictError(
-            f"'{ref.path}' of {type_name(root)} already carries parametrizations paramshape did "
-            f"not attach ({chain}). Remove them with torch.nn.utils.parametrize."
-            "remove_parametrizations first, or constrain another tensor."
-        )
     if method != "reparam":
         _check_plain_target(ref, root, method)
         return
-    if isinstance(ref.owner, nn.modules.batchnorm._NormBase) and ref.name in _RUNNING_STATISTICS:
+    if is_running_statistic(ref.owner, ref.name):
         raise ConstraintConflictError(
             f"'{ref.path}' of {type_name(root)}: {type_name(ref.owner)} updates '{ref.name}' in place "
             "during training, and a constrained tensor is recomputed on every read, so the updates "
@@ -161,12 +183,30 @@ def _check_tensor(
         )
 
 
+def _check_foreign(ref: TensorRef, root: nn.Module) -> None:
+    existing = parametrize.is_parametrized(ref.owner, ref.name)
+    if existing and paramshape_transform(ref.owner, ref.name) is None:
+        chain = ", ".join(type(p).__name__ for p in ref.owner.parametrizations[ref.name])
+        raise ConstraintConflictError(
+            f"'{ref.path}' of {type_name(root)} already carries parametrizations paramshape did "
+            f"not attach ({chain}). Remove them with torch.nn.utils.parametrize."
+            "remove_parametrizations first, or constrain another tensor."
+        )
+
+
 def _check_plain_target(ref: TensorRef, root: nn.Module, method: str) -> None:
     storage = ref.storage()
     if not isinstance(storage, nn.Parameter):
+        # Suggest reparam only where it works: a norm layer's running statistics take no constraint.
+        fix = (
+            f"{type_name(ref.owner)} updates it in place, so no method can constrain it; constrain the "
+            "layer's 'weight' or 'bias', or use a pattern ('*'), which skips buffers under this method."
+            if is_running_statistic(ref.owner, ref.name)
+            else "Use method='reparam' to constrain a buffer."
+        )
         raise UnsupportedTensorError(
             f"'{ref.path}' of {type_name(root)} is a buffer; method={method!r} acts on parameters "
-            "that an optimizer updates. Use method='reparam' to constrain a buffer."
+            f"that an optimizer updates. {fix}"
         )
     for prefix, owner, state in module_states(root):
         for other_name, entry in state.plain.items():
@@ -176,6 +216,30 @@ def _check_plain_target(ref: TensorRef, root: nn.Module, method: str) -> None:
                     f"'{ref.path}' of {type_name(root)} is the same Parameter as '{other}', which is "
                     f"already constrained ({entry.method}); constrain it under one name only."
                 )
+
+
+def _check_manifold(transform: Transform) -> None:
+    if not transform.manifold:
+        raise ManifoldUnavailableError(f"{transform._target}: {transform._no_manifold()}")
+
+
+def _check_riemannian_start(transform: Transform, value: Tensor) -> None:
+    """Take one small Riemannian step from ``value`` outside the module: a point of the closed set
+    where the geometry breaks down (a singular covariance) is refused here, not after a NaN step."""
+    try:
+        with torch.no_grad():
+            tangent = transform.riemannian_grad(value, torch.ones_like(value))
+            moved = transform.retract(value, tangent * 1e-3)
+        works = bool(torch.isfinite(moved).all()) and bool(transform.contains(moved).all())
+    except RuntimeError:  # torch.linalg errors on a singular matrix
+        works = False
+    if not works:
+        label = tensor_label(transform._target or "value", value)
+        raise InfeasibleValueError(
+            f"{label}: method='riemannian' cannot step from this value of {transform!r}: it lies on "
+            "the boundary of the manifold (a singular matrix has no affine-invariant metric). Assign "
+            "an interior value first, or use init='sample'."
+        )
 
 
 def _projection_works(transform: Transform, current: Tensor, *, required: bool) -> bool:
@@ -268,6 +332,44 @@ def _dry_run(transform: Transform, value: Tensor, current: Tensor, value_is_raw:
     _check_output(transform, "forward", constrained, current.shape, current.dtype)
     if not bool(torch.isfinite(raw).all()):
         raise TransformError(f"{transform!r}.inverse returned non-finite values for a value in its set.")
+    _check_stored_values(transform, constrained, None if value_is_raw else value)
+
+
+def _check_stored_values(transform: Transform, constrained: Tensor, value: Tensor | None) -> None:
+    """What the module will read after registration, checked on the values actually stored (not only
+    on the transform's registration probes): finite and, when a value was given, equal
+    to it up to the round trip's rounding, ``sqrt(eps)`` of the value's and the bounds' scale."""
+    label = tensor_label(transform._target or "value", constrained)
+    finite = torch.isfinite(constrained)
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        raise TransformError(
+            f"{label}: {transform!r} reads {bad} of {constrained.numel()} stored values back as NaN or "
+            "infinite; its forward is not finite on its own inverse. Nothing was changed."
+        )
+    if value is None:
+        return
+    eps = torch.finfo(value.dtype).eps
+    scale = max(
+        (
+            float(b.detach().abs().nan_to_num(posinf=0.0, neginf=0.0).max())
+            for b in transform.buffers()
+            if b.is_floating_point() and b.numel()
+        ),
+        default=0.0,
+    )
+    error = (constrained - value).abs_()
+    allowed = value.abs().add_(scale).mul_(math.sqrt(eps)).clamp_min_(torch.finfo(value.dtype).tiny)
+    excess = error - allowed
+    if bool((excess > 0).any()):
+        worst = int(torch.argmax(excess.reshape(-1)))
+        raise TransformError(
+            f"{label}: {transform!r} does not give the value back: forward(inverse(y)) is "
+            f"{format_scalar(constrained.reshape(-1)[worst].item(), value.dtype)} for y = "
+            f"{format_scalar(value.reshape(-1)[worst].item(), value.dtype)} (flat index {worst}), beyond the "
+            f"round-trip tolerance {format_scalar(allowed.reshape(-1)[worst].item(), value.dtype)}. Its inverse "
+            "is not the inverse of its forward; nothing was changed."
+        )
 
 
 def _join(prefix: str, name: str) -> str:

@@ -17,6 +17,7 @@ __all__ = [
     "ContractViolation",
     "FusionUnavailableError",
     "InfeasibleValueError",
+    "ManifoldUnavailableError",
     "NotAModuleError",
     "ParamshapeError",
     "ParamshapeWarning",
@@ -78,6 +79,11 @@ class TransformError(ParamshapeError, RuntimeError):
 
 class ProjectionUnavailableError(ParamshapeError, NotImplementedError):
     """A transform defines no Euclidean projection, which ``method="project"`` needs."""
+
+
+class ManifoldUnavailableError(ParamshapeError, NotImplementedError):
+    """A transform has no Riemannian structure (tangent projection, retraction), which
+    ``method="riemannian"`` needs."""
 
 
 class NotAModuleError(ParamshapeError, TypeError):

@@ -23,6 +23,7 @@ __all__ = [
     "locate",
     "paramshape_transform",
     "refuse_inside_compile",
+    "shares_memory",
     "type_name",
     "unwrap",
 ]
@@ -67,23 +68,28 @@ def locate(root: nn.Module, dotted: str) -> TensorRef:
     return TensorRef(owner, name, dotted)
 
 
-def paramshape_transform(owner: nn.Module, name: str) -> Transform | None:
-    """The paramshape transform on ``owner.name``, if it carries exactly one."""
+def paramshape_transform(owner: nn.Module, name: str, *, stacked: bool = False) -> Transform | None:
+    """The paramshape transform on ``owner.name``, if it carries exactly one; with ``stacked``, also
+    when other parametrizations (``spectral_norm``, ``weight_norm``) were registered on top of it."""
     if not parametrize.is_parametrized(owner, name):
         return None
     chain = owner.parametrizations[name]
-    if len(chain) == 1 and isinstance(chain[0], Transform):
+    if isinstance(chain[0], Transform) and (len(chain) == 1 or stacked):
         return chain[0]
     return None
 
 
-def constrained_tensors(root: nn.Module) -> Iterator[tuple[str, nn.Module, str, Transform]]:
-    """Every tensor under ``root`` that carries a paramshape transform: (path, owner, name, transform)."""
-    for prefix, module in root.named_modules():
+def constrained_tensors(
+    root: nn.Module, *, remove_duplicate: bool = True, stacked: bool = False
+) -> Iterator[tuple[str, nn.Module, str, Transform]]:
+    """Every tensor under ``root`` that carries a paramshape transform: (path, owner, name, transform).
+    ``remove_duplicate=False`` lists a submodule reused under several paths once per path (as
+    ``state_dict`` does); ``stacked`` includes tensors with foreign parametrizations on top."""
+    for prefix, module in root.named_modules(remove_duplicate=remove_duplicate):
         if not parametrize.is_parametrized(module):
             continue
         for name in list(module.parametrizations.keys()):
-            transform = paramshape_transform(module, name)
+            transform = paramshape_transform(module, name, stacked=stacked)
             if transform is not None:
                 yield (f"{prefix}.{name}" if prefix else name), module, name, transform
 
@@ -91,21 +97,22 @@ def constrained_tensors(root: nn.Module) -> Iterator[tuple[str, nn.Module, str, 
 class AliasIndex:
     """Every parameter and buffer under ``root``, by object and by storage, from one walk of the tree.
 
-    :func:`aliases_of` walks the whole tree for each tensor it is asked about, so constraining every
+    Asking :func:`aliases_of` about each tensor walks the whole tree each time, so constraining every
     tensor of a model that way is quadratic in its size (200 tensors: 40,000 visits); ``constrain()``
     builds this index once for all the tensors of one call, while the tree does not change."""
 
     def __init__(self, root: nn.Module) -> None:
         self.by_object: dict[int, list[tuple[nn.Module, str, str]]] = {}
-        self.by_storage: dict[int, list[tuple[nn.Module, str, str]]] = {}
+        self.by_storage: dict[int, list[tuple[nn.Module, str, str, tuple[int, int, int]]]] = {}
         for prefix, module in root.named_modules(remove_duplicate=False):
             for name, tensor in (*module._parameters.items(), *module._buffers.items()):
                 if tensor is None:
                     continue
-                where = (module, name, f"{prefix}.{name}" if prefix else name)
-                self.by_object.setdefault(id(tensor), []).append(where)
-                if tensor.numel():
-                    self.by_storage.setdefault(tensor.untyped_storage().data_ptr(), []).append(where)
+                path = f"{prefix}.{name}" if prefix else name
+                self.by_object.setdefault(id(tensor), []).append((module, name, path))
+                span = _byte_span(tensor)
+                if span is not None:
+                    self.by_storage.setdefault(span[0], []).append((module, name, path, span))
 
     def aliases(self, ref: TensorRef) -> list[str]:
         """What :func:`aliases_of` returns for ``ref``."""
@@ -114,8 +121,13 @@ class AliasIndex:
             ref.owner.parametrizations[ref.name] if parametrize.is_parametrized(ref.owner, ref.name) else None
         )
         candidates = list(self.by_object.get(id(storage), ()))
-        if storage.numel():
-            candidates += self.by_storage.get(storage.untyped_storage().data_ptr(), ())
+        span = _byte_span(storage)
+        if span is not None:
+            candidates += [
+                (module, name, path)
+                for module, name, path, other in self.by_storage.get(span[0], ())
+                if _overlap(span, other)
+            ]
         return sorted(
             {
                 path
@@ -126,8 +138,34 @@ class AliasIndex:
 
 
 def aliases_of(root: nn.Module, ref: TensorRef) -> list[str]:
-    """Paths under ``root``, other than ``ref`` itself, that hold the same tensor or share its memory."""
+    """Paths under ``root``, other than ``ref`` itself, that hold the same tensor or overlap its memory.
+
+    Views of one flat storage that cover disjoint bytes are not aliases. Tensors without memory (on
+    the ``meta`` device, where every data pointer is 0) alias only by identity."""
     return AliasIndex(root).aliases(ref)
+
+
+def shares_memory(a: Tensor, b: Tensor) -> bool:
+    """Whether ``a`` and ``b`` are one tensor or overlap in memory (never for memoryless tensors)."""
+    return a is b or _overlap(_byte_span(a), _byte_span(b))
+
+
+def _byte_span(tensor: Tensor) -> tuple[int, int, int] | None:
+    """(storage pointer, first byte, one past the last byte) that ``tensor`` can reach, or ``None``
+    for a tensor without memory (empty, or on ``meta``)."""
+    if tensor.numel() == 0 or tensor.device.type == "meta":
+        return None
+    pointer = tensor.untyped_storage().data_ptr()
+    size = tensor.element_size()
+    start = tensor.storage_offset() * size
+    reach = sum(
+        (extent - 1) * abs(stride) for extent, stride in zip(tensor.shape, tensor.stride(), strict=True)
+    )
+    return pointer, start, start + (reach + 1) * size
+
+
+def _overlap(a: tuple[int, int, int] | None, b: tuple[int, int, int] | None) -> bool:
+    return a is not None and b is not None and a[0] == b[0] and a[1] < b[2] and b[1] < a[2]
 
 
 def refuse_inside_compile(what: str) -> None:

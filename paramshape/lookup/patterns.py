@@ -4,6 +4,12 @@ Patterns are matched with :func:`fnmatch.fnmatchcase` against the qualified name
 ``named_parameters()`` and ``named_buffers()`` give, as the user spells them (``"0.weight"``, not
 parametrize's ``"0.parametrizations.weight.original"``). ``*`` matches any run of characters, dots
 included, so ``"*.bias"`` reaches biases at every depth.
+
+A pattern passes over the tensors that the chosen method can never constrain, so that
+``constrain(model, "*", spec, method="project")`` means "every parameter" on any model: buffers for
+``method="project"`` and ``"penalty"`` (no optimizer updates them), and the running statistics that
+batch and instance norm layers update in place, for every method. A tensor named without wildcards
+is never skipped: naming one of those still raises and says why.
 """
 
 from __future__ import annotations
@@ -20,14 +26,23 @@ from paramshape.errors import SpecError, TensorNotFoundError
 from paramshape.lookup.modules import _public_name
 from paramshape.transforms.base import Transform
 
-__all__ = ["constrainable_names", "expand_targets", "is_pattern", "match_names"]
+__all__ = [
+    "RUNNING_STATISTICS",
+    "constrainable_names",
+    "expand_targets",
+    "is_pattern",
+    "is_running_statistic",
+    "match_names",
+]
 
 _WILDCARDS = frozenset("*?[")
+RUNNING_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
 
 
-def expand_targets(root: nn.Module, name: Any, spec: Any) -> list[tuple[str, Any]]:
-    """``[(dotted_name, spec), ...]`` for ``constrain(root, name, spec)``: one pair for a name and a
-    spec, one per matched tensor for a mapping of patterns to specs. Raises before anything changes."""
+def expand_targets(root: nn.Module, name: Any, spec: Any, method: str | None = None) -> list[tuple[str, Any]]:
+    """``[(dotted_name, spec), ...]`` for ``constrain(root, name, spec, method=method)``: one pair for
+    a name and a spec, one per matched tensor for a pattern or a mapping of patterns to specs
+    (patterns skip what ``method`` cannot constrain). Raises before anything changes."""
     if not isinstance(name, Mapping):
         if spec is None:
             raise SpecError(
@@ -35,7 +50,7 @@ def expand_targets(root: nn.Module, name: Any, spec: Any) -> list[tuple[str, Any
                 "string such as 'box(-1, 1)'; or pass one mapping {pattern: spec} instead of a name."
             )
         if is_pattern(name):
-            return [(hit, spec) for hit in match_names(root, name)]
+            return [(hit, spec) for hit in match_names(root, name, constrainable_names(root, method))]
         return [(name, spec)]
     if spec is not None:
         raise SpecError(
@@ -53,7 +68,7 @@ def expand_targets(root: nn.Module, name: Any, spec: Any) -> list[tuple[str, Any
         if not is_pattern(pattern):
             hits = [pattern]  # a plain name: constrain() reports a missing tensor with suggestions
         else:
-            candidates = constrainable_names(root) if candidates is None else candidates
+            candidates = constrainable_names(root, method) if candidates is None else candidates
             hits = match_names(root, pattern, candidates)
         for hit in hits:
             if hit in matched:
@@ -81,12 +96,15 @@ def match_names(root: nn.Module, pattern: str, candidates: list[str] | None = No
     return hits
 
 
-def constrainable_names(root: nn.Module) -> list[str]:
+def constrainable_names(root: nn.Module, method: str | None = None) -> list[str]:
     """Qualified names of the floating-point parameters and buffers under ``root``, constrained ones
     under their public name; tensors of paramshape transforms used as layers (their bounds) and of
-    shared modules reached twice are listed once or not at all."""
+    shared modules reached twice are listed once or not at all. With a ``method``, the tensors it
+    can never constrain are left out: buffers for ``"project"`` and ``"penalty"``, and the running
+    statistics of norm layers (updated in place) for every method."""
     names: dict[str, None] = {}
-    tensors = [*root.named_parameters(), *root.named_buffers()]
+    buffers = [] if method in ("project", "penalty") else list(root.named_buffers())
+    tensors = [*root.named_parameters(), *buffers]
     for raw_name, tensor in tensors:
         if not tensor.is_floating_point():
             continue
@@ -97,8 +115,16 @@ def constrainable_names(root: nn.Module) -> list[str]:
         owner = root.get_submodule(owner_path) if owner_path else root
         if isinstance(owner, Transform):
             continue
+        if method is not None and is_running_statistic(owner, raw_name.rpartition(".")[2]):
+            continue
         names.setdefault(raw_name)
     return list(names)
+
+
+def is_running_statistic(owner: nn.Module, name: str) -> bool:
+    """Whether ``owner.name`` is a running statistic that a norm layer updates in place in training
+    (``running_mean``, ``running_var``, ``num_batches_tracked`` of BatchNorm, InstanceNorm, ...)."""
+    return isinstance(owner, nn.modules.batchnorm._NormBase) and name in RUNNING_STATISTICS
 
 
 def _no_match_message(root: nn.Module, pattern: str, candidates: list[str]) -> str:

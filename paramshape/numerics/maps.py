@@ -30,6 +30,10 @@ __all__ = [
 
 PositiveMethod = Literal["softplus", "exp"]
 
+#: Where ``softplus(x)`` may be replaced by ``x``: ``log1p(e^-x)`` is below half an ulp of ``x`` in
+#: float64 from 37 on. torch's default threshold, 20, is an error of 2e-9 in float64.
+_SOFTPLUS_THRESHOLD = 40.0
+
 
 def sigmoid_box(x: Tensor, low: Tensor, high: Tensor) -> Tensor:
     """``low + (high - low) * sigmoid(x)``, each side computed from its nearer bound.
@@ -64,7 +68,7 @@ def positive(x: Tensor, method: PositiveMethod, out_dtype: torch.dtype) -> Tenso
         # Cap a few ulps below log(max) so rounding inside exp cannot reach inf.
         y = torch.exp(x.clamp(max=math.log(finfo.max) * (1 - 8 * finfo.eps)))
     else:
-        y = F.softplus(x)
+        y = F.softplus(x, threshold=_SOFTPLUS_THRESHOLD)
     return y.clamp(min=finfo.tiny, max=finfo.max)
 
 

@@ -12,6 +12,12 @@ constrained tensor uses.
   ``torch.optim.Optimizer.step``.
 * ``"penalty"``: the tensor stays a plain ``Parameter`` and nothing stops it from leaving the set;
   :func:`penalty` returns :math:`\sum_c w_c\, d(\theta_c, C_c)^2`, to add to the loss.
+* ``"riemannian"``: the tensor stays a plain ``Parameter`` on a manifold (``Transform.manifold``);
+  the optimizer steps along the Riemannian gradient and the step is retracted onto the manifold,
+  with momentum transported (:mod:`~paramshape.strategies.riemannian`).
+* ``"lagrangian"``: the tensor stays a plain ``Parameter``; :func:`penalty` returns an augmented
+  Lagrangian term whose multipliers take a dual ascent step after every optimizer step, driving the
+  tensor into the set (:mod:`~paramshape.strategies.lagrangian`).
 """
 
 from __future__ import annotations
@@ -24,25 +30,38 @@ import torch
 from torch import Tensor, nn
 
 from paramshape.lookup.modules import refuse_inside_compile, unwrap
-from paramshape.strategies.state import module_states
+from paramshape.strategies import riemannian as _riemannian  # noqa: F401  (registers its step hooks)
+from paramshape.strategies.lagrangian import LagrangianConstraint
+from paramshape.strategies.state import PlainConstraint, module_states
 from paramshape.transforms.base import Transform
 
-__all__ = ["ConstraintInfo", "ConstraintMethod", "penalty", "project_"]
+__all__ = ["ConstraintInfo", "ConstraintMethod", "penalty", "plain_entry", "project_"]
 
 #: How :func:`~paramshape.constrain` keeps a tensor in its set.
-ConstraintMethod = Literal["reparam", "project", "penalty"]
+ConstraintMethod = Literal["reparam", "project", "penalty", "riemannian", "lagrangian"]
+
+
+def plain_entry(transform: Transform, method: str, weight: float | None, tensor: Tensor) -> PlainConstraint:
+    """The state entry for a constraint that keeps a plain parameter (every method but reparam)."""
+    if method == "lagrangian":
+        return LagrangianConstraint(transform, "lagrangian", weight, tensor)
+    return PlainConstraint(transform, method, weight, tensor)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
 class ConstraintInfo:
     """One entry of :func:`~paramshape.constraint_info`: a constrained tensor's transform, the strategy
-    that enforces it, and (for ``method="penalty"``) the penalty's weight.
+    that enforces it, the penalty's weight (``method="penalty"``) or the augmented Lagrangian's
+    :math:`\rho` and multipliers (``method="lagrangian"``).
 
     Attributes:
         transform: the transform attached to the tensor (a copy of the spec, in the tensor's dtype).
-        method: ``"reparam"``, ``"project"`` or ``"penalty"``.
-        weight: the weight of the tensor's term in :func:`~paramshape.penalty`; ``None`` unless
-            ``method="penalty"``.
+        method: ``"reparam"``, ``"project"``, ``"penalty"``, ``"riemannian"`` or ``"lagrangian"``.
+        weight: the weight of the tensor's term in :func:`~paramshape.penalty` (:math:`\rho` for
+            ``method="lagrangian"``); ``None`` for the other methods.
+        multiplier: ``method="lagrangian"`` only: a copy of the Lagrange multipliers, one per entry
+            of the tensor (0 until the first optimizer step); ``None`` otherwise. The repr shows
+            their largest magnitude.
 
     Example:
         >>> import torch.nn as nn, paramshape as ps
@@ -54,10 +73,15 @@ class ConstraintInfo:
     transform: Transform
     method: ConstraintMethod = "reparam"
     weight: float | None = None
+    multiplier: Tensor | None = None
 
     def __repr__(self) -> str:
         weight = "" if self.weight is None else f", weight={self.weight!r}"
-        return f"ConstraintInfo({self.transform!r}, method={self.method!r}{weight})"
+        multiplier = ""
+        if self.multiplier is not None:
+            largest = float(self.multiplier.abs().max()) if self.multiplier.numel() else 0.0
+            multiplier = f", max |multiplier|={largest:.4g}"
+        return f"ConstraintInfo({self.transform!r}, method={self.method!r}{weight}{multiplier})"
 
 
 def project_(module: nn.Module, *, include_penalty: bool = False) -> nn.Module:
@@ -100,11 +124,15 @@ def project_(module: nn.Module, *, include_penalty: bool = False) -> nn.Module:
 
 
 def penalty(module: nn.Module) -> Tensor:
-    r"""The penalty of every tensor under ``module`` constrained with ``method="penalty"``:
+    r"""The penalty of every tensor under ``module`` constrained with ``method="penalty"``, plus the
+    augmented Lagrangian term of every tensor constrained with ``method="lagrangian"``:
 
     .. math::
 
         \text{penalty} = \sum_c w_c \, \lVert \theta_c - P_{C_c}(\theta_c) \rVert_2^2
+            + \sum_l \Bigl(\frac{\rho_l}{2} \lVert z_l - P_{C_l}(z_l) \rVert_2^2
+            - \frac{\lVert \lambda_l \rVert_2^2}{2 \rho_l}\Bigr),
+            \quad z_l = \theta_l + \lambda_l / \rho_l
 
     the weighted squared Euclidean distance of each tensor to its set (:math:`P` is
     :meth:`~paramshape.Transform.project`). It is exactly 0 when every tensor lies in its set (as
@@ -117,7 +145,10 @@ def penalty(module: nn.Module) -> Tensor:
     Add it to the loss: ``loss = task_loss + ps.penalty(model)``. The weights ``w_c`` are given per
     constraint with ``ps.constrain(..., method="penalty", weight=w)`` (default 1). A penalty keeps the
     tensor *near* the set, not in it: the optimum trades task loss against violation, so expect small
-    violations that shrink as the weight grows.
+    violations that shrink as the weight grows. The Lagrangian terms (:math:`\rho` given as
+    ``weight=``, multipliers :math:`\lambda` updated after each optimizer step; see
+    :mod:`paramshape.strategies.lagrangian`) remove that violation: the multipliers grow until the
+    tensor is in the set.
 
     Returns:
         A 0-d tensor (float32, or float64 when a penalized tensor is float64); 0 without penalty
@@ -134,12 +165,13 @@ def penalty(module: nn.Module) -> Tensor:
         tensor(0.2500)
     """
     module = unwrap(module)
-    terms = [
-        entry.weight * entry.squared_distance()
-        for _, _, state in module_states(module)
-        for entry in state.plain.values()
-        if entry.method == "penalty" and entry.weight is not None
-    ]
+    terms = []
+    for _, _, state in module_states(module):
+        for entry in state.plain.values():
+            if entry.method == "penalty" and entry.weight is not None:
+                terms.append(entry.weight * entry.squared_distance())
+            elif isinstance(entry, LagrangianConstraint):
+                terms.append(entry.term())
     if not terms:
         device = next((p.device for p in module.parameters()), None)
         return torch.zeros((), device=device)

@@ -33,6 +33,7 @@ __all__ = [
     "ModuleState",
     "PlainConstraint",
     "PlainMethod",
+    "add_registry_listener",
     "check_limit",
     "discard_state_if_empty",
     "module_states",
@@ -43,7 +44,7 @@ __all__ = [
 #: The ``__dict__`` key under which a module keeps its :class:`ModuleState`.
 STATE_ATTRIBUTE = "_paramshape_state"
 
-PlainMethod = Literal["project", "penalty"]
+PlainMethod = Literal["project", "penalty", "riemannian", "lagrangian"]
 
 
 def stored_tensor(owner: nn.Module, name: str) -> Tensor | None:
@@ -258,7 +259,20 @@ _GENERATION = [0]
 _PLANS: weakref.WeakKeyDictionary[torch.optim.Optimizer, _ProjectionPlan] = weakref.WeakKeyDictionary()
 
 
+#: Called with a state whenever its plain entries change (added, removed, unpickled): the other
+#: strategies' step hooks (:mod:`~.riemannian`, :mod:`~.lagrangian`) keep their own registries.
+_REGISTRY_LISTENERS: list[Any] = []
+
+
+def add_registry_listener(listener: Any) -> None:
+    """Call ``listener(state)`` whenever the plain entries of a :class:`ModuleState` change."""
+    if listener not in _REGISTRY_LISTENERS:
+        _REGISTRY_LISTENERS.append(listener)
+
+
 def _update_registry(state: ModuleState) -> None:
+    for listener in _REGISTRY_LISTENERS:
+        listener(state)
     if any(entry.method == "project" for entry in state.plain.values()):
         _PROJECTING.add(state)
     else:

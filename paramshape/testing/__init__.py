@@ -44,15 +44,29 @@ import torch
 from torch import Tensor, nn
 
 from paramshape.errors import ContractViolation, InfeasibleValueError
+from paramshape.testing.reference import (
+    BOUNDARY_DISTANCES,
+    INVERSE_ULPS,
+    REFERENCE_ULPS,
+    ROUND_TRIP_ULPS,
+    check_against_reference,
+    check_boundary_round_trip,
+)
 from paramshape.transforms.base import Transform
 
 __all__ = [
+    "BOUNDARY_DISTANCES",
     "DTYPES",
     "EXTREMES",
+    "INVERSE_ULPS",
     "PROPERTIES",
+    "REFERENCE_ULPS",
+    "ROUND_TRIP_ULPS",
     "ContractViolation",
     "autograd_log_abs_det_jacobian",
+    "check_against_reference",
     "check_boundary_inverse",
+    "check_boundary_round_trip",
     "check_compiles",
     "check_extreme_gradients",
     "check_extreme_inputs",
@@ -61,6 +75,7 @@ __all__ = [
     "check_log_abs_det_jacobian_extremes",
     "check_nan_and_inf_are_never_members",
     "check_optimizer_steps",
+    "check_reference",
     "check_repr",
     "check_round_trip",
     "check_sample",
@@ -488,6 +503,25 @@ def check_log_abs_det_jacobian(transform: Transform, shape: Shape) -> None:
     )
 
 
+@_property("reference")
+def check_reference(
+    transform: Transform,
+    shape: Shape,
+    dtype: torch.dtype,
+    reference: Callable[[Tensor], Tensor],
+    inverse_reference: Callable[[Tensor], Tensor] | None = None,
+) -> None:
+    """The forward map (and the inverse, if ``inverse_reference`` is given) matches a float64
+    reference of the documented map: :func:`check_against_reference` at the extreme inputs and at
+    normal draws of scale 0.5, 3 and 30, and :func:`check_boundary_round_trip` (elementwise maps)."""
+    prepared = _prepared(transform, shape, dtype)
+    stored = _stored(prepared, shape)
+    draws = [scale * torch.randn(stored) for scale in (0.5, 3.0, 30.0)]
+    inputs = [*extreme_inputs(prepared, shape, dtype), *draws]
+    check_against_reference(prepared, shape, dtype, reference, inverse_reference, inputs=inputs)
+    check_boundary_round_trip(prepared, shape, dtype, reference, inverse_reference)
+
+
 #: Every property: name -> (check function, whether it runs once per dtype).
 PROPERTIES: dict[str, tuple[Callable[..., None], bool]] = {
     "extreme_inputs": (check_extreme_inputs, True),
@@ -516,6 +550,8 @@ def check_transform(
     *,
     properties: Sequence[str] | None = None,
     seed: int | None = 0,
+    reference: Callable[[Tensor], Tensor] | None = None,
+    inverse_reference: Callable[[Tensor], Tensor] | None = None,
 ) -> None:
     """Run the transform contract on ``transform``; raise on the first property that fails.
 
@@ -535,6 +571,13 @@ def check_transform(
         properties: names of the properties to run (default: all). ``"compiles"`` takes a few seconds
             and needs the forward map to be traceable; leave it out for quick checks.
         seed: seed of the random inputs (``None``: use the global generator as it is).
+        reference: a float64 implementation of the map you documented, ``reference(x) -> y`` on
+            float64 tensors of the stored shape. When given, the property ``"reference"`` also runs
+            for every dtype: :func:`check_against_reference` at the extreme inputs and at normal
+            draws, and :func:`check_boundary_round_trip` next to the bounds of elementwise maps,
+            with the fixed tolerances of :data:`REFERENCE_ULPS`. A map that is wrong together with its
+            inverse passes every other property, but not this one.
+        inverse_reference: the same for the inverse (optional).
 
     Raises:
         ContractViolation: naming the property that failed and the transform (an ``AssertionError``,
@@ -546,11 +589,24 @@ def check_transform(
         >>> from paramshape.testing import check_transform
         >>> check_transform(ps.Simplex(method="ilr"), shape=(2, 6), dtypes=(torch.float32,),
         ...                 properties=["round_trip", "log_abs_det_jacobian"])
+        >>> def documented(x):  # the map written down for ps.UnitInterval(): the logistic sigmoid
+        ...     return 1 / (1 + torch.exp(-x))
+        >>> check_transform(ps.UnitInterval(), shape=(3, 4), properties=[], reference=documented)
+        >>> def wrong(x):  # a slope off by 1%
+        ...     return 1 / (1 + torch.exp(-1.01 * x))
+        >>> try:
+        ...     check_transform(ps.UnitInterval(), shape=(3, 4), properties=[], reference=wrong)
+        ... except ps.ContractViolation as error:
+        ...     print(error.property)
+        reference
     """
     names = list(PROPERTIES) if properties is None else list(properties)
     unknown = sorted(set(names) - set(PROPERTIES))
     if unknown:
         raise ValueError(f"Unknown contract properties {unknown}; known: {', '.join(PROPERTIES)}.")
+    if reference is not None:
+        for dtype in dtypes:
+            check_reference(transform, shape, dtype, reference, inverse_reference, seed=seed)
     for name in names:
         check, per_dtype = PROPERTIES[name]
         if per_dtype:

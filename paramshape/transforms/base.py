@@ -13,6 +13,7 @@ from torch.distributions import constraints
 
 from paramshape.errors import (
     InfeasibleValueError,
+    ManifoldUnavailableError,
     ParamshapeWarning,
     ProjectionUnavailableError,
     TransformError,
@@ -84,6 +85,10 @@ class Transform(nn.Module, abc.ABC):
     #: How the family runs as one fused kernel (see :mod:`paramshape.fusion`); ``None``: not fusable.
     #: A subclass that overrides ``forward`` without setting its own ``fusable`` is not fused.
     fusable: ClassVar[Fusable | None] = None
+    #: Whether the set is a Riemannian manifold this transform knows the geometry of: it implements
+    #: :meth:`riemannian_grad`, :meth:`retract` (and may override :meth:`transport`), which
+    #: ``ps.constrain(..., method="riemannian")`` uses to step on the set itself.
+    manifold: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -205,8 +210,9 @@ class Transform(nn.Module, abc.ABC):
         when the projection is anything else.
 
         The optimizer hook of ``method="project"`` uses them to project all such tensors of a step
-        in place with one ``torch._foreach_maximum_`` and one ``torch._foreach_minimum_`` call
-        instead of a :meth:`project` and a copy per tensor. A subclass that overrides :meth:`project`
+        in place, with one foreach clamp per distinct bound (``torch._foreach_clamp_min_`` and
+        ``_clamp_max_``; ``_foreach_maximum_`` and ``_minimum_`` for tensor bounds) instead of a
+        :meth:`project` and a copy per tensor. A subclass that overrides :meth:`project`
         without overriding this method gets ``None``, so its own projection runs.
 
         Example:
@@ -215,6 +221,103 @@ class Transform(nn.Module, abc.ABC):
             (tensor(-1.), tensor(1.))
         """
         return None
+
+    # ---------------------------------------------------------------- Riemannian geometry
+    def riemannian_grad(self, point: Tensor, egrad: Tensor) -> Tensor:
+        r"""The Riemannian gradient at ``point`` of a function whose Euclidean gradient is ``egrad``.
+
+        .. math::
+
+            \operatorname{grad} f(p) = G_p^{-1}\bigl(P_{T_p}(\nabla f(p))\bigr)
+
+        the Euclidean gradient projected onto the tangent space :math:`T_p` of the set at ``p`` and
+        converted by the manifold's metric :math:`G_p` (the identity for the embedded metric of the
+        sphere and the Stiefel manifold; :math:`p\,\operatorname{sym}(\nabla f)\,p` for the
+        affine-invariant metric of positive definite matrices). It is what
+        ``ps.constrain(..., method="riemannian")`` puts in ``.grad`` before the optimizer step.
+
+        Transforms with ``manifold = True`` override this, :meth:`retract` and, where the tangent
+        projection is not a good transport, :meth:`transport`. The default raises
+        :class:`~paramshape.ManifoldUnavailableError`.
+
+        Args:
+            point: a point of the set, of the tensor's shape (a batch of slices or matrices).
+            egrad: the Euclidean gradient at ``point``, of the same shape.
+
+        Returns:
+            A tangent vector at ``point``, of ``point``'s shape and dtype.
+
+        Raises:
+            ManifoldUnavailableError: the transform has no Riemannian structure.
+
+        Example:
+            >>> import torch, paramshape as ps
+            >>> ps.UnitNorm().riemannian_grad(torch.tensor([1.0, 0.0]), torch.tensor([2.0, 3.0]))
+            tensor([0., 3.])
+        """
+        raise self._no_manifold()
+
+    def retract(self, point: Tensor, tangent: Tensor) -> Tensor:
+        r"""A retraction: the point of the set reached from ``point`` along the tangent vector
+        ``tangent``, :math:`R_p(v)`, with :math:`R_p(0) = p` and :math:`\frac{d}{dt} R_p(tv)|_{t=0} = v`.
+
+        The result lies in the set to the dtype's precision (:meth:`contains` accepts it). It is what
+        ``method="riemannian"`` applies after the optimizer step, with the step the optimizer took as
+        ``tangent`` (first projected onto the tangent space).
+
+        Args:
+            point: a point of the set.
+            tangent: a tangent vector at ``point`` (components normal to the set are tolerated and
+                removed by the retraction where it says so).
+
+        Returns:
+            A point of the set, of ``point``'s shape and dtype.
+
+        Raises:
+            ManifoldUnavailableError: the transform has no Riemannian structure.
+
+        Example:
+            >>> import torch, paramshape as ps
+            >>> ps.UnitNorm().retract(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0]))
+            tensor([0.7071, 0.7071])
+        """
+        raise self._no_manifold()
+
+    def transport(self, point: Tensor, new_point: Tensor, tangent: Tensor) -> Tensor:
+        r"""A vector transport: carries ``tangent``, a tangent vector at ``point``, into the tangent
+        space at ``new_point``. ``method="riemannian"`` transports the optimizer's momentum
+        (SGD's ``momentum_buffer``, Adam's ``exp_avg``) after each retraction.
+
+        The default is the projection onto the tangent space at ``new_point``,
+        :math:`P_{T_q}(v)` (a valid vector transport for a submanifold of a Euclidean space),
+        computed as :meth:`riemannian_grad` would for an embedded metric; transforms whose
+        :meth:`riemannian_grad` includes a metric conversion override it.
+
+        Args:
+            point: the point the vector is tangent at.
+            new_point: the point to carry it to.
+            tangent: a tangent vector at ``point``.
+
+        Returns:
+            A tangent vector at ``new_point``, of its shape and dtype.
+
+        Raises:
+            ManifoldUnavailableError: the transform has no Riemannian structure.
+
+        Example:
+            >>> import torch, paramshape as ps
+            >>> sphere = ps.UnitNorm()
+            >>> sphere.transport(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0]), torch.tensor([0.0, 2.0]))
+            tensor([0., 0.])
+        """
+        return self.riemannian_grad(new_point, tangent)
+
+    def _no_manifold(self) -> ManifoldUnavailableError:
+        return ManifoldUnavailableError(
+            f"method='riemannian' is not available for {type(self).__name__}: its set has no "
+            "Riemannian structure in paramshape (Transform.riemannian_grad, retract). Use "
+            "method='reparam', 'project' (if it defines a projection), 'penalty' or 'lagrangian'."
+        )
 
     def contains(self, y: Tensor) -> Tensor:
         """Boolean tensor, broadcastable against ``y``: which elements (or slices) lie in the set.
@@ -341,6 +444,8 @@ class Transform(nn.Module, abc.ABC):
         The message names the tensor, its shape and dtype, how many elements are outside, and the
         worst one against the bound it breaks.
         """
+        if value.device.type == "meta":
+            return  # no values (deferred initialisation); checked when real values come in
         excess = self._finite_excess(value)
         outside = excess != 0
         count = int(outside.sum())

@@ -161,7 +161,9 @@ class BoundedTransform(Transform):
         check_broadcast(self._bounds(), shape, repr(self))
 
     def extra_repr(self) -> str:
-        return ", ".join(f"{name}={format_setting(bound)}" for name, bound in self._bounds().items())
+        # On the meta device the values are kept aside (see _apply); show those.
+        bounds = getattr(self, "_meta_source", None) or self._bounds()
+        return ", ".join(f"{name}={format_setting(bound)}" for name, bound in bounds.items())
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
         incoming = {name: state_dict.get(prefix + name, bound) for name, bound in self._bounds().items()}
@@ -169,21 +171,55 @@ class BoundedTransform(Transform):
         super()._load_from_state_dict(state_dict, prefix, *args)
         self._layout = layout
 
-    def _apply(self, fn: Any, recurse: bool = True) -> BoundedTransform:
-        # Convert copies first and check them, so a failing .half() leaves the bounds untouched
-        # (instead of infinite bounds with a stale layout, which would make every value NaN).
-        converted = {name: fn(bound) for name, bound in self._bounds().items()}
+    def check_conversion(self, fn: Any) -> None:
+        """Raise :class:`SpecError` if ``fn`` (what ``module.half()``, ``.to(dtype)`` or
+        ``.to_empty()`` applies to every tensor) would turn a finite bound infinite or leave invalid
+        bounds; changes nothing. Lets a whole model be checked before any module is converted."""
+        converted, _ = self._converted_bounds(fn)
         if all(bound.device.type != "meta" for bound in converted.values()):
+            self._analyse_bounds(converted)
+
+    def _converted_bounds(self, fn: Any) -> tuple[dict[str, Tensor], dict[str, Tensor] | None]:
+        """The bounds after ``fn``, checked, and the values kept aside from a move to ``meta`` that
+        replace them when they come back (``to_empty()``), if any."""
+        current = self._bounds()
+        converted = {name: fn(bound) for name, bound in current.items()}
+        was_meta = any(bound.device.type == "meta" for bound in current.values())
+        to_meta = any(bound.device.type == "meta" for bound in converted.values())
+        source = getattr(self, "_meta_source", None) if was_meta and not to_meta else None
+        if source is not None:
+            converted = {
+                name: source[name].to(device=bound.device, dtype=bound.dtype)
+                for name, bound in converted.items()
+            }
+        if not to_meta:
             for name, bound in converted.items():
-                before = torch.isfinite(self._bounds()[name]).to(bound.device)
+                reference = source[name] if source is not None else current[name]
+                before = torch.isfinite(reference).to(bound.device)
                 if not torch.equal(torch.isfinite(bound), before):
                     raise SpecError(
                         f"{type(self).__name__}: converting '{name}' to {bound.dtype} would turn a finite "
                         f"bound into infinity (the largest {bound.dtype} is "
                         f"{format_scalar(torch.finfo(bound.dtype).max)}); use bounds within its range."
                     )
-            layout = self._analyse_bounds(converted)
+        return converted, source
+
+    def _apply(self, fn: Any, recurse: bool = True) -> BoundedTransform:
+        # Convert copies first and check them, so a failing .half() leaves the bounds untouched
+        # (instead of infinite bounds with a stale layout, which would make every value NaN).
+        current = self._bounds()
+        converted, source = self._converted_bounds(fn)
+        to_meta = any(bound.device.type == "meta" for bound in converted.values())
+        if to_meta and all(bound.device.type != "meta" for bound in current.values()):
+            # A move to ``meta`` drops the values; keep them, so that ``to_empty()`` (the deferred
+            # initialisation path) gets the same bounds back instead of uninitialised memory.
+            self._meta_source = {name: bound.detach().cpu().clone() for name, bound in current.items()}
+        layout = None if to_meta else self._analyse_bounds(converted)
         result = super()._apply(fn, recurse)
-        if all(bound.device.type != "meta" for bound in converted.values()):
+        if source is not None:
+            for name, bound in converted.items():
+                self._buffers[name] = bound
+            del self._meta_source
+        if not to_meta:
             self._layout = layout
         return result

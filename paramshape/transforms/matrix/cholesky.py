@@ -222,6 +222,7 @@ class PositiveDefinite(MatrixTransform):
 
     domain_offset = 0
     codomain_offset = 0
+    manifold = True
 
     def forward(self, x: Tensor) -> Tensor:
         work = x.to(compute_dtype(x.dtype))
@@ -293,6 +294,29 @@ class PositiveDefinite(MatrixTransform):
         projected = (vectors * values.clamp_min(0).unsqueeze(-2)) @ vectors.transpose(-1, -2)
         projected = (projected + projected.transpose(-1, -2)) / 2
         return torch.where(broken, torch.nan, projected).to(y.dtype)
+
+    def riemannian_grad(self, point: Tensor, egrad: Tensor) -> Tensor:
+        r"""The Riemannian gradient for the affine-invariant metric
+        :math:`\langle U, V \rangle_P = \operatorname{tr}(P^{-1} U P^{-1} V)`:
+        :math:`P \operatorname{sym}(G) P`. Steps along it are scale-free: a matrix and its multiple
+        by 1000 move by the same relative amount."""
+        work = compute_dtype(point.dtype)
+        p = point.to(work)
+        return symmetrise(p @ symmetrise(egrad.to(work)) @ p).to(egrad.dtype)
+
+    def retract(self, point: Tensor, tangent: Tensor) -> Tensor:
+        r"""The second-order retraction of the affine-invariant metric,
+        :math:`R_P(V) = P + V + \tfrac12 V P^{-1} V`, which equals
+        :math:`\tfrac12 P + \tfrac12 (P + V) P^{-1} (P + V)`: positive definite for every
+        symmetric :math:`V`, however large, and a second-order approximation of the exponential map."""
+        work = compute_dtype(point.dtype)
+        p, v = symmetrise(point.to(work)), symmetrise(tangent.to(work))
+        return symmetrise(p + v + 0.5 * v @ torch.linalg.solve(p, v)).to(point.dtype)
+
+    def transport(self, point: Tensor, new_point: Tensor, tangent: Tensor) -> Tensor:
+        """The tangent space is that of all symmetric matrices at every point, so the transport is
+        the identity (symmetrised)."""
+        return symmetrise(tangent.to(compute_dtype(tangent.dtype))).to(tangent.dtype)
 
     def to_interior(self, y: Tensor) -> Tensor:
         size = y.shape[-1]

@@ -181,6 +181,7 @@ class Orthogonal(MatrixTransform):
 
     square = False
     bijective = False
+    manifold = True
     base: Tensor
 
     def __init__(self, method: OrthogonalMethod = "auto") -> None:
@@ -268,6 +269,22 @@ class Orthogonal(MatrixTransform):
 
     def to_interior(self, y: Tensor) -> Tensor:
         return _polar(finite_float64(y)).to(y.dtype)
+
+    def riemannian_grad(self, point: Tensor, egrad: Tensor) -> Tensor:
+        r"""The tangent part of ``egrad`` at ``Q`` for the Stiefel manifold's embedded metric:
+        :math:`G - Q \operatorname{sym}(Q^\top G)` (rows instead of columns for a wide matrix)."""
+        work = compute_dtype(point.dtype)
+        q, g = _tall(point.to(work)), _tall(egrad.to(work))
+        inner = q.mT @ g
+        tangent = g - q @ (inner + inner.mT) * 0.5
+        return (tangent.mT if point.shape[-2] < point.shape[-1] else tangent).to(egrad.dtype)
+
+    def retract(self, point: Tensor, tangent: Tensor) -> Tensor:
+        r"""The polar retraction, :math:`R_Q(V) = U W^\top` for the thin SVD :math:`Q + V = U S W^\top`:
+        the nearest matrix with orthonormal columns (rows, if wide), orthonormal to the dtype's
+        precision whatever the step's size."""
+        work = compute_dtype(point.dtype)
+        return _polar(point.to(work) + tangent.to(work)).to(point.dtype)
 
     def extra_repr(self) -> str:
         return "" if self.method == "auto" else f"method={self.method!r}"

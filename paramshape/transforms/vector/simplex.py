@@ -25,13 +25,15 @@ SimplexMethod = Literal["softmax", "ilr"]
 _METHODS: tuple[str, ...] = get_args(SimplexMethod)
 
 
-def _simplex_forward(x: Tensor, dim: int, method: SimplexMethod) -> Tensor:
-    """Simplex's forward map as a pure function (the kernel paramshape.fusion compiles)."""
+def _simplex_forward(x: Tensor, dim: int, method: SimplexMethod, log: bool = False) -> Tensor:
+    """Simplex's forward map as a pure function (the kernel paramshape.fusion compiles); with
+    ``log``, the log-probabilities, by ``log_softmax`` (finite where a probability rounds to 0)."""
     work = x.to(compute_dtype(x.dtype))
+    normalize = torch.log_softmax if log else torch.softmax
     if method == "ilr":
-        probabilities = torch.softmax(helmert(work.movedim(dim, -1)), -1)
+        probabilities = normalize(helmert(work.movedim(dim, -1)), -1)
         return probabilities.movedim(-1, dim).contiguous().to(x.dtype)
-    return torch.softmax(work, dim=dim).to(x.dtype)
+    return normalize(work, dim=dim).to(x.dtype)
 
 
 @register("simplex")
@@ -72,13 +74,23 @@ class Simplex(VectorTransform):
       float32 rows cannot meet. :attr:`codomain` is torch's ``constraints.simplex``, which is
       defined along the last dimension.
 
+    As an output layer (``ps.bound_output(model, ps.Simplex(log=True))`` or the last layer of a
+    ``Sequential``), ``log=True`` returns the log-probabilities :math:`\log f(x)_i = x_i -
+    \log\sum_j e^{x_j}`, computed by ``log_softmax`` (finite where a probability underflows to 0),
+    for ``nn.NLLLoss`` or a log-likelihood, as :class:`TemperatureSoftmax` does. Log-probabilities do
+    not lie in the simplex, so ``constrain`` refuses such a transform for a tensor (a
+    :class:`~paramshape.SpecError` at the call): constrain with ``Simplex()`` and take
+    ``tensor.log()`` where the logarithm is needed.
+
     Args:
         dim: the dimension that holds each distribution (default: the last one).
         method: ``"softmax"`` (default; ``K`` stored logits, not bijective) or ``"ilr"``
             (``K - 1`` stored numbers, bijective, with a log-det-Jacobian).
+        log: return log-probabilities (output layers only; default ``False``).
 
     Raises:
-        SpecError: ``dim`` is not an integer or ``method`` is unknown.
+        SpecError: ``dim`` is not an integer, ``method`` is unknown or ``log`` is not a bool; at
+            ``constrain``, ``log=True``.
 
     Example:
         >>> import torch, torch.nn as nn, paramshape as ps
@@ -93,21 +105,36 @@ class Simplex(VectorTransform):
         tensor([0.3333, 0.3333, 0.3333])
         >>> ilr.log_abs_det_jacobian(x, ilr(x))  # 3 log(1/3) + log(3) / 2
         tensor(-2.7465)
+        >>> head = nn.Sequential(nn.Linear(4, 3), ps.Simplex(log=True))  # for nn.NLLLoss
+        >>> bool(torch.allclose(head(torch.randn(2, 4)).exp().sum(-1), torch.ones(2)))
+        True
     """
 
     # Eager softmax is one kernel already: "auto" never compiles it, "on" does.
-    fusable = Fusable(_simplex_forward, (), ("dim", "method"), auto_min_elements=None)
+    fusable = Fusable(_simplex_forward, (), ("dim", "method", "log"), auto_min_elements=None)
 
-    def __init__(self, dim: int = -1, method: SimplexMethod = "softmax") -> None:
+    def __init__(self, dim: int = -1, method: SimplexMethod = "softmax", log: bool = False) -> None:
         super().__init__(dim)
         if method not in _METHODS:
             raise SpecError(f"Simplex: method must be one of {list(_METHODS)}; got {method!r}.")
+        if not isinstance(log, bool):
+            raise SpecError(f"Simplex: log must be True or False; got {log!r}.")
         self.method: SimplexMethod = method
+        self.log = log
         self.bijective = method == "ilr"
         self.size_change = -1 if method == "ilr" else 0
 
     def forward(self, x: Tensor) -> Tensor:
-        return _simplex_forward(x, self.dim, self.method)
+        return _simplex_forward(x, self.dim, self.method, self.log)
+
+    def check_shape(self, shape: torch.Size) -> None:
+        if self.log:
+            # Called when a tensor is about to be constrained: log-probabilities are not in the set.
+            raise SpecError(
+                f"{self!r} returns log-probabilities, which do not lie in the simplex, so it bounds "
+                "outputs only; constrain the tensor with Simplex() and take .log() where needed."
+            )
+        super().check_shape(shape)
 
     def inverse(self, y: Tensor) -> Tensor:
         work = y.to(compute_dtype(y.dtype))
@@ -181,7 +208,8 @@ class Simplex(VectorTransform):
         return _project_onto_simplex(y.to(compute_dtype(y.dtype)), self.dim).to(y.dtype)
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + ("" if self.method == "softmax" else f", method={self.method!r}")
+        method = "" if self.method == "softmax" else f", method={self.method!r}"
+        return super().extra_repr() + method + (", log=True" if self.log else "")
 
     @staticmethod
     def _sum_tolerance(dtype: torch.dtype, size: int) -> float:

@@ -54,6 +54,7 @@ class UnitNorm(VectorTransform):
     """
 
     bijective = False
+    manifold = True
 
     def forward(self, x: Tensor) -> Tensor:
         work = self._last(x.to(compute_dtype(x.dtype)))
@@ -83,6 +84,18 @@ class UnitNorm(VectorTransform):
             "on the value directly and keep the stored length in check with a term such as "
             "-0.5 * ||x||^2 (as Stan does for unit vectors)."
         )
+
+    def riemannian_grad(self, point: Tensor, egrad: Tensor) -> Tensor:
+        r"""The tangent part of ``egrad`` at each unit slice ``p`` (the sphere's embedded metric):
+        :math:`g - \langle g, p \rangle p`, along ``dim``."""
+        work = compute_dtype(point.dtype)
+        p, g = point.to(work), egrad.to(work)
+        return (g - (g * p).sum(self.dim, keepdim=True) * p).to(egrad.dtype)
+
+    def retract(self, point: Tensor, tangent: Tensor) -> Tensor:
+        r"""The metric projection retraction, :math:`R_p(v) = (p + v) / \lVert p + v \rVert_2`
+        per slice: exact to the last ulps, whatever the step's size (:meth:`forward` normalises)."""
+        return self.forward(point + tangent.to(point.dtype))
 
     @property
     def codomain(self) -> constraints.Constraint:

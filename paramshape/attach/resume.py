@@ -1,0 +1,108 @@
+"""Optimizer resume across a change of parameter order.
+
+Registering a parametrization moves the tensor it stores after its siblings in ``parameters()``
+(``LayerNorm``: ``[weight, bias]`` becomes ``[bias, parametrizations.weight.original]``), and
+torch's ``Optimizer.load_state_dict`` matches saved state to parameters by position. A run that
+built its optimizer before ``constrain`` and a resumed run that builds it after would hand the
+weight's Adam moments to the bias, silently when the shapes agree. The order cannot be kept
+(``nn.Module`` lists a module's own parameters before its submodules'), so paramshape detects it:
+
+* ``constrain`` records the name (as ``named_parameters`` spelled it before constraining) of every
+  parameter of the module it was given;
+* after the first ``step()`` of each optimizer, a checksum of that name (an ``int``: torch's
+  ``load_state_dict`` copies non-tensor entries as they are, except iterables such as strings) is
+  written into the per-parameter state, where ``state_dict()`` saves it and ``load_state_dict``
+  carries it, by position, to the parameter that receives the state;
+* before the first ``step()`` of each optimizer, a parameter whose state carries another name than
+  its own raises :class:`~paramshape.ConstraintConflictError` naming both, before any update.
+
+Both hooks do their work once per optimizer; later steps cost one set lookup.
+"""
+
+from __future__ import annotations
+
+import weakref
+import zlib
+from typing import Any
+
+import torch
+import torch.optim.optimizer as _optimizer
+from torch import Tensor, nn
+
+from paramshape.errors import ConstraintConflictError
+
+__all__ = ["STATE_KEY", "record_names"]
+
+#: The per-parameter optimizer-state entry holding the checksum of the parameter's name.
+STATE_KEY = "paramshape_name"
+
+# By id, with a weak reference to check it is still that tensor (tensors compare elementwise, so
+# they cannot be keys of a WeakKeyDictionary).
+_NAMES: dict[int, tuple[weakref.ref[Tensor], str]] = {}
+_CHECKED: weakref.WeakSet[torch.optim.Optimizer] = weakref.WeakSet()
+_STAMPED: weakref.WeakSet[torch.optim.Optimizer] = weakref.WeakSet()
+_HOOKS: list[Any] = []
+
+
+def record_names(root: nn.Module) -> None:
+    """Remember every parameter's public name under ``root`` (``parametrizations.weight.original``
+    is recorded as ``weight``), unless already known, and make sure the hooks are on."""
+    for key in [key for key, (ref, _) in _NAMES.items() if ref() is None]:
+        del _NAMES[key]
+    for name, tensor in root.named_parameters():
+        if _name_of(tensor) is None:
+            _NAMES[id(tensor)] = (weakref.ref(tensor), _public(name))
+    if not _HOOKS:
+        _HOOKS.append(_optimizer.register_optimizer_step_pre_hook(_check_before_first_step))
+        _HOOKS.append(_optimizer.register_optimizer_step_post_hook(_stamp_after_first_step))
+
+
+def _name_of(tensor: Tensor) -> str | None:
+    entry = _NAMES.get(id(tensor))
+    return entry[1] if entry is not None and entry[0]() is tensor else None
+
+
+def _public(name: str) -> str:
+    parts = name.split(".")
+    if "parametrizations" in parts:
+        i = parts.index("parametrizations")
+        return ".".join(parts[:i] + parts[i + 1 : i + 2])
+    return name
+
+
+def _check_before_first_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    if optimizer in _CHECKED:
+        return
+    _CHECKED.add(optimizer)
+    for index, param in enumerate(p for group in optimizer.param_groups for p in group["params"]):
+        state = optimizer.state.get(param)
+        saved = state.get(STATE_KEY) if isinstance(state, dict) else None
+        own = _name_of(param)
+        if saved is None or own is None or saved == _checksum(own):
+            continue
+        saved_name = next((name for _, name in _NAMES.values() if _checksum(name) == saved), "?")
+        _CHECKED.discard(optimizer)
+        raise ConstraintConflictError(
+            f"The optimizer state loaded for parameter {index} ('{own}', shape "
+            f"{tuple(param.shape)}) was saved for '{saved_name}': the optimizer was built with its "
+            "parameters in another order than the one that saved it (ps.constrain moves a "
+            "constrained tensor after its siblings in parameters()). Build the optimizer at the same "
+            "point in both runs (before ps.constrain, or after it), or from ps.param_groups(model) "
+            "in both; nothing was updated."
+        )
+
+
+def _stamp_after_first_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    if optimizer in _STAMPED:
+        return
+    _STAMPED.add(optimizer)
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            state = optimizer.state.get(param)
+            name = _name_of(param)
+            if name is not None and isinstance(state, dict) and state:
+                state[STATE_KEY] = _checksum(name)
+
+
+def _checksum(name: str) -> int:
+    return zlib.crc32(name.encode())

@@ -1,0 +1,451 @@
+"""Independent float64 references of every registered transform's documented map.
+
+Each entry of :data:`REFERENCES` is the formula of ``docs/transforms.md`` (the spec) written plainly
+with float64 torch operations. Nothing here calls the code under test: the only thing read from a
+transform is its settings (bounds, ``dim``, ``method``, ``softness``, the orthogonal base, the
+parts of a ``Compose``), and the only paramshape helper used is the registry's table, to find a
+``Compose`` part's reference by its registered name.
+
+A reference is called as ``REFERENCES[name](transform, x, dtype)``: ``x`` is the unconstrained
+tensor in float64 (the exact values the transform under test received, in ``dtype``), ``dtype``
+the dtype under test (the maps' floors, caps and matrix jitters depend on it), and the result is the
+documented value in float64. ``REFERENCES[name].inverse(transform, y, dtype)`` is the documented
+inverse where the docs give one in closed form (``None`` otherwise).
+
+Engineers adding a transform add its reference here (a meta-test fails while a registered name
+has none). Write it from the docs' formula, not from the implementation: the point is that a wrong
+map and a matching wrong inverse still disagree with it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+Map = Callable[..., Tensor]
+
+F64 = torch.float64
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A documented map (``forward``) and, where the docs state one, its inverse."""
+
+    forward: Map
+    inverse: Map | None = None
+    #: A known accuracy limit of the algorithm, in ulps, as a function ``(transform, x, dtype)``
+    #: (see ``paramshape.testing.reference.check_against_reference``); ``None`` for most maps.
+    condition: Map | None = None
+
+    def __call__(self, transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor:
+        return self.forward(transform, x, dtype)
+
+
+# ----------------------------------------------------------------------------------- helpers
+def _softplus(x: Tensor) -> Tensor:
+    """log(1 + e^x) without overflow (torch's own softplus switches to x above 20, an error of 2e-9)."""
+    return x.clamp_min(0.0) + torch.log1p(torch.exp(-x.abs()))
+
+
+def _softplus_inverse(y: Tensor) -> Tensor:
+    """log(expm1(y)), written as y + log(1 - e^-y) so that it neither overflows nor cancels."""
+    return y + torch.log(-torch.expm1(-y))
+
+
+def _sigmoid(x: Tensor) -> Tensor:
+    return torch.where(x >= 0, 1 / (1 + torch.exp(-x)), torch.exp(x) / (1 + torch.exp(x)))
+
+
+def _bound(transform: object, name: str) -> Tensor:
+    return getattr(transform, name).detach().to(F64)
+
+
+def _tiny(dtype: torch.dtype) -> float:
+    return torch.finfo(dtype).tiny
+
+
+def _cap(y: Tensor, dtype: torch.dtype) -> Tensor:
+    """The docs' "capped at the dtype's largest finite number"."""
+    largest = torch.finfo(dtype).max
+    return y.clamp(-largest, largest)
+
+
+def _eps(dtype: torch.dtype) -> float:
+    return torch.finfo(dtype).eps
+
+
+def _compute(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a transform computes in: float32 for the half dtypes (docs: Half precision)."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _compute_eps(dtype: torch.dtype) -> float:
+    return _eps(_compute(dtype))
+
+
+def _move(x: Tensor, transform: object) -> Tensor:
+    return x.movedim(getattr(transform, "dim", -1), -1)
+
+
+def _back(y: Tensor, transform: object) -> Tensor:
+    return y.movedim(-1, getattr(transform, "dim", -1))
+
+
+def _helmert(size: int) -> Tensor:
+    """V (size x size-1): column j (1-based) is (1, ..., 1, -j, 0, ..., 0) / sqrt(j (j + 1))."""
+    basis = torch.zeros(size, size - 1, dtype=F64)
+    for j in range(1, size):
+        basis[:j, j - 1] = 1.0
+        basis[j, j - 1] = -float(j)
+        basis[:, j - 1] /= math.sqrt(j * (j + 1))
+    return basis
+
+
+def _jitter(dtype: torch.dtype, size: int) -> float:
+    """c = (2n + 4) eps(compute dtype) + 2 sqrt(n) eps(dtype) (docs: PositiveDefinite)."""
+    return (2 * size + 4) * _compute_eps(dtype) + 2 * math.sqrt(size) * _eps(dtype)
+
+
+# ------------------------------------------------------------------------------ elementwise
+def box(transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor:
+    """l + (h - l) sigma(x); one-sided (softplus) where a bound is infinite; identity if both are."""
+    low, high = torch.broadcast_tensors(_bound(transform, "low"), _bound(transform, "high"))
+    low, high, x = torch.broadcast_tensors(low, high, x)
+    finite_low, finite_high = torch.isfinite(low), torch.isfinite(high)
+    lo, hi = torch.where(finite_low, low, 0.0), torch.where(finite_high, high, 0.0)
+    both = lo + (hi - lo) * _sigmoid(x)
+    above = lo + _above(x, "softplus", dtype)
+    below = hi - _above(-x, "softplus", dtype)
+    y = torch.where(
+        finite_low & finite_high, both, torch.where(finite_low, above, torch.where(finite_high, below, x))
+    )
+    return _cap(y, dtype)
+
+
+def box_inverse(transform: object, y: Tensor, dtype: torch.dtype = F64) -> Tensor:
+    low, high = torch.broadcast_tensors(_bound(transform, "low"), _bound(transform, "high"))
+    low, high, y = torch.broadcast_tensors(low, high, y)
+    finite_low, finite_high = torch.isfinite(low), torch.isfinite(high)
+    lo, hi = torch.where(finite_low, low, 0.0), torch.where(finite_high, high, 0.0)
+    both = torch.log(y - lo) - torch.log(hi - y)
+    above = _softplus_inverse(y - lo)
+    below = -_softplus_inverse(hi - y)
+    return torch.where(
+        finite_low & finite_high, both, torch.where(finite_low, above, torch.where(finite_high, below, y))
+    )
+
+
+def unit_interval(transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor:
+    """sigma(x)."""
+    return _sigmoid(x)
+
+
+def unit_interval_inverse(transform: object, y: Tensor, dtype: torch.dtype = F64) -> Tensor:
+    return torch.log(y) - torch.log1p(-y)
+
+
+def _exp_capped(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """e^x with its argument capped at log(max) (1 - 8 eps) of the dtype, a number of the compute
+    dtype (docs: Positive)."""
+    finfo = torch.finfo(dtype)
+    cap = torch.tensor(math.log(finfo.max) * (1 - 8 * finfo.eps), dtype=_compute(dtype)).item()
+    return torch.exp(x.clamp_max(cap))
+
+
+def _above(x: Tensor, method: str, dtype: torch.dtype) -> Tensor:
+    """softplus(x) or e^x, floored at the dtype's smallest normal number, capped at its largest."""
+    grown = _softplus(x) if method == "softplus" else _exp_capped(x, dtype)
+    return _cap(grown.clamp_min(_tiny(dtype)), dtype)
+
+
+def _above_inverse(d: Tensor, method: str) -> Tensor:
+    return _softplus_inverse(d) if method == "softplus" else torch.log(d)
+
+
+def positive(transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor:
+    """max(softplus(x), t) (or e^x floored at t), t the smallest normal number of the dtype."""
+    return _above(x, transform.method, dtype)
+
+
+def positive_inverse(transform: object, y: Tensor, dtype: torch.dtype = F64) -> Tensor:
+    return _above_inverse(y, transform.method)
+
+
+def greater_than(transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor:
+    """l + softplus(x) (l + e^x with method="exp"), capped at the dtype's largest number."""
+    return _cap(_bound(transform, "low") + _above(x, transform.method, dtype), dtype)
+
+
+def greater_than_inverse(transform: object, y: Tensor, dtype: torch.dtype = F64) -> Tensor:
+    return _above_inverse(y - _bound(transform, "low"), transform.method)
+
+
+def less_than(transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor:
+    """h - softplus(-x) (h - e^-x with method="exp")."""
+    return _cap(_bound(transform, "high") - _above(-x, transform.method, dtype), dtype)
+
+
+def less_than_inverse(transform: object, y: Tensor, dtype: torch.dtype = F64) -> Tensor:
+    return -_above_inverse(_bound(transform, "high") - y, transform.method)
+
+
+def soft_clip(transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor:
+    """s = softplus((x - l) / (c w)), f = l + w (S - softplus(u - s)) / S, u = 1/c, S = softplus(u)."""
+    low, high = _bound(transform, "low"), _bound(transform, "high")
+    width, c = high - low, float(transform.softness)
+    u = 1.0 / c
+    big_s = _softplus(torch.tensor(u, dtype=F64))
+    s = _softplus((x - low) / (c * width))
+    return low + width * (big_s - _softplus(u - s)) / big_s
+
+
+def soft_clip_inverse(transform: object, y: Tensor, dtype: torch.dtype = F64) -> Tensor:
+    """Solve the two softplus layers backwards: s = u - softplus^-1(S (h - y) / w) and
+    x = l + c w softplus^-1(s), with the outer layer written from the lower bound as
+    s = r - log(1 - e^-u expm1(r)), r = S (y - l) / w, where that is the more accurate side."""
+    low, high = _bound(transform, "low"), _bound(transform, "high")
+    width, c = high - low, float(transform.softness)
+    u = 1.0 / c
+    big_s = float(_softplus(torch.tensor(u, dtype=F64)))
+    r = big_s * (y - low) / width
+    from_low = r - torch.log1p(-math.exp(-u) * torch.expm1(r))
+    from_high = u - _softplus_inverse(big_s * (high - y) / width)
+    s = torch.where(y - low < high - y, from_low, from_high)
+    return low + c * width * _softplus_inverse(s)
+
+
+def affine(transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor:
+    """mu + sigma x, capped at the dtype's largest number."""
+    return _cap(_bound(transform, "loc") + _bound(transform, "scale") * x, dtype)
+
+
+def affine_inverse(transform: object, y: Tensor, dtype: torch.dtype = F64) -> Tensor:
+    return (y - _bound(transform, "loc")) / _bound(transform, "scale")
+
+
+# ----------------------------------------------------------------------------------- vectors
+def simplex(transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor:
+    """softmax(x) along dim; with method="ilr", softmax(V x) with V the Helmert basis."""
+    z = _move(x, transform)
+    if transform.method == "ilr":
+        z = z @ _helmert(z.shape[-1] + 1).T
+    shifted = z - z.amax(-1, keepdim=True)
+    weights = torch.exp(shifted)
+    return _back(weights / weights.sum(-1, keepdim=True), transform)
+
+
+def simplex_inverse(transform: object, y: Tensor, dtype: torch.dtype = F64) -> Tensor:
+    """Centred logs (softmax) or V^T log y (ilr); an entry of 0 is read as the compute dtype's tiny."""
+    logs = torch.log(_move(y, transform).clamp_min(_tiny(_compute(dtype))))
+    if transform.method == "ilr":
+        return _back(logs @ _helmert(logs.shape[-1]), transform)
+    return _back(logs - logs.mean(-1, keepdim=True), transform)
+
+
+def sum_to_zero(transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor:
+    """V x with V the Helmert basis (K x K-1); a slice whose largest entry would exceed half the
+    dtype's largest number is scaled down to it."""
+    z = _move(x, transform)
+    y = z @ _helmert(z.shape[-1] + 1).T
+    limit = torch.finfo(dtype).max / 2
+    largest = y.abs().amax(-1, keepdim=True)
+    return _back(y * (limit / largest.clamp_min(limit)), transform)
+
+
+def sum_to_zero_inverse(transform: object, y: Tensor, dtype: torch.dtype = F64) -> Tensor:
+    z = _move(y, transform)
+    return _back(z @ _helmert(z.shape[-1]), transform)
+
+
+def ordered(transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor:
+    """y_0 = x_0, y_k = y_(k-1) + softplus(x_k), capped at the dtype's largest number."""
+    z = _move(x, transform)
+    steps = torch.cat([z[..., :1], _softplus(z[..., 1:]).clamp_min(_tiny(dtype))], -1)
+    return _back(_cap(torch.cumsum(steps, -1), dtype), transform)
+
+
+def ordered_inverse(transform: object, y: Tensor, dtype: torch.dtype = F64) -> Tensor:
+    z = _move(y, transform)
+    steps = _softplus_inverse(torch.diff(z, dim=-1))
+    return _back(torch.cat([z[..., :1], steps], -1), transform)
+
+
+def positive_ordered(transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor:
+    """y_k = sum_(j <= k) softplus(x_j), the first term floored at the dtype's tiny."""
+    z = _move(x, transform)
+    steps = _softplus(z).clamp_min(_tiny(dtype))
+    return _back(_cap(torch.cumsum(steps, -1), dtype), transform)
+
+
+def positive_ordered_inverse(transform: object, y: Tensor, dtype: torch.dtype = F64) -> Tensor:
+    z = _move(y, transform)
+    gaps = torch.diff(z, dim=-1, prepend=torch.zeros_like(z[..., :1]))
+    return _back(_softplus_inverse(gaps), transform)
+
+
+def unit_norm(transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor:
+    """x / ||x||; the zero vector maps to (1, ..., 1) / sqrt(K)."""
+    z = _move(x, transform)
+    norm = torch.linalg.vector_norm(z, dim=-1, keepdim=True)
+    fallback = torch.full_like(z, 1 / math.sqrt(z.shape[-1]))
+    return _back(torch.where(norm > 0, z / torch.where(norm > 0, norm, 1.0), fallback), transform)
+
+
+def unit_norm_inverse(transform: object, y: Tensor, dtype: torch.dtype = F64) -> Tensor:
+    return y.clone()
+
+
+# ---------------------------------------------------------------------------------- matrices
+def symmetric(transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor:
+    """tril(x) + tril(x, -1)^T."""
+    return x.tril() + x.tril(-1).mT
+
+
+def symmetric_inverse(transform: object, y: Tensor, dtype: torch.dtype = F64) -> Tensor:
+    return ((y + y.mT) / 2).tril()
+
+
+def _diag(x: Tensor) -> Tensor:
+    return x.diagonal(dim1=-2, dim2=-1)
+
+
+def _with_diag(strict: Tensor, diagonal: Tensor) -> Tensor:
+    return strict.tril(-1) + torch.diag_embed(diagonal)
+
+
+def lower_cholesky(transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor:
+    """Strict lower triangle of x, max(softplus(x_ii), t) on the diagonal, 0 above."""
+    return _with_diag(x, _softplus(_diag(x)).clamp_min(_tiny(dtype)))
+
+
+def lower_cholesky_inverse(transform: object, y: Tensor, dtype: torch.dtype = F64) -> Tensor:
+    return _with_diag(y, _softplus_inverse(_diag(y)))
+
+
+def positive_definite(transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor:
+    """L L^T + c diag(L L^T); L strictly lower x, diagonal softplus(x_ii) + sqrt(t); L scaled down
+    where its longest squared row would exceed min(max / 4, sqrt(max of the compute dtype))."""
+    factor = _with_diag(x, _softplus(_diag(x)) + math.sqrt(_tiny(dtype)))
+    limit = min(torch.finfo(dtype).max / 4, torch.finfo(_compute(dtype)).max ** 0.5)
+    longest = (factor * factor).sum(-1).amax(-1)[..., None, None]
+    factor = factor * (limit / longest.clamp_min(limit)).sqrt()
+    product = factor @ factor.mT
+    return product + _jitter(dtype, x.shape[-1]) * torch.diag_embed(_diag(product))
+
+
+def positive_definite_inverse(transform: object, y: Tensor, dtype: torch.dtype = F64) -> Tensor:
+    """The Cholesky factor of A - c / (1 + c) diag(A), its diagonal through softplus^-1(L_ii - s)."""
+    c = _jitter(dtype, y.shape[-1])
+    factor = torch.linalg.cholesky(y - c / (1 + c) * torch.diag_embed(_diag(y)))
+    return _with_diag(factor, _softplus_inverse(_diag(factor) - math.sqrt(_tiny(dtype))))
+
+
+def corr_cholesky(transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor:
+    """Row i: (x_i0, ..., x_i,i-1, 1, 0, ..., 0) / sqrt(1 + sum_(j<i) x_ij^2)."""
+    rows = x.tril(-1) + torch.eye(x.shape[-1], dtype=F64)
+    return rows / torch.linalg.vector_norm(rows, dim=-1, keepdim=True)
+
+
+def corr_cholesky_inverse(transform: object, y: Tensor, dtype: torch.dtype = F64) -> Tensor:
+    return (y / _diag(y)[..., :, None]).tril(-1)
+
+
+def corr_matrix(transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor:
+    """(L L^T + c I) / (1 + c), L = CorrCholesky(x)."""
+    factor = corr_cholesky(transform, x, dtype)
+    c = _jitter(dtype, x.shape[-1])
+    return (factor @ factor.mT + c * torch.eye(x.shape[-1], dtype=F64)) / (1 + c)
+
+
+def corr_matrix_inverse(transform: object, y: Tensor, dtype: torch.dtype = F64) -> Tensor:
+    c = _jitter(dtype, y.shape[-1])
+    factor = torch.linalg.cholesky(y * (1 + c) - c * torch.eye(y.shape[-1], dtype=F64))
+    return corr_cholesky_inverse(transform, factor, dtype)
+
+
+def orthogonal(transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor:
+    """B phi(skew(X)), skew(X) = (X - X^T) / 2 with X padded by zero columns to square, its
+    Frobenius norm capped at 1 / sqrt(eps(compute dtype)); phi = matrix exponential or Cayley map;
+    the first k columns (rows for a wide matrix, through the transpose)."""
+    wide = x.shape[-2] < x.shape[-1]
+    tall = x.mT if wide else x
+    rows, cols = tall.shape[-2:]
+    square = torch.cat([tall, tall.new_zeros(*tall.shape[:-1], rows - cols)], -1)
+    skew = (square - square.mT) / 2
+    limit = _compute_eps(dtype) ** -0.5
+    norm = torch.linalg.matrix_norm(skew)[..., None, None]
+    skew = skew / (norm / limit).clamp_min(1.0)
+    if transform.method == "cayley":
+        eye = torch.eye(rows, dtype=F64)
+        rotation = torch.linalg.solve(eye - skew, eye + skew)
+    else:
+        rotation = torch.matrix_exp(skew)
+    base = transform.base.detach().to(F64)
+    value = (base @ rotation if base.numel() else rotation)[..., :cols]
+    return value.mT if wide else value
+
+
+def orthogonal_condition(transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor:
+    """The Frobenius norm of the (capped) skew part, per matrix: the scaling and squaring of a
+    matrix exponential (and the solve of a Cayley map) lose about that many ulps (docs: Orthogonal)."""
+    wide = x.shape[-2] < x.shape[-1]
+    tall = x.mT if wide else x
+    rows, cols = tall.shape[-2:]
+    square = torch.cat([tall, tall.new_zeros(*tall.shape[:-1], rows - cols)], -1)
+    norm = torch.linalg.matrix_norm((square - square.mT) / 2)
+    return norm.clamp_max(_compute_eps(dtype) ** -0.5)[..., None, None].expand(x.shape)
+
+
+# ------------------------------------------------------------------------------------ compose
+def _name_of(part: object) -> str:
+    from paramshape.transforms.registry import available, registered_class
+
+    for name in available():
+        if type(part) is registered_class(name):
+            return name
+    raise KeyError(f"{type(part).__name__} is not registered; give Compose parts a reference")
+
+
+def compose(transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor:
+    """The parts' references one after the other; each intermediate value is rounded to the dtype,
+    as the parts hand tensors of the dtype to each other."""
+    for part in transform.parts:
+        x = REFERENCES[_name_of(part)](part, x, dtype).to(dtype).to(F64)
+    return x
+
+
+def compose_inverse(transform: object, y: Tensor, dtype: torch.dtype = F64) -> Tensor:
+    for part in reversed(list(transform.parts)):
+        inverse = REFERENCES[_name_of(part)].inverse
+        if inverse is None:
+            raise KeyError(f"{type(part).__name__} has no reference inverse")
+        y = inverse(part, y, dtype)
+    return y
+
+
+REFERENCES: dict[str, Reference] = {
+    "affine": Reference(affine, affine_inverse),
+    "box": Reference(box, box_inverse),
+    "compose": Reference(compose, compose_inverse),
+    "corr_cholesky": Reference(corr_cholesky, corr_cholesky_inverse),
+    "corr_matrix": Reference(corr_matrix, corr_matrix_inverse),
+    "greater_than": Reference(greater_than, greater_than_inverse),
+    "less_than": Reference(less_than, less_than_inverse),
+    "lower_cholesky": Reference(lower_cholesky, lower_cholesky_inverse),
+    "ordered": Reference(ordered, ordered_inverse),
+    # The inverse sets the base to the value and stores zeros: no closed form to compare with.
+    "orthogonal": Reference(orthogonal, None, orthogonal_condition),
+    "positive": Reference(positive, positive_inverse),
+    "positive_definite": Reference(positive_definite, positive_definite_inverse),
+    "positive_ordered": Reference(positive_ordered, positive_ordered_inverse),
+    "simplex": Reference(simplex, simplex_inverse),
+    "soft_clip": Reference(soft_clip, soft_clip_inverse),
+    "sum_to_zero": Reference(sum_to_zero, sum_to_zero_inverse),
+    "symmetric": Reference(symmetric, symmetric_inverse),
+    "unit_interval": Reference(unit_interval, unit_interval_inverse),
+    "unit_norm": Reference(unit_norm, unit_norm_inverse),
+}
