@@ -21,9 +21,11 @@ __all__ = [
     "constrained_tensors",
     "fast_read",
     "locate",
+    "memory_span",
     "paramshape_transform",
     "refuse_inside_compile",
     "shares_memory",
+    "spans_overlap",
     "type_name",
     "unwrap",
 ]
@@ -166,6 +168,12 @@ def _byte_span(tensor: Tensor) -> tuple[int, int, int] | None:
 
 def _overlap(a: tuple[int, int, int] | None, b: tuple[int, int, int] | None) -> bool:
     return a is not None and b is not None and a[0] == b[0] and a[1] < b[2] and b[1] < a[2]
+
+
+#: Public names for the two helpers above, for checks that index many tensors by storage pointer
+#: (the first entry of a span) instead of comparing every pair.
+memory_span = _byte_span
+spans_overlap = _overlap
 
 
 def refuse_inside_compile(what: str) -> None:
