@@ -97,6 +97,26 @@ class Compose(Transform):
             y = part.inverse(y)
         return y
 
+    def sample(
+        self,
+        shape: torch.Size | tuple[int, ...],
+        *,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """A random value of the chain: the first part's own :meth:`sample`, pushed through the other
+        parts' maps (a standard normal draw through the whole chain would reach the first part's
+        bounds when its map has a steep unit slope, as a narrow :class:`Box` has)."""
+        inner = torch.Size(shape)
+        for part in reversed(self.parts[1:]):
+            inner = part.inverse_shape(inner)
+        value = self.parts[0].sample(inner, dtype=dtype, device=device, generator=generator)
+        with torch.no_grad():
+            for part in self.parts[1:]:
+                value = part(value)
+        return value
+
     def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
         """The sum of the parts' log-det-Jacobians at the intermediate values (recomputed from
         ``x``), each reduced to ``x``'s shape without the composition's event dimensions.
@@ -180,12 +200,15 @@ class Compose(Transform):
     # ------------------------------------------------------------------------------- the set
     @property
     def codomain(self) -> constraints.Constraint:
-        """The last transform's codomain: a superset of the composition's image."""
-        return self.parts[-1].codomain
+        """The last transform's codomain, a superset of the composition's image, made to cover the
+        composition's :attr:`event_dim` (torch's rule: a constraint's event_dim is the transform's)."""
+        return _widen(self.parts[-1].codomain, self.event_dim)
 
     @property
     def domain(self) -> constraints.Constraint:
-        return self.parts[0].domain
+        """The first transform's domain, made to cover the composition's :attr:`event_dim`: an
+        elementwise first part followed by a matrix transform takes whole matrices."""
+        return _widen(self.parts[0].domain, self.event_dim)
 
     def _stages(self, y: Tensor) -> list[tuple[Transform, Tensor]]:
         """Each part with the value it must contain, from the last part back to the first."""
@@ -235,6 +258,12 @@ class Compose(Transform):
         # A margin kept inside an inner set can round away after the later maps (Box(0, 1) then
         # Affine(1, 2) in bfloat16 lands back on 1.0), so the result is also kept off the bounds.
         return toward_centre(self, _to_interior(list(self.parts), y))
+
+
+def _widen(constraint: constraints.Constraint, event_dim: int) -> constraints.Constraint:
+    """``constraint`` with its ``event_dim`` raised to ``event_dim`` (as torch's ComposeTransform does)."""
+    extra = event_dim - constraint.event_dim
+    return constraints.independent(constraint, extra) if extra > 0 else constraint
 
 
 def _to_interior(parts: list[Transform], y: Tensor) -> Tensor:
