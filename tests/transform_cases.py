@@ -131,6 +131,8 @@ CASES: list[Case] = [
     Case("orthogonal", lambda: ps.Orthogonal(method="cayley"), shape=(6, 6)),
     Case("orthogonal", lambda: ps.Orthogonal(), shape=(6, 3)),
     Case("orthogonal", lambda: ps.Orthogonal(method="cayley"), shape=(2, 3, 5)),
+    Case("orthogonal", lambda: ps.Orthogonal(method="thin"), shape=(9, 2)),
+    Case("orthogonal", lambda: ps.Orthogonal(), shape=(2, 3, 12)),  # "auto": thin, wide, batched
 ]
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]

@@ -24,11 +24,12 @@ from paramshape.errors import (
 )
 from paramshape.errors.report import format_scalar, format_shape, tensor_label
 from paramshape.lookup.modules import (
+    AliasIndex,
     TensorRef,
-    aliases_of,
     locate,
+    memory_span,
     paramshape_transform,
-    shares_memory,
+    spans_overlap,
     type_name,
 )
 from paramshape.lookup.patterns import is_running_statistic
@@ -81,7 +82,17 @@ def check_method(method: str, weight: float | None) -> float | None:
     return float(weight)
 
 
-def plan(root: nn.Module, dotted: str, spec: Spec, init: str, method: str, weight: float | None) -> Plan:
+def plan(
+    root: nn.Module,
+    dotted: str,
+    spec: Spec,
+    init: str,
+    method: str,
+    weight: float | None,
+    aliases: AliasIndex | None = None,
+) -> Plan:
+    """What constraining ``root.dotted`` will do, checked without changing anything. ``aliases``: the
+    index of ``root``'s tensors, built once when many tensors of one tree are planned together."""
     ref = locate(root, dotted)
     # Before the value is read: reading a tensor with a foreign parametrization runs it (and
     # spectral_norm's power iteration would advance), which a refused call must not do.
@@ -89,8 +100,9 @@ def plan(root: nn.Module, dotted: str, spec: Spec, init: str, method: str, weigh
     transform = copy.deepcopy(resolve(spec))
     with torch.no_grad():
         current = getattr(ref.owner, ref.name).detach().clone()
-    _check_tensor(ref, current, root, method)
-    transform = transform.to(device=current.device, dtype=current.dtype)
+    _check_tensor(ref, current, root, method, aliases)
+    if not _already_on(transform, current):  # .to() re-runs the bounds' checks even when a no-op
+        transform = transform.to(device=current.device, dtype=current.dtype)
     transform._bind(f"'{ref.path}' of {type_name(root)}", current)
     transform._init_policy = init  # how reset_parameters() and apply() re-initialise it
     transform.check_shape(current.shape)
@@ -117,20 +129,50 @@ def plan(root: nn.Module, dotted: str, spec: Spec, init: str, method: str, weigh
 def check_distinct(plans: list[Plan]) -> None:
     """Refuse two names for one tensor in one call: the same tensor under two paths (a reused
     submodule), or tied tensors (one Parameter, or overlapping memory) named twice, which would
-    get two conflicting constraints."""
-    for i, plan in enumerate(plans):
+    get two conflicting constraints.
+
+    Indexed by slot, object and storage pointer, so only tensors of one storage are compared
+    pairwise (comparing every pair of 1,000 tensors took seconds)."""
+    slots: dict[tuple[int, str], int] = {}
+    objects: dict[int, int] = {}
+    by_pointer: dict[int, list[tuple[int, tuple[int, int, int]]]] = {}
+    for index, plan in enumerate(plans):
         storage = plan.ref.storage()
-        for earlier in plans[:i]:
-            same_slot = earlier.ref.owner is plan.ref.owner and earlier.ref.name == plan.ref.name
-            if same_slot or shares_memory(earlier.ref.storage(), storage):
-                raise SpecError(
-                    f"'{earlier.ref.path}' and '{plan.ref.path}' name the same tensor (or tied tensors "
-                    "sharing memory); constrain it once, under one name."
-                )
+        slot = (id(plan.ref.owner), plan.ref.name)
+        span = memory_span(storage)
+        clashes = [found for found in (slots.get(slot), objects.get(id(storage))) if found is not None]
+        if span is not None:
+            clashes += [other for other, seen in by_pointer.get(span[0], ()) if spans_overlap(span, seen)]
+        if clashes:
+            earlier = plans[min(clashes)]
+            raise SpecError(
+                f"'{earlier.ref.path}' and '{plan.ref.path}' name the same tensor (or tied tensors "
+                "sharing memory); constrain it once, under one name."
+            )
+        slots[slot] = index
+        objects[id(storage)] = index
+        if span is not None:
+            by_pointer.setdefault(span[0], []).append((index, span))
 
 
 # ------------------------------------------------------------------------------------ checks
-def _check_tensor(ref: TensorRef, current: Tensor, root: nn.Module, method: str = "reparam") -> None:
+def _already_on(transform: Transform, like: Tensor) -> bool:
+    """Whether every floating tensor of ``transform`` already has ``like``'s dtype and device."""
+    return all(
+        t.dtype == like.dtype and t.device == like.device
+        for tensors in (transform.parameters(), transform.buffers())
+        for t in tensors
+        if t.is_floating_point()
+    )
+
+
+def _check_tensor(
+    ref: TensorRef,
+    current: Tensor,
+    root: nn.Module,
+    method: str = "reparam",
+    aliases: AliasIndex | None = None,
+) -> None:
     if not current.is_floating_point():
         raise UnsupportedTensorError(
             f"'{ref.path}' of {type_name(root)} has dtype {current.dtype}; only real floating "
@@ -145,7 +187,7 @@ def _check_tensor(ref: TensorRef, current: Tensor, root: nn.Module, method: str 
             "during training, and a constrained tensor is recomputed on every read, so the updates "
             "would be lost without a word. Constrain the layer's 'weight' or 'bias' instead."
         )
-    tied = aliases_of(root, ref)
+    tied = (aliases or AliasIndex(root)).aliases(ref)
     if tied:
         raise TiedTensorError(
             f"'{ref.path}' of {type_name(root)} is shared with {', '.join(repr(t) for t in tied)}. "

@@ -99,6 +99,9 @@ class Transform(nn.Module, abc.ABC):
         # An inherited kernel would silently replace the subclass's own forward.
         if "forward" in cls.__dict__ and "fusable" not in cls.__dict__:
             cls.fusable = None
+        # Likewise, inherited clamp bounds would silently replace the subclass's own projection.
+        if "project" in cls.__dict__ and "clamp_bounds" not in cls.__dict__:
+            cls.clamp_bounds = Transform.clamp_bounds  # type: ignore[method-assign]
 
     def __init__(self) -> None:
         super().__init__()
@@ -300,6 +303,24 @@ class Transform(nn.Module, abc.ABC):
             f"method='project' is not available for {type(self).__name__}: it defines no Euclidean "
             "projection (Transform.project). Use method='reparam' or method='penalty'."
         )
+
+    def clamp_bounds(self) -> tuple[Tensor | None, Tensor | None] | None:
+        r"""The bounds :math:`(l, h)` when :meth:`project` is the elementwise clamp
+        :math:`P(y) = \min(\max(y, l), h)`, ``None`` for a side without one; ``None`` (the default)
+        when the projection is anything else.
+
+        The optimizer hook of ``method="project"`` uses them to project all such tensors of a step
+        in place, with one foreach clamp per distinct bound (``torch._foreach_clamp_min_`` and
+        ``_clamp_max_``; ``_foreach_maximum_`` and ``_minimum_`` for tensor bounds) instead of a
+        :meth:`project` and a copy per tensor. A subclass that overrides :meth:`project`
+        without overriding this method gets ``None``, so its own projection runs.
+
+        Example:
+            >>> import paramshape as ps
+            >>> ps.Box(-1.0, 1.0).clamp_bounds()
+            (tensor(-1.), tensor(1.))
+        """
+        return None
 
     # ---------------------------------------------------------------- Riemannian geometry
     def riemannian_grad(self, point: Tensor, egrad: Tensor) -> Tensor:
