@@ -26,6 +26,7 @@
 import statistics
 import sys
 import time
+import warnings
 
 import matplotlib
 
@@ -85,6 +86,23 @@ def run(build) -> dict:
     model, extra = build()
     optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
     losses, largest, seconds = [], [], []
+    with warnings.catch_warnings(record=True) as caught:  # kept to show below
+        warnings.simplefilter("always", ps.SaturationWarning)
+        train(model, extra, optimizer, losses, largest, seconds)
+    weight = model.weight.detach().flatten()
+    return {
+        "weight": weight,
+        "loss": losses,
+        "largest": largest,
+        "feasible": sum(value <= 1 for value in largest) / STEPS,
+        "at bound": ((weight.abs() - 1).abs() <= 1e-3).float().mean().item(),
+        "ms": 1e3 * statistics.median(seconds),
+        "saturation": ps.saturation(model),
+        "warnings": [str(w.message) for w in caught if issubclass(w.category, ps.SaturationWarning)],
+    }
+
+
+def train(model, extra, optimizer, losses, largest, seconds) -> None:
     for _ in range(STEPS):
         start = time.perf_counter()
         optimizer.zero_grad()
@@ -95,15 +113,6 @@ def run(build) -> dict:
         seconds.append(time.perf_counter() - start)
         losses.append(loss.item())
         largest.append(model.weight.detach().abs().max().item())
-    weight = model.weight.detach().flatten()
-    return {
-        "weight": weight,
-        "loss": losses,
-        "largest": largest,
-        "feasible": sum(value <= 1 for value in largest) / STEPS,
-        "at bound": ((weight.abs() - 1).abs() <= 1e-3).float().mean().item(),
-        "ms": 1e3 * statistics.median(seconds),
-    }
 
 
 results = {name: run(build) for name, build in techniques.items()}
@@ -154,14 +163,40 @@ plt.tight_layout()
 plt.show()
 
 # %% [markdown]
+# ## Choose by where the optimum lies
+#
+# Here the best feasible weights $(1, -1, 0.5)$ put two weights **on** the bound. A smooth map
+# approaches a bound but never reaches it, and its slope vanishes on the way: the reparametrised
+# weights end *saturated* or nearly so, where a step on the stored value barely moves the value
+# (`SoftClip`, whose slope falls faster at its edge, saturates two of its three weights; `Box`
+# stops at 1-2% of its centre slope).
+# `ps.saturation(model)` measures it (values where the slope is below 1% of its largest), and
+# during training a `SaturationWarning` says so once per tensor and points to `method="project"`.
+#
+# | where the optimum lies | use | why |
+# |---|---|---|
+# | inside the set (a scale, a probability, a temperature the data pins down) | `method="reparam"` | every read feasible; unit slope in the middle, so learning rates carry over |
+# | on the boundary, or exact zeros wanted (clipping, sparse non-negative factors, a cap the data pushes against) | `method="project"` | reaches the bound exactly; trains like the hand-written clamp |
+# | nowhere in particular: a soft preference | `method="penalty"` | violations allowed, priced by the weight |
+
+# %%
+for name in ("reparam (Box)", "reparam (SoftClip)"):
+    print(name, results[name]["saturation"], sep="\n")
+    for message in results[name]["warnings"]:
+        print("warned:", message[:160], "...")
+
+# %% [markdown]
 # What the runs show:
 #
 # - **reparam** (the default of `ps.constrain`) and **project** keep every weight in the box at
 #   every step, and end near the best feasible weights $(1, -1, 0.5)$, whose loss is about 5 (the
 #   part of $y$ that weights in the box cannot fit). Projection lands exactly on the bounds and is
-#   cheap. `Box` approaches the bounds but never reaches them, ever more slowly as its slope fades:
-#   after 300 steps it is still short of them. `SoftClip` is the identity inside the box, so it moves
-#   as fast as the unconstrained model until it is within a hair of a bound.
+#   cheap. `Box` (slope 1 at the centre, like a plain weight) approaches the bounds but never
+#   reaches them, ever more slowly as its slope fades: after 300 steps it is still short of them,
+#   its slope there down to 1-2% of the centre's. `SoftClip` is the identity inside the box, so it moves
+#   as fast as the unconstrained model until it is within a hair of a bound. With the optimum on
+#   the bound, projection is the right tool; with an interior optimum reparametrisation trains as
+#   well as a plain parameter ([Strategies](../docs/strategies.md) measures six real problems).
 # - The **penalty** trades the fit against the violation: the weights leave the box and stay
 #   slightly outside. A larger weight shrinks the violation without removing it.
 # - **Output clamping** bounds the predictions, not the weights, which grow freely; and where a
@@ -189,6 +224,77 @@ for weight in (1.0, 10.0, 100.0, 1000.0):
     violations[weight] = model.weight.detach().abs().max().item() - 1
     print(f"penalty weight {weight:>6}: largest violation {violations[weight]:.5f}")
 penalized = model
+
+# %% [markdown]
+# ## Lagrange multipliers: a penalty that finds its own weight
+#
+# `method="lagrangian"` adds an augmented Lagrangian term to `ps.penalty(model)` with one multiplier
+# per weight. After every optimizer step the multipliers take a dual ascent step: they grow while a
+# weight is outside the box and stop when it is back on the bound. The fit ends on the best feasible
+# weights, where a fixed penalty of any weight stays outside; the multipliers converge to how hard
+# the loss pulls on each bound (the KKT multipliers), readable from `ps.constraint_info`.
+
+# %%
+lagrangian = ps.constrain(fresh(), "weight", ps.Box(-1, 1), method="lagrangian")
+optimizer = torch.optim.Adam(lagrangian.parameters(), lr=0.05)
+for _ in range(3 * STEPS):
+    optimizer.zero_grad()
+    ((lagrangian(x).squeeze(-1) - y).square().mean() + ps.penalty(lagrangian)).backward()
+    optimizer.step()
+lagrangian_violation = lagrangian.weight.detach().abs().max().item() - 1
+print("final weights:", [round(w, 4) for w in lagrangian.weight.detach().flatten().tolist()])
+print(f"largest violation {lagrangian_violation:.1e} (penalty, weight 1000: {violations[1000.0]:.1e})")
+print(ps.constraint_info(lagrangian)["weight"])
+print(
+    "multipliers:",
+    [round(m, 2) for m in ps.constraint_info(lagrangian)["weight"].multiplier.flatten().tolist()],
+)
+
+# %% [markdown]
+# ## Riemannian steps: stay on a manifold without a map
+#
+# For sets that are manifolds (unit vectors, orthonormal frames, covariance matrices),
+# `method="riemannian"` keeps a plain parameter on the manifold: before each step the gradient is
+# replaced by its Riemannian version, after it the step is retracted onto the manifold, and the
+# optimizer's momentum is carried along. Here an orthonormal frame of two columns learns the top
+# two principal directions of some data, with the stock Adam; `reparam` does the same through the
+# map of `Orthogonal`.
+
+# %%
+data = torch.randn(256, 6) * torch.tensor([3.0, 2.0, 1.0, 0.5, 0.3, 0.1])
+covariance_matrix = data.T @ data / 256
+best = torch.linalg.eigvalsh(covariance_matrix)[-2:].sum().item()  # top-2 explained variance
+
+
+def frame(method: str) -> tuple[nn.Module, list[float]]:
+    holder = nn.Module()
+    holder.u = nn.Parameter(torch.linalg.qr(torch.randn(6, 2)).Q)
+    ps.constrain(holder, "u", ps.Orthogonal(), method=method)
+    optimizer = torch.optim.Adam(holder.parameters(), lr=0.05)
+    explained = []
+    for _ in range(200):
+        optimizer.zero_grad()
+        loss = -torch.trace(holder.u.T @ covariance_matrix @ holder.u)
+        loss.backward()
+        optimizer.step()
+        explained.append(-loss.item() / best)
+    return holder, explained
+
+
+riemannian, riemannian_curve = frame("riemannian")
+reparam_frame, reparam_curve = frame("reparam")
+gram_error = (riemannian.u.detach().T @ riemannian.u.detach() - torch.eye(2)).abs().max().item()
+print(f"explained variance / best: riemannian {riemannian_curve[-1]:.5f}, reparam {reparam_curve[-1]:.5f}")
+print(f"|U^T U - I| after 200 riemannian steps: {gram_error:.1e}")
+
+# %% [markdown]
+# A transform whose set is not a manifold says which strategies remain:
+
+# %%
+try:
+    ps.constrain(fresh(), "weight", ps.Box(-1, 1), method="riemannian")
+except ps.ManifoldUnavailableError as error:
+    print(error)
 
 # %% [markdown]
 # ## Gradient clipping: per tensor or global
@@ -244,12 +350,19 @@ best_feasible = results["project"]["loss"][-1]
 assert 4.9 < best_feasible < 5.2
 assert results["reparam (Box)"]["weight"].abs().max() < 1  # approaches, never reaches
 assert results["reparam (Box)"]["loss"][-1] > best_feasible
+# The two weights whose optimum is on the bound: saturated under SoftClip, nearly so under Box.
+assert results["reparam (SoftClip)"]["saturation"]["weight"] == 2 / 3
+assert len(results["reparam (SoftClip)"]["warnings"]) == 1
+assert results["reparam (Box)"]["saturation"]["weight"] == 0
 assert results["reparam (SoftClip)"]["loss"][-1] < 1.001 * best_feasible
 for name in ("penalty (weight 1)", "none", "output clamp", "gradient clipping"):
     assert results[name]["feasible"] < 1, f"{name} should not keep the weights in the box"
 assert results["output clamp"]["weight"].abs().max() > 1.5
 assert violations[1000.0] < violations[100.0] < violations[10.0] < violations[1.0]
 assert violations[1000.0] > 0  # the penalty never removes the violation
+assert abs(lagrangian_violation) < 1e-4 < violations[1000.0]  # the multipliers do
+assert riemannian_curve[-1] > 0.999
+assert gram_error < 1e-5
 torch.testing.assert_close(holder.a.grad.norm(), torch.tensor(1.0))
 assert holder.b.grad.norm() < 1  # untouched by a's large gradient, unlike the global norm
 assert list(ps.constraints(model)) == ["0.weight", "2.weight", "4.weight", "4.bias"]

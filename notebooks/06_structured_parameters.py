@@ -243,6 +243,61 @@ fig.colorbar(image, ax=axes, shrink=0.8)
 plt.show()
 
 # %% [markdown]
+# ## Norm balls, spectral bounds and low rank
+#
+# Three more sets shape whole slices or matrices.
+#
+# * `ps.MaxNorm(r, dim=...)` keeps the weights into each output unit inside a ball of radius `r`
+#   (Keras's `MaxNorm`). A slice may span several dims: `dim=(1, 2, 3)` gives one ball per output
+#   channel of a `Conv2d` kernel `(out, in, kh, kw)`.
+# * `ps.SpectralBound(c)` keeps the largest singular value of a matrix at most `c`, so the layer is
+#   `c`-Lipschitz; `conv=True` bounds a convolution's operator norm, which the spectral norm of its
+#   reshaped kernel does not (it can be up to `sqrt(kh kw)` times smaller).
+# * `ps.PositiveSemidefinite(rank=r)` stores an `n x r` factor `B` and shows `B Bᵀ`: a positive
+#   semi-definite matrix of rank at most `r`, with `n r` numbers instead of `n²`.
+#
+# Below, a conv layer and a linear layer are asked to amplify their input 3-fold, more than their sets
+# allow: both end on the boundary of their set, not beyond. Then a rank-2 Gram matrix is recovered from
+# noisy entries.
+
+# %%
+images = torch.randn(64, 2, 8, 8)
+conv = nn.Conv2d(2, 4, 3, padding=1, bias=False)
+ps.constrain(conv, "weight", ps.MaxNorm(1.0, dim=(1, 2, 3)), init="sample")
+target_maps = 3 * nn.functional.avg_pool2d(images.sum(1, keepdim=True), 3, 1, 1).expand(-1, 4, -1, -1)
+channel_norms = torch.stack(
+    fit(conv, lambda: (conv(images) - target_maps).pow(2).mean(), 150, 0.05,
+        lambda: conv.weight.detach().flatten(1).norm(dim=1))
+)  # fmt: skip
+
+lipschitz = nn.Linear(5, 5, bias=False)
+ps.constrain(lipschitz, "weight", ps.SpectralBound(1.0), init="sample")
+points = torch.randn(256, 5)
+fit(lipschitz, lambda: (lipschitz(points) - 3 * points).pow(2).mean(), 200, 0.05)
+singular_values = torch.linalg.svdvals(lipschitz.weight.detach())
+
+basis = torch.randn(12, 2)
+gram_target = basis @ basis.T
+noisy = gram_target + 0.05 * torch.randn(12, 12)
+kernel = nn.Module()
+kernel.matrix = nn.Parameter(torch.zeros(12, 12))
+ps.constrain(kernel, "matrix", ps.PositiveSemidefinite(rank=2), init="sample")
+fit(kernel, lambda: (kernel.matrix - noisy).pow(2).mean(), 400, 0.05)
+kernel_eigenvalues = torch.linalg.eigvalsh(kernel.matrix.detach().double())
+print("largest channel norm of the conv kernel:", channel_norms[-1].max().item())
+print("singular values of the 1-Lipschitz layer:", singular_values)
+print("stored factor:", tuple(kernel.parametrizations.matrix.original.shape),
+      "; eigenvalues of B Bᵀ:", kernel_eigenvalues[-4:])  # fmt: skip
+
+fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+axes[0].plot(channel_norms.numpy())
+axes[0].axhline(1.0, color="red", linestyle=":")
+axes[0].set(title="MaxNorm(1, dim=(1, 2, 3)): per-channel norms", xlabel="step")
+axes[1].bar(range(12), kernel_eigenvalues.flip(0).numpy())
+axes[1].set(title="PositiveSemidefinite(rank=2): eigenvalues", xlabel="index")
+plt.show()
+
+# %% [markdown]
 # ## Check
 
 # %%
@@ -258,4 +313,11 @@ assert bool((alignment > 0.95).all())
 assert torch.allclose(torch.diagonal(fitted_corr), torch.ones(3), atol=1e-5)
 assert torch.allclose(fitted_corr, sample_corr, atol=0.02)
 assert torch.allclose(correlated.scale.detach(), true_sd, rtol=0.05)
+assert bool((channel_norms <= 1.0 + 1e-5).all()), "a conv channel left its ball"
+assert channel_norms[-1].min() > 0.9, "the loss pushes every channel to its sphere"
+assert singular_values.max() <= 1.0 + 1e-5
+assert singular_values.min() > 0.9, "every direction is pushed towards the bound"
+assert kernel.parametrizations.matrix.original.shape == (12, 2)
+assert kernel_eigenvalues[:-2].abs().max() < 1e-4, "rank at most 2"
+assert torch.allclose(kernel.matrix.detach(), gram_target, atol=0.1)
 print("all checks passed")

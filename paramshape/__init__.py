@@ -22,6 +22,7 @@ from paramshape.errors import (
     ParamshapeWarning,
     ProjectionUnavailableError,
     RegistryError,
+    SaturationWarning,
     ShapeMismatchError,
     SpecError,
     SpecTypeError,
@@ -38,6 +39,7 @@ from paramshape.outputs.layers import BoundedReLU, HardClamp, TemperatureSoftmax
 from paramshape.spec.compose import Compose
 from paramshape.spec.resolve import Spec, register, resolve
 from paramshape.strategies.methods import ConstraintInfo, penalty, project_
+from paramshape.strategies.saturation import SaturationReport, saturation, set_saturation_warning
 from paramshape.training.functional import functional_params
 from paramshape.training.grad import clip_grad
 from paramshape.training.init import init_
@@ -50,8 +52,12 @@ from paramshape.transforms.elementwise.softclip import SoftClip
 from paramshape.transforms.matrix.cholesky import LowerCholesky, PositiveDefinite
 from paramshape.transforms.matrix.correlation import CorrCholesky, CorrMatrix
 from paramshape.transforms.matrix.orthogonal import Orthogonal
+from paramshape.transforms.matrix.rank import PositiveSemidefinite
+from paramshape.transforms.matrix.skew import SkewSymmetric
+from paramshape.transforms.matrix.spectral import SpectralBound
 from paramshape.transforms.matrix.symmetric import Symmetric
 from paramshape.transforms.registry import available
+from paramshape.transforms.vector.norms import MaxNorm, MinMaxNorm
 from paramshape.transforms.vector.ordered import Ordered, PositiveOrdered
 from paramshape.transforms.vector.simplex import Simplex
 from paramshape.transforms.vector.sphere import UnitNorm
@@ -77,6 +83,8 @@ __all__ = [
     "InitPolicy",
     "LessThan",
     "LowerCholesky",
+    "MaxNorm",
+    "MinMaxNorm",
     "NotAModuleError",
     "Ordered",
     "Orthogonal",
@@ -85,14 +93,19 @@ __all__ = [
     "Positive",
     "PositiveDefinite",
     "PositiveOrdered",
+    "PositiveSemidefinite",
     "ManifoldUnavailableError",
     "ProjectionUnavailableError",
     "RegistryError",
+    "SaturationReport",
+    "SaturationWarning",
     "ShapeMismatchError",
     "Simplex",
+    "SkewSymmetric",
     "SoftClip",
     "Spec",
     "SpecError",
+    "SpectralBound",
     "SpecTypeError",
     "SumToZero",
     "Symmetric",
@@ -121,7 +134,9 @@ __all__ = [
     "project_",
     "register",
     "resolve",
+    "saturation",
     "set_fusion",
+    "set_saturation_warning",
     "testing",
     "unconstrain",
     "__version__",

@@ -112,40 +112,46 @@ def _jitter(dtype: torch.dtype, size: int) -> float:
 
 # ------------------------------------------------------------------------------ elementwise
 def box(transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor:
-    """l + (h - l) sigma(x); one-sided (softplus) where a bound is infinite; identity if both are."""
+    """c + r tanh(a x / r) (centre c, half-width r, slope a); one-sided, l + s softplus(a x / s)
+    (softness s = 1/4), where a bound is infinite; a x if both are."""
     low, high = torch.broadcast_tensors(_bound(transform, "low"), _bound(transform, "high"))
     low, high, x = torch.broadcast_tensors(low, high, x)
     finite_low, finite_high = torch.isfinite(low), torch.isfinite(high)
-    lo, hi = torch.where(finite_low, low, 0.0), torch.where(finite_high, high, 0.0)
-    both = lo + (hi - lo) * _sigmoid(x)
-    above = lo + _above(x, "softplus", dtype)
-    below = hi - _above(-x, "softplus", dtype)
+    lo, hi = torch.where(finite_low, low, 0.0), torch.where(finite_high, high, 1.0)
+    a = transform.slope
+    centre, radius = (lo + hi) / 2, (hi - lo) / 2
+    both = centre + radius * torch.tanh(a * x / radius)
+    above = lo + _above(a * x, "softplus", dtype)
+    below = hi - _above(-a * x, "softplus", dtype)
     y = torch.where(
-        finite_low & finite_high, both, torch.where(finite_low, above, torch.where(finite_high, below, x))
+        finite_low & finite_high, both, torch.where(finite_low, above, torch.where(finite_high, below, a * x))
     )
     return _cap(y, dtype)
 
 
 def box_inverse(transform: object, y: Tensor, dtype: torch.dtype = F64) -> Tensor:
+    """r atanh((y - c) / r) / a, written as (log(y - l) - log(h - y)) r / (2a) so that it is exact
+    near either bound."""
     low, high = torch.broadcast_tensors(_bound(transform, "low"), _bound(transform, "high"))
     low, high, y = torch.broadcast_tensors(low, high, y)
     finite_low, finite_high = torch.isfinite(low), torch.isfinite(high)
-    lo, hi = torch.where(finite_low, low, 0.0), torch.where(finite_high, high, 0.0)
-    both = torch.log(y - lo) - torch.log(hi - y)
-    above = _softplus_inverse(y - lo)
-    below = -_softplus_inverse(hi - y)
+    lo, hi = torch.where(finite_low, low, 0.0), torch.where(finite_high, high, 1.0)
+    a = transform.slope
+    both = (torch.log(y - lo) - torch.log(hi - y)) * (hi - lo) / (4 * a)
+    above = _above_inverse(y - lo, "softplus") / a
+    below = -_above_inverse(hi - y, "softplus") / a
     return torch.where(
-        finite_low & finite_high, both, torch.where(finite_low, above, torch.where(finite_high, below, y))
+        finite_low & finite_high, both, torch.where(finite_low, above, torch.where(finite_high, below, y / a))
     )
 
 
 def unit_interval(transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor:
-    """sigma(x)."""
-    return _sigmoid(x)
+    """(1 + tanh(2 a x)) / 2 = sigma(4 a x)."""
+    return (1 + torch.tanh(2 * transform.slope * x)) / 2
 
 
 def unit_interval_inverse(transform: object, y: Tensor, dtype: torch.dtype = F64) -> Tensor:
-    return torch.log(y) - torch.log1p(-y)
+    return (torch.log(y) - torch.log1p(-y)) / (4 * transform.slope)
 
 
 def _exp_capped(x: Tensor, dtype: torch.dtype) -> Tensor:
@@ -156,41 +162,45 @@ def _exp_capped(x: Tensor, dtype: torch.dtype) -> Tensor:
     return torch.exp(x.clamp_max(cap))
 
 
-def _above(x: Tensor, method: str, dtype: torch.dtype) -> Tensor:
-    """softplus(x) or e^x, floored at the dtype's smallest normal number, capped at its largest."""
-    grown = _softplus(x) if method == "softplus" else _exp_capped(x, dtype)
+#: The one-sided maps' default softness (docs: GreaterThan): s softplus(x / s).
+SOFTNESS = 0.25
+
+
+def _above(x: Tensor, method: str, dtype: torch.dtype, softness: float = SOFTNESS) -> Tensor:
+    """s softplus(x / s) or e^x, floored at the dtype's smallest normal number, capped at its largest."""
+    grown = softness * _softplus(x / softness) if method == "softplus" else _exp_capped(x, dtype)
     return _cap(grown.clamp_min(_tiny(dtype)), dtype)
 
 
-def _above_inverse(d: Tensor, method: str) -> Tensor:
-    return _softplus_inverse(d) if method == "softplus" else torch.log(d)
+def _above_inverse(d: Tensor, method: str, softness: float = SOFTNESS) -> Tensor:
+    return softness * _softplus_inverse(d / softness) if method == "softplus" else torch.log(d)
 
 
 def positive(transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor:
-    """max(softplus(x), t) (or e^x floored at t), t the smallest normal number of the dtype."""
-    return _above(x, transform.method, dtype)
+    """max(s softplus(x / s), t) (or e^x floored at t), t the smallest normal number of the dtype."""
+    return _above(x, transform.method, dtype, transform.softness)
 
 
 def positive_inverse(transform: object, y: Tensor, dtype: torch.dtype = F64) -> Tensor:
-    return _above_inverse(y, transform.method)
+    return _above_inverse(y, transform.method, transform.softness)
 
 
 def greater_than(transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor:
-    """l + softplus(x) (l + e^x with method="exp"), capped at the dtype's largest number."""
-    return _cap(_bound(transform, "low") + _above(x, transform.method, dtype), dtype)
+    """l + s softplus(x / s) (l + e^x with method="exp"), capped at the dtype's largest number."""
+    return _cap(_bound(transform, "low") + _above(x, transform.method, dtype, transform.softness), dtype)
 
 
 def greater_than_inverse(transform: object, y: Tensor, dtype: torch.dtype = F64) -> Tensor:
-    return _above_inverse(y - _bound(transform, "low"), transform.method)
+    return _above_inverse(y - _bound(transform, "low"), transform.method, transform.softness)
 
 
 def less_than(transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor:
-    """h - softplus(-x) (h - e^-x with method="exp")."""
-    return _cap(_bound(transform, "high") - _above(-x, transform.method, dtype), dtype)
+    """h - s softplus(-x / s) (h - e^-x with method="exp")."""
+    return _cap(_bound(transform, "high") - _above(-x, transform.method, dtype, transform.softness), dtype)
 
 
 def less_than_inverse(transform: object, y: Tensor, dtype: torch.dtype = F64) -> Tensor:
-    return -_above_inverse(_bound(transform, "high") - y, transform.method)
+    return -_above_inverse(_bound(transform, "high") - y, transform.method, transform.softness)
 
 
 def soft_clip(transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor:
@@ -299,7 +309,92 @@ def unit_norm_inverse(transform: object, y: Tensor, dtype: torch.dtype = F64) ->
     return y.clone()
 
 
+def _norm_dims(transform: object, ndim: int) -> tuple[int, ...]:
+    dims = transform.dim if isinstance(transform.dim, tuple) else (transform.dim,)
+    return tuple(sorted(d % ndim for d in dims))
+
+
+def _radial(x: Tensor, dims: tuple[int, ...], low: float, high: float) -> Tensor:
+    """x / ||x|| (low + w tanh(||x|| / w)), w = high - low; 0 maps to 0 for a ball and to
+    low (1, ..., 1) / sqrt(K) for a shell (docs: MaxNorm and MinMaxNorm)."""
+    norm = torch.linalg.vector_norm(x, dim=dims, keepdim=True)
+    width = high - low
+    safe = torch.where(norm > 0, norm, 1.0)
+    value = x / safe * (low + width * torch.tanh(norm / width))
+    size = math.prod(x.shape[d] for d in dims)
+    return torch.where(norm > 0, value, low / math.sqrt(size))
+
+
+def _radial_inverse(y: Tensor, dims: tuple[int, ...], low: float, high: float, dtype: torch.dtype) -> Tensor:
+    """y / ||y|| w artanh((||y|| - low) / w), the fraction at most 1 - eps / 2 of the compute dtype
+    (docs: the inverse of a value on the outer sphere steps half an ulp inside it)."""
+    norm = torch.linalg.vector_norm(y, dim=dims, keepdim=True)
+    width = high - low
+    safe = torch.where(norm > 0, norm, 1.0)
+    fraction = ((norm - low) / width).clamp_max(1 - _compute_eps(dtype) / 2)
+    return torch.where(norm > 0, y / safe * width * torch.atanh(fraction), 0.0)
+
+
+def max_norm(transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor:
+    """x / ||x|| r tanh(||x|| / r) per slice over dim."""
+    return _radial(x, _norm_dims(transform, x.dim()), 0.0, transform.max_value)
+
+
+def max_norm_inverse(transform: object, y: Tensor, dtype: torch.dtype = F64) -> Tensor:
+    return _radial_inverse(y, _norm_dims(transform, y.dim()), 0.0, transform.max_value, dtype)
+
+
+def min_max_norm(transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor:
+    """x / ||x|| (a + (b - a) tanh(||x|| / (b - a))) per slice over dim."""
+    return _radial(x, _norm_dims(transform, x.dim()), transform.min_value, transform.max_value)
+
+
+def min_max_norm_inverse(transform: object, y: Tensor, dtype: torch.dtype = F64) -> Tensor:
+    return _radial_inverse(y, _norm_dims(transform, y.dim()), transform.min_value, transform.max_value, dtype)
+
+
 # ---------------------------------------------------------------------------------- matrices
+def skew_symmetric(transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor:
+    """tril(x, -1) - tril(x, -1)^T."""
+    return x.tril(-1) - x.tril(-1).mT
+
+
+def skew_symmetric_inverse(transform: object, y: Tensor, dtype: torch.dtype = F64) -> Tensor:
+    return ((y - y.mT) / 2).tril(-1)
+
+
+def positive_semidefinite(transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor:
+    """B B^T with B = tril(x) (or x, n x r, with a rank), B scaled down where its longest squared
+    row would exceed min(max / 4, sqrt(max of the compute dtype)) (as PositiveDefinite)."""
+    factor = x.tril() if transform.rank is None else x
+    limit = min(torch.finfo(dtype).max / 4, torch.finfo(_compute(dtype)).max ** 0.5)
+    longest = (factor * factor).sum(-1).amax(-1)[..., None, None]
+    factor = factor * (limit / longest.clamp_min(limit)).sqrt()
+    return factor @ factor.mT
+
+
+def spectral_bound(transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor:
+    """X c tanh(sigma / c) / sigma, sigma the largest singular value (here the square root of the
+    largest eigenvalue of X^T X); with conv=True, of the kernel flattened to (out, in * prod(k)) and
+    c / sqrt(prod(k))."""
+    matrices = x.flatten(1) if transform.conv else x
+    bound = transform.bound / math.sqrt(math.prod(x.shape[2:])) if transform.conv else transform.bound
+    sigma = torch.linalg.eigvalsh(matrices.mT @ matrices)[..., -1:].clamp_min(0.0).sqrt()[..., None]
+    safe = torch.where(sigma > 0, sigma, 1.0)
+    value = torch.where(sigma > 0, matrices * bound * torch.tanh(sigma / bound) / safe, matrices)
+    return value.reshape(x.shape)
+
+
+def spectral_bound_inverse(transform: object, y: Tensor, dtype: torch.dtype = F64) -> Tensor:
+    matrices = y.flatten(1) if transform.conv else y
+    bound = transform.bound / math.sqrt(math.prod(y.shape[2:])) if transform.conv else transform.bound
+    sigma = torch.linalg.eigvalsh(matrices.mT @ matrices)[..., -1:].clamp_min(0.0).sqrt()[..., None]
+    safe = torch.where(sigma > 0, sigma, 1.0)
+    fraction = (sigma / bound).clamp_max(1 - _compute_eps(dtype) / 2)  # half an ulp inside the bound
+    value = torch.where(sigma > 0, matrices * bound * torch.atanh(fraction) / safe, matrices)
+    return value.reshape(y.shape)
+
+
 def symmetric(transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor:
     """tril(x) + tril(x, -1)^T."""
     return x.tril() + x.tril(-1).mT
@@ -436,12 +531,19 @@ REFERENCES: dict[str, Reference] = {
     "greater_than": Reference(greater_than, greater_than_inverse),
     "less_than": Reference(less_than, less_than_inverse),
     "lower_cholesky": Reference(lower_cholesky, lower_cholesky_inverse),
+    "max_norm": Reference(max_norm, max_norm_inverse),
+    "min_max_norm": Reference(min_max_norm, min_max_norm_inverse),
     "ordered": Reference(ordered, ordered_inverse),
     # The inverse sets the base to the value and stores zeros: no closed form to compare with.
     "orthogonal": Reference(orthogonal, None, orthogonal_condition),
     "positive": Reference(positive, positive_inverse),
     "positive_definite": Reference(positive_definite, positive_definite_inverse),
     "positive_ordered": Reference(positive_ordered, positive_ordered_inverse),
+    # The stored factor is defined up to rotation (and, for a singular value, a Cholesky factor is
+    # not unique): no closed-form inverse to compare with; the contract checks the round trip.
+    "positive_semidefinite": Reference(positive_semidefinite, None),
+    "skew_symmetric": Reference(skew_symmetric, skew_symmetric_inverse),
+    "spectral_bound": Reference(spectral_bound, spectral_bound_inverse),
     "simplex": Reference(simplex, simplex_inverse),
     "soft_clip": Reference(soft_clip, soft_clip_inverse),
     "sum_to_zero": Reference(sum_to_zero, sum_to_zero_inverse),

@@ -153,7 +153,8 @@ def check_checkpoint(root: nn.Module, state_dict: Mapping[str, Any], prefix: str
     """Check every value ``state_dict`` would write into a paramshape-constrained tensor under
     ``root``, before anything is written: plain keys (through the set, as an assignment),
     stored unconstrained keys (finite, right shape), the transforms' settings (bounds), and
-    ``method="project"`` tensors (in the set) or ``"penalty"`` ones (finite).
+    ``method="project"`` and ``"riemannian"`` tensors (in the set) or ``"penalty"`` and
+    ``"lagrangian"`` ones (finite).
 
     Raises:
         InfeasibleValueError: a value outside the set, or NaN/infinite.
@@ -196,7 +197,7 @@ def check_checkpoint(root: nn.Module, state_dict: Mapping[str, Any], prefix: str
             if value is None:
                 continue
             transform = entry.transform_for(tensor)
-            if entry.method == "project":
+            if entry.method in ("project", "riemannian"):  # kept in the set after every step
                 with _labelled(transform, f"'{key}' of {type_name(root)}"):
                     transform.validate(value, hint=_CHECKPOINT_HINT.format(key=key) + " Nothing was loaded.")
             elif not bool(torch.isfinite(value).all()):

@@ -298,7 +298,7 @@ def _initial_value(
 def _dry_run(transform: Transform, value: Tensor, current: Tensor, value_is_raw: bool) -> None:
     """Run the inverse and forward once, outside the module, so a broken transform fails here
     (with a clear message) instead of half-way through the registration."""
-    scale = _bound_scale(transform)
+    scale = _stored_scale(transform, value)
     # An elementwise transform runs a block of rows at a time (Transform._row_blocks), so the check
     # costs a few MB beyond the tensor instead of several copies of it; others run on the whole.
     for start, part, block in transform._row_blocks(value):
@@ -317,9 +317,12 @@ def _dry_run(transform: Transform, value: Tensor, current: Tensor, value_is_raw:
         del raw, constrained
 
 
-def _bound_scale(transform: Transform) -> float:
-    """The largest finite magnitude among the transform's floating settings (0 without any)."""
-    return max(
+def _stored_scale(transform: Transform, value: Tensor) -> float:
+    """The scale of the round-trip tolerance: the largest finite magnitude among the transform's
+    floating settings and the value's entries. Vector and matrix sets move a value relative to its
+    slice (ties of Ordered are pulled apart), so the tensor's own largest magnitude is part of it;
+    taken over the whole tensor once, so a blockwise check has the same tolerance."""
+    bound = max(
         (
             float(b.detach().abs().nan_to_num(posinf=0.0, neginf=0.0).max())
             for b in transform.buffers()
@@ -327,6 +330,8 @@ def _bound_scale(transform: Transform) -> float:
         ),
         default=0.0,
     )
+    own = float(value.detach().abs().nan_to_num(posinf=0.0, neginf=0.0).max()) if value.numel() else 0.0
+    return max(bound, own)
 
 
 def _check_stored_values(
@@ -346,10 +351,12 @@ def _check_stored_values(
     if value is None:
         return
     eps = torch.finfo(value.dtype).eps
-    scale = _bound_scale(transform) if scale is None else scale
+    scale = _stored_scale(transform, value) if scale is None else scale
     error = (constrained - value).abs_()
-    allowed = value.abs().add_(scale).mul_(math.sqrt(eps)).clamp_min_(torch.finfo(value.dtype).tiny)
-    excess = error - allowed
+    # At least two smallest normals: a value on a boundary at zero is stored one step inside, and
+    # Positive's floor is the smallest normal itself (plus the rounding of its map there).
+    allowed = value.abs().add_(scale).mul_(math.sqrt(eps)).clamp_min_(2 * torch.finfo(value.dtype).tiny)
+    excess = error.sub_(allowed)  # in place: the check costs two temporaries of the tensor's size
     if bool((excess > 0).any()):
         worst = int(torch.argmax(excess.reshape(-1)))
         raise TransformError(

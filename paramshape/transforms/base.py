@@ -125,7 +125,7 @@ class Transform(nn.Module, abc.ABC):
     def _apply(self, fn: Any, recurse: bool = True) -> Transform:
         like = getattr(self, "_value_like", None)
         converted = fn(like) if like is not None else None
-        result = super()._apply(fn, recurse)
+        result: Transform = super()._apply(fn, recurse)
         if converted is not None:
             self._value_like = converted
         return result
@@ -689,7 +689,8 @@ def coerce_value(
             )
         # A copy, not a stride-0 view: the stored tensor may end up sharing the inverse's result.
         value = value.expand(shape).clone()
-    return value
+    checked: Tensor = value
+    return checked
 
 
 def _array_like(value: Any) -> bool:

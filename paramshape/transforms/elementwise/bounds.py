@@ -254,7 +254,7 @@ class BoundedTransform(Transform):
                     )
         return converted, source
 
-    def _apply(self, fn: Any, recurse: bool = True) -> BoundedTransform:
+    def _apply(self, fn: Any, recurse: bool = True) -> Transform:
         # Convert copies first and check them, so a failing .half() leaves the bounds untouched
         # (instead of infinite bounds with a stale layout, which would make every value NaN).
         current = self._bounds()
