@@ -82,7 +82,8 @@ def test_every_section_reports(results, capsys):
     assert math.isfinite(results["orthogonal"]["step_s"])
     assert results["machine"]["cpu"]
     for row in results["small"] + results["sweep"]:
-        assert math.isfinite(row["ratio"]) and math.isfinite(row["ms"])
+        assert math.isfinite(row["ratio"])
+        assert math.isfinite(row["ms"])
     # Ratios are taken against a baseline timed in the same rounds: the baseline's own is exactly 1
     # (the median of t / t), one per size and pass (or batch); the others are finite numbers.
     for section, baseline, key in (

@@ -68,7 +68,11 @@ def _attach(ref: TensorRef, transform: Transform, target: Tensor, raw: Tensor | 
             storage = ref.storage()
             non_persistent = ref.name in ref.owner._non_persistent_buffers_set
             storage.copy_(target)
-            parametrize.register_parametrization(ref.owner, ref.name, transform, unsafe=reshapes)
+            # unsafe=True skips parametrize's own consistency check, a forward of the whole tensor
+            # (one more copy at the peak): the dry run checked shape and dtype, and every later
+            # assignment is held to the shape by Transform.admit.
+            parametrize.register_parametrization(ref.owner, ref.name, transform, unsafe=True)
+            ref.owner.parametrizations[ref.name].unsafe = reshapes
             fast_read(ref.owner, ref.name)
             if non_persistent:
                 # parametrize re-registers the buffer as a persistent 'original'; a buffer the

@@ -99,7 +99,9 @@ def plan(
     _check_foreign(ref, root)
     transform = copy.deepcopy(resolve(spec))
     with torch.no_grad():
-        current = getattr(ref.owner, ref.name).detach().clone()
+        # No copy: the plan only reads the values (the rollback keeps its own backup), and a copy
+        # of a large tensor is one more tensor at the peak of constrain.
+        current = getattr(ref.owner, ref.name).detach()
     _check_tensor(ref, current, root, method, aliases)
     if not _already_on(transform, current):  # .to() re-runs the bounds' checks even when a no-op
         transform = transform.to(device=current.device, dtype=current.dtype)
@@ -330,27 +332,53 @@ def _initial_value(
                     f"{transform._target}: init='raw' needs finite values, but {bad} of "
                     f"{current.numel()} are NaN or infinite."
                 )
-            return transform(current), current, None
+            # A copy: ``current`` is the tensor's own storage, which the value overwrites first.
+            return transform(current), current.clone(), None
         return transform.sample(current.shape, dtype=current.dtype, device=current.device), None, None
 
 
 def _dry_run(transform: Transform, value: Tensor, current: Tensor, value_is_raw: bool) -> None:
     """Run the inverse and forward once, outside the module, so a broken transform fails here
     (with a clear message) instead of half-way through the registration."""
-    try:
-        with torch.no_grad():
-            raw = value if value_is_raw else transform.inverse(value)
-            constrained = transform(raw)
-    except AttributeError as error:
-        raise TransformError(f"{transform!r} failed while computing: {error}") from error
-    _check_output(transform, "inverse", raw, transform.inverse_shape(current.shape), current.dtype)
-    _check_output(transform, "forward", constrained, current.shape, current.dtype)
-    if not bool(torch.isfinite(raw).all()):
-        raise TransformError(f"{transform!r}.inverse returned non-finite values for a value in its set.")
-    _check_stored_values(transform, constrained, None if value_is_raw else value)
+    scale = _stored_scale(transform, value)
+    # An elementwise transform runs a block of rows at a time (Transform._row_blocks), so the check
+    # costs a few MB beyond the tensor instead of several copies of it; others run on the whole.
+    for start, part, block in transform._row_blocks(value):
+        shape = current.shape if start is None else part.shape
+        try:
+            with torch.no_grad():
+                raw = part if value_is_raw else block.inverse(part)
+                constrained = block(raw)
+        except AttributeError as error:
+            raise TransformError(f"{transform!r} failed while computing: {error}") from error
+        _check_output(transform, "inverse", raw, transform.inverse_shape(shape), current.dtype)
+        _check_output(transform, "forward", constrained, shape, current.dtype)
+        if not bool(torch.isfinite(raw).all()):
+            raise TransformError(f"{transform!r}.inverse returned non-finite values for a value in its set.")
+        _check_stored_values(transform, constrained, None if value_is_raw else part, scale)
+        del raw, constrained
 
 
-def _check_stored_values(transform: Transform, constrained: Tensor, value: Tensor | None) -> None:
+def _stored_scale(transform: Transform, value: Tensor) -> float:
+    """The scale of the round-trip tolerance: the largest finite magnitude among the transform's
+    floating settings and the value's entries. Vector and matrix sets move a value relative to its
+    slice (ties of Ordered are pulled apart), so the tensor's own largest magnitude is part of it;
+    taken over the whole tensor once, so a blockwise check has the same tolerance."""
+    bound = max(
+        (
+            float(b.detach().abs().nan_to_num(posinf=0.0, neginf=0.0).max())
+            for b in transform.buffers()
+            if b.is_floating_point() and b.numel()
+        ),
+        default=0.0,
+    )
+    own = float(value.detach().abs().nan_to_num(posinf=0.0, neginf=0.0).max()) if value.numel() else 0.0
+    return max(bound, own)
+
+
+def _check_stored_values(
+    transform: Transform, constrained: Tensor, value: Tensor | None, scale: float | None = None
+) -> None:
     """What the module will read after registration, checked on the values actually stored (not only
     on the transform's registration probes): finite and, when a value was given, equal
     to it up to the round trip's rounding, ``sqrt(eps)`` of the value's and the bounds' scale."""
@@ -365,19 +393,7 @@ def _check_stored_values(transform: Transform, constrained: Tensor, value: Tenso
     if value is None:
         return
     eps = torch.finfo(value.dtype).eps
-    scale = max(
-        (
-            float(b.detach().abs().nan_to_num(posinf=0.0, neginf=0.0).max())
-            for b in transform.buffers()
-            if b.is_floating_point() and b.numel()
-        ),
-        default=0.0,
-    )
-    # Vector and matrix sets move a value relative to its slice (ties of Ordered are pulled apart),
-    # so the tensor's own largest magnitude is part of the scale too.
-    scale = max(
-        scale, float(value.detach().abs().nan_to_num(posinf=0.0, neginf=0.0).max()) if value.numel() else 0.0
-    )
+    scale = _stored_scale(transform, value) if scale is None else scale
     error = (constrained - value).abs_()
     # At least two smallest normals: a value on a boundary at zero is stored one step inside, and
     # Positive's floor is the smallest normal itself (plus the rounding of its map there).

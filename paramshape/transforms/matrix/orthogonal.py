@@ -8,7 +8,8 @@ import torch
 from torch import Tensor
 from torch.distributions import constraints
 
-from paramshape.errors import SpecError
+from paramshape.errors import ShapeMismatchError, SpecError
+from paramshape.errors.report import format_shape
 from paramshape.numerics.precision import compute_dtype
 from paramshape.transforms.matrix.base import (
     MatrixSet,
@@ -246,7 +247,20 @@ class Orthogonal(MatrixTransform):
             tall = torch.cat([tall, complement], -1)
         # A copy: parametrize passes the Parameter itself, whose storage it then overwrites.
         self.base = tall.detach().to(dtype=y.dtype, device=y.device, copy=True)
+        self.__dict__.pop("_shapes_checked", None)  # the shapes the map accepts follow the base
         return torch.zeros_like(y)
+
+    def check_shape(self, shape: torch.Size) -> None:
+        super().check_shape(shape)
+        base = self.base
+        if base.numel() and len(shape) >= 2:
+            side = max(shape[-2], shape[-1])
+            if base.shape[-1] != side or base.shape[:-2] != shape[:-2]:
+                raise ShapeMismatchError(
+                    f"{self!r}: its base was set by an inverse of a value whose matrices are "
+                    f"{format_shape(base.shape)} (completed to square), which does not fit a tensor "
+                    f"of shape {format_shape(shape)}; use one Orthogonal per tensor shape."
+                )
 
     @property
     def codomain(self) -> constraints.Constraint:
@@ -288,6 +302,23 @@ class Orthogonal(MatrixTransform):
 
     def extra_repr(self) -> str:
         return "" if self.method == "auto" else f"method={self.method!r}"
+
+    def _apply(self, fn: Any, recurse: bool = True) -> Orthogonal:
+        before = self.base.dtype
+        result = super()._apply(fn, recurse)
+        base = self.base
+        if (
+            base.numel()
+            and base.device.type != "meta"
+            and base.is_floating_point()
+            and torch.finfo(base.dtype).eps < torch.finfo(before).eps
+        ):
+            # Moved to a finer dtype, the base holds the old dtype's rounding and is orthogonal only
+            # to that precision (1e-7 after float32 -> float64), which the finer tolerance refuses.
+            # Two Newton-Schulz steps in float64 square the deviation twice: a change within the
+            # old rounding, and orthogonal to the new precision (a move rounds, never changes the map).
+            self.base = _newton_schulz(_newton_schulz(base.double())).to(base.dtype)
+        return result
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
         # The base's shape is that of the value last assigned; a fresh transform has an empty one.
