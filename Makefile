@@ -50,4 +50,4 @@ test: lint
 	$(MAKE) site-check
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis site build dist
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .hypothesis site build dist

@@ -37,6 +37,7 @@ import json
 import platform
 import statistics
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +49,10 @@ from torch import Tensor, nn
 import paramshape as ps
 
 try:
-    import geoopt
+    with warnings.catch_warnings():
+        # geoopt 0.5 scripts functions with torch.jit.script, which torch 2.13 deprecates.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import geoopt
 except ImportError:  # the peer rows are skipped
     geoopt = None
 

@@ -191,6 +191,77 @@ for weight in (1.0, 10.0, 100.0, 1000.0):
 penalized = model
 
 # %% [markdown]
+# ## Lagrange multipliers: a penalty that finds its own weight
+#
+# `method="lagrangian"` adds an augmented Lagrangian term to `ps.penalty(model)` with one multiplier
+# per weight. After every optimizer step the multipliers take a dual ascent step: they grow while a
+# weight is outside the box and stop when it is back on the bound. The fit ends on the best feasible
+# weights, where a fixed penalty of any weight stays outside; the multipliers converge to how hard
+# the loss pulls on each bound (the KKT multipliers), readable from `ps.constraint_info`.
+
+# %%
+lagrangian = ps.constrain(fresh(), "weight", ps.Box(-1, 1), method="lagrangian")
+optimizer = torch.optim.Adam(lagrangian.parameters(), lr=0.05)
+for _ in range(3 * STEPS):
+    optimizer.zero_grad()
+    ((lagrangian(x).squeeze(-1) - y).square().mean() + ps.penalty(lagrangian)).backward()
+    optimizer.step()
+lagrangian_violation = lagrangian.weight.detach().abs().max().item() - 1
+print("final weights:", [round(w, 4) for w in lagrangian.weight.detach().flatten().tolist()])
+print(f"largest violation {lagrangian_violation:.1e} (penalty, weight 1000: {violations[1000.0]:.1e})")
+print(ps.constraint_info(lagrangian)["weight"])
+print(
+    "multipliers:",
+    [round(m, 2) for m in ps.constraint_info(lagrangian)["weight"].multiplier.flatten().tolist()],
+)
+
+# %% [markdown]
+# ## Riemannian steps: stay on a manifold without a map
+#
+# For sets that are manifolds (unit vectors, orthonormal frames, covariance matrices),
+# `method="riemannian"` keeps a plain parameter on the manifold: before each step the gradient is
+# replaced by its Riemannian version, after it the step is retracted onto the manifold, and the
+# optimizer's momentum is carried along. Here an orthonormal frame of two columns learns the top
+# two principal directions of some data, with the stock Adam; `reparam` does the same through the
+# map of `Orthogonal`.
+
+# %%
+data = torch.randn(256, 6) * torch.tensor([3.0, 2.0, 1.0, 0.5, 0.3, 0.1])
+covariance_matrix = data.T @ data / 256
+best = torch.linalg.eigvalsh(covariance_matrix)[-2:].sum().item()  # top-2 explained variance
+
+
+def frame(method: str) -> tuple[nn.Module, list[float]]:
+    holder = nn.Module()
+    holder.u = nn.Parameter(torch.linalg.qr(torch.randn(6, 2)).Q)
+    ps.constrain(holder, "u", ps.Orthogonal(), method=method)
+    optimizer = torch.optim.Adam(holder.parameters(), lr=0.05)
+    explained = []
+    for _ in range(200):
+        optimizer.zero_grad()
+        loss = -torch.trace(holder.u.T @ covariance_matrix @ holder.u)
+        loss.backward()
+        optimizer.step()
+        explained.append(-loss.item() / best)
+    return holder, explained
+
+
+riemannian, riemannian_curve = frame("riemannian")
+reparam_frame, reparam_curve = frame("reparam")
+gram_error = (riemannian.u.detach().T @ riemannian.u.detach() - torch.eye(2)).abs().max().item()
+print(f"explained variance / best: riemannian {riemannian_curve[-1]:.5f}, reparam {reparam_curve[-1]:.5f}")
+print(f"|U^T U - I| after 200 riemannian steps: {gram_error:.1e}")
+
+# %% [markdown]
+# A transform whose set is not a manifold says which strategies remain:
+
+# %%
+try:
+    ps.constrain(fresh(), "weight", ps.Box(-1, 1), method="riemannian")
+except ps.ManifoldUnavailableError as error:
+    print(error)
+
+# %% [markdown]
 # ## Gradient clipping: per tensor or global
 #
 # `torch.nn.utils.clip_grad_norm_(params, c)` takes **one** norm over all the tensors it is given,
@@ -250,6 +321,9 @@ for name in ("penalty (weight 1)", "none", "output clamp", "gradient clipping"):
 assert results["output clamp"]["weight"].abs().max() > 1.5
 assert violations[1000.0] < violations[100.0] < violations[10.0] < violations[1.0]
 assert violations[1000.0] > 0  # the penalty never removes the violation
+assert abs(lagrangian_violation) < 1e-4 < violations[1000.0]  # the multipliers do
+assert riemannian_curve[-1] > 0.999
+assert gram_error < 1e-5
 torch.testing.assert_close(holder.a.grad.norm(), torch.tensor(1.0))
 assert holder.b.grad.norm() < 1  # untouched by a's large gradient, unlike the global norm
 assert list(ps.constraints(model)) == ["0.weight", "2.weight", "4.weight", "4.bias"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -20,12 +21,24 @@ def build_model() -> nn.Module:
     return model
 
 
+def build_strategies_model() -> nn.Module:
+    """The Riemannian and Lagrangian strategies, whose optimizer hooks must act alike on every rank."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ps.ParamshapeWarning)  # init="project" moves the values
+        ps.constrain(model, "0.weight", ps.UnitNorm(), method="riemannian", init="project")
+        ps.constrain(model, "2.weight", ps.Orthogonal(), method="riemannian", init="project")
+        ps.constrain(model, "4.weight", ps.Box(-0.1, 0.1), method="lagrangian", init="project")
+    return model
+
+
 def train(model: nn.Module, rank: int, steps: int = 5) -> None:
     optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
     generator = torch.Generator().manual_seed(100 + rank)  # different data per rank
     for _ in range(steps):
         x = torch.randn(16, 8, generator=generator)
-        loss = (model(x) - 3.0).square().mean()
+        loss = (model(x) - 3.0).square().mean() + ps.penalty(model)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -34,13 +47,21 @@ def train(model: nn.Module, rank: int, steps: int = 5) -> None:
 def report(inner: nn.Module) -> dict:
     """Feasibility and a fingerprint of the stored tensors, to compare across ranks."""
     with torch.no_grad():
+        # A Lagrangian constraint holds at convergence only, not after five steps.
         feasible = all(
-            bool(t.contains(getattr(inner.get_submodule(n.rpartition(".")[0]), n.rpartition(".")[2])).all())
-            for n, t in ps.constraints(inner).items()
+            bool(info.transform.contains(_read(inner, n)).all())
+            for n, info in ps.constraint_info(inner).items()
+            if info.method != "lagrangian"
         )
         params = [p.full_tensor() if hasattr(p, "full_tensor") else p for p in inner.parameters()]
-        fingerprint = torch.cat([p.detach().flatten() for p in params])
+        multipliers = [i.multiplier for i in ps.constraint_info(inner).values() if i.multiplier is not None]
+        fingerprint = torch.cat([p.detach().flatten() for p in [*params, *multipliers]])
     return {"feasible": feasible, "fingerprint": fingerprint}
+
+
+def _read(inner: nn.Module, name: str) -> torch.Tensor:
+    owner, _, attribute = name.rpartition(".")
+    return getattr(inner.get_submodule(owner), attribute)
 
 
 def run(rank: int, world_size: int, init_file: str, results_dir: str) -> None:
@@ -63,5 +84,8 @@ def run(rank: int, world_size: int, init_file: str, results_dir: str) -> None:
             wrapped = torch.compile(wrapped, backend="aot_eager")
         train(wrapped, rank)
         results[mode] = report(model)
+    model = build_strategies_model()
+    train(nn.parallel.DistributedDataParallel(model), rank)
+    results["ddp_strategies"] = report(model)
     torch.save(results, os.path.join(results_dir, f"rank{rank}.pt"))
     dist.destroy_process_group()

@@ -9,6 +9,7 @@ none, so a new transform is covered as soon as it is registered and given an exa
 from __future__ import annotations
 
 import pytest
+import torch
 
 import paramshape as ps
 from paramshape import testing
@@ -17,8 +18,15 @@ from paramshape.transforms.registry import registered_class
 from .transform_cases import CASES, DTYPES, Case, case_params
 
 
-def run(check, case: Case, *args) -> None:
-    check(case.build(), case.shape, *args)
+def run(check, case: Case, *args, device: torch.device | str = "cpu") -> None:
+    """Run ``check`` with ``device`` as the default device: the transform's settings and every
+    tensor the check makes live there (the ``device`` fixture: CPU, and CUDA when present). The CPU
+    runs without the device context, whose per-operation dispatch would slow the suite down."""
+    if torch.device(device).type == "cpu":
+        check(case.build(), case.shape, *args)
+        return
+    with torch.device(device):
+        check(case.build(), case.shape, *args)
 
 
 def test_every_registered_transform_has_a_case():
@@ -38,53 +46,53 @@ def test_cases_build_the_registered_class(case):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("case", case_params())
 class TestContract:
-    def test_extreme_inputs_land_in_the_set_with_finite_values(self, case, dtype):
-        run(testing.check_extreme_inputs, case, dtype)
+    def test_extreme_inputs_land_in_the_set_with_finite_values(self, case, dtype, device):
+        run(testing.check_extreme_inputs, case, dtype, device=device)
 
-    def test_gradients_are_finite_for_extreme_inputs(self, case, dtype):
-        run(testing.check_extreme_gradients, case, dtype)
+    def test_gradients_are_finite_for_extreme_inputs(self, case, dtype, device):
+        run(testing.check_extreme_gradients, case, dtype, device=device)
 
-    def test_round_trip_keeps_feasible_values(self, case, dtype):
-        run(testing.check_round_trip, case, dtype)
+    def test_round_trip_keeps_feasible_values(self, case, dtype, device):
+        run(testing.check_round_trip, case, dtype, device=device)
 
-    def test_values_on_the_boundary_have_a_finite_inverse(self, case, dtype):
-        run(testing.check_boundary_inverse, case, dtype)
+    def test_values_on_the_boundary_have_a_finite_inverse(self, case, dtype, device):
+        run(testing.check_boundary_inverse, case, dtype, device=device)
 
-    def test_to_interior_is_strictly_inside_and_keeps_gradients_alive(self, case, dtype):
-        run(testing.check_to_interior, case, dtype)
+    def test_to_interior_is_strictly_inside_and_keeps_gradients_alive(self, case, dtype, device):
+        run(testing.check_to_interior, case, dtype, device=device)
 
-    def test_sample_lies_in_the_set(self, case, dtype):
-        run(testing.check_sample, case, dtype)
+    def test_sample_lies_in_the_set(self, case, dtype, device):
+        run(testing.check_sample, case, dtype, device=device)
 
-    def test_nan_and_inf_are_never_members(self, case, dtype):
-        run(testing.check_nan_and_inf_are_never_members, case, dtype)
+    def test_nan_and_inf_are_never_members(self, case, dtype, device):
+        run(testing.check_nan_and_inf_are_never_members, case, dtype, device=device)
 
-    def test_settings_follow_the_dtype(self, case, dtype):
-        run(testing.check_settings_follow_dtype, case, dtype)
+    def test_settings_follow_the_dtype(self, case, dtype, device):
+        run(testing.check_settings_follow_dtype, case, dtype, device=device)
 
-    def test_state_dict_round_trip(self, case, dtype):
-        run(testing.check_state_dict_round_trip, case, dtype)
+    def test_state_dict_round_trip(self, case, dtype, device):
+        run(testing.check_state_dict_round_trip, case, dtype, device=device)
 
-    def test_optimizer_steps_pushing_outward_stay_feasible(self, case, dtype):
-        run(testing.check_optimizer_steps, case, dtype)
+    def test_optimizer_steps_pushing_outward_stay_feasible(self, case, dtype, device):
+        run(testing.check_optimizer_steps, case, dtype, device=device)
 
-    def test_log_abs_det_jacobian_is_finite_for_extreme_inputs(self, case, dtype):
-        run(testing.check_log_abs_det_jacobian_extremes, case, dtype)
-
-
-@pytest.mark.parametrize("case", case_params())
-def test_gradcheck_float64(case):
-    run(testing.check_gradcheck, case)
+    def test_log_abs_det_jacobian_is_finite_for_extreme_inputs(self, case, dtype, device):
+        run(testing.check_log_abs_det_jacobian_extremes, case, dtype, device=device)
 
 
 @pytest.mark.parametrize("case", case_params())
-def test_torch_codomain_accepts_interior_values(case):
-    run(testing.check_torch_codomain, case)
+def test_gradcheck_float64(case, device):
+    run(testing.check_gradcheck, case, device=device)
 
 
 @pytest.mark.parametrize("case", case_params())
-def test_log_abs_det_jacobian_matches_autograd(case):
-    run(testing.check_log_abs_det_jacobian, case)
+def test_torch_codomain_accepts_interior_values(case, device):
+    run(testing.check_torch_codomain, case, device=device)
+
+
+@pytest.mark.parametrize("case", case_params())
+def test_log_abs_det_jacobian_matches_autograd(case, device):
+    run(testing.check_log_abs_det_jacobian, case, device=device)
 
 
 @pytest.mark.parametrize("case", case_params())
@@ -93,8 +101,8 @@ def test_repr_names_settings_without_dumping_tensors(case):
 
 
 @pytest.mark.parametrize("case", case_params())
-def test_compiles_with_no_graph_break(case):
-    run(testing.check_compiles, case)
+def test_compiles_with_no_graph_break(case, device):
+    run(testing.check_compiles, case, device=device)
 
 
 def test_the_suite_runs_every_property():

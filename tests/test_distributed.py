@@ -20,7 +20,7 @@ def results(tmp_path_factory):
     return [torch.load(folder / f"rank{rank}.pt") for rank in range(2)]
 
 
-@pytest.mark.parametrize("mode", ["ddp", "ddp_compiled", "fsdp2", "fsdp2_compiled"])
+@pytest.mark.parametrize("mode", ["ddp", "ddp_compiled", "fsdp2", "fsdp2_compiled", "ddp_strategies"])
 def test_ranks_agree_and_constraints_hold(results, mode):
     first, second = (rank[mode] for rank in results)
     assert first["feasible"]
@@ -31,3 +31,10 @@ def test_ranks_agree_and_constraints_hold(results, mode):
 def test_training_moved_the_parameters(results):
     untrained = _distributed_worker.report(_distributed_worker.build_model())["fingerprint"]
     assert not torch.equal(results[0]["ddp"]["fingerprint"], untrained)
+
+
+def test_riemannian_and_lagrangian_steps_ran_under_ddp(results):
+    untrained = _distributed_worker.report(_distributed_worker.build_strategies_model())["fingerprint"]
+    trained = results[0]["ddp_strategies"]["fingerprint"]
+    assert trained.shape == untrained.shape
+    assert not torch.equal(trained, untrained)

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 import paramshape as ps
+from paramshape.strategies import lagrangian as lagrangian_module
 from paramshape.strategies.lagrangian import DUAL_STEP, MULTIPLIER_SUFFIX
 
 from .test_constrain import assert_unchanged, snapshot
@@ -168,8 +169,11 @@ def test_unconstrain_drops_the_term_the_key_and_the_dual_step():
     ps.unconstrain(module)
     assert set(module.state_dict()) == {"w"}
     assert float(ps.penalty(module).detach()) == 0.0
-    assert not module._state_dict_hooks
-    assert not module._load_state_dict_pre_hooks
+    hooks = [*module._state_dict_hooks.values(), *module._load_state_dict_pre_hooks.values()]
+    assert not any(
+        getattr(h, "hook", h) in (lagrangian_module._save_multipliers, lagrangian_module._load_multipliers)
+        for h in hooks
+    )
 
 
 def test_needs_a_projection():
@@ -189,3 +193,11 @@ def test_float64_tensor_keeps_float64_multipliers():
     _train(module, torch.optim.SGD(module.parameters(), lr=0.1), 3.0, 400)
     assert ps.constraint_info(module)["w"].multiplier.dtype == torch.float64
     assert torch.allclose(module.w.detach(), torch.ones(2, dtype=torch.float64), atol=1e-9)
+
+
+def test_project_with_include_penalty_makes_a_lagrangian_tensor_exactly_feasible():
+    module = _holder([1.5, -0.5], method="lagrangian")
+    ps.project_(module)
+    assert torch.equal(module.w.detach(), torch.tensor([1.5, -0.5]))  # not a projected method
+    ps.project_(module, include_penalty=True)
+    assert torch.equal(module.w.detach(), torch.tensor([1.0, -0.5]))

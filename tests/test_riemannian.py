@@ -5,6 +5,7 @@ here from their definitions, not taken from the transforms."""
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -304,3 +305,41 @@ def test_state_dict_keys_checkpoint_unconstrain_and_patterns():
     clone[0].weight.grad = torch.ones(3, 3)
     torch.optim.SGD(clone.parameters(), lr=1.0).step()
     assert torch.allclose(clone[0].weight.detach(), before - 1.0)  # a plain step: no retraction
+
+
+def test_a_checkpoint_off_the_manifold_is_refused_before_anything_is_loaded():
+    module = _module("v", torch.tensor([0.6, 0.8]))
+    ps.constrain(module, "v", ps.UnitNorm(), method="riemannian")
+    before = snapshot(module)
+    with pytest.raises(ps.InfeasibleValueError, match=r"'v' of Module.*1 of 1 slices lie outside UnitNorm"):
+        module.load_state_dict({"v": torch.tensor([3.0, 4.0])})
+    assert_unchanged(module, before)
+    module.load_state_dict({"v": torch.tensor([0.0, 1.0])})
+    assert torch.equal(module.v.detach(), torch.tensor([0.0, 1.0]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize("init", ["keep", "project", "raw", "sample"])
+@pytest.mark.parametrize(
+    ("spec", "shape"),
+    [(ps.UnitNorm(), (3, 5)), (ps.Orthogonal(), (5, 3)), (ps.PositiveDefinite(), (2, 3, 3))],
+    ids=["sphere", "stiefel", "pd"],
+)
+def test_any_start_either_steps_on_the_set_or_fails_cleanly(spec, shape, init, dtype):
+    generator = torch.Generator().manual_seed(7)
+    module = _module("x", torch.randn(shape, generator=generator).to(dtype))
+    before = snapshot(module)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ps.ParamshapeWarning)
+            ps.constrain(module, "x", spec, method="riemannian", init=init)
+    except ps.ParamshapeError:
+        assert_unchanged(module, before)
+        return
+    optimizer = torch.optim.SGD(module.parameters(), lr=0.1, momentum=0.9)
+    for _ in range(3):
+        module.x.grad = torch.randn(shape, generator=generator).to(dtype)
+        optimizer.step()
+        assert module.x.dtype == dtype
+        assert bool(torch.isfinite(module.x).all())
+        assert bool(spec.to(dtype).contains(module.x.detach()).all())

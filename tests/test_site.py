@@ -246,17 +246,25 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+@contextlib.contextmanager
+def _serve(directory: Path) -> Iterator[str]:
+    handler = functools.partial(_QuietHandler, directory=str(directory))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
     if not (SITE / "index.html").is_file():
         pytest.skip("no built site in site/: run `make docs` first (make test does)")
-    handler = functools.partial(_QuietHandler, directory=str(SITE))
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/"
-    httpd.shutdown()
-    httpd.server_close()
+    with _serve(SITE) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -336,6 +344,33 @@ def test_formulas_are_typeset(browser: Browser, server: str) -> None:
         browser.open(server + page)
         count = int(browser.evaluate(_MATHJAX_DONE))
         assert count >= least, f"{page}: {count} typeset formulas, expected at least {least}"
+
+
+_BROKEN_PAGE = r"""<!doctype html>
+<html><head><title>broken</title><link rel="icon" href="data:,"></head><body>
+<p>Raw math: \(f(x) = l + (h - l)\sigma(x)\) and $[-1, 1]$.</p>
+<img src="missing.png" alt="a plot that was never written">
+<script>console.error("something broke");</script>
+<script src="https://cdn.example.invalid/mathjax.js"></script>
+</body></html>
+"""
+
+
+def test_the_checks_fail_on_a_broken_page(browser: Browser, tmp_path: Path) -> None:
+    """Each check of the page test flags what it is there for, on a page that has all of it."""
+    (tmp_path / "index.html").write_text(_BROKEN_PAGE)
+    with _serve(tmp_path) as url:
+        browser.open(url)
+        text = browser.evaluate(_VISIBLE_TEXT)
+        assert {m.group(0) for m in RAW_TEX.finditer(text)} >= {"\\(", "$[-1, 1]$"}
+        images = json.loads(browser.evaluate(_BROKEN_IMAGES))
+        assert images["count"] == 1
+        assert images["broken"] == [url + "missing.png"]
+        assert browser.evaluate(_MATHJAX_DONE) == "absent"
+        problems = "\n".join(_problems(browser.events, url))
+    assert "console.error: something broke" in problems
+    assert "request to the network: https://cdn.example.invalid/mathjax.js" in problems
+    assert "404" in problems  # the missing image's failed load
 
 
 def test_raw_tex_detector_sees_raw_tex() -> None:

@@ -102,16 +102,16 @@ def _load_plain_keys(module: nn.Module, state_dict: dict[str, Any], prefix: str,
         with contextlib.suppress(AttributeError):  # a plain dict (no outer load_state_dict frame)
             setattr(whole, _CHECKED, True)
     converted: dict[str, Tensor] = {}
-    for path, owner, name, transform in constrained_tensors(module, remove_duplicate=False):
+    for path, _owner, name, transform in constrained_tensors(module, remove_duplicate=False):
         stem = prefix + path[: len(path) - len(name)]
         plain_key, stored_key = stem + name, stem + _STORED.format(name=name)
         if plain_key not in state_dict or stored_key in state_dict:
             continue
-        original = owner.parametrizations[name].original
-        value = state_dict[plain_key]
-        value = value.to(device=original.device, dtype=original.dtype)
-        # The same check and message as an assignment, raised before any tensor is loaded.
-        transform.validate(value, hint=_CHECKPOINT_HINT.format(key=plain_key))
+        # The same conversion, shape rule (exact, as load_state_dict's), check and message as an
+        # assignment, raised before any tensor is loaded.
+        value = transform.admit(
+            state_dict[plain_key], hint=_CHECKPOINT_HINT.format(key=plain_key), broadcast=False
+        )
         with torch.no_grad():
             converted[stored_key] = transform.inverse(value)
         for buffer_name, buffer in transform.named_buffers():
@@ -153,7 +153,8 @@ def check_checkpoint(root: nn.Module, state_dict: Mapping[str, Any], prefix: str
     """Check every value ``state_dict`` would write into a paramshape-constrained tensor under
     ``root``, before anything is written: plain keys (through the set, as an assignment),
     stored unconstrained keys (finite, right shape), the transforms' settings (bounds), and
-    ``method="project"`` tensors (in the set) or ``"penalty"`` ones (finite).
+    ``method="project"`` and ``"riemannian"`` tensors (in the set) or ``"penalty"`` and
+    ``"lagrangian"`` ones (finite).
 
     Raises:
         InfeasibleValueError: a value outside the set, or NaN/infinite.
@@ -196,7 +197,7 @@ def check_checkpoint(root: nn.Module, state_dict: Mapping[str, Any], prefix: str
             if value is None:
                 continue
             transform = entry.transform_for(tensor)
-            if entry.method == "project":
+            if entry.method in ("project", "riemannian"):  # kept in the set after every step
                 with _labelled(transform, f"'{key}' of {type_name(root)}"):
                     transform.validate(value, hint=_CHECKPOINT_HINT.format(key=key) + " Nothing was loaded.")
             elif not bool(torch.isfinite(value).all()):

@@ -62,19 +62,33 @@ def constrain(
     * ``method="penalty"``: the tensor stays a plain ``Parameter`` and is not forced into the set;
       :func:`~paramshape.penalty` returns :math:`\sum w\,\lVert\theta - P_C(\theta)\rVert^2` to add
       to the loss, with this constraint's ``weight``.
+    * ``method="riemannian"``: the tensor stays a plain ``Parameter`` on a manifold
+      (``Transform.manifold``: ``UnitNorm``, ``Orthogonal``, ``PositiveDefinite``); each optimizer
+      step follows the Riemannian gradient, is retracted onto the manifold and transports the
+      optimizer's momentum (:meth:`~paramshape.Transform.riemannian_grad`,
+      :meth:`~paramshape.Transform.retract`, :meth:`~paramshape.Transform.transport`).
+    * ``method="lagrangian"``: the tensor stays a plain ``Parameter``; :func:`~paramshape.penalty`
+      returns an augmented Lagrangian term (:math:`\rho` = ``weight``) whose multipliers take a
+      dual ascent step after every optimizer step, until the tensor is in the set. The multipliers
+      are in ``state_dict`` and :func:`constraint_info`. The transform must define a projection.
 
     The same ``Parameter`` object keeps holding the data under every strategy (the unconstrained
-    data for ``"reparam"``), so an optimizer built before this call keeps working. The plain
+    data for ``"reparam"``), so an optimizer built before this call keeps working; with
+    ``"reparam"`` the tensor moves after its siblings in ``parameters()``, so build an optimizer at
+    the same point in every run that saves or loads its state (a mismatch raises at its first
+    ``step()``; see the checkpoints page). The module's own ``reset_parameters()`` and
+    ``module.apply(init_fn)`` re-initialise constrained tensors through the inverse. The plain
     strategies leave ``state_dict`` keys unchanged and accept tied weights (both modules read the same,
     projected tensor); they apply to parameters only, not buffers.
 
     ``name`` may also be an fnmatch-style pattern (``"*.weight"``), or a mapping of patterns to specs, applied to every matching
     parameter or buffer (qualified names as ``named_parameters()`` spells them; ``*`` matches dots
     too): ``constrain(model, {"encoder.*.weight": ps.Box(-1, 1), "*.bias": "positive"})``.
-    A pattern skips the tensors ``method`` can never constrain: buffers under ``"project"`` and
-    ``"penalty"``, and the running statistics of norm layers (BatchNorm updates them in place)
+    A pattern skips the tensors ``method`` can never constrain: buffers under every method but
+    ``"reparam"``, and the running statistics of norm layers (BatchNorm updates them in place)
     under every method; so ``constrain(model, "*", spec, method="project")`` takes every
-    parameter of a model with BatchNorm. A tensor named without wildcards is never skipped.
+    parameter of a model with BatchNorm. A tensor named without wildcards is never skipped, nor
+    one matched by a pattern that matches nothing else: the call raises and says why.
     ``init``, ``method`` and ``weight`` apply to all of them. A pattern that matches nothing raises,
     listing the available names; a tensor matched by two patterns raises. All or nothing: if one
     tensor fails, no tensor changes.
@@ -99,9 +113,11 @@ def constrain(
             * ``"raw"``: the current values become the *unconstrained* ones (natural for a freshly
               initialized layer: ``Positive`` of a default ``Linear`` weight gives ``softplus(w)``).
             * ``"sample"``: a fresh draw from the transform's :meth:`~paramshape.Transform.sample`.
-        method: ``"reparam"``, ``"project"`` or ``"penalty"`` (above).
+        method: ``"reparam"``, ``"project"``, ``"penalty"``, ``"riemannian"`` or ``"lagrangian"``
+            (above).
         weight: the weight of this constraint in :func:`~paramshape.penalty`, a finite number
-            :math:`\ge 0`; only with ``method="penalty"`` (default 1).
+            :math:`\ge 0`; only with ``method="penalty"`` (default 1) and ``method="lagrangian"``
+            (:math:`\rho`, default 1, must be :math:`> 0`).
 
     Returns:
         ``module``, for chaining.
@@ -110,7 +126,11 @@ def constrain(
     value is the starting point), whatever the old and new strategies, instead of stacking a second
     one. With ``method="reparam"``, a tensor shared with another module reachable from ``module``
     (tied weights) is refused, because the other module would keep reading the raw tensor. On any
-    error the module is left exactly as it was.
+    error (``KeyboardInterrupt`` included) the module is left exactly as it was: class, parameter
+    identities and order, hooks, buffers, parametrizations. Every policy checks the values actually
+    stored: they must read back finite and equal to the chosen value within ``sqrt(eps)`` of its scale
+    (:class:`~paramshape.TransformError` otherwise). On a ``meta``-device model nothing is checked
+    until values exist (after ``to_empty()``).
 
     Raises:
         TensorNotFoundError: ``name`` is not a tensor of ``module``, or a pattern matches nothing.
@@ -120,9 +140,14 @@ def constrain(
             is not ``"reparam"``.
         ShapeMismatchError: the transform's settings do not fit the tensor's shape.
         InfeasibleValueError: ``init="keep"`` and the value lies outside the set (or is not finite).
-        ProjectionUnavailableError: ``method="project"`` and the transform defines no projection.
+        ProjectionUnavailableError: ``method="project"`` or ``"lagrangian"`` and the transform
+            defines no projection.
+        ManifoldUnavailableError: ``method="riemannian"`` and the transform has no Riemannian
+            structure.
         TiedTensorError: ``method="reparam"`` and the tensor is shared with another module.
         ConstraintConflictError: the tensor carries a parametrization paramshape did not attach.
+        TransformError: the transform's code fails, changes the shape or dtype, or does not give
+            the stored values back (non-finite, or a round trip beyond its rounding).
 
     Example:
         >>> import torch, torch.nn as nn, paramshape as ps

@@ -91,7 +91,7 @@ def plan(root: nn.Module, dotted: str, spec: Spec, init: str, method: str, weigh
         current = getattr(ref.owner, ref.name).detach().clone()
     _check_tensor(ref, current, root, method)
     transform = transform.to(device=current.device, dtype=current.dtype)
-    transform._target = f"'{ref.path}' of {type_name(root)}"
+    transform._bind(f"'{ref.path}' of {type_name(root)}", current)
     transform._init_policy = init  # how reset_parameters() and apply() re-initialise it
     transform.check_shape(current.shape)
     if current.device.type == "meta":
@@ -331,9 +331,16 @@ def _check_stored_values(transform: Transform, constrained: Tensor, value: Tenso
         ),
         default=0.0,
     )
+    # Vector and matrix sets move a value relative to its slice (ties of Ordered are pulled apart),
+    # so the tensor's own largest magnitude is part of the scale too.
+    scale = max(
+        scale, float(value.detach().abs().nan_to_num(posinf=0.0, neginf=0.0).max()) if value.numel() else 0.0
+    )
     error = (constrained - value).abs_()
-    allowed = value.abs().add_(scale).mul_(math.sqrt(eps)).clamp_min_(torch.finfo(value.dtype).tiny)
-    excess = error - allowed
+    # At least two smallest normals: a value on a boundary at zero is stored one step inside, and
+    # Positive's floor is the smallest normal itself (plus the rounding of its map there).
+    allowed = value.abs().add_(scale).mul_(math.sqrt(eps)).clamp_min_(2 * torch.finfo(value.dtype).tiny)
+    excess = error.sub_(allowed)  # in place: the check costs two temporaries of the tensor's size
     if bool((excess > 0).any()):
         worst = int(torch.argmax(excess.reshape(-1)))
         raise TransformError(

@@ -7,9 +7,10 @@ included, so ``"*.bias"`` reaches biases at every depth.
 
 A pattern passes over the tensors that the chosen method can never constrain, so that
 ``constrain(model, "*", spec, method="project")`` means "every parameter" on any model: buffers for
-``method="project"`` and ``"penalty"`` (no optimizer updates them), and the running statistics that
-batch and instance norm layers update in place, for every method. A tensor named without wildcards
-is never skipped: naming one of those still raises and says why.
+every method but ``"reparam"`` (no optimizer updates them), and the running statistics that batch
+and instance norm layers update in place, for every method. A tensor named without wildcards
+is never skipped, nor is one matched by a pattern that matches nothing else: constraining it
+raises, and the error says why.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def expand_targets(root: nn.Module, name: Any, spec: Any, method: str | None = N
                 "string such as 'box(-1, 1)'; or pass one mapping {pattern: spec} instead of a name."
             )
         if is_pattern(name):
-            return [(hit, spec) for hit in match_names(root, name, constrainable_names(root, method))]
+            return [(hit, spec) for hit in _method_matches(root, name, method)]
         return [(name, spec)]
     if spec is not None:
         raise SpecError(
@@ -59,17 +60,13 @@ def expand_targets(root: nn.Module, name: Any, spec: Any, method: str | None = N
         )
     if not name:
         raise SpecError("constrain() got an empty mapping of patterns; give at least one {pattern: spec}.")
-    candidates: list[str] | None = None
     matched: dict[str, str] = {}
     targets: list[tuple[str, Any]] = []
     for pattern, pattern_spec in name.items():
         if not isinstance(pattern, str) or not pattern:
             raise SpecError(f"Patterns must be non-empty strings such as '*.weight'; got {pattern!r}.")
-        if not is_pattern(pattern):
-            hits = [pattern]  # a plain name: constrain() reports a missing tensor with suggestions
-        else:
-            candidates = constrainable_names(root, method) if candidates is None else candidates
-            hits = match_names(root, pattern, candidates)
+        # A plain name is kept as it is: constrain() reports a missing tensor with suggestions.
+        hits = _method_matches(root, pattern, method) if is_pattern(pattern) else [pattern]
         for hit in hits:
             if hit in matched:
                 raise SpecError(
@@ -79,6 +76,16 @@ def expand_targets(root: nn.Module, name: Any, spec: Any, method: str | None = N
             matched[hit] = pattern
             targets.append((hit, pattern_spec))
     return targets
+
+
+def _method_matches(root: nn.Module, pattern: str, method: str | None) -> list[str]:
+    """The tensors ``pattern`` matches among those ``method`` can constrain; when it matches only
+    tensors the method cannot take, those, so that constrain() raises the error that says why, as
+    it does for the name written out (and :class:`TensorNotFoundError` when it matches nothing)."""
+    everything = constrainable_names(root)
+    usable = set(constrainable_names(root, method))
+    hits = [name for name in everything if name in usable and fnmatchcase(name, pattern)]
+    return hits or match_names(root, pattern, everything)
 
 
 def is_pattern(name: object) -> bool:
@@ -100,10 +107,11 @@ def constrainable_names(root: nn.Module, method: str | None = None) -> list[str]
     """Qualified names of the floating-point parameters and buffers under ``root``, constrained ones
     under their public name; tensors of paramshape transforms used as layers (their bounds) and of
     shared modules reached twice are listed once or not at all. With a ``method``, the tensors it
-    can never constrain are left out: buffers for ``"project"`` and ``"penalty"``, and the running
+    can never constrain are left out: buffers for every method but ``"reparam"``, and the running
     statistics of norm layers (updated in place) for every method."""
     names: dict[str, None] = {}
-    buffers = [] if method in ("project", "penalty") else list(root.named_buffers())
+    # Only reparametrisation can hold a buffer; every other method needs a parameter.
+    buffers = list(root.named_buffers()) if method in (None, "reparam") else []
     tensors = [*root.named_parameters(), *buffers]
     for raw_name, tensor in tensors:
         if not tensor.is_floating_point():

@@ -180,12 +180,15 @@ class Compose(Transform):
     # ------------------------------------------------------------------------------- the set
     @property
     def codomain(self) -> constraints.Constraint:
-        """The last transform's codomain: a superset of the composition's image."""
-        return self.parts[-1].codomain
+        """The last transform's codomain, a superset of the composition's image, made to cover the
+        composition's :attr:`event_dim` (torch's rule: a constraint's event_dim is the transform's)."""
+        return _widen(self.parts[-1].codomain, self.event_dim)
 
     @property
     def domain(self) -> constraints.Constraint:
-        return self.parts[0].domain
+        """The first transform's domain, made to cover the composition's :attr:`event_dim`: an
+        elementwise first part followed by a matrix transform takes whole matrices."""
+        return _widen(self.parts[0].domain, self.event_dim)
 
     def _stages(self, y: Tensor) -> list[tuple[Transform, Tensor]]:
         """Each part with the value it must contain, from the last part back to the first."""
@@ -235,6 +238,12 @@ class Compose(Transform):
         # A margin kept inside an inner set can round away after the later maps (Box(0, 1) then
         # Affine(1, 2) in bfloat16 lands back on 1.0), so the result is also kept off the bounds.
         return toward_centre(self, _to_interior(list(self.parts), y))
+
+
+def _widen(constraint: constraints.Constraint, event_dim: int) -> constraints.Constraint:
+    """``constraint`` with its ``event_dim`` raised to ``event_dim`` (as torch's ComposeTransform does)."""
+    extra = event_dim - constraint.event_dim
+    return constraints.independent(constraint, extra) if extra > 0 else constraint
 
 
 def _to_interior(parts: list[Transform], y: Tensor) -> Tensor:

@@ -95,9 +95,9 @@ def project_(module: nn.Module, *, include_penalty: bool = False) -> nn.Module:
 
     Args:
         module: any module; tensors in its submodules are included.
-        include_penalty: also project the tensors constrained with ``method="penalty"`` (for example
-            once at the end of training, to make them exactly feasible); their transforms must define
-            a projection.
+        include_penalty: also project the tensors constrained with ``method="penalty"`` or
+            ``"lagrangian"`` (for example once at the end of training, to make them exactly
+            feasible); their transforms must define a projection.
 
     Returns:
         ``module``.
@@ -115,7 +115,7 @@ def project_(module: nn.Module, *, include_penalty: bool = False) -> nn.Module:
     """
     refuse_inside_compile("project_")
     module = unwrap(module)
-    methods = ("project", "penalty") if include_penalty else ("project",)
+    methods = ("project", "penalty", "lagrangian") if include_penalty else ("project",)
     for _, _, state in module_states(module):
         for entry in state.plain.values():
             if entry.method in methods:

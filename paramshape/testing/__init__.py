@@ -192,13 +192,16 @@ def feasible_values(transform: Transform, shape: Shape, dtype: torch.dtype) -> T
 def round_trip_tolerance(transform: Transform, y: Tensor, u: Tensor) -> Tensor:
     """What ``forward(right_inverse(y))`` may differ from ``y`` by, derived rather than chosen:
 
-    * a few ulps of the value and of the bounds it is computed from (``low + w * s`` carries the
+    * for float16 and bfloat16, one ulp of the value (they are computed in float32 and rounded
+      once); then a few ulps of the compute dtype of the value and of the bounds it is computed from (``low + w * s`` carries the
       rounding of ``low``); for event transforms the value's ulps are multiplied by the longest
-      event dimension (a softmax or a cumulative sum over ``K`` entries rounds ``K`` times);
+      event dimension (a softmax or a cumulative sum over ``K`` entries rounds ``K`` times), and
+      the value's scale is the largest magnitude in its slice or matrix;
     * the change in the forward map when the stored unconstrained value moves by its own rounding
       (one ulp of ``u``), measured in float64: storing ``u`` in the tensor's dtype cannot do better.
     """
     eps = torch.finfo(y.dtype).eps
+    compute_eps = torch.finfo(torch.float32 if y.dtype in (torch.float16, torch.bfloat16) else y.dtype).eps
     bound_scale = max(
         [float(b.double().abs().nan_to_num(posinf=0.0, neginf=0.0).max()) for b in transform.buffers()],
         default=0.0,
@@ -209,8 +212,22 @@ def round_trip_tolerance(transform: Transform, y: Tensor, u: Tensor) -> Tensor:
     step = eps * u64.abs().clamp_min(torch.finfo(torch.float64).tiny) * signs
     with torch.no_grad():
         sensitivity = (reference(u64 + step) - reference(u64)).abs()
-    size_factor = max((y.shape[d] for d in transform.event_dims(y.dim())), default=1)
-    return 8 * eps * (y.double().abs() * size_factor + bound_scale) + 4 * sensitivity
+    dims = tuple(transform.event_dims(y.dim()))
+    size_factor = max((y.shape[d] for d in dims), default=1)
+    # Entries of one slice or matrix share its rounding (a normaliser, a cumulative sum): their
+    # scale is the largest magnitude in it.
+    magnitude = y.double().abs()
+    if dims:
+        magnitude = magnitude.amax(dim=dims, keepdim=True).expand(y.shape)
+    # Half dtypes are computed in float32 and rounded once: an ulp of the value, plus float32's
+    # rounding of the computation (for Box(100, 101) in float16, 0.1 rather than wider than the box).
+    # Event transforms (a softmax over K rounded logits) keep 8 K ulps; an entry read as the smallest
+    # normal number (a zero probability) may come back as it.
+    half = compute_eps != eps
+    once = eps * magnitude * (1 if size_factor == 1 else 8 * size_factor) if half else 0.0
+    compute_tiny = torch.finfo(torch.float32 if half else y.dtype).tiny
+    floor = 2 * (torch.finfo(y.dtype).tiny * (size_factor > 1) + compute_tiny)
+    return once + 8 * compute_eps * (magnitude * size_factor + bound_scale) + 4 * sensitivity + floor
 
 
 # ------------------------------------------------------------------------- per-dtype properties
@@ -229,13 +246,53 @@ def check_extreme_inputs(transform: Transform, shape: Shape, dtype: torch.dtype)
 
 @_property("extreme_gradients")
 def check_extreme_gradients(transform: Transform, shape: Shape, dtype: torch.dtype) -> None:
-    """Gradients through the forward map are finite for inputs from -1e4 to 1e4."""
+    """Gradients through the forward map are finite for inputs from -1e4 to 1e4. For elementwise maps
+    they are also alive where the slope is: wherever the map, in the dtype, is not flat around x (its
+    values at x - h and x + h differ, h = 1e-2 max(1, |x|)), the gradient is not zero; and in float64
+    it agrees within 1% with a central difference of the map wherever that difference is resolved.
+    A gradient cut off below -20, or a clamp that freezes values it should not, fails here while the
+    values are right."""
     transform = _prepared(transform, shape, dtype)
     for x in extreme_inputs(transform, shape, dtype):
         x = x.clone().requires_grad_(True)
         weights = torch.randn(shape).to(dtype)
         (transform(x) * weights).sum().backward()
         _require(torch.isfinite(x.grad).all(), "forward produced non-finite gradients")
+    if transform.event_dim != 0 or not _elementwise_shapes(transform, shape):
+        return
+    x = extreme_inputs(transform, shape, dtype)[0].clone().requires_grad_(True)
+    transform(x).sum().backward()
+    grad = x.grad.double()
+    with torch.no_grad():
+        step = (1e-2 * x.abs().clamp_min(1.0)).to(dtype)
+        moves = transform(x + step) != transform(x - step)
+    dead = moves & (grad == 0)
+    if dead.any():
+        raise AssertionError(
+            f"zero gradient at x={x[dead].flatten()[0].item():.6g}, where the map is not flat"
+        )
+    if dtype != torch.float64:
+        return
+    x64 = x.detach()
+    step = torch.full_like(x64, 1e-3)
+    with torch.no_grad():
+        upper, lower = transform(x64 + step), transform(x64 - step)
+    slope = (upper - lower) / (2 * step)
+    # Trust the difference only where it is resolved to about 1e-6 of the values compared.
+    resolved = (upper - lower).abs() >= 1e10 * torch.finfo(torch.float64).eps * upper.abs().maximum(
+        lower.abs()
+    )
+    off = resolved & ((grad - slope).abs() > 1e-2 * slope.abs())
+    if off.any():
+        raise AssertionError(
+            f"gradient {grad[off].flatten()[0].item():.6g} at x={x64[off].flatten()[0].item():.6g} "
+            f"but the forward map's slope there is {slope[off].flatten()[0].item():.6g}"
+        )
+
+
+def _elementwise_shapes(transform: Transform, shape: Shape) -> bool:
+    """Whether the stored tensor has the value's shape (one slope per entry)."""
+    return _stored(transform, shape) == torch.Size(shape)
 
 
 @_property("round_trip")
@@ -260,13 +317,27 @@ def check_round_trip(transform: Transform, shape: Shape, dtype: torch.dtype) -> 
 
 @_property("boundary_inverse")
 def check_boundary_inverse(transform: Transform, shape: Shape, dtype: torch.dtype) -> None:
-    """Values on or next to the boundary (images of extreme inputs) have a finite inverse that maps
-    back into the set."""
+    """Values on or next to the boundary (images of extreme inputs) have a finite inverse that
+    returns the value: ``forward(right_inverse(y))`` is ``y`` within :func:`round_trip_tolerance`
+    (an inverse that clamps the stored value, or maps a near-bound value to a finite but wrong one,
+    fails here)."""
     transform = _prepared(transform, shape, dtype)
     for x in extreme_inputs(transform, shape, dtype):
-        u = transform.right_inverse(transform(x))
+        with torch.no_grad():
+            y = transform(x)
+            u = transform.right_inverse(y)
+            back = transform(u)
         _require(torch.isfinite(u).all(), "right_inverse of a boundary value is not finite")
-        _require(transform.contains(transform(u)).all(), "forward(right_inverse(y)) left the set")
+        _require(transform.contains(back).all(), "forward(right_inverse(y)) left the set")
+        error = (back.double() - y.double()).abs()
+        tolerance = round_trip_tolerance(transform, y, u)
+        worst = int(torch.argmax(error - tolerance))
+        _require(
+            (error <= tolerance).all(),
+            f"forward(right_inverse(y)) is {back.flatten()[worst].item():.9g} for y = "
+            f"{y.flatten()[worst].item():.9g} (off by {error.flatten()[worst]:.3g}, tolerance "
+            f"{tolerance.flatten()[worst]:.3g})",
+        )
 
 
 @_property("to_interior")
@@ -333,17 +404,35 @@ def check_settings_follow_dtype(transform: Transform, shape: Shape, dtype: torch
 
 @_property("state_dict_round_trip")
 def check_state_dict_round_trip(transform: Transform, shape: Shape, dtype: torch.dtype) -> None:
-    """A constrained tensor survives ``state_dict`` / ``load_state_dict`` into another module."""
-    from paramshape.attach.constrain import constrain
+    """A constrained tensor survives ``state_dict`` / ``load_state_dict`` into another module whose
+    transform was built with other settings (every bound, ``loc`` and ``scale`` moved by ``2 b + 1``,
+    which keeps them valid and ordered): the value and the settings come back exactly."""
+    from paramshape.attach.constrain import constrain, constraints
 
     transform.check_shape(torch.Size(shape))
     source = _Holder(torch.zeros(shape, dtype=dtype))
     constrain(source, "value", transform, init="sample")
+    other = _other_settings(transform)
     target = _Holder(torch.zeros(shape, dtype=dtype))
-    constrain(target, "value", transform, init="sample")
+    constrain(target, "value", other, init="sample")
     _require(not torch.equal(source.value, target.value), "two samples are equal; the check is void")
     target.load_state_dict(source.state_dict())
     _require(torch.equal(source.value, target.value), "load_state_dict did not restore the value")
+    mine, theirs = constraints(source)["value"], constraints(target)["value"]
+    for (name, expected), (_, loaded) in zip(mine.named_buffers(), theirs.named_buffers(), strict=True):
+        _require(torch.equal(expected, loaded), f"load_state_dict did not restore the setting {name!r}")
+
+
+def _other_settings(transform: Transform) -> Transform:
+    """A copy of ``transform`` whose floating-point settings are moved by ``2 b + 1`` (an increasing
+    map: bounds stay ordered and infinite ones infinite, a scale stays nonzero where it was > 0;
+    a negative scale -s becomes 1 - 2s, still nonzero)."""
+    other = copy.deepcopy(transform)
+    with torch.no_grad():
+        for buffer in other.buffers():
+            if buffer.dtype.is_floating_point and buffer.numel():
+                buffer.mul_(2).add_(1)
+    return other
 
 
 @_property("optimizer_steps")

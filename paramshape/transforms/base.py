@@ -16,14 +16,18 @@ from paramshape.errors import (
     ManifoldUnavailableError,
     ParamshapeWarning,
     ProjectionUnavailableError,
+    ShapeMismatchError,
     TransformError,
+    UnsupportedTensorError,
 )
-from paramshape.errors.report import format_index, format_scalar, tensor_label
+from paramshape.errors.report import format_index, format_scalar, format_shape, tensor_label
 from paramshape.fusion.compiled import Fusable, dispatch
 
-__all__ = ["Transform"]
+__all__ = ["Transform", "coerce_value"]
 
 _DEFAULT_HINT = "Assign a value inside the set."
+#: How many input shapes a transform remembers as checked (a layer sees few; a cap bounds memory).
+_MAX_SHAPES_CHECKED = 32
 
 
 class Transform(nn.Module, abc.ABC):
@@ -100,11 +104,33 @@ class Transform(nn.Module, abc.ABC):
         super().__init__()
         # Label of the tensor this transform is attached to, for error messages. Set by constrain().
         self._target: str | None = None
+        # The shape of the value it produces there, and an empty tensor of its dtype and device
+        # (converted by _apply with the module, so it follows .double() and .to(device)). Set by
+        # _bind; None for a transform used on its own.
+        self._value_shape: torch.Size | None = None
+        self._value_like: Tensor | None = None
+
+    def _bind(self, target: str, value: Tensor) -> None:
+        """Remember the tensor this transform is attached to (by :func:`paramshape.constrain`): its
+        label for messages, and the shape, dtype and device an assigned value is held to."""
+        self._target = target
+        self._value_shape = torch.Size(value.shape)
+        self._value_like = torch.empty(0, dtype=value.dtype, device=value.device)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> Transform:
+        like = getattr(self, "_value_like", None)
+        converted = fn(like) if like is not None else None
+        result: Transform = super()._apply(fn, recurse)
+        if converted is not None:
+            self._value_like = converted
+        return result
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         # An AttributeError escaping here would be swallowed by Module.__getattr__ of the
         # parametrized module and reported as "has no attribute 'weight'" (pytorch#72452).
         try:
+            if len(args) == 1 and isinstance(args[0], Tensor) and not torch.compiler.is_compiling():
+                self._check_input_shape(args[0].shape)
             # The fused or hand-fused kernel; inside a compiled region dynamo traces forward itself.
             fusable = self.fusable
             if fusable is not None and len(args) == 1 and not kwargs and not torch.compiler.is_compiling():
@@ -115,6 +141,24 @@ class Transform(nn.Module, abc.ABC):
         except AttributeError as error:
             raise TransformError(f"{self!r} failed while computing: {error}") from error
 
+    def _check_input_shape(self, shape: torch.Size) -> None:
+        """Raise :class:`~paramshape.ShapeMismatchError` when the map cannot apply to a stored tensor
+        of ``shape`` (a 1 x 3 "matrix" for Symmetric, one entry for SumToZero, bounds that do not
+        broadcast), instead of a silently reshaped value or a raw error from inside the map. A shape
+        that passed once is remembered (settings that decide it change only by loading a state dict,
+        which forgets them), so a constrained tensor's every read pays a set lookup only."""
+        checked = self.__dict__.get("_shapes_checked")
+        if checked is not None and shape in checked:
+            return
+        self.check_shape(self.forward_shape(shape))
+        if checked is None or len(checked) >= _MAX_SHAPES_CHECKED:
+            checked = self.__dict__["_shapes_checked"] = set()
+        checked.add(shape)
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        self.__dict__.pop("_shapes_checked", None)
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
     # ---------------------------------------------------------------- the map
     @abc.abstractmethod
     def forward(self, x: Tensor) -> Tensor:
@@ -124,18 +168,74 @@ class Transform(nn.Module, abc.ABC):
     def inverse(self, y: Tensor) -> Tensor:
         """Map a value of the (closed) set back to an unconstrained tensor, without checking it."""
 
-    def right_inverse(self, value: Tensor) -> Tensor:
-        """Check that ``value`` lies in the set (:meth:`validate`), then return :meth:`inverse` of it.
+    def right_inverse(self, value: Any) -> Tensor:
+        """Admit ``value`` (:meth:`admit`: converted, shape-checked, checked to lie in the set), then
+        return :meth:`inverse` of it. ``layer.weight = value`` on a constrained tensor calls this.
 
         parametrize calls this under ``no_grad`` when a value is assigned, so a value that requires
         grad is stored without its history: that is what ``torch.func.functional_call`` does with a
         constrained name, silently dropping the gradient. A :class:`ParamshapeWarning` says so.
         """
         # A Parameter is parametrize registering the tensor itself, not a value being assigned.
-        if value.requires_grad and not torch.is_grad_enabled() and not isinstance(value, nn.Parameter):
+        if (
+            isinstance(value, Tensor)
+            and value.requires_grad
+            and not torch.is_grad_enabled()
+            and not isinstance(value, nn.Parameter)
+        ):
             _warn_gradient_dropped(self._target)
-        self.validate(value)
-        return self.inverse(value)
+        return self.inverse(self.admit(value))
+
+    def admit(self, value: Any, *, hint: str | None = None, broadcast: bool = True) -> Tensor:
+        """``value`` as a tensor of the constrained tensor's shape, dtype and device, checked to lie
+        in the set: the one gate every value entering a constrained tensor passes (assignment,
+        :func:`~paramshape.init_`, a checkpoint's plain keys).
+
+        * Python numbers, (nested) lists and NumPy arrays are converted, as are integer tensors and
+          floating tensors of another dtype or device (rounding to the tensor's dtype, as
+          ``Tensor.copy_`` does).
+        * The shape rule: a value must have the tensor's shape, or broadcast to it without changing
+          it (``0.01`` or ``torch.tensor(0.01)`` for a shape-``(1,)`` tensor, a row for every row);
+          the stored tensor never changes shape. ``broadcast=False`` asks for the exact shape (as
+          ``load_state_dict`` does).
+        * ``None``, booleans, complex numbers and non-numeric objects are refused.
+
+        Without :func:`~paramshape.constrain` (a transform used on its own) only the conversion and the
+        transform's own :meth:`check_shape` apply, in the default dtype for numbers.
+
+        Returns:
+            A tensor that may share memory with ``value``; broadcast values are materialised.
+
+        Raises:
+            UnsupportedTensorError: ``value`` is None, boolean, complex or not numeric.
+            ShapeMismatchError: ``value`` does not fit the tensor's shape.
+            InfeasibleValueError: ``value`` lies outside the set (or is NaN or infinite).
+
+        Example:
+            >>> import torch, torch.nn as nn, paramshape as ps
+            >>> layer = ps.constrain(nn.Linear(2, 2), "weight", ps.Box(-1, 1))
+            >>> layer.weight = 0.25  # a number fills the tensor
+            >>> layer.weight.detach()
+            tensor([[0.2500, 0.2500],
+                    [0.2500, 0.2500]])
+            >>> try:
+            ...     layer.weight = torch.zeros(3, 3)
+            ... except ps.ShapeMismatchError as error:
+            ...     print(error)
+            'weight' of Linear (shape (2, 2), float32): the value assigned has shape (3, 3), which does not broadcast to (2, 2); a constrained tensor never changes shape. Assign a value of shape (2, 2), or unconstrain it first to change the architecture.
+        """
+        like = getattr(self, "_value_like", None)
+        tensor = coerce_value(
+            value,
+            shape=getattr(self, "_value_shape", None),
+            dtype=like.dtype if like is not None else None,
+            device=like.device if like is not None else None,
+            label=self._target or "value",
+            broadcast=broadcast,
+        )
+        self.check_shape(tensor.shape)
+        self.validate(tensor, hint=hint)
+        return tensor
 
     # ---------------------------------------------------------------- the set
     @property
@@ -452,6 +552,83 @@ class Transform(nn.Module, abc.ABC):
             if not math.isfinite(value):
                 return f"value {format_scalar(value)} at {format_index(index)} is not finite"
         return self._describe(y, index)
+
+
+def coerce_value(
+    value: Any,
+    *,
+    shape: torch.Size | None,
+    dtype: torch.dtype | None,
+    device: torch.device | None,
+    label: str,
+    broadcast: bool = True,
+) -> Tensor:
+    """The shape and type rule of :meth:`Transform.admit`, in one place: ``value`` converted to a
+    floating tensor of ``dtype`` on ``device``, of ``shape`` exactly (or broadcast to it, unchanged,
+    when ``broadcast``). ``None`` for ``shape``, ``dtype`` or ``device`` leaves that one free (numbers
+    then get the default dtype). Raises :class:`UnsupportedTensorError` or :class:`ShapeMismatchError`
+    naming ``label``, the expected shape and dtype."""
+    expected = f"shape {format_shape(shape)}" if shape is not None else "a shape"
+    where = f"{label} ({expected}, {str(dtype).removeprefix('torch.')})" if dtype is not None else label
+    if value is None:
+        raise UnsupportedTensorError(
+            f"{where}: cannot assign None to a constrained tensor. To remove the constraint, call "
+            "ps.unconstrain(module, name); to drop the tensor, unconstrain it first."
+        )
+    if isinstance(value, nn.Parameter):
+        value = value.detach()
+    if not isinstance(value, Tensor):
+        if isinstance(value, (bool, str, bytes)) or not _array_like(value):
+            raise UnsupportedTensorError(
+                f"{where}: cannot assign a {type(value).__name__}; assign a tensor, a Python number, "
+                "a (nested) list of numbers or a NumPy array."
+            )
+        try:
+            converted = torch.as_tensor(value)
+            if converted.is_floating_point() and not hasattr(value, "__array__"):
+                # Python floats are float64: read them so, not through the default dtype, so 0.1
+                # means 0.1 at the tensor's precision (float32 first would round it twice).
+                converted = torch.as_tensor(value, dtype=torch.float64).to(dtype or torch.get_default_dtype())
+            value = converted
+        except (TypeError, ValueError, RuntimeError) as error:
+            raise UnsupportedTensorError(
+                f"{where}: cannot convert the {type(value).__name__} assigned to a tensor ({error})."
+            ) from None
+    if value.dtype == torch.bool or value.is_complex():
+        kind = "boolean" if value.dtype == torch.bool else "complex"
+        advice = (
+            "convert it with .float() if 0 and 1 are meant" if kind == "boolean" else "assign real values"
+        )
+        raise UnsupportedTensorError(
+            f"{where}: cannot assign a {kind} value ({str(value.dtype).removeprefix('torch.')}) to a "
+            f"real constrained tensor; {advice}."
+        )
+    if not value.is_floating_point():  # integer tensors and arrays: their numbers, in floating point
+        value = value.to(dtype or torch.get_default_dtype())
+    if dtype is not None or device is not None:
+        value = value.to(dtype=dtype or value.dtype, device=device or value.device)
+    if shape is not None and value.shape != shape:
+        try:
+            fits = broadcast and torch.broadcast_shapes(value.shape, shape) == shape
+        except RuntimeError:
+            fits = False
+        if not fits:
+            rule = "which does not broadcast to" if broadcast else "and the checkpoint needs exactly"
+            raise ShapeMismatchError(
+                f"{where}: the value assigned has shape {format_shape(value.shape)}, {rule} "
+                f"{format_shape(shape)}; a constrained tensor never changes shape. Assign a value of "
+                f"shape {format_shape(shape)}, or unconstrain it first to change the architecture."
+            )
+        # A copy, not a stride-0 view: the stored tensor may end up sharing the inverse's result.
+        value = value.expand(shape).clone()
+    checked: Tensor = value
+    return checked
+
+
+def _array_like(value: Any) -> bool:
+    from numbers import Real
+
+    return isinstance(value, (Real, list, tuple)) or hasattr(value, "__array__")
 
 
 def _flatten_events(tensor: Tensor, dims: tuple[int, ...]) -> Tensor:

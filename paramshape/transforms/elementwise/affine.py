@@ -9,7 +9,7 @@ from torch.distributions import constraints
 from paramshape.errors import SpecError
 from paramshape.errors.report import format_index, format_scalar
 from paramshape.numerics.precision import compute_dtype
-from paramshape.transforms.elementwise.bounds import BoundedTransform, BoundLike, as_bound, ensure_finite
+from paramshape.transforms.elementwise.bounds import BoundedTransform, BoundLike, ensure_finite
 from paramshape.transforms.registry import register
 
 __all__ = ["Affine"]
@@ -55,10 +55,7 @@ class Affine(BoundedTransform):
 
     def __init__(self, loc: BoundLike = 0.0, scale: BoundLike = 1.0) -> None:
         super().__init__()
-        name = type(self).__name__
-        loc_tensor, scale_tensor = as_bound(loc, "loc", name), as_bound(scale, "scale", name)
-        dtype = torch.promote_types(loc_tensor.dtype, scale_tensor.dtype)
-        self._set_bounds(loc=loc_tensor.to(dtype), scale=scale_tensor.to(dtype))
+        self._set_bounds(loc=loc, scale=scale)
 
     def forward(self, x: Tensor) -> Tensor:
         work = compute_dtype(x.dtype)

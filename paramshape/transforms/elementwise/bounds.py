@@ -30,8 +30,9 @@ __all__ = [
 BoundLike = float | int | Tensor | Sequence[float]
 
 
-def as_bound(value: BoundLike, name: str, owner: str) -> Tensor:
-    """Convert a bound to a floating tensor (the default dtype unless already floating).
+def as_bound(value: BoundLike, name: str, owner: str, *, exact: bool = False) -> Tensor:
+    """Convert a bound to a floating tensor (the default dtype unless already floating; with
+    ``exact``, float64 for Python numbers and lists, so ``1e-4`` is read as the float64 number 1e-4).
 
     Raises :class:`SpecError` for booleans, complex or non-numeric values and for NaN.
     """
@@ -39,6 +40,13 @@ def as_bound(value: BoundLike, name: str, owner: str) -> Tensor:
         raise SpecError(f"{owner}: '{name}' must be a real number or tensor, not a boolean.")
     try:
         tensor = torch.as_tensor(value)
+        if (
+            exact
+            and tensor.is_floating_point()
+            and not isinstance(value, Tensor)
+            and not hasattr(value, "__array__")
+        ):
+            tensor = torch.as_tensor(value, dtype=torch.float64)
     except (TypeError, ValueError, RuntimeError):
         raise SpecError(
             f"{owner}: '{name}' must be a real number or tensor; got {type(value).__name__}."
@@ -133,9 +141,29 @@ class BoundedTransform(Transform):
 
     bound_names: ClassVar[tuple[str, ...]] = ()
 
-    def _set_bounds(self, **bounds: Tensor) -> None:
+    def _set_bounds(self, **given: BoundLike) -> None:
+        """Convert the bounds as given (:func:`as_bound`) and register them as buffers.
+
+        A bound given as a Python number (or list, or NumPy array) means that number at the tensor's
+        precision: an exact float64 copy is kept (``_exact``, not in ``state_dict``) and every dtype
+        move rebuilds the buffer from it, so ``GreaterThan(1e-4)`` on a float64 tensor is 1e-4 in
+        float64, not the float32 rounding converted up. Until then the buffers hold the bounds in
+        the default dtype (in a tensor bound's own dtype, promoted across bounds), or in float64 when
+        a finite bound would overflow the default dtype (``Box(-1e300, 1e300)``: moving it to a
+        dtype where it overflows is refused).
+        """
+        owner = type(self).__name__
+        exact = {name: as_bound(value, name, owner, exact=True) for name, value in given.items()}
+        working: torch.dtype | None = None
+        for name, value in given.items():
+            dtype = exact[name].dtype if isinstance(value, Tensor) else torch.get_default_dtype()
+            working = dtype if working is None else torch.promote_types(working, dtype)
+        bounds = {name: bound.to(working) for name, bound in exact.items()}
+        if any(_overflows(exact[name], bound) for name, bound in bounds.items()):
+            bounds = {name: bound.to(torch.float64) for name, bound in exact.items()}
         for name, bound in bounds.items():
             self.register_buffer(name, bound)
+        self._exact = {name: bound.to(torch.float64) for name, bound in exact.items()}
         self._layout = self._analyse_bounds(bounds)
 
     @abc.abstractmethod
@@ -170,6 +198,25 @@ class BoundedTransform(Transform):
         layout = self._analyse_bounds(incoming)
         super()._load_from_state_dict(state_dict, prefix, *args)
         self._layout = layout
+        # The checkpoint's numbers, at the precision it stored them, are the bounds from now on.
+        self._exact = {name: bound.detach().to(torch.float64) for name, bound in self._bounds().items()}
+
+    def _exact_bounds(self, reference: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The bounds at full precision: the exact copy while ``reference`` (the buffers, or the
+        values kept aside on ``meta``) still holds its rounding, else ``reference`` itself (changed in
+        place since, or loaded)."""
+        exact = getattr(self, "_exact", None) or {}
+        result = {}
+        for name, bound in reference.items():
+            kept = exact.get(name)
+            if (
+                kept is None
+                or bound.device.type == "meta"
+                or not torch.equal(kept.to(bound.dtype).cpu(), bound.cpu())
+            ):
+                kept = bound.detach().to(torch.float64)
+            result[name] = kept
+        return result
 
     def check_conversion(self, fn: Any) -> None:
         """Raise :class:`SpecError` if ``fn`` (what ``module.half()``, ``.to(dtype)`` or
@@ -181,7 +228,8 @@ class BoundedTransform(Transform):
 
     def _converted_bounds(self, fn: Any) -> tuple[dict[str, Tensor], dict[str, Tensor] | None]:
         """The bounds after ``fn``, checked, and the values kept aside from a move to ``meta`` that
-        replace them when they come back (``to_empty()``), if any."""
+        replace them when they come back (``to_empty()``), if any. A move to another dtype rebuilds
+        each bound from its exact value (:meth:`_set_bounds`): one rounding, not two."""
         current = self._bounds()
         converted = {name: fn(bound) for name, bound in current.items()}
         was_meta = any(bound.device.type == "meta" for bound in current.values())
@@ -193,10 +241,12 @@ class BoundedTransform(Transform):
                 for name, bound in converted.items()
             }
         if not to_meta:
+            reference = source if source is not None else current
+            exact = self._exact_bounds(reference)
             for name, bound in converted.items():
-                reference = source[name] if source is not None else current[name]
-                before = torch.isfinite(reference).to(bound.device)
-                if not torch.equal(torch.isfinite(bound), before):
+                if bound.is_floating_point() and bound.dtype != reference[name].dtype:
+                    bound = converted[name] = exact[name].to(device=bound.device, dtype=bound.dtype)
+                if _overflows(exact[name], bound):
                     raise SpecError(
                         f"{type(self).__name__}: converting '{name}' to {bound.dtype} would turn a finite "
                         f"bound into infinity (the largest {bound.dtype} is "
@@ -204,7 +254,7 @@ class BoundedTransform(Transform):
                     )
         return converted, source
 
-    def _apply(self, fn: Any, recurse: bool = True) -> BoundedTransform:
+    def _apply(self, fn: Any, recurse: bool = True) -> Transform:
         # Convert copies first and check them, so a failing .half() leaves the bounds untouched
         # (instead of infinite bounds with a stale layout, which would make every value NaN).
         current = self._bounds()
@@ -216,10 +266,16 @@ class BoundedTransform(Transform):
             self._meta_source = {name: bound.detach().cpu().clone() for name, bound in current.items()}
         layout = None if to_meta else self._analyse_bounds(converted)
         result = super()._apply(fn, recurse)
-        if source is not None:
+        if not to_meta:
+            # The checked (and, on a dtype move, rebuilt) bounds, not fn's second conversion.
             for name, bound in converted.items():
                 self._buffers[name] = bound
-            del self._meta_source
-        if not to_meta:
             self._layout = layout
+        if source is not None:
+            del self._meta_source
         return result
+
+
+def _overflows(exact: Tensor, bound: Tensor) -> bool:
+    """Whether a finite entry of ``exact`` became infinite in ``bound``."""
+    return not torch.equal(torch.isfinite(bound), torch.isfinite(exact).to(bound.device))

@@ -13,7 +13,7 @@ from paramshape.fusion.compiled import Fusable
 from paramshape.numerics import maps as _maps
 from paramshape.numerics import slopes as _slopes
 from paramshape.numerics.precision import compute_dtype, interior_margin
-from paramshape.transforms.elementwise.bounds import BoundedTransform, BoundLike, as_bound_pair
+from paramshape.transforms.elementwise.bounds import BoundedTransform, BoundLike
 from paramshape.transforms.registry import register
 
 __all__ = ["Box", "UnitInterval"]
@@ -74,9 +74,7 @@ class Box(BoundedTransform):
 
     def __init__(self, low: BoundLike, high: BoundLike) -> None:
         super().__init__()
-        name = type(self).__name__
-        low_tensor, high_tensor = as_bound_pair(low, high, name)
-        self._set_bounds(low=low_tensor, high=high_tensor)
+        self._set_bounds(low=low, high=high)
 
     def forward(self, x: Tensor) -> Tensor:
         return _box_forward(x, self.low, self.high, self._layout)

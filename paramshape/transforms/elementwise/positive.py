@@ -18,7 +18,6 @@ from paramshape.transforms.base import Transform
 from paramshape.transforms.elementwise.bounds import (
     BoundedTransform,
     BoundLike,
-    as_bound,
     describe_bound_violation,
     elementwise_excess,
     ensure_finite,
@@ -159,7 +158,7 @@ class GreaterThan(BoundedTransform):
     def __init__(self, low: BoundLike, method: PositiveMethod = "softplus") -> None:
         super().__init__()
         self.method: PositiveMethod = _check_method(method, type(self).__name__)
-        self._set_bounds(low=as_bound(low, "low", type(self).__name__))
+        self._set_bounds(low=low)
 
     def forward(self, x: Tensor) -> Tensor:
         return _above_forward(x, self.low, self.method)
@@ -227,7 +226,7 @@ class LessThan(BoundedTransform):
     def __init__(self, high: BoundLike, method: PositiveMethod = "softplus") -> None:
         super().__init__()
         self.method: PositiveMethod = _check_method(method, type(self).__name__)
-        self._set_bounds(high=as_bound(high, "high", type(self).__name__))
+        self._set_bounds(high=high)
 
     def forward(self, x: Tensor) -> Tensor:
         return _below_forward(x, self.high, self.method)

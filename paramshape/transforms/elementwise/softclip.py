@@ -12,7 +12,7 @@ from paramshape.errors import SpecError
 from paramshape.fusion.compiled import Fusable
 from paramshape.numerics.precision import compute_dtype, interior_margin, softplus_inverse, step_inside
 from paramshape.numerics.slopes import softplus, to_dtype
-from paramshape.transforms.elementwise.bounds import BoundedTransform, BoundLike, as_bound_pair
+from paramshape.transforms.elementwise.bounds import BoundedTransform, BoundLike
 from paramshape.transforms.elementwise.interval import _classify
 from paramshape.transforms.registry import register
 
@@ -119,8 +119,7 @@ class SoftClip(BoundedTransform):
         ):
             raise SpecError(f"{name}: softness must be a positive finite number; got {softness!r}.")
         self.softness = float(softness)
-        low_tensor, high_tensor = as_bound_pair(low, high, name)
-        self._set_bounds(low=low_tensor, high=high_tensor)
+        self._set_bounds(low=low, high=high)
 
     def forward(self, x: Tensor) -> Tensor:
         return _soft_clip_forward(x, self.low, self.high, self.softness)

@@ -50,7 +50,8 @@ def _largest_singular_value(matrix: Tensor) -> Tensor:
     largest = matrix.detach().abs().amax((-2, -1), keepdim=True)
     scale = torch.where(largest > 0, largest, torch.ones_like(largest))
     scaled = torch.where(largest > 0, matrix / scale, torch.zeros_like(matrix))
-    return torch.linalg.svdvals(scaled)[..., :1, None] * scale
+    largest_singular: Tensor = torch.linalg.svdvals(scaled)[..., :1, None] * scale
+    return largest_singular
 
 
 def _spectral_excess(y: Tensor, bound: float) -> Tensor:

@@ -248,7 +248,8 @@ class _RadialNorm(Transform):
         if self.low > 0:
             size = _count(y.shape, dims)
             scaled = torch.where(norm == 0, self.low / math.sqrt(size), scaled)  # NaN stays NaN
-        return scaled.to(y.dtype)
+        projected: Tensor = scaled.to(y.dtype)
+        return projected
 
     def to_interior(self, y: Tensor) -> Tensor:
         dims = self.event_dims(y.dim())
@@ -258,7 +259,8 @@ class _RadialNorm(Transform):
         target = norm.clamp(self.low + margin if self.low > 0 else 0.0, self.high - margin)
         size = _count(y.shape, dims)
         direction = torch.where(norm > 0, y64 / torch.where(norm > 0, norm, 1.0), 1 / math.sqrt(size))
-        return (direction * target).to(y.dtype)
+        interior: Tensor = (direction * target).to(y.dtype)
+        return interior
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}"

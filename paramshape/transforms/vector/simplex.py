@@ -123,6 +123,10 @@ class Simplex(VectorTransform):
         self.log = log
         self.bijective = method == "ilr"
         self.size_change = -1 if method == "ilr" else 0
+        if method == "ilr":
+            # One probability is the single point 1, which ILR stores as K - 1 = 0 numbers.
+            self.min_size = 2
+            self.size_reason = "With method='ilr' the simplex of one entry is the point 1: nothing to store."
 
     def forward(self, x: Tensor) -> Tensor:
         return _simplex_forward(x, self.dim, self.method, self.log)

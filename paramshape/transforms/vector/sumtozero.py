@@ -104,6 +104,8 @@ class SumToZero(VectorTransform):
     """
 
     size_change = -1
+    min_size = 2
+    size_reason = "A slice of one entry that sums to zero can only be 0: there is nothing to constrain."
 
     def forward(self, x: Tensor) -> Tensor:
         work = x.to(compute_dtype(x.dtype))
