@@ -47,7 +47,7 @@ def _cap(generator: Tensor, limit: float) -> Tensor:
     largest = (
         generator.detach().abs().amax((-2, -1), keepdim=True).clamp_min(torch.finfo(generator.dtype).tiny)
     )
-    norm = largest * torch.linalg.vector_norm(generator / largest, dim=(-2, -1), keepdim=True)
+    norm: Tensor = largest * torch.linalg.vector_norm(generator / largest, dim=(-2, -1), keepdim=True)
     return generator / (norm / limit).clamp_min(1.0)
 
 
@@ -86,7 +86,7 @@ def _interior(y: Tensor, unit_determinant: bool) -> Tensor:
     s = s.clamp_min(INTERIOR_FRACTION * s[..., :1])
     flip = torch.linalg.det(u @ vh) < 0
     u = torch.cat([u[..., :-1], torch.where(flip[..., None, None], -u[..., -1:], u[..., -1:])], -1)
-    value = (u * s[..., None, :]) @ vh
+    value: Tensor = (u * s[..., None, :]) @ vh
     if unit_determinant:
         value = value / torch.exp(torch.log(s).sum(-1) / y.shape[-1])[..., None, None]
     else:
