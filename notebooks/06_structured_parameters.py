@@ -261,6 +261,7 @@ plt.show()
 # noisy entries.
 
 # %%
+torch.manual_seed(1)  # this section's draws do not depend on the sections above
 images = torch.randn(64, 2, 8, 8)
 conv = nn.Conv2d(2, 4, 3, padding=1, bias=False)
 ps.constrain(conv, "weight", ps.MaxNorm(1.0, dim=(1, 2, 3)), init="sample")
@@ -319,5 +320,6 @@ assert singular_values.max() <= 1.0 + 1e-5
 assert singular_values.min() > 0.9, "every direction is pushed towards the bound"
 assert kernel.parametrizations.matrix.original.shape == (12, 2)
 assert kernel_eigenvalues[:-2].abs().max() < 1e-4, "rank at most 2"
-assert torch.allclose(kernel.matrix.detach(), gram_target, atol=0.1)
+gram_error = (kernel.matrix.detach() - gram_target).abs().max() / gram_target.abs().max()
+assert gram_error < 0.05, f"the rank-2 fit is off by {gram_error:.3f} of the largest entry"
 print("all checks passed")
