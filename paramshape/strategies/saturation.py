@@ -64,7 +64,8 @@ def saturated_mask(transform: Transform, x: Tensor) -> Tensor | None:
     with torch.no_grad():
         # The elementwise families that define peak_log_slope compute the slope from x alone.
         log_slope = transform.log_abs_det_jacobian(x, x)
-        return log_slope < peak() + math.log(SATURATED_SLOPE)
+        mask: Tensor = log_slope < peak() + math.log(SATURATED_SLOPE)
+        return mask
 
 
 @dataclass(frozen=True)
@@ -160,11 +161,11 @@ def saturation(model: nn.Module) -> SaturationReport:
     for path, module in model.named_modules():
         if not parametrize.is_parametrized(module):
             continue
-        for name in module.parametrizations:  # type: ignore[union-attr]
+        for name in module.parametrizations:
             transform = paramshape_transform(module, name)
             if transform is None:
                 continue
-            stored = module.parametrizations[name].original  # type: ignore[index]
+            stored = module.parametrizations[name].original
             mask = saturated_mask(transform, stored.detach())
             if mask is None:
                 continue
@@ -232,7 +233,7 @@ def _check_after_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) 
     for group in optimizer.param_groups:
         for param in group["params"]:
             entry = _watched.get(id(param))
-            if entry is not None and not entry.warned and entry.tensor() is param:
+            if entry is not None and not entry.warned and entry.tensor() is param and param is not None:
                 _check(entry, param)
 
 

@@ -455,7 +455,8 @@ def check_optimizer_steps(transform: Transform, shape: Shape, dtype: torch.dtype
         _push_outward(module, attached, direction, optimizer)
 
 
-def _push_outward(module: nn.Module, attached: Transform, direction: Tensor, optimizer: Any) -> None:
+def _push_outward(module: Any, attached: Transform, direction: Tensor, optimizer: Any) -> None:
+    # module: the nn.Module holding ``value``; typed Any because Module.__getattr__ is Tensor | Module.
     for step in range(20):
         optimizer.zero_grad()
         (-(module.value * direction).sum()).backward()
