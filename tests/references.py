@@ -112,15 +112,15 @@ def _jitter(dtype: torch.dtype, size: int) -> float:
 
 # ------------------------------------------------------------------------------ elementwise
 def box(transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor:
-    """c + r tanh(a x / r) (centre c, half-width r, slope a); one-sided, l + s softplus(a x / s)
-    (softness s = 1/4), where a bound is infinite; a x if both are."""
+    """l + (h - l) sigma(4 a x / (h - l)), which is c + r tanh(a x / r) (centre c, half-width r, slope
+    a) written so that it keeps its precision near l; one-sided, l + s softplus(a x / s) (softness
+    s = 1/4), where a bound is infinite; a x if both are."""
     low, high = torch.broadcast_tensors(_bound(transform, "low"), _bound(transform, "high"))
     low, high, x = torch.broadcast_tensors(low, high, x)
     finite_low, finite_high = torch.isfinite(low), torch.isfinite(high)
     lo, hi = torch.where(finite_low, low, 0.0), torch.where(finite_high, high, 1.0)
     a = transform.slope
-    centre, radius = (lo + hi) / 2, (hi - lo) / 2
-    both = centre + radius * torch.tanh(a * x / radius)
+    both = lo + (hi - lo) * _sigmoid(4 * a * x / (hi - lo))
     above = lo + _above(a * x, "softplus", dtype)
     below = hi - _above(-a * x, "softplus", dtype)
     y = torch.where(
@@ -146,8 +146,8 @@ def box_inverse(transform: object, y: Tensor, dtype: torch.dtype = F64) -> Tenso
 
 
 def unit_interval(transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor:
-    """(1 + tanh(2 a x)) / 2 = sigma(4 a x)."""
-    return (1 + torch.tanh(2 * transform.slope * x)) / 2
+    """sigma(4 a x) = (1 + tanh(2 a x)) / 2."""
+    return _sigmoid(4 * transform.slope * x)
 
 
 def unit_interval_inverse(transform: object, y: Tensor, dtype: torch.dtype = F64) -> Tensor:
