@@ -87,6 +87,10 @@ def plan(root: nn.Module, dotted: str, spec: Spec, init: str, method: str, weigh
     # spectral_norm's power iteration would advance), which a refused call must not do.
     _check_foreign(ref, root)
     transform = copy.deepcopy(resolve(spec))
+    # A transform that only makes sense on outputs (Simplex(log=True)) says why, before any check.
+    output_only = getattr(transform, "output_only", None)
+    if isinstance(output_only, str):
+        raise SpecError(f"'{ref.path}' of {type_name(root)}: {output_only}")
     with torch.no_grad():
         current = getattr(ref.owner, ref.name).detach().clone()
     _check_tensor(ref, current, root, method)
