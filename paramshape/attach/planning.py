@@ -335,8 +335,15 @@ def _check_stored_values(transform: Transform, constrained: Tensor, value: Tenso
         ),
         default=0.0,
     )
+    # Vector and matrix sets move a value relative to its slice (ties of Ordered are pulled apart),
+    # so the tensor's own largest magnitude is part of the scale too.
+    scale = max(
+        scale, float(value.detach().abs().nan_to_num(posinf=0.0, neginf=0.0).max()) if value.numel() else 0.0
+    )
     error = (constrained - value).abs_()
-    allowed = value.abs().add_(scale).mul_(math.sqrt(eps)).clamp_min_(torch.finfo(value.dtype).tiny)
+    # At least two smallest normals: a value on a boundary at zero is stored one step inside, and
+    # Positive's floor is the smallest normal itself (plus the rounding of its map there).
+    allowed = value.abs().add_(scale).mul_(math.sqrt(eps)).clamp_min_(2 * torch.finfo(value.dtype).tiny)
     excess = error.sub_(allowed)  # in place: the check costs two temporaries of the tensor's size
     if bool((excess > 0).any()):
         worst = int(torch.argmax(excess.reshape(-1)))
