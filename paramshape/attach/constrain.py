@@ -87,8 +87,8 @@ def constrain(
     A pattern skips the tensors ``method`` can never constrain: buffers under every method but
     ``"reparam"``, and the running statistics of norm layers (BatchNorm updates them in place)
     under every method; so ``constrain(model, "*", spec, method="project")`` takes every
-    parameter of a model with BatchNorm. A tensor named without wildcards is never skipped (the call
-    raises and says why); a pattern that matches only skipped tensors raises and names them.
+    parameter of a model with BatchNorm. A tensor named without wildcards is never skipped, nor
+    one matched by a pattern that matches nothing else: the call raises and says why.
     ``init``, ``method`` and ``weight`` apply to all of them. A pattern that matches nothing raises,
     listing the available names; a tensor matched by two patterns raises. All or nothing: if one
     tensor fails, no tensor changes.

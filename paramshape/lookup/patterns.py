@@ -9,8 +9,8 @@ A pattern passes over the tensors that the chosen method can never constrain, so
 ``constrain(model, "*", spec, method="project")`` means "every parameter" on any model: buffers for
 every method but ``"reparam"`` (no optimizer updates them), and the running statistics that batch
 and instance norm layers update in place, for every method. A tensor named without wildcards
-is never skipped: constraining one raises and says why. A pattern that matches only such tensors
-raises :class:`TensorNotFoundError`, naming them and why they were skipped.
+is never skipped, nor is one matched by a pattern that matches nothing else: constraining it
+raises, and the error says why.
 """
 
 from __future__ import annotations
@@ -79,24 +79,13 @@ def expand_targets(root: nn.Module, name: Any, spec: Any, method: str | None = N
 
 
 def _method_matches(root: nn.Module, pattern: str, method: str | None) -> list[str]:
-    """The tensors ``pattern`` matches among those ``method`` can constrain. When it matches only
-    tensors the method cannot take, :class:`TensorNotFoundError` names them and says why."""
-    usable = constrainable_names(root, method)
-    hits = [name for name in usable if fnmatchcase(name, pattern)]
-    if hits:
-        return hits
-    skipped = [name for name in constrainable_names(root) if fnmatchcase(name, pattern)]
-    if not skipped:
-        return match_names(root, pattern, usable)  # raises, listing the names there are
-    reason = (
-        "norm layers update their running statistics in place"
-        if method in (None, "reparam")
-        else f"method={method!r} acts on parameters, and norm layers update their running statistics in place"
-    )
-    raise TensorNotFoundError(
-        _no_match_message(root, pattern, usable)
-        + f" It matches only {', '.join(repr(n) for n in skipped[:5])}, which a pattern skips: {reason}."
-    )
+    """The tensors ``pattern`` matches among those ``method`` can constrain; when it matches only
+    tensors the method cannot take, those, so that constrain() raises the error that says why, as
+    it does for the name written out (and :class:`TensorNotFoundError` when it matches nothing)."""
+    everything = constrainable_names(root)
+    usable = set(constrainable_names(root, method))
+    hits = [name for name in everything if name in usable and fnmatchcase(name, pattern)]
+    return hits or match_names(root, pattern, everything)
 
 
 def is_pattern(name: object) -> bool:
