@@ -98,6 +98,10 @@ def plan(
     # spectral_norm's power iteration would advance), which a refused call must not do.
     _check_foreign(ref, root)
     transform = copy.deepcopy(resolve(spec))
+    # A transform that only makes sense on outputs (Simplex(log=True)) says why, before any check.
+    output_only = getattr(transform, "output_only", None)
+    if isinstance(output_only, str):
+        raise SpecError(f"'{ref.path}' of {type_name(root)}: {output_only}")
     with torch.no_grad():
         # No copy: the plan only reads the values (the rollback keeps its own backup), and a copy
         # of a large tensor is one more tensor at the peak of constrain.
