@@ -25,7 +25,9 @@ Run from the repository root (about a minute on 2 CPU cores)::
     python benchmarks/compare_strategies.py             # table; a plot too if matplotlib is there
     python benchmarks/compare_strategies.py --steps 200 --json results.json --plot strategies.png
 
-``pip install -e ".[bench]"`` installs matplotlib for the plot.
+``pip install -e ".[bench]"`` installs matplotlib for the plot. ``method="riemannian"`` and
+``method="lagrangian"`` are compared with their peers (geoopt, a cooper-style loop) on problems of
+their own in ``benchmarks/compare_problems.py``.
 """
 
 from __future__ import annotations

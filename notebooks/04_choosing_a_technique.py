@@ -26,6 +26,7 @@
 import statistics
 import sys
 import time
+import warnings
 
 import matplotlib
 
@@ -85,6 +86,23 @@ def run(build) -> dict:
     model, extra = build()
     optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
     losses, largest, seconds = [], [], []
+    with warnings.catch_warnings(record=True) as caught:  # kept to show below
+        warnings.simplefilter("always", ps.SaturationWarning)
+        train(model, extra, optimizer, losses, largest, seconds)
+    weight = model.weight.detach().flatten()
+    return {
+        "weight": weight,
+        "loss": losses,
+        "largest": largest,
+        "feasible": sum(value <= 1 for value in largest) / STEPS,
+        "at bound": ((weight.abs() - 1).abs() <= 1e-3).float().mean().item(),
+        "ms": 1e3 * statistics.median(seconds),
+        "saturation": ps.saturation(model),
+        "warnings": [str(w.message) for w in caught if issubclass(w.category, ps.SaturationWarning)],
+    }
+
+
+def train(model, extra, optimizer, losses, largest, seconds) -> None:
     for _ in range(STEPS):
         start = time.perf_counter()
         optimizer.zero_grad()
@@ -95,15 +113,6 @@ def run(build) -> dict:
         seconds.append(time.perf_counter() - start)
         losses.append(loss.item())
         largest.append(model.weight.detach().abs().max().item())
-    weight = model.weight.detach().flatten()
-    return {
-        "weight": weight,
-        "loss": losses,
-        "largest": largest,
-        "feasible": sum(value <= 1 for value in largest) / STEPS,
-        "at bound": ((weight.abs() - 1).abs() <= 1e-3).float().mean().item(),
-        "ms": 1e3 * statistics.median(seconds),
-    }
 
 
 results = {name: run(build) for name, build in techniques.items()}
@@ -154,14 +163,40 @@ plt.tight_layout()
 plt.show()
 
 # %% [markdown]
+# ## Choose by where the optimum lies
+#
+# Here the best feasible weights $(1, -1, 0.5)$ put two weights **on** the bound. A smooth map
+# approaches a bound but never reaches it, and its slope vanishes on the way: the reparametrised
+# weights end *saturated* or nearly so, where a step on the stored value barely moves the value
+# (`SoftClip`, whose slope falls faster at its edge, saturates two of its three weights; `Box`
+# stops at 1-2% of its centre slope).
+# `ps.saturation(model)` measures it (values where the slope is below 1% of its largest), and
+# during training a `SaturationWarning` says so once per tensor and points to `method="project"`.
+#
+# | where the optimum lies | use | why |
+# |---|---|---|
+# | inside the set (a scale, a probability, a temperature the data pins down) | `method="reparam"` | every read feasible; unit slope in the middle, so learning rates carry over |
+# | on the boundary, or exact zeros wanted (clipping, sparse non-negative factors, a cap the data pushes against) | `method="project"` | reaches the bound exactly; trains like the hand-written clamp |
+# | nowhere in particular: a soft preference | `method="penalty"` | violations allowed, priced by the weight |
+
+# %%
+for name in ("reparam (Box)", "reparam (SoftClip)"):
+    print(name, results[name]["saturation"], sep="\n")
+    for message in results[name]["warnings"]:
+        print("warned:", message[:160], "...")
+
+# %% [markdown]
 # What the runs show:
 #
 # - **reparam** (the default of `ps.constrain`) and **project** keep every weight in the box at
 #   every step, and end near the best feasible weights $(1, -1, 0.5)$, whose loss is about 5 (the
 #   part of $y$ that weights in the box cannot fit). Projection lands exactly on the bounds and is
-#   cheap. `Box` approaches the bounds but never reaches them, ever more slowly as its slope fades:
-#   after 300 steps it is still short of them. `SoftClip` is the identity inside the box, so it moves
-#   as fast as the unconstrained model until it is within a hair of a bound.
+#   cheap. `Box` (slope 1 at the centre, like a plain weight) approaches the bounds but never
+#   reaches them, ever more slowly as its slope fades: after 300 steps it is still short of them,
+#   its slope there down to 1-2% of the centre's. `SoftClip` is the identity inside the box, so it moves
+#   as fast as the unconstrained model until it is within a hair of a bound. With the optimum on
+#   the bound, projection is the right tool; with an interior optimum reparametrisation trains as
+#   well as a plain parameter ([Strategies](../docs/strategies.md) measures six real problems).
 # - The **penalty** trades the fit against the violation: the weights leave the box and stay
 #   slightly outside. A larger weight shrinks the violation without removing it.
 # - **Output clamping** bounds the predictions, not the weights, which grow freely; and where a
@@ -315,6 +350,10 @@ best_feasible = results["project"]["loss"][-1]
 assert 4.9 < best_feasible < 5.2
 assert results["reparam (Box)"]["weight"].abs().max() < 1  # approaches, never reaches
 assert results["reparam (Box)"]["loss"][-1] > best_feasible
+# The two weights whose optimum is on the bound: saturated under SoftClip, nearly so under Box.
+assert results["reparam (SoftClip)"]["saturation"]["weight"] == 2 / 3
+assert len(results["reparam (SoftClip)"]["warnings"]) == 1
+assert results["reparam (Box)"]["saturation"]["weight"] == 0
 assert results["reparam (SoftClip)"]["loss"][-1] < 1.001 * best_feasible
 for name in ("penalty (weight 1)", "none", "output clamp", "gradient clipping"):
     assert results[name]["feasible"] < 1, f"{name} should not keep the weights in the box"

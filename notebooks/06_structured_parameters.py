@@ -320,6 +320,9 @@ assert singular_values.max() <= 1.0 + 1e-5
 assert singular_values.min() > 0.9, "every direction is pushed towards the bound"
 assert kernel.parametrizations.matrix.original.shape == (12, 2)
 assert kernel_eigenvalues[:-2].abs().max() < 1e-4, "rank at most 2"
-gram_error = (kernel.matrix.detach() - gram_target).abs().max() / gram_target.abs().max()
-assert gram_error < 0.05, f"the rank-2 fit is off by {gram_error:.3f} of the largest entry"
+# The optimum of a rank-2 PSD fit is the best rank-2 approximation of the symmetric part of the
+# target (its two largest eigenpairs, Eckart-Young): the fit must reach it, not the noise-free Gram.
+target_values, target_vectors = torch.linalg.eigh((noisy + noisy.T) / 2)
+best = target_vectors[:, -2:] @ torch.diag(target_values[-2:].clamp_min(0)) @ target_vectors[:, -2:].T
+assert torch.allclose(kernel.matrix.detach(), best, atol=1e-3)
 print("all checks passed")

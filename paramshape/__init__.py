@@ -22,6 +22,7 @@ from paramshape.errors import (
     ParamshapeWarning,
     ProjectionUnavailableError,
     RegistryError,
+    SaturationWarning,
     ShapeMismatchError,
     SpecError,
     SpecTypeError,
@@ -38,6 +39,7 @@ from paramshape.outputs.layers import BoundedReLU, HardClamp, TemperatureSoftmax
 from paramshape.spec.compose import Compose
 from paramshape.spec.resolve import Spec, register, resolve
 from paramshape.strategies.methods import ConstraintInfo, penalty, project_
+from paramshape.strategies.saturation import SaturationReport, saturation, set_saturation_warning
 from paramshape.training.functional import functional_params
 from paramshape.training.grad import clip_grad
 from paramshape.training.init import init_
@@ -97,6 +99,8 @@ __all__ = [
     "ManifoldUnavailableError",
     "ProjectionUnavailableError",
     "RegistryError",
+    "SaturationReport",
+    "SaturationWarning",
     "ShapeMismatchError",
     "Simplex",
     "SkewSymmetric",
@@ -132,7 +136,9 @@ __all__ = [
     "project_",
     "register",
     "resolve",
+    "saturation",
     "set_fusion",
+    "set_saturation_warning",
     "testing",
     "unconstrain",
     "__version__",

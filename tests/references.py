@@ -112,40 +112,46 @@ def _jitter(dtype: torch.dtype, size: int) -> float:
 
 # ------------------------------------------------------------------------------ elementwise
 def box(transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor:
-    """l + (h - l) sigma(x); one-sided (softplus) where a bound is infinite; identity if both are."""
+    """c + r tanh(a x / r) (centre c, half-width r, slope a); one-sided, l + s softplus(a x / s)
+    (softness s = 1/4), where a bound is infinite; a x if both are."""
     low, high = torch.broadcast_tensors(_bound(transform, "low"), _bound(transform, "high"))
     low, high, x = torch.broadcast_tensors(low, high, x)
     finite_low, finite_high = torch.isfinite(low), torch.isfinite(high)
-    lo, hi = torch.where(finite_low, low, 0.0), torch.where(finite_high, high, 0.0)
-    both = lo + (hi - lo) * _sigmoid(x)
-    above = lo + _above(x, "softplus", dtype)
-    below = hi - _above(-x, "softplus", dtype)
+    lo, hi = torch.where(finite_low, low, 0.0), torch.where(finite_high, high, 1.0)
+    a = transform.slope
+    centre, radius = (lo + hi) / 2, (hi - lo) / 2
+    both = centre + radius * torch.tanh(a * x / radius)
+    above = lo + _above(a * x, "softplus", dtype)
+    below = hi - _above(-a * x, "softplus", dtype)
     y = torch.where(
-        finite_low & finite_high, both, torch.where(finite_low, above, torch.where(finite_high, below, x))
+        finite_low & finite_high, both, torch.where(finite_low, above, torch.where(finite_high, below, a * x))
     )
     return _cap(y, dtype)
 
 
 def box_inverse(transform: object, y: Tensor, dtype: torch.dtype = F64) -> Tensor:
+    """r atanh((y - c) / r) / a, written as (log(y - l) - log(h - y)) r / (2a) so that it is exact
+    near either bound."""
     low, high = torch.broadcast_tensors(_bound(transform, "low"), _bound(transform, "high"))
     low, high, y = torch.broadcast_tensors(low, high, y)
     finite_low, finite_high = torch.isfinite(low), torch.isfinite(high)
-    lo, hi = torch.where(finite_low, low, 0.0), torch.where(finite_high, high, 0.0)
-    both = torch.log(y - lo) - torch.log(hi - y)
-    above = _softplus_inverse(y - lo)
-    below = -_softplus_inverse(hi - y)
+    lo, hi = torch.where(finite_low, low, 0.0), torch.where(finite_high, high, 1.0)
+    a = transform.slope
+    both = (torch.log(y - lo) - torch.log(hi - y)) * (hi - lo) / (4 * a)
+    above = _above_inverse(y - lo, "softplus") / a
+    below = -_above_inverse(hi - y, "softplus") / a
     return torch.where(
-        finite_low & finite_high, both, torch.where(finite_low, above, torch.where(finite_high, below, y))
+        finite_low & finite_high, both, torch.where(finite_low, above, torch.where(finite_high, below, y / a))
     )
 
 
 def unit_interval(transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor:
-    """sigma(x)."""
-    return _sigmoid(x)
+    """(1 + tanh(2 a x)) / 2 = sigma(4 a x)."""
+    return (1 + torch.tanh(2 * transform.slope * x)) / 2
 
 
 def unit_interval_inverse(transform: object, y: Tensor, dtype: torch.dtype = F64) -> Tensor:
-    return torch.log(y) - torch.log1p(-y)
+    return (torch.log(y) - torch.log1p(-y)) / (4 * transform.slope)
 
 
 def _exp_capped(x: Tensor, dtype: torch.dtype) -> Tensor:
@@ -156,41 +162,45 @@ def _exp_capped(x: Tensor, dtype: torch.dtype) -> Tensor:
     return torch.exp(x.clamp_max(cap))
 
 
-def _above(x: Tensor, method: str, dtype: torch.dtype) -> Tensor:
-    """softplus(x) or e^x, floored at the dtype's smallest normal number, capped at its largest."""
-    grown = _softplus(x) if method == "softplus" else _exp_capped(x, dtype)
+#: The one-sided maps' default softness (docs: GreaterThan): s softplus(x / s).
+SOFTNESS = 0.25
+
+
+def _above(x: Tensor, method: str, dtype: torch.dtype, softness: float = SOFTNESS) -> Tensor:
+    """s softplus(x / s) or e^x, floored at the dtype's smallest normal number, capped at its largest."""
+    grown = softness * _softplus(x / softness) if method == "softplus" else _exp_capped(x, dtype)
     return _cap(grown.clamp_min(_tiny(dtype)), dtype)
 
 
-def _above_inverse(d: Tensor, method: str) -> Tensor:
-    return _softplus_inverse(d) if method == "softplus" else torch.log(d)
+def _above_inverse(d: Tensor, method: str, softness: float = SOFTNESS) -> Tensor:
+    return softness * _softplus_inverse(d / softness) if method == "softplus" else torch.log(d)
 
 
 def positive(transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor:
-    """max(softplus(x), t) (or e^x floored at t), t the smallest normal number of the dtype."""
-    return _above(x, transform.method, dtype)
+    """max(s softplus(x / s), t) (or e^x floored at t), t the smallest normal number of the dtype."""
+    return _above(x, transform.method, dtype, transform.softness)
 
 
 def positive_inverse(transform: object, y: Tensor, dtype: torch.dtype = F64) -> Tensor:
-    return _above_inverse(y, transform.method)
+    return _above_inverse(y, transform.method, transform.softness)
 
 
 def greater_than(transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor:
-    """l + softplus(x) (l + e^x with method="exp"), capped at the dtype's largest number."""
-    return _cap(_bound(transform, "low") + _above(x, transform.method, dtype), dtype)
+    """l + s softplus(x / s) (l + e^x with method="exp"), capped at the dtype's largest number."""
+    return _cap(_bound(transform, "low") + _above(x, transform.method, dtype, transform.softness), dtype)
 
 
 def greater_than_inverse(transform: object, y: Tensor, dtype: torch.dtype = F64) -> Tensor:
-    return _above_inverse(y - _bound(transform, "low"), transform.method)
+    return _above_inverse(y - _bound(transform, "low"), transform.method, transform.softness)
 
 
 def less_than(transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor:
-    """h - softplus(-x) (h - e^-x with method="exp")."""
-    return _cap(_bound(transform, "high") - _above(-x, transform.method, dtype), dtype)
+    """h - s softplus(-x / s) (h - e^-x with method="exp")."""
+    return _cap(_bound(transform, "high") - _above(-x, transform.method, dtype, transform.softness), dtype)
 
 
 def less_than_inverse(transform: object, y: Tensor, dtype: torch.dtype = F64) -> Tensor:
-    return -_above_inverse(_bound(transform, "high") - y, transform.method)
+    return -_above_inverse(_bound(transform, "high") - y, transform.method, transform.softness)
 
 
 def soft_clip(transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import re
 import sys
 
@@ -146,9 +147,9 @@ def test_project_moves_only_infeasible_values_inside_and_warns():
     row = layer.weight[0].detach()
     assert row[0] == pytest.approx(0.5, abs=1e-7)
     assert row[3] == pytest.approx(0.0, abs=1e-7)
-    # A thousandth of the width (2) inside the nearest bound.
-    assert row[1] == pytest.approx(1 - 2e-3, abs=1e-6)
-    assert row[2] == pytest.approx(-1 + 2e-3, abs=1e-6)
+    # Where the slope 1 - t^2 of c + r tanh(x / r) is 1/4: at t = sqrt(3/4) of the half-width.
+    assert row[1] == pytest.approx(math.sqrt(3) / 2, abs=1e-6)
+    assert row[2] == pytest.approx(-math.sqrt(3) / 2, abs=1e-6)
 
 
 def test_raw_takes_current_values_as_unconstrained():
@@ -156,7 +157,7 @@ def test_raw_takes_current_values_as_unconstrained():
     raw = layer.weight.detach().clone()
     ps.constrain(layer, "weight", "positive", init="raw")
     assert torch.equal(layer.parametrizations.weight.original.detach(), raw)
-    torch.testing.assert_close(layer.weight, torch.nn.functional.softplus(raw))
+    torch.testing.assert_close(layer.weight, 0.25 * torch.log1p(torch.exp(4 * raw)))  # softness 1/4
 
 
 def test_raw_refuses_non_finite_values():

@@ -5,6 +5,7 @@ here from their definitions, not taken from the transforms."""
 from __future__ import annotations
 
 import copy
+import pickle
 import warnings
 
 import pytest
@@ -343,3 +344,24 @@ def test_any_start_either_steps_on_the_set_or_fails_cleanly(spec, shape, init, d
         assert module.x.dtype == dtype
         assert bool(torch.isfinite(module.x).all())
         assert bool(spec.to(dtype).contains(module.x.detach()).all())
+
+
+@pytest.mark.parametrize(
+    "duplicate", [copy.deepcopy, lambda m: pickle.loads(pickle.dumps(m))], ids=["deepcopy", "pickle"]
+)
+def test_copies_keep_their_riemannian_and_lagrangian_steps(duplicate):
+    model = nn.Module()
+    model.v = nn.Parameter(torch.tensor([1.0, 0.0]))
+    model.w = nn.Parameter(torch.zeros(2))
+    ps.constrain(model, "v", ps.UnitNorm(), method="riemannian")
+    ps.constrain(model, "w", "box(-1, 1)", method="lagrangian")
+    clone = duplicate(model)
+    optimizer = torch.optim.SGD(clone.parameters(), lr=0.5)
+    for _ in range(3):
+        optimizer.zero_grad()
+        ((clone.v - 3).square().sum() + (clone.w - 3).square().sum() + ps.penalty(clone)).backward()
+        optimizer.step()
+    assert float(clone.v.detach().norm()) == pytest.approx(1.0, abs=1e-6)
+    assert float(ps.constraint_info(clone)["w"].multiplier.abs().max()) > 0
+    assert float(ps.constraint_info(model)["w"].multiplier.abs().max()) == 0  # the original is untouched
+    assert torch.equal(model.v.detach(), torch.tensor([1.0, 0.0]))

@@ -47,8 +47,8 @@ def test_box_log_det_jacobian_is_finite_where_the_slope_underflows():
     x = torch.tensor([-1e4, -200.0, 0.0, 200.0, 1e4])
     ldj = box.log_abs_det_jacobian(x, box(x))
     assert torch.isfinite(ldj).all()
-    # log(2) - softplus(-x) - softplus(x) is about log(2) - |x| far out, not -inf.
-    assert ldj[0].item() == pytest.approx(math.log(2) - 1e4, rel=1e-6)
+    # log(4) - softplus(-2x) - softplus(2x) (gain 4 / width = 2) is about log(4) - 2|x| far out, not -inf.
+    assert ldj[0].item() == pytest.approx(math.log(4) - 2e4, rel=1e-6)
 
 
 def test_log_det_jacobian_shape_drops_the_event_dimension():

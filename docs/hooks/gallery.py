@@ -50,8 +50,8 @@ EXAMPLES: dict[str, Entry] = {
         "Box(-1, 1)",
         [("Box(-1, 1)", ps.Box(-1.0, 1.0))],
         "paramshape.Box",
-        "A scaled sigmoid: smooth, never on a bound; the slope is at most (high - low)/4 and fades "
-        "towards the bounds.",
+        "c + r tanh(x / r): slope 1 at the centre, whatever the width, so learning rates carry over; "
+        "smooth, never on a bound, flat (saturated) close to either bound.",
         bounds=(-1.0, 1.0),
         y_range=(-1.5, 1.5),
     ),
@@ -59,7 +59,7 @@ EXAMPLES: dict[str, Entry] = {
         "UnitInterval()",
         [("UnitInterval()", ps.UnitInterval())],
         "paramshape.UnitInterval",
-        "The logistic sigmoid: Box(0, 1).",
+        "Box(0, 1): sigmoid(4x), slope 1 at the centre.",
         bounds=(0.0, 1.0),
         y_range=(-0.25, 1.25),
     ),
@@ -67,8 +67,8 @@ EXAMPLES: dict[str, Entry] = {
         "Positive()",
         [("softplus (default)", ps.Positive()), ("method='exp'", ps.Positive(method="exp"))],
         "paramshape.Positive",
-        "Softplus grows linearly, so a step on the stored value moves the value by about as much; "
-        "exp multiplies it.",
+        "0.25 softplus(4x) grows with slope 1 (0.98 at y = 1), so a step on the stored value moves the "
+        "value by about as much; exp multiplies it.",
         bounds=(0.0,),
         y_range=(-0.5, 6.5),
     ),
@@ -76,7 +76,7 @@ EXAMPLES: dict[str, Entry] = {
         "GreaterThan(0.5)",
         [("GreaterThan(0.5)", ps.GreaterThan(0.5))],
         "paramshape.GreaterThan",
-        "A softplus shifted to start at the bound.",
+        "low + 0.25 softplus(4x): nearly the identity above the bound, multiplicative close to it.",
         bounds=(0.5,),
         y_range=(-0.5, 6.5),
     ),

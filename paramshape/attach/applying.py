@@ -13,6 +13,7 @@ from paramshape.attach.reinit import install_init_support
 from paramshape.attach.rollback import rollback_on_failure
 from paramshape.lookup.modules import TensorRef, paramshape_transform
 from paramshape.strategies.methods import plain_entry
+from paramshape.strategies.saturation import watch
 from paramshape.strategies.state import discard_state_if_empty, state_of
 from paramshape.transforms.base import Transform
 
@@ -42,6 +43,7 @@ def _apply_one(root: nn.Module, plan: Plan) -> None:
         install_module_support(root, ref.owner)
         install_init_support(ref.owner)
         install_move_check(ref.owner)
+        watch(ref.owner, ref.name, ref.label, ref.storage())  # the SaturationWarning check
         return
     if paramshape_transform(ref.owner, ref.name) is not None:
         # The same Parameter object stays, now holding the constrained value.

@@ -21,6 +21,7 @@ __all__ = [
     "NotAModuleError",
     "ParamshapeError",
     "ParamshapeWarning",
+    "SaturationWarning",
     "ProjectionUnavailableError",
     "RegistryError",
     "ShapeMismatchError",
@@ -113,3 +114,9 @@ class ContractViolation(ParamshapeError, AssertionError):
 
 class ParamshapeWarning(UserWarning):
     """Something paramshape did on your behalf that you should know about (values moved, for example)."""
+
+
+class SaturationWarning(ParamshapeWarning):
+    """Most of a reparametrised tensor sits where its map is flat, so those values barely learn
+    (see :func:`~paramshape.saturation`); silenced by ``ps.set_saturation_warning(False)`` or a
+    ``warnings`` filter on this category."""

@@ -5,7 +5,7 @@ arithmetic one (3.7 ms against 0.1 ms for 1M float32 values on the 2-core benchm
 the two-sided box of ``_maps.sigmoid_box`` needs a ``where`` in its forward and several in the
 backward autograd builds from it. The function below selects the nearer bound by sign arithmetic
 instead (``copysign``, ``maximum``, ``minimum``) and computes the backward from the saved sigmoid, so
-the forward is 7 arithmetic passes and the backward 3. The values are within an ulp of
+the forward is 8 arithmetic passes and the backward 4. The values are within an ulp of
 ``_maps.sigmoid_box`` (one rounding where it has two; at ``x = -0.0``, the midpoint, computed from
 the other bound), and the gradient is autograd's, operation for operation.
 """
@@ -17,6 +17,7 @@ import math
 import torch
 from torch import Tensor
 
+from paramshape.numerics.maps import box_gain
 from paramshape.numerics.precision import compute_dtype
 
 __all__ = ["MIN_ELEMENTS", "sigmoid_box"]
@@ -27,7 +28,7 @@ __all__ = ["MIN_ELEMENTS", "sigmoid_box"]
 MIN_ELEMENTS = 4096
 
 
-def sigmoid_box(x: Tensor, low: Tensor, high: Tensor, layout: str) -> Tensor | None:
+def sigmoid_box(x: Tensor, low: Tensor, high: Tensor, layout: str, slope: float = 1.0) -> Tensor | None:
     """``Box``'s map for two-sided bounds, hand-fused; ``None`` (decline) for other layouts, small
     tensors, or when the bounds would broadcast ``x`` to a larger shape."""
     if layout != "interval" or x.numel() < MIN_ELEMENTS:
@@ -35,18 +36,20 @@ def sigmoid_box(x: Tensor, low: Tensor, high: Tensor, layout: str) -> Tensor | N
     if (low.dim() or high.dim()) and torch.broadcast_shapes(x.shape, low.shape, high.shape) != x.shape:
         return None
     work = compute_dtype(x.dtype)
-    y, _ = _SigmoidBox.apply(x.to(work), low.to(work), high.to(work))
+    low, high = low.to(work), high.to(work)
+    y, _ = _SigmoidBox.apply(x.to(work), low, high, box_gain(low, high, slope))
     return y.to(x.dtype)
 
 
 class _SigmoidBox(torch.autograd.Function):
-    """``low + w sigmoid(x)`` for ``x < 0``, ``high - w sigmoid(-x)`` otherwise, ``w = high - low``.
+    """``low + w sigmoid(z)`` for ``z < 0``, ``high - w sigmoid(-z)`` otherwise, ``w = high - low``,
+    ``z = g x`` with the gain ``g = 4 slope / w`` of ``_maps.box_gain`` (unit slope at the centre).
 
-    Its second output, ``u = sign(x) sigmoid(-|x|)``, is what the backward needs (``|u|`` is the
+    Its second output, ``u = sign(x) sigmoid(-|z|)``, is what the backward needs (``|u|`` is the
     sigmoid, the sign says which bound is nearer) and is saved instead of ``x``: the stored tensor
     may change in place before the backward runs (``functional_call`` puts it back). ``u`` is an
     output so that a backward with ``create_graph=True`` differentiates through it
-    (``du/dx = -|u| (1 - |u|)``), which gives exact second derivatives.
+    (``du/dx = -g |u| (1 - |u|)``), which gives exact second derivatives.
 
     Two allocations forward (``u`` and the result) and two backward: on CPU every fresh tensor of a
     few MB costs page faults comparable to a pass over it.
@@ -54,10 +57,11 @@ class _SigmoidBox(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx: torch.autograd.function.FunctionCtx, x: Tensor, low: Tensor, high: Tensor
+        ctx: torch.autograd.function.FunctionCtx, x: Tensor, low: Tensor, high: Tensor, gain: Tensor
     ) -> tuple[Tensor, Tensor]:
         width = high - low
-        u = torch.copysign(x, -1.0).sigmoid_().copysign_(x)  # copysign(x, -1) is -|x| in one pass
+        # -|g x| in two passes (copysign(x, -1) is -|x|; g > 0), then the sigmoid and x's sign in place.
+        u = torch.copysign(x, -1.0).mul_(gain).sigmoid_().copysign_(x)
         # The nearer bound: low where the sign bit of x is set, high elsewhere.
         y = torch.copysign(torch.full((), math.inf, dtype=x.dtype, device=x.device), x)
         torch.maximum(y, low, out=y)
@@ -66,22 +70,24 @@ class _SigmoidBox(torch.autograd.Function):
         # one): within an ulp of _maps.sigmoid_box, which rounds w s first.
         y.addcmul_(u, width, value=-1)
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(u, width)
+        ctx.save_for_backward(u, width, gain)
         return y, u
 
     @staticmethod
     def backward(
         ctx: torch.autograd.function.FunctionCtx, grad_y: Tensor | None, grad_u: Tensor | None
-    ) -> tuple[Tensor | None, None, None]:
-        u, width = ctx.saved_tensors  # type: ignore[attr-defined]
+    ) -> tuple[Tensor | None, None, None, None]:
+        u, width, gain = ctx.saved_tensors  # type: ignore[attr-defined]
         if grad_y is None and grad_u is None:
-            return None, None, None
+            return None, None, None, None
+        # dy/dx = w s (1 - s) g and du/dx = -s (1 - s) g: autograd's order (the sigmoid's backward of
+        # g_y w - g_u, then the gain of z = g x), so the gradient equals the plain map's bit for bit.
         if torch.is_grad_enabled():
             # create_graph=True: out-of-place, so the gradient is itself differentiable (through u).
             total = torch.zeros_like(u) if grad_y is None else grad_y * width
             if grad_u is not None:
                 total = total - grad_u
-            return torch.ops.aten.sigmoid_backward(total, u.abs()), None, None
+            return torch.ops.aten.sigmoid_backward(total, u.abs()) * gain, None, None, None
         # Laid out like u: the gradient of a Linear weight arrives transposed (the backward of
         # weight.t()), and an elementwise op over two layouts walks one with a stride, 8x slower on
         # CPU; writing g w into u's layout transposes it once, in the same pass.
@@ -92,5 +98,6 @@ class _SigmoidBox(torch.autograd.Function):
             torch.mul(grad_y, width, out=total)
             if grad_u is not None:
                 total.sub_(grad_u)
-        # w s (1 - s) g, in the order autograd's sigmoid backward multiplies, in place.
-        return torch.ops.aten.sigmoid_backward.grad_input(total, u.abs(), grad_input=total), None, None
+        # w s (1 - s) g, in the order autograd's sigmoid backward multiplies, in place, then the gain.
+        result = torch.ops.aten.sigmoid_backward.grad_input(total, u.abs(), grad_input=total)
+        return result.mul_(gain), None, None, None

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from paramshape.numerics.maps import PositiveMethod
+from paramshape.numerics.maps import DEFAULT_SOFTNESS, PositiveMethod, box_gain
 
 __all__ = ["above_log_slope", "below_log_slope", "sigmoid_box_log_slope", "softplus", "to_dtype"]
 
@@ -32,19 +32,22 @@ def softplus(x: Tensor) -> Tensor:
     return torch.logaddexp(x, torch.zeros_like(x))
 
 
-def sigmoid_box_log_slope(x: Tensor, width: Tensor) -> Tensor:
-    """``log((h - l) * sigmoid(x) * sigmoid(-x)) = log(h - l) - softplus(-x) - softplus(x)``: no
-    product of two sigmoids underflowing to 0, so it is finite (about ``-|x|``) for every finite x."""
-    return torch.log(width) - softplus(-x) - softplus(x)
+def sigmoid_box_log_slope(x: Tensor, width: Tensor, slope: float = 1.0) -> Tensor:
+    """``log(w g sigmoid(z) sigmoid(-z)) = log(w) + log(g) - softplus(-z) - softplus(z)`` with
+    ``g = 4 slope / w`` and ``z = g x`` (``log(w g)`` is ``log(4 slope)`` unless the gain was capped):
+    no product of two sigmoids underflowing to 0, so it is finite (about ``-|z|``) for every finite x."""
+    gain = box_gain(torch.zeros_like(width), width, slope)
+    z = x * gain
+    return torch.log(width) + torch.log(gain) - softplus(-z) - softplus(z)
 
 
-def above_log_slope(x: Tensor, method: PositiveMethod) -> Tensor:
-    """Log-derivative of ``low + softplus(x)`` (``log sigmoid(x) = -softplus(-x)``) or of
+def above_log_slope(x: Tensor, method: PositiveMethod, softness: float = DEFAULT_SOFTNESS) -> Tensor:
+    """Log-derivative of ``low + c softplus(x / c)`` (``log sigmoid(x / c) = -softplus(-x / c)``) or of
     ``low + exp(x)`` (``x``)."""
-    return x.clone() if method == "exp" else -softplus(-x)
+    return x.clone() if method == "exp" else -softplus(-x / softness)
 
 
-def below_log_slope(x: Tensor, method: PositiveMethod) -> Tensor:
-    """Log-derivative of ``high - softplus(-x)`` (``log sigmoid(-x) = -softplus(x)``) or of
-    ``high - exp(-x)`` (``-x``)."""
-    return -x if method == "exp" else -softplus(x)
+def below_log_slope(x: Tensor, method: PositiveMethod, softness: float = DEFAULT_SOFTNESS) -> Tensor:
+    """Log-derivative of ``high - c softplus(-x / c)`` (``log sigmoid(-x / c) = -softplus(x / c)``) or
+    of ``high - exp(-x)`` (``-x``)."""
+    return -x if method == "exp" else -softplus(x / softness)

@@ -97,6 +97,26 @@ class Compose(Transform):
             y = part.inverse(y)
         return y
 
+    def sample(
+        self,
+        shape: torch.Size | tuple[int, ...],
+        *,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """A random value of the chain: the first part's own :meth:`sample`, pushed through the other
+        parts' maps (a standard normal draw through the whole chain would reach the first part's
+        bounds when its map has a steep unit slope, as a narrow :class:`Box` has)."""
+        inner = torch.Size(shape)
+        for part in reversed(self.parts[1:]):
+            inner = part.inverse_shape(inner)
+        value = self.parts[0].sample(inner, dtype=dtype, device=device, generator=generator)
+        with torch.no_grad():
+            for part in self.parts[1:]:
+                value = part(value)
+        return value
+
     def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
         """The sum of the parts' log-det-Jacobians at the intermediate values (recomputed from
         ``x``), each reduced to ``x``'s shape without the composition's event dimensions.

@@ -1,8 +1,12 @@
-"""How a constraint is kept: reparametrise, project after the step, or penalise.
+"""How a constraint is kept: reparametrise, project after the step, penalise, step on the manifold, or
+drive the tensor into the set with Lagrange multipliers.
 
-Modules: :mod:`~.methods` (``ConstraintMethod``, ``ConstraintInfo``, ``penalty``, ``project_``) and
+Modules: :mod:`~.methods` (``ConstraintMethod``, ``ConstraintInfo``, ``penalty``, ``project_``),
 :mod:`~.state` (the per-module state: which tensors are projected or penalised, the optimizer step
-hook that projects, gradient clipping settings).
+hook that projects, gradient clipping settings), :mod:`~.riemannian` (the step hooks of
+``method="riemannian"``), :mod:`~.lagrangian` (the multipliers of ``method="lagrangian"``, their
+dual step and their ``state_dict`` entries) and :mod:`~.saturation` (``saturation``, where a
+reparametrised tensor's map is flat, and the optimizer hook behind ``SaturationWarning``).
 
 May import: :mod:`paramshape.lookup`, :mod:`paramshape.transforms` and the layers below.
 """

@@ -19,18 +19,18 @@ each ``optimizer.step()`` the multiplier takes a damped dual ascent step, at the
 
     \lambda \leftarrow \lambda + \eta\,\bigl(\rho\,(z - P(z)) - \lambda\bigr)
         = \lambda + \eta \rho\,\bigl(\theta - P(z)\bigr), \qquad \eta = 0.1
-        \ (:data:`DUAL_STEP`),
 
-which grows while :math:`\theta` stays outside and stops exactly when :math:`\theta = P(z)`, i.e.
-:math:`\theta \in C`. :math:`\eta = 1` is the classical method of multipliers, which assumes the
-primal problem solved between two dual steps; with one optimizer step in between it oscillates, and
-diverges with SGD momentum 0.9 on the quadratic below. With :math:`\eta = 0.1`, SGD (with or without
-momentum) and Adam settle on the boundary (measured in ``tests/test_lagrangian.py``). At :math:`\lambda = 0` the term
-is the penalty :math:`\tfrac{\rho}{2} d(\theta, C)^2`; unlike a fixed-weight penalty, whose optimum
-stays outside the set by :math:`\lVert\nabla f\rVert / \rho`, the multiplier absorbs the pull of the
-loss and the distance goes to 0. The term is smooth across the boundary (the squared distance to a
-convex set is continuously differentiable), so the iterates settle on the boundary instead of
-chattering across it.
+(:data:`DUAL_STEP`), which grows while :math:`\theta` stays outside and stops exactly when
+:math:`\theta = P(z)`, i.e. :math:`\theta \in C`. :math:`\eta = 1` is the classical method of
+multipliers, which assumes the primal problem solved between two dual steps; with one optimizer step
+in between it oscillates, and diverges with SGD momentum 0.9 on :math:`(\theta - 3)^2` under
+``Box(-1, 1)``. With :math:`\eta = 0.1`, SGD (with or without momentum) and Adam settle on the
+boundary (measured in ``tests/test_lagrangian.py``). At :math:`\lambda = 0` the term is the penalty
+:math:`\tfrac{\rho}{2} d(\theta, C)^2`; unlike a fixed-weight penalty, whose optimum stays outside
+the set by :math:`\lVert\nabla f\rVert / \rho`, the multiplier absorbs the pull of the loss and the
+distance goes to 0. The term is smooth across the boundary (the squared distance to a convex set is
+continuously differentiable), so the iterates settle on the boundary instead of chattering across
+it.
 """
 
 from __future__ import annotations
@@ -92,7 +92,8 @@ class LagrangianConstraint(PlainConstraint):
         return 0.5 * rho * (shifted - target).square().sum() - multiplier.square().sum() / (2 * rho)
 
     def dual_step_(self) -> None:
-        """One damped dual ascent step: :math:`\\lambda \\leftarrow \\lambda + \\eta (\\rho (z - P(z)) - \\lambda)`."""
+        """One damped dual ascent step:
+        :math:`\\lambda \\leftarrow \\lambda + \\eta (\\rho (z - P(z)) - \\lambda)`."""
         with torch.no_grad():
             shifted, target, rho = self._shifted()
             multiplier = self.current_multiplier()

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -43,7 +44,7 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor, nn
 
-from paramshape.errors import ContractViolation, InfeasibleValueError
+from paramshape.errors import ContractViolation, InfeasibleValueError, SaturationWarning
 from paramshape.testing.reference import (
     BOUNDARY_DISTANCES,
     INVERSE_ULPS,
@@ -448,6 +449,14 @@ def check_optimizer_steps(transform: Transform, shape: Shape, dtype: torch.dtype
     direction = torch.where(torch.rand(shape) < 0.5, -1.0, 1.0).to(dtype)
     # Adam's default eps (1e-8) is 0 in float16, which makes its step 0/0; use one the dtype holds.
     optimizer = torch.optim.Adam(module.parameters(), lr=1.0, eps=torch.finfo(dtype).eps)
+    with warnings.catch_warnings():
+        # Pushing every value outward at lr=1 saturates on purpose; that is this check's point.
+        warnings.simplefilter("ignore", SaturationWarning)
+        _push_outward(module, attached, direction, optimizer)
+
+
+def _push_outward(module: Any, attached: Transform, direction: Tensor, optimizer: Any) -> None:
+    # module: the nn.Module holding ``value``; typed Any because Module.__getattr__ is Tensor | Module.
     for step in range(20):
         optimizer.zero_grad()
         (-(module.value * direction).sum()).backward()

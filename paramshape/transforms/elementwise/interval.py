@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 from torch.distributions import constraints
@@ -12,38 +14,63 @@ from paramshape.fusion import handfused as _handfused
 from paramshape.fusion.compiled import Fusable
 from paramshape.numerics import maps as _maps
 from paramshape.numerics import slopes as _slopes
-from paramshape.numerics.precision import compute_dtype, interior_margin
+from paramshape.numerics.precision import INTERIOR_SLOPE, compute_dtype, interior_distance
 from paramshape.transforms.elementwise.bounds import BoundedTransform, BoundLike
 from paramshape.transforms.registry import register
 
 __all__ = ["Box", "UnitInterval"]
 
 
-def _box_forward(x: Tensor, low: Tensor, high: Tensor, layout: str) -> Tensor:
+def _box_forward(x: Tensor, low: Tensor, high: Tensor, layout: str, slope: float) -> Tensor:
     """Box's forward map as a pure function (the kernel paramshape.fusion compiles)."""
     work = compute_dtype(x.dtype)
-    return _box_map(x.to(work), low.to(work), high.to(work), layout, x.dtype).to(x.dtype)
+    return _box_map(x.to(work), low.to(work), high.to(work), layout, slope, x.dtype).to(x.dtype)
+
+
+def check_slope(slope: object, owner: str) -> float:
+    """Return ``slope`` as a float; :class:`SpecError` unless it is a positive finite number."""
+    if (
+        isinstance(slope, bool)
+        or not isinstance(slope, (int, float))
+        or not math.isfinite(slope)
+        or slope <= 0
+    ):
+        raise SpecError(f"{owner}: slope must be a positive finite number; got {slope!r}.")
+    return float(slope)
 
 
 @register("box")
 class Box(BoundedTransform):
     r"""Box constraint: every element lies between its lower and upper bound.
 
+    With the centre :math:`c = (l + h)/2`, the half-width :math:`r = (h - l)/2` and ``slope``
+    :math:`a` (default 1):
+
     .. math::
 
-        f(x) = \begin{cases} l + (h - l)\,\sigma(x) & x < 0 \\
-                             h - (h - l)\,\sigma(-x) & x \ge 0 \end{cases}
+        f(x) = c + r \tanh\Bigl(\frac{a x}{r}\Bigr) = l + (h - l)\,\sigma(g x),
+        \quad g = \frac{4a}{h - l}
         \qquad
-        f^{-1}(y) = \log(y - l) - \log(h - y)
+        f^{-1}(y) = \frac{\log(y - l) - \log(h - y)}{g}
 
-    Both branches equal :math:`l + (h - l)\sigma(x)`; each is computed from its nearer bound, so
-    values near either bound keep full precision, and the inverse takes both differences exactly
-    (no ``logit((y - l) / (h - l))``, which loses about 0.3 of unconstrained precision near ``h`` in
-    float32).
+    The slope at the centre (:math:`x = 0`) is :math:`a`: with the default 1 an optimizer step moves
+    a value in the middle of the box by as much as it would move a plain parameter, whatever the
+    width, so learning rates tuned without the constraint carry over (``Box(-0.01, 0.01)`` and
+    ``Box(-100, 100)`` alike). The slope is :math:`a (1 - t^2)` at a fraction :math:`t` of the
+    half-width from the centre: 0.75 at :math:`t = 0.5`, 0.19 at 0.9, below 1% of :math:`a` in the
+    outer 0.25% of the width on each side (see :func:`~paramshape.saturation`). ``slope=(h - l)/4``
+    gives the classic logistic :math:`l + (h - l)\sigma(x)` of ``torch.distributions.biject_to``.
 
-    An infinite bound degrades to the one-sided map: :math:`l + \operatorname{softplus}(x)` when
-    ``high`` is ``+inf``, :math:`h - \operatorname{softplus}(-x)` when ``low`` is ``-inf``, and the
-    identity when both are; this holds per element, so bounds may mix finite and infinite entries.
+    The map is computed from the nearer bound (:math:`l + (h - l)\sigma(gx)` for :math:`x < 0`,
+    :math:`h - (h - l)\sigma(-gx)` otherwise), so values near either bound keep full precision, and
+    the inverse takes both differences exactly (no ``logit((y - l) / (h - l))``, which loses about
+    0.3 of unconstrained precision near ``h`` in float32).
+
+    An infinite bound degrades to the one-sided map of :class:`GreaterThan` and :class:`LessThan`,
+    :math:`l + s\operatorname{softplus}(a x / s)` when ``high`` is ``+inf`` and
+    :math:`h - s\operatorname{softplus}(-a x / s)` when ``low`` is ``-inf`` (softness
+    :math:`s = 0.25`), and :math:`a x` when both are; this holds per element, so bounds may mix
+    finite and infinite entries.
 
     * Domain: :math:`\mathbb{R}`, elementwise.
     * Codomain: :math:`(l, h)`; in floating point a value may round onto a bound, so membership
@@ -53,9 +80,12 @@ class Box(BoundedTransform):
         low: lower bound; a number or a tensor that broadcasts against the constrained tensor
             (for example shape ``(out_features, 1)`` for one bound per row). ``-inf`` allowed.
         high: upper bound, likewise; ``+inf`` allowed. ``low < high`` must hold everywhere.
+        slope: the map's slope at the centre of the box (and its largest slope on a one-sided
+            element): how far the value moves per unit step of the stored tensor. Default 1.
 
     Raises:
-        SpecError: a bound is NaN, ``low >= high`` somewhere, or ``high - low`` overflows.
+        SpecError: a bound is NaN, ``low >= high`` somewhere, ``high - low`` overflows, or
+            ``slope`` is not a positive finite number.
 
     Example:
         >>> import torch, torch.nn as nn, paramshape as ps
@@ -65,39 +95,70 @@ class Box(BoundedTransform):
         True
         >>> ps.Box(torch.zeros(3, 1), 2.0)
         Box(low=Tensor(shape=(3, 1)), high=2.0)
+        >>> x = torch.zeros(1, requires_grad=True)  # the centre: unit slope, whatever the width
+        >>> ps.Box(-0.01, 0.01)(x).backward(); x.grad
+        tensor([1.])
     """
 
     low: Tensor
     high: Tensor
     bound_names = ("low", "high")
-    fusable = Fusable(_box_forward, ("low", "high"), ("_layout",), eager=_handfused.sigmoid_box)
+    fusable = Fusable(_box_forward, ("low", "high"), ("_layout", "slope"), eager=_handfused.sigmoid_box)
 
-    def __init__(self, low: BoundLike, high: BoundLike) -> None:
+    def __init__(self, low: BoundLike, high: BoundLike, slope: float = 1.0) -> None:
         super().__init__()
+        self.slope = check_slope(slope, type(self).__name__)
         self._set_bounds(low=low, high=high)
 
     def forward(self, x: Tensor) -> Tensor:
-        return _box_forward(x, self.low, self.high, self._layout)
+        return _box_forward(x, self.low, self.high, self._layout, self.slope)
 
     def inverse(self, y: Tensor) -> Tensor:
         work = compute_dtype(y.dtype)
         low, high = self.low.to(work), self.high.to(work)
-        return _box_inverse(y.to(work), low, high, self._layout).to(y.dtype)
+        return _box_inverse(y.to(work), low, high, self._layout, self.slope).to(y.dtype)
+
+    def sample(
+        self,
+        shape: torch.Size | tuple[int, ...],
+        *,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """A random value of the box: on two-sided elements the map of a normal draw scaled by
+        ``1/g``, so values spread over the box as the logistic of a standard normal (a unit draw
+        through a narrow box's unit-slope map would land on its bounds); on one-sided elements the
+        bound plus or minus ``softplus`` of a standard normal, as :meth:`GreaterThan.sample`."""
+        noise = torch.randn(shape, dtype=dtype, device=device, generator=generator)
+        low, high = self.low.to(noise), self.high.to(noise)
+        has_low, has_high = torch.isfinite(low), torch.isfinite(high)
+        both = has_low & has_high
+        gain = _maps.box_gain(torch.where(both, low, 0.0), torch.where(both, high, 1.0), self.slope)
+        with torch.no_grad():
+            two_sided = self.forward(torch.where(both, noise / gain, noise))
+        distance = torch.nn.functional.softplus(noise).clamp_min(torch.finfo(noise.dtype).tiny)
+        largest = torch.finfo(noise.dtype).max
+        lower = (torch.where(has_low, low, 0.0) + distance).clamp(max=largest)
+        upper = (torch.where(has_high, high, 0.0) - distance).clamp(min=-largest)
+        one_sided = torch.where(has_low, lower, torch.where(has_high, upper, noise))
+        return torch.where(both, two_sided, one_sided)
 
     def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
         r"""Elementwise :math:`\log f'(x)`, the same shape as ``x``:
 
         .. math::
 
-            \log(h - l) - \operatorname{softplus}(-x) - \operatorname{softplus}(x)
+            \log(4a) - \operatorname{softplus}(-gx) - \operatorname{softplus}(gx)
 
         for two-sided elements (no product of sigmoids that underflows, so finite for every finite
-        ``x``), :math:`-\operatorname{softplus}(-x)` above a lower bound only,
-        :math:`-\operatorname{softplus}(x)` below an upper bound only, and 0 where both are infinite.
+        ``x``), :math:`\log a - \operatorname{softplus}(-ax/s)` above a lower bound only,
+        :math:`\log a - \operatorname{softplus}(ax/s)` below an upper bound only, and
+        :math:`\log a` where both are infinite.
         """
         work = compute_dtype(x.dtype)
         low, high = self.low.to(work), self.high.to(work)
-        return _box_log_slope(x.to(work), low, high, self._layout).to(x.dtype)
+        return _box_log_slope(x.to(work), low, high, self._layout, self.slope).to(x.dtype)
 
     @property
     def codomain(self) -> constraints.Constraint:
@@ -108,17 +169,23 @@ class Box(BoundedTransform):
         return constraints.interval(self.low, self.high)
 
     def to_interior(self, y: Tensor) -> Tensor:
+        r"""Clamp ``y`` to where the map's slope is ``INTERIOR_SLOPE`` (1/4) of its largest: on
+        two-sided elements :math:`(1 - \sqrt{3/4})/2 \approx 6.7\%` of the width inside each bound
+        (87% of the half-width from the centre), on one-sided ones :math:`s \log(4/3) \approx 0.072`
+        from the bound. Values already there or further inside are unchanged."""
         low, high = self.low.double(), self.high.double()
         has_low, has_high = torch.isfinite(low), torch.isfinite(high)
         both = has_low & has_high
         width = torch.where(both, high - low, torch.inf)
-        # Two-sided: a thousandth of the width; one-sided: of max(|bound|, 1). Never past the
-        # midpoint, which is the only interior point left when the dtype resolves few values.
-        margin_low = interior_margin(y.dtype, torch.where(both, width, low.abs().clamp_min(1.0)), low)
-        margin_high = interior_margin(y.dtype, torch.where(both, width, high.abs().clamp_min(1.0)), high)
+        two_sided = width * ((1 - math.sqrt(1 - INTERIOR_SLOPE)) / 2)
+        one_sided = torch.full_like(low, -_maps.DEFAULT_SOFTNESS * math.log1p(-INTERIOR_SLOPE))
+        distance = torch.where(both, two_sided, one_sided)
+        # Never past the midpoint, the only interior point left when the dtype resolves few values.
+        margin_low = torch.minimum(interior_distance(y.dtype, distance, low), width / 2)
+        margin_high = torch.minimum(interior_distance(y.dtype, distance, high), width / 2)
         largest = torch.finfo(y.dtype).max
-        floor = torch.where(has_low, low + torch.minimum(margin_low, width / 2), -largest)
-        ceiling = torch.where(has_high, high - torch.minimum(margin_high, width / 2), largest)
+        floor = torch.where(has_low, low + margin_low, -largest)
+        ceiling = torch.where(has_high, high - margin_high, largest)
         start = torch.where(torch.isfinite(y), y.double(), 0.0)
         return torch.clamp(start, floor, ceiling).to(y.dtype)
 
@@ -131,6 +198,14 @@ class Box(BoundedTransform):
     def _analyse_bounds(self, bounds: dict[str, Tensor]) -> str:
         return _classify(bounds["low"], bounds["high"], type(self).__name__)
 
+    def peak_log_slope(self) -> float:
+        r"""Log of the map's largest slope, :math:`\log a`: at the centre on two-sided elements, far
+        from the bound on one-sided ones (used by :func:`~paramshape.saturation`)."""
+        return math.log(self.slope)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ("" if self.slope == 1.0 else f", slope={self.slope}")
+
 
 @register("unit_interval")
 class UnitInterval(Box):
@@ -138,7 +213,11 @@ class UnitInterval(Box):
 
     .. math::
 
-        f(x) = \sigma(x) \text{ (two-sided, as in Box)}, \qquad f^{-1}(y) = \log y - \log(1 - y)
+        f(x) = \sigma(4 a x) = \tfrac12 + \tfrac12\tanh(2 a x), \qquad
+        f^{-1}(y) = \frac{\log y - \log(1 - y)}{4a}
+
+    with ``slope`` :math:`a` (default 1, the slope at :math:`x = 0`; ``slope=0.25`` is the logistic
+    :math:`\sigma(x)`).
 
     * Domain: :math:`\mathbb{R}`, elementwise.
     * Codomain: :math:`(0, 1)` (membership tested on :math:`[0, 1]` within a few ulps).
@@ -149,70 +228,74 @@ class UnitInterval(Box):
         tensor([0.0000, 0.5000, 1.0000])
     """
 
-    def __init__(self) -> None:
-        super().__init__(0.0, 1.0)
+    def __init__(self, slope: float = 1.0) -> None:
+        super().__init__(0.0, 1.0, slope)
 
     @property
     def codomain(self) -> constraints.Constraint:
         return constraints.unit_interval
 
     def extra_repr(self) -> str:
-        return ""
+        return "" if self.slope == 1.0 else f"slope={self.slope}"
 
 
-def _box_map(x: Tensor, low: Tensor, high: Tensor, kind: str, out_dtype: torch.dtype) -> Tensor:
+def _box_map(x: Tensor, low: Tensor, high: Tensor, kind: str, slope: float, out_dtype: torch.dtype) -> Tensor:
     if kind == "interval":
-        return _maps.sigmoid_box(x, low, high)
+        return _maps.sigmoid_box(x, low, high, slope)
+    # One-sided and free elements: the unit-slope maps of x scaled by the slope.
+    ax = x * slope if slope != 1.0 else x
     if kind == "lower":
-        return _maps.above(x, low, "softplus", out_dtype)
+        return _maps.above(ax, low, "softplus", out_dtype)
     if kind == "upper":
-        return _maps.below(x, high, "softplus", out_dtype)
+        return _maps.below(ax, high, "softplus", out_dtype)
     if kind == "real":
-        return x
+        return ax
     # Per-element mix of finite and infinite bounds: evaluate every branch on safe stand-in bounds
     # (so none produces inf or NaN, in value or gradient) and select.
     has_low, has_high = torch.isfinite(low), torch.isfinite(high)
     both = has_low & has_high
     safe_low = torch.where(has_low, low, 0.0)
     safe_high = torch.where(has_high, high, 0.0)
-    two_sided = _maps.sigmoid_box(x, torch.where(both, low, 0.0), torch.where(both, high, 1.0))
-    lower = _maps.above(x, safe_low, "softplus", out_dtype)
-    upper = _maps.below(x, safe_high, "softplus", out_dtype)
-    return torch.where(both, two_sided, torch.where(has_low, lower, torch.where(has_high, upper, x)))
+    two_sided = _maps.sigmoid_box(x, torch.where(both, low, 0.0), torch.where(both, high, 1.0), slope)
+    lower = _maps.above(ax, safe_low, "softplus", out_dtype)
+    upper = _maps.below(ax, safe_high, "softplus", out_dtype)
+    return torch.where(both, two_sided, torch.where(has_low, lower, torch.where(has_high, upper, ax)))
 
 
-def _box_log_slope(x: Tensor, low: Tensor, high: Tensor, kind: str) -> Tensor:
+def _box_log_slope(x: Tensor, low: Tensor, high: Tensor, kind: str, slope: float) -> Tensor:
     if kind == "interval":
-        return _slopes.sigmoid_box_log_slope(x, high - low)
+        return _slopes.sigmoid_box_log_slope(x, high - low, slope)
+    log_a, ax = math.log(slope), x * slope
     if kind == "lower":
-        return _slopes.above_log_slope(x, "softplus")
+        return _slopes.above_log_slope(ax, "softplus") + log_a
     if kind == "upper":
-        return _slopes.below_log_slope(x, "softplus")
+        return _slopes.below_log_slope(ax, "softplus") + log_a
     if kind == "real":
-        return torch.zeros_like(x)
+        return torch.full_like(x, log_a)
     has_low, has_high = torch.isfinite(low), torch.isfinite(high)
     both = has_low & has_high
-    two_sided = _slopes.sigmoid_box_log_slope(x, torch.where(both, high - low, 1.0))
-    lower = _slopes.above_log_slope(x, "softplus")
-    upper = _slopes.below_log_slope(x, "softplus")
-    return torch.where(both, two_sided, torch.where(has_low, lower, torch.where(has_high, upper, 0.0 * x)))
+    two_sided = _slopes.sigmoid_box_log_slope(x, torch.where(both, high - low, 1.0), slope)
+    lower = _slopes.above_log_slope(ax, "softplus") + log_a
+    upper = _slopes.below_log_slope(ax, "softplus") + log_a
+    free = torch.full_like(x, log_a)
+    return torch.where(both, two_sided, torch.where(has_low, lower, torch.where(has_high, upper, free)))
 
 
-def _box_inverse(y: Tensor, low: Tensor, high: Tensor, kind: str) -> Tensor:
+def _box_inverse(y: Tensor, low: Tensor, high: Tensor, kind: str, slope: float) -> Tensor:
     if kind == "interval":
-        return _maps.sigmoid_box_inverse(y, low, high)
+        return _maps.sigmoid_box_inverse(y, low, high, slope)
     if kind == "lower":
-        return _maps.above_inverse(y, low, "softplus")
+        return _maps.above_inverse(y, low, "softplus") / slope
     if kind == "upper":
-        return _maps.below_inverse(y, high, "softplus")
+        return _maps.below_inverse(y, high, "softplus") / slope
     if kind == "real":
-        return y.clone()
+        return y / slope
     has_low, has_high = torch.isfinite(low), torch.isfinite(high)
     both = has_low & has_high
-    two_sided = _maps.sigmoid_box_inverse(y, torch.where(both, low, 0.0), torch.where(both, high, 1.0))
-    lower = _maps.above_inverse(y, torch.where(has_low, low, 0.0), "softplus")
-    upper = _maps.below_inverse(y, torch.where(has_high, high, 0.0), "softplus")
-    return torch.where(both, two_sided, torch.where(has_low, lower, torch.where(has_high, upper, y)))
+    two_sided = _maps.sigmoid_box_inverse(y, torch.where(both, low, 0.0), torch.where(both, high, 1.0), slope)
+    lower = _maps.above_inverse(y, torch.where(has_low, low, 0.0), "softplus") / slope
+    upper = _maps.below_inverse(y, torch.where(has_high, high, 0.0), "softplus") / slope
+    return torch.where(both, two_sided, torch.where(has_low, lower, torch.where(has_high, upper, y / slope)))
 
 
 def _classify(low: Tensor, high: Tensor, name: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import get_args
 
 import torch
@@ -12,8 +13,8 @@ from paramshape.errors import SpecError
 from paramshape.fusion.compiled import Fusable
 from paramshape.numerics import maps as _maps
 from paramshape.numerics import slopes as _slopes
-from paramshape.numerics.maps import PositiveMethod
-from paramshape.numerics.precision import compute_dtype, interior_margin
+from paramshape.numerics.maps import DEFAULT_SOFTNESS, PositiveMethod
+from paramshape.numerics.precision import INTERIOR_SLOPE, compute_dtype, interior_distance
 from paramshape.transforms.base import Transform
 from paramshape.transforms.elementwise.bounds import (
     BoundedTransform,
@@ -34,18 +35,25 @@ _METHODS: tuple[str, ...] = get_args(PositiveMethod)
 _AUTO_MIN = 1 << 20
 
 
-def _positive_forward(x: Tensor, method: PositiveMethod) -> Tensor:
-    return _maps.positive(x.to(compute_dtype(x.dtype)), method, x.dtype).to(x.dtype)
+def _positive_forward(x: Tensor, method: PositiveMethod, softness: float) -> Tensor:
+    return _maps.positive(x.to(compute_dtype(x.dtype)), method, x.dtype, softness).to(x.dtype)
 
 
-def _above_forward(x: Tensor, low: Tensor, method: PositiveMethod) -> Tensor:
+def _above_forward(x: Tensor, low: Tensor, method: PositiveMethod, softness: float) -> Tensor:
     work = compute_dtype(x.dtype)
-    return _maps.above(x.to(work), low.to(work), method, x.dtype).to(x.dtype)
+    return _maps.above(x.to(work), low.to(work), method, x.dtype, softness).to(x.dtype)
 
 
-def _below_forward(x: Tensor, high: Tensor, method: PositiveMethod) -> Tensor:
+def _below_forward(x: Tensor, high: Tensor, method: PositiveMethod, softness: float) -> Tensor:
     work = compute_dtype(x.dtype)
-    return _maps.below(x.to(work), high.to(work), method, x.dtype).to(x.dtype)
+    return _maps.below(x.to(work), high.to(work), method, x.dtype, softness).to(x.dtype)
+
+
+def _interior_distance(method: PositiveMethod, softness: float) -> float:
+    """Distance from the bound at which the slope is INTERIOR_SLOPE of the largest (softplus:
+    ``1 - exp(-d / s) = 1/4`` at ``d = s log(4/3)``) or of the slope at distance 1 (exp, whose slope
+    is the distance)."""
+    return INTERIOR_SLOPE if method == "exp" else -softness * math.log1p(-INTERIOR_SLOPE)
 
 
 @register("positive")
@@ -54,12 +62,16 @@ class Positive(Transform):
 
     .. math::
 
-        f(x) = \max(\operatorname{softplus}(x), t), \qquad
-        f^{-1}(y) = \log(\operatorname{expm1}(y))
+        f(x) = \max\bigl(s \operatorname{softplus}(x / s),\ t\bigr), \qquad
+        f^{-1}(y) = s \log\bigl(\operatorname{expm1}(y / s)\bigr)
 
-    with ``method="exp"``: :math:`f(x) = e^{x}` and :math:`f^{-1}(y) = \log y`. Softplus is the
-    default because it grows linearly: a large step on the unconstrained value changes the value by
-    about as much, where ``exp`` multiplies it.
+    with softness :math:`s` (default 0.25); with ``method="exp"``: :math:`f(x) = e^{x}` and
+    :math:`f^{-1}(y) = \log y`. Softplus is the default because it grows linearly: a step on the
+    stored value changes the value by about as much (the slope :math:`\sigma(x/s) = 1 - e^{-y/s}`
+    is 0.98 at :math:`y = 1` and tends to 1), so learning rates carry over, where ``exp``
+    multiplies the value. Near 0 the map turns multiplicative (:math:`y \approx s e^{x/s}`): the
+    value approaches 0 but never reaches it, so a solution with exact zeros calls for
+    ``method="project"`` (see :doc:`strategies`). ``softness=1`` is the plain softplus.
 
     :math:`t` is the smallest normal number of the tensor's dtype, so the value never rounds to 0
     (a ``log`` or a division downstream stays finite). The inverse is finite and accurate from
@@ -73,6 +85,8 @@ class Positive(Transform):
 
     Args:
         method: ``"softplus"`` (default) or ``"exp"``.
+        softness: the softplus's bend :math:`s`, in the value's units (default 0.25): the slope is
+            :math:`1 - e^{-d/s}` at distance :math:`d` from 0. Only with ``method="softplus"``.
 
     Example:
         >>> import torch, torch.nn as nn, paramshape as ps
@@ -82,22 +96,26 @@ class Positive(Transform):
         True
     """
 
-    fusable = Fusable(_positive_forward, (), ("method",), auto_min_elements=_AUTO_MIN)
+    fusable = Fusable(_positive_forward, (), ("method", "softness"), auto_min_elements=_AUTO_MIN)
 
-    def __init__(self, method: PositiveMethod = "softplus") -> None:
+    def __init__(self, method: PositiveMethod = "softplus", softness: float | None = None) -> None:
         super().__init__()
-        self.method: PositiveMethod = _check_method(method, type(self).__name__)
+        name = type(self).__name__
+        self.method: PositiveMethod = _check_method(method, name)
+        self.softness = _check_softness(softness, self.method, name)
 
     def forward(self, x: Tensor) -> Tensor:
-        return _positive_forward(x, self.method)
+        return _positive_forward(x, self.method, self.softness)
 
     def inverse(self, y: Tensor) -> Tensor:
-        return _maps.positive_inverse(y.to(compute_dtype(y.dtype)), self.method).to(y.dtype)
+        work = compute_dtype(y.dtype)
+        return _maps.positive_inverse(y.to(work), self.method, self.softness).to(y.dtype)
 
     def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
-        r"""Elementwise :math:`\log f'(x)`: :math:`-\operatorname{softplus}(-x)`
+        r"""Elementwise :math:`\log f'(x)`: :math:`-\operatorname{softplus}(-x/s)`
         (:math:`x` with ``method="exp"``), finite for every finite ``x``; same shape as ``x``."""
-        return _slopes.above_log_slope(x.to(compute_dtype(x.dtype)), self.method).to(x.dtype)
+        work = compute_dtype(x.dtype)
+        return _slopes.above_log_slope(x.to(work), self.method, self.softness).to(x.dtype)
 
     @property
     def codomain(self) -> constraints.Constraint:
@@ -110,18 +128,36 @@ class Positive(Transform):
         return describe_bound_violation(y, index, y.new_zeros(()), None)
 
     def to_interior(self, y: Tensor) -> Tensor:
-        floor = interior_margin(
-            y.dtype, torch.ones((), dtype=torch.float64), y.new_zeros((), dtype=torch.float64)
-        )
+        r"""Raise ``y`` to where the slope is 1/4 of its largest: :math:`s \log(4/3) \approx 0.072`
+        (``exp``: 0.25, a quarter of the slope at 1); larger values are unchanged."""
+        zero = y.new_zeros((), dtype=torch.float64)
+        floor = interior_distance(y.dtype, zero + _interior_distance(self.method, self.softness), zero)
         start = torch.where(torch.isfinite(y), y.double(), 0.0)
         return start.clamp(min=floor, max=torch.finfo(y.dtype).max).to(y.dtype)
+
+    def sample(
+        self,
+        shape: torch.Size | tuple[int, ...],
+        *,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """A random value of the set: ``softplus(N(0, 1))``, the bound (0) plus ``softplus`` of a standard normal draw."""
+        distance = _typical_distance(shape, dtype, device, generator)
+        return distance
+
+    def peak_log_slope(self) -> float:
+        """Log of the reference slope :func:`~paramshape.saturation` compares with: 0, the softplus's
+        largest slope 1 (with ``exp``, the slope one unit from the bound)."""
+        return 0.0
 
     def project(self, y: Tensor) -> Tensor:
         r"""Clamp onto the closed half-line :math:`[0, \infty)`: :math:`P(y) = \max(y, 0)`."""
         return y.clamp_min(0.0)
 
     def extra_repr(self) -> str:
-        return "" if self.method == "softplus" else f"method={self.method!r}"
+        return _describe_method(self.method, self.softness).lstrip(", ")
 
 
 @register("greater_than")
@@ -130,10 +166,14 @@ class GreaterThan(BoundedTransform):
 
     .. math::
 
-        f(x) = l + \operatorname{softplus}(x), \qquad f^{-1}(y) = \log(\operatorname{expm1}(y - l))
+        f(x) = l + s \operatorname{softplus}(x / s), \qquad
+        f^{-1}(y) = s \log\bigl(\operatorname{expm1}((y - l) / s)\bigr)
 
-    (``method="exp"``: :math:`l + e^{x}` and :math:`\log(y - l)`). The inverse is the thresholded
-    softplus inverse of :class:`Positive`, finite for every value at or above ``low``.
+    with softness :math:`s` (default 0.25; ``method="exp"``: :math:`l + e^{x}` and
+    :math:`\log(y - l)`). The slope :math:`1 - e^{-(y - l)/s}` is 0.98 one unit above the bound and
+    tends to 1 (a step on the stored value moves the value by as much, so learning rates carry over);
+    near the bound the map turns multiplicative. The inverse is the thresholded softplus inverse of
+    :class:`Positive`, finite for every value at or above ``low``.
 
     * Domain: :math:`\mathbb{R}`, elementwise.
     * Codomain: :math:`(l, \infty)`; in floating point :math:`l + \operatorname{softplus}(x)` rounds
@@ -143,6 +183,8 @@ class GreaterThan(BoundedTransform):
         low: finite lower bound, a number or a tensor that broadcasts against the constrained tensor.
             For per-element infinite bounds use :class:`Box` with ``high=inf``.
         method: ``"softplus"`` (default) or ``"exp"``.
+        softness: the softplus's bend :math:`s` in the value's units (default 0.25); only with
+            ``method="softplus"``.
 
     Example:
         >>> import torch, paramshape as ps
@@ -153,34 +195,58 @@ class GreaterThan(BoundedTransform):
 
     low: Tensor
     bound_names = ("low",)
-    fusable = Fusable(_above_forward, ("low",), ("method",), auto_min_elements=_AUTO_MIN)
+    fusable = Fusable(_above_forward, ("low",), ("method", "softness"), auto_min_elements=_AUTO_MIN)
 
-    def __init__(self, low: BoundLike, method: PositiveMethod = "softplus") -> None:
+    def __init__(
+        self, low: BoundLike, method: PositiveMethod = "softplus", softness: float | None = None
+    ) -> None:
         super().__init__()
         self.method: PositiveMethod = _check_method(method, type(self).__name__)
+        self.softness = _check_softness(softness, self.method, type(self).__name__)
         self._set_bounds(low=low)
 
     def forward(self, x: Tensor) -> Tensor:
-        return _above_forward(x, self.low, self.method)
+        return _above_forward(x, self.low, self.method, self.softness)
 
     def inverse(self, y: Tensor) -> Tensor:
         work = compute_dtype(y.dtype)
-        return _maps.above_inverse(y.to(work), self.low.to(work), self.method).to(y.dtype)
+        return _maps.above_inverse(y.to(work), self.low.to(work), self.method, self.softness).to(y.dtype)
 
     def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
-        r"""Elementwise :math:`\log f'(x) = -\operatorname{softplus}(-x)` (:math:`x` with
+        r"""Elementwise :math:`\log f'(x) = -\operatorname{softplus}(-x/s)` (:math:`x` with
         ``method="exp"``); the bound does not enter. Same shape as ``x``."""
-        return _slopes.above_log_slope(x.to(compute_dtype(x.dtype)), self.method).to(x.dtype)
+        work = compute_dtype(x.dtype)
+        return _slopes.above_log_slope(x.to(work), self.method, self.softness).to(x.dtype)
 
     @property
     def codomain(self) -> constraints.Constraint:
         return constraints.greater_than(self.low)
 
     def to_interior(self, y: Tensor) -> Tensor:
+        r"""Raise ``y`` to :math:`l + s \log(4/3)`, where the slope is 1/4 of its largest (``exp``:
+        :math:`l + 0.25`); larger values are unchanged."""
         low = self.low.double()
-        floor = low + interior_margin(y.dtype, low.abs().clamp_min(1.0), low)
+        distance = torch.full_like(low, _interior_distance(self.method, self.softness))
+        floor = low + interior_distance(y.dtype, distance, low)
         start = torch.where(torch.isfinite(y), y.double(), 0.0)
         return torch.maximum(start, floor).clamp(max=torch.finfo(y.dtype).max).to(y.dtype)
+
+    def sample(
+        self,
+        shape: torch.Size | tuple[int, ...],
+        *,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """A random value of the set: ``low + softplus(N(0, 1))``, the bound plus ``softplus`` of a standard normal draw."""
+        distance = _typical_distance(shape, dtype, device, generator)
+        return (self.low.to(distance) + distance).clamp(max=torch.finfo(distance.dtype).max)
+
+    def peak_log_slope(self) -> float:
+        """Log of the reference slope :func:`~paramshape.saturation` compares with: 0, the softplus's
+        largest slope 1 (with ``exp``, the slope one unit from the bound)."""
+        return 0.0
 
     def project(self, y: Tensor) -> Tensor:
         r"""Clamp onto the closed half-line :math:`[l, \infty)`: :math:`P(y) = \max(y, l)`."""
@@ -190,8 +256,7 @@ class GreaterThan(BoundedTransform):
         ensure_finite(bounds["low"], "low", type(self).__name__, _INFINITE_ADVICE)
 
     def extra_repr(self) -> str:
-        method = "" if self.method == "softplus" else f", method={self.method!r}"
-        return super().extra_repr() + method
+        return super().extra_repr() + _describe_method(self.method, self.softness)
 
 
 @register("less_than")
@@ -200,9 +265,12 @@ class LessThan(BoundedTransform):
 
     .. math::
 
-        f(x) = h - \operatorname{softplus}(-x), \qquad f^{-1}(y) = -\log(\operatorname{expm1}(h - y))
+        f(x) = h - s \operatorname{softplus}(-x / s), \qquad
+        f^{-1}(y) = -s \log\bigl(\operatorname{expm1}((h - y) / s)\bigr)
 
-    (``method="exp"``: :math:`h - e^{-x}` and :math:`-\log(h - y)`).
+    with softness :math:`s` (default 0.25; ``method="exp"``: :math:`h - e^{-x}` and
+    :math:`-\log(h - y)`): the mirror image of :class:`GreaterThan`, slope
+    :math:`1 - e^{-(h - y)/s}`.
 
     * Domain: :math:`\mathbb{R}`, elementwise.
     * Codomain: :math:`(-\infty, h)`; membership is tested on :math:`(-\infty, h]`.
@@ -211,6 +279,8 @@ class LessThan(BoundedTransform):
         high: finite upper bound, a number or a tensor that broadcasts against the constrained
             tensor. For per-element infinite bounds use :class:`Box` with ``low=-inf``.
         method: ``"softplus"`` (default) or ``"exp"``.
+        softness: the softplus's bend :math:`s` in the value's units (default 0.25); only with
+            ``method="softplus"``.
 
     Example:
         >>> import torch, paramshape as ps
@@ -221,34 +291,58 @@ class LessThan(BoundedTransform):
 
     high: Tensor
     bound_names = ("high",)
-    fusable = Fusable(_below_forward, ("high",), ("method",), auto_min_elements=_AUTO_MIN)
+    fusable = Fusable(_below_forward, ("high",), ("method", "softness"), auto_min_elements=_AUTO_MIN)
 
-    def __init__(self, high: BoundLike, method: PositiveMethod = "softplus") -> None:
+    def __init__(
+        self, high: BoundLike, method: PositiveMethod = "softplus", softness: float | None = None
+    ) -> None:
         super().__init__()
         self.method: PositiveMethod = _check_method(method, type(self).__name__)
+        self.softness = _check_softness(softness, self.method, type(self).__name__)
         self._set_bounds(high=high)
 
     def forward(self, x: Tensor) -> Tensor:
-        return _below_forward(x, self.high, self.method)
+        return _below_forward(x, self.high, self.method, self.softness)
 
     def inverse(self, y: Tensor) -> Tensor:
         work = compute_dtype(y.dtype)
-        return _maps.below_inverse(y.to(work), self.high.to(work), self.method).to(y.dtype)
+        return _maps.below_inverse(y.to(work), self.high.to(work), self.method, self.softness).to(y.dtype)
 
     def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
-        r"""Elementwise :math:`\log f'(x) = -\operatorname{softplus}(x)` (:math:`-x` with
+        r"""Elementwise :math:`\log f'(x) = -\operatorname{softplus}(x/s)` (:math:`-x` with
         ``method="exp"``). Same shape as ``x``."""
-        return _slopes.below_log_slope(x.to(compute_dtype(x.dtype)), self.method).to(x.dtype)
+        work = compute_dtype(x.dtype)
+        return _slopes.below_log_slope(x.to(work), self.method, self.softness).to(x.dtype)
 
     @property
     def codomain(self) -> constraints.Constraint:
         return constraints.less_than(self.high)
 
     def to_interior(self, y: Tensor) -> Tensor:
+        r"""Lower ``y`` to :math:`h - s \log(4/3)`, where the slope is 1/4 of its largest (``exp``:
+        :math:`h - 0.25`); smaller values are unchanged."""
         high = self.high.double()
-        ceiling = high - interior_margin(y.dtype, high.abs().clamp_min(1.0), high)
+        distance = torch.full_like(high, _interior_distance(self.method, self.softness))
+        ceiling = high - interior_distance(y.dtype, distance, high)
         start = torch.where(torch.isfinite(y), y.double(), 0.0)
         return torch.minimum(start, ceiling).clamp(min=-torch.finfo(y.dtype).max).to(y.dtype)
+
+    def sample(
+        self,
+        shape: torch.Size | tuple[int, ...],
+        *,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """A random value of the set: ``high - softplus(N(0, 1))``, the bound minus ``softplus`` of a standard normal draw."""
+        distance = _typical_distance(shape, dtype, device, generator)
+        return (self.high.to(distance) - distance).clamp(min=-torch.finfo(distance.dtype).max)
+
+    def peak_log_slope(self) -> float:
+        """Log of the reference slope :func:`~paramshape.saturation` compares with: 0, the softplus's
+        largest slope 1 (with ``exp``, the slope one unit from the bound)."""
+        return 0.0
 
     def project(self, y: Tensor) -> Tensor:
         r"""Clamp onto the closed half-line :math:`(-\infty, h]`: :math:`P(y) = \min(y, h)`."""
@@ -258,8 +352,7 @@ class LessThan(BoundedTransform):
         ensure_finite(bounds["high"], "high", type(self).__name__, _INFINITE_ADVICE)
 
     def extra_repr(self) -> str:
-        method = "" if self.method == "softplus" else f", method={self.method!r}"
-        return super().extra_repr() + method
+        return super().extra_repr() + _describe_method(self.method, self.softness)
 
 
 _INFINITE_ADVICE = "one-sided bounds must be finite (Box accepts per-element infinite bounds)."
@@ -269,3 +362,37 @@ def _check_method(method: str, owner: str) -> PositiveMethod:
     if method not in _METHODS:
         raise SpecError(f"{owner}: method must be one of {list(_METHODS)}; got {method!r}.")
     return method  # type: ignore[return-value]
+
+
+def _typical_distance(
+    shape: torch.Size | tuple[int, ...],
+    dtype: torch.dtype | None,
+    device: torch.device | str | None,
+    generator: torch.Generator | None,
+) -> Tensor:
+    """``softplus(N(0, 1))``: typical distances from the bound, mostly between 0.05 and 3, that
+    :meth:`sample` uses for every softness (the unit-slope map of a standard normal would put many
+    draws within 1e-6 of the bound)."""
+    noise = torch.randn(shape, dtype=dtype, device=device, generator=generator)
+    return torch.nn.functional.softplus(noise).clamp_min(torch.finfo(noise.dtype).tiny)
+
+
+def _check_softness(softness: object, method: PositiveMethod, owner: str) -> float:
+    if softness is None:
+        return DEFAULT_SOFTNESS
+    if method == "exp":
+        raise SpecError(f"{owner}: softness applies to method='softplus' only; got method='exp'.")
+    if (
+        isinstance(softness, bool)
+        or not isinstance(softness, (int, float))
+        or not math.isfinite(softness)
+        or softness <= 0
+    ):
+        raise SpecError(f"{owner}: softness must be a positive finite number; got {softness!r}.")
+    return float(softness)
+
+
+def _describe_method(method: PositiveMethod, softness: float) -> str:
+    if method == "exp":
+        return ", method='exp'"
+    return "" if softness == DEFAULT_SOFTNESS else f", softness={softness}"
