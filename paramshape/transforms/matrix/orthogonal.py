@@ -255,10 +255,10 @@ class Orthogonal(MatrixTransform):
         base = self.base
         if base.numel() and len(shape) >= 2:
             side = max(shape[-2], shape[-1])
-            if base.shape[-1] != side or base.shape[:-2] != shape[:-2]:
+            if max(base.shape[-2], base.shape[-1]) != side or base.shape[:-2] != shape[:-2]:
                 raise ShapeMismatchError(
                     f"{self!r}: its base was set by an inverse of a value whose matrices are "
-                    f"{format_shape(base.shape)} (completed to square), which does not fit a tensor "
+                    f"{format_shape(base.shape)}, which does not fit a tensor "
                     f"of shape {format_shape(shape)}; use one Orthogonal per tensor shape."
                 )
 
