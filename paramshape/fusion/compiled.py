@@ -28,7 +28,7 @@ import time
 import warnings
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from typing import Any, Literal, cast, get_args
 
 import torch
 from torch import Tensor, nn
@@ -222,7 +222,11 @@ def dispatch(transform: nn.Module, spec: Fusable, x: Any) -> Tensor | None:
     ):
         return None
     buffers = transform._buffers
-    tensors = tuple([buffers[name] if name in buffers else getattr(transform, name) for name in spec.tensors])
+    # Checked to be plain tensors just below (anything else takes the plain forward).
+    tensors = cast(
+        "tuple[Tensor, ...]",
+        tuple([buffers[name] if name in buffers else getattr(transform, name) for name in spec.tensors]),
+    )
     for tensor in tensors:
         if type(tensor) is not Tensor or tensor.requires_grad:
             return None

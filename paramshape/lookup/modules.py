@@ -243,12 +243,14 @@ def fast_read(owner: nn.Module, name: str) -> None:
     """
     cls = type(owner)
     original = cls.__dict__.get(name)
-    if not isinstance(original, property) or getattr(original.fget, "_paramshape_fast", False):
+    if not isinstance(original, property) or original.fget is None:
         return
     slow = original.fget
+    if getattr(slow, "_paramshape_fast", False):
+        return
 
     def read(module: nn.Module) -> Tensor:
-        chain = module._modules["parametrizations"]._modules[name]  # type: ignore[union-attr]
+        chain = module._modules["parametrizations"]._modules[name]
         if (
             parametrize._cache_enabled
             or chain._forward_hooks
@@ -267,7 +269,7 @@ def fast_read(owner: nn.Module, name: str) -> None:
         stored = chain._parameters.get("original")
         if stored is None:  # a parametrized buffer
             stored = chain._buffers["original"]
-        return chain._modules["0"](stored)
+        return chain._modules["0"](stored)  # type: ignore[misc]  # the chain holds one transform
 
     read._paramshape_fast = True  # type: ignore[attr-defined]
     setattr(cls, name, property(read, original.fset, original.fdel, original.__doc__))

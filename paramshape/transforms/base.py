@@ -207,6 +207,7 @@ class Transform(nn.Module, abc.ABC):
         out[: first.shape[0]] = first
         del first
         for start, part, transform in blocks:
+            assert start is not None  # only a single block has no start, returned above
             out[start : start + part.shape[0]] = transform.inverse(part)
         return out
 
@@ -451,6 +452,7 @@ class Transform(nn.Module, abc.ABC):
             return self._finite_excess(y) == 0
         inside = torch.empty(y.shape, dtype=torch.bool, device=y.device)
         for start, part, transform in blocks:
+            assert start is not None  # several blocks: each starts at a row
             inside[start : start + part.shape[0]] = transform._finite_excess(part) == 0
         return inside
 
@@ -573,7 +575,8 @@ class Transform(nn.Module, abc.ABC):
         """
         if value.device.type == "meta":
             return  # no values (deferred initialisation); checked when real values come in
-        count, total, worst, index = 0, 0, -1.0, ()
+        count, total, worst = 0, 0, -1.0
+        index: tuple[int, ...] = ()
         # Elementwise sets are checked a block of rows at a time: the float64 excess of the whole
         # tensor (and its temporaries) would cost several times the tensor's own memory.
         for start, part, transform in self._row_blocks(value):

@@ -11,6 +11,7 @@ from torch.distributions import constraints
 from paramshape.errors import ShapeMismatchError, SpecError
 from paramshape.errors.report import format_shape
 from paramshape.numerics.precision import compute_dtype
+from paramshape.transforms.base import Transform
 from paramshape.transforms.matrix.base import (
     MatrixSet,
     MatrixTransform,
@@ -303,7 +304,7 @@ class Orthogonal(MatrixTransform):
     def extra_repr(self) -> str:
         return "" if self.method == "auto" else f"method={self.method!r}"
 
-    def _apply(self, fn: Any, recurse: bool = True) -> Orthogonal:
+    def _apply(self, fn: Any, recurse: bool = True) -> Transform:
         before = self.base.dtype
         result = super()._apply(fn, recurse)
         base = self.base
