@@ -482,7 +482,7 @@ PROBLEMS = {
             "clamp in forward",
             "test NLL",
             ("hand", "reparam", "reparam_logistic", "soft_clip", "project", "penalty"),
-            "reparam",
+            "soft_clip",
             train_policy,
         ),
     )

@@ -153,7 +153,9 @@ class Coin(nn.Module):
 
 
 coin = Coin()
-optimizer = torch.optim.SGD(coin.parameters(), lr=1.0)
+# UnitInterval's map has slope 1 at p = 0.5, so a step moves p about as far as it would move a plain
+# parameter: the learning rate is one for p itself (the hand-written sigmoid above has slope 1/4).
+optimizer = torch.optim.SGD(coin.parameters(), lr=0.1)
 losses, values = [], []
 for _ in range(200):
     loss = negative_log_likelihood(coin())

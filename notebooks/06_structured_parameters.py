@@ -261,6 +261,7 @@ plt.show()
 # noisy entries.
 
 # %%
+torch.manual_seed(1)  # this section's draws do not depend on the sections above
 images = torch.randn(64, 2, 8, 8)
 conv = nn.Conv2d(2, 4, 3, padding=1, bias=False)
 ps.constrain(conv, "weight", ps.MaxNorm(1.0, dim=(1, 2, 3)), init="sample")

@@ -112,15 +112,15 @@ def _jitter(dtype: torch.dtype, size: int) -> float:
 
 # ------------------------------------------------------------------------------ elementwise
 def box(transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor:
-    """c + r tanh(a x / r) (centre c, half-width r, slope a); one-sided, l + s softplus(a x / s)
-    (softness s = 1/4), where a bound is infinite; a x if both are."""
+    """l + (h - l) sigma(4 a x / (h - l)), which is c + r tanh(a x / r) (centre c, half-width r, slope
+    a) written so that it keeps its precision near l; one-sided, l + s softplus(a x / s) (softness
+    s = 1/4), where a bound is infinite; a x if both are."""
     low, high = torch.broadcast_tensors(_bound(transform, "low"), _bound(transform, "high"))
     low, high, x = torch.broadcast_tensors(low, high, x)
     finite_low, finite_high = torch.isfinite(low), torch.isfinite(high)
     lo, hi = torch.where(finite_low, low, 0.0), torch.where(finite_high, high, 1.0)
     a = transform.slope
-    centre, radius = (lo + hi) / 2, (hi - lo) / 2
-    both = centre + radius * torch.tanh(a * x / radius)
+    both = lo + (hi - lo) * _sigmoid(4 * a * x / (hi - lo))
     above = lo + _above(a * x, "softplus", dtype)
     below = hi - _above(-a * x, "softplus", dtype)
     y = torch.where(
@@ -146,8 +146,8 @@ def box_inverse(transform: object, y: Tensor, dtype: torch.dtype = F64) -> Tenso
 
 
 def unit_interval(transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor:
-    """(1 + tanh(2 a x)) / 2 = sigma(4 a x)."""
-    return (1 + torch.tanh(2 * transform.slope * x)) / 2
+    """sigma(4 a x) = (1 + tanh(2 a x)) / 2."""
+    return _sigmoid(4 * transform.slope * x)
 
 
 def unit_interval_inverse(transform: object, y: Tensor, dtype: torch.dtype = F64) -> Tensor:
@@ -373,6 +373,16 @@ def positive_semidefinite(transform: object, x: Tensor, dtype: torch.dtype = F64
     return factor @ factor.mT
 
 
+def positive_determinant(transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor:
+    """B e^X (B = I before any assignment), X scaled down to Frobenius norm log(1 / eps) / 4 of the
+    dtype where it is larger."""
+    limit = 0.25 * math.log(1 / torch.finfo(dtype).eps)
+    norm = torch.linalg.matrix_norm(x)[..., None, None]
+    value = torch.matrix_exp(x / (norm / limit).clamp_min(1.0))
+    base = transform.base.detach().to(F64)
+    return base @ value if base.numel() else value
+
+
 def spectral_bound(transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor:
     """X c tanh(sigma / c) / sigma, sigma the largest singular value (here the square root of the
     largest eigenvalue of X^T X); with conv=True, of the kernel flattened to (out, in * prod(k)) and
@@ -538,6 +548,8 @@ REFERENCES: dict[str, Reference] = {
     "orthogonal": Reference(orthogonal, None, orthogonal_condition),
     "positive": Reference(positive, positive_inverse),
     "positive_definite": Reference(positive_definite, positive_definite_inverse),
+    # The inverse sets the base to the value and stores zeros: no closed form to compare with.
+    "positive_determinant": Reference(positive_determinant, None),
     "positive_ordered": Reference(positive_ordered, positive_ordered_inverse),
     # The stored factor is defined up to rotation (and, for a singular value, a Cholesky factor is
     # not unique): no closed-form inverse to compare with; the contract checks the round trip.

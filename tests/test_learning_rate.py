@@ -146,7 +146,9 @@ def test_saturation_report_counts_values_below_one_percent_of_the_slope():
     ps.constrain(model, "1.bias", ps.Positive(), init="sample")
     ps.constrain(model, "1.weight", ps.Box(-1.0, 1.0), method="project")  # not reparametrised
     # Slope 1 - t^2 < 0.01 beyond t = 0.995 of the half-width: 3 of the 12 values here.
-    model[0].weight = torch.tensor([[0.0, 0.5, 0.99, 0.994]] * 2 + [[0.996, -0.999, 0.9999, 0.0]])
+    model[0].weight = torch.tensor(  # shape (4, 3)
+        [[0.0, 0.5, 0.99], [0.994, 0.0, 0.5], [0.99, 0.994, 0.996], [-0.999, 0.9999, 0.0]]
+    )
     # Positive (softness 1/4): slope 1 - exp(-y / 0.25) < 0.01 below y = 0.0025.
     model[1].bias = torch.tensor([0.002, 1.0])
     report = ps.saturation(model)
