@@ -423,12 +423,12 @@ def _with_diag(strict: Tensor, diagonal: Tensor) -> Tensor:
 
 
 def lower_cholesky(transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor:
-    """Strict lower triangle of x, Positive's map max(s softplus(x_ii / s), t) on the diagonal, 0 above."""
-    return _with_diag(x, _above(_diag(x), "softplus", dtype))
+    """Strict lower triangle of x, max(softplus(x_ii), t) on the diagonal, 0 above."""
+    return _with_diag(x, _above(_diag(x), "softplus", dtype, softness=1.0))
 
 
 def lower_cholesky_inverse(transform: object, y: Tensor, dtype: torch.dtype = F64) -> Tensor:
-    return _with_diag(y, _above_inverse(_diag(y), "softplus"))
+    return _with_diag(y, _above_inverse(_diag(y), "softplus", softness=1.0))
 
 
 def positive_definite(transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor:

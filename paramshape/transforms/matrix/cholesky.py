@@ -51,10 +51,8 @@ def _lower_cholesky(x: Tensor, out_dtype: torch.dtype) -> Tensor:
 def _lower_cholesky_inverse(factor: Tensor) -> Tensor:
     """Inverse of :func:`_lower_cholesky` for a lower-triangular ``factor`` with a diagonal >= 0
     (an entry of 0 is read as the smallest normal number, so the result is finite)."""
-    # The same map as the forward's diagonal (Positive's, with its softness): a plain softplus
-    # inverse here did not round-trip once the forward took s softplus(x / s).
-    diagonal = factor.diagonal(dim1=-2, dim2=-1)
-    return factor.tril(-1) + torch.diag_embed(_maps.positive_inverse(diagonal, "softplus"))
+    diagonal = factor.diagonal(dim1=-2, dim2=-1).clamp_min(torch.finfo(factor.dtype).tiny)
+    return factor.tril(-1) + torch.diag_embed(softplus_inverse(diagonal))
 
 
 @register("lower_cholesky")
