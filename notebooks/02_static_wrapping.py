@@ -153,7 +153,9 @@ class Coin(nn.Module):
 
 
 coin = Coin()
-optimizer = torch.optim.SGD(coin.parameters(), lr=1.0)
+# UnitInterval is sigma(4x), slope 1 at p = 0.5 like a plain parameter; plain SGD's step on p scales
+# with the slope squared, 16 times the hand-written sigma(x)'s, so the learning rate is 1/16.
+optimizer = torch.optim.SGD(coin.parameters(), lr=1 / 16)
 losses, values = [], []
 for _ in range(200):
     loss = negative_log_likelihood(coin())
