@@ -16,12 +16,24 @@ order rotates each round) and medians reported, so all rows of a table share the
    paramshape eager / fused / whole model compiled / ``method="project"``, and the peers -- a
    hand-written ``torch.distributions.biject_to`` parametrization, a GPyTorch-style raw parameter
    transformed in ``forward``, and a hand-written ``clamp_`` after the step;
+2a. a training step of the small model of issue 12 (4 x Linear 2-64-64-64-1, all 8 tensors in
+   ``Box(-0.01, 0.01)``, batch 64, Adam): unconstrained, the hand ``clamp_``, paramshape
+   ``method="project"`` and reparametrized, a plain ``register_parametrization`` of
+   ``low + w sigmoid(x)`` and GPyTorch-style raw parameters;
+2b. one constrained tensor read and differentiated, by size (64 to 4M values), against the bare
+   tensor and the peer's map: where the fixed cost per tensor ends;
 3. geotorch, where it has the constraint (sphere, orthogonal, positive definite), against paramshape's
    transform for the same set, on the same MLP (skipped with a note when geotorch is not installed);
-4. ``constrain()`` on a model with 200 tensors (registration cost), and inference after
-   ``ps.unconstrain`` against the never-constrained model;
+3b. ``Orthogonal()`` on one 30000 x 50 weight: registration and step time (and peak memory on CUDA);
+4. ``constrain()`` on a model with 200 tensors (registration cost), a table by number of tensors
+   (and, with ``--big-tensor N``, one tensor of N values), and inference after ``ps.unconstrain``
+   against the never-constrained model;
 5. per kernel, the size above which the fused kernel beats eager (how ``"auto"``'s thresholds,
    ``AUTO_MIN_ELEMENTS`` and ``Fusable.auto_min_elements``, were chosen).
+
+``--device cuda`` creates every model and tensor on the GPU and synchronizes around each timed
+round; ``--quick`` shortens every section (a smoke run, not figures to quote). The machine (CPU
+model, GPU name, threads, torch) is recorded with the results: the ratios depend on it.
 
 ``pip install -e ".[bench]"`` installs matplotlib (the plot) and geotorch (section 3); both are optional.
 """
@@ -54,15 +66,26 @@ from paramshape.fusion.compiled import AUTO_MIN_ELEMENTS, _backend
 
 HERE = Path(__file__).resolve().parent
 
-SECTIONS = ("transform", "mlp", "geotorch", "registration", "threshold")
+SECTIONS = ("transform", "small", "mlp", "geotorch", "orthogonal", "registration", "sweep", "threshold")
 
-#: The targets of issue 5, checked at the end of a run.
+#: The targets of issues 5 and 12, checked at the end of a run.
 TARGETS = {
     "fused_box_vs_floor_16M": 1.3,
-    "mlp_best_b256": 1.03,
+    "mlp_best_b256": 1.05,
     "mlp_best_b32": 1.15,
-    "constrain_200_ms": 100.0,
+    "constrain_200_ms": 50.0,
+    "small_reparam": 1.3,
+    "project_vs_clamp": 0.03,
 }
+
+#: The device the run measures on (``--device``); models and tensors are created there.
+DEVICE = [torch.device("cpu")]
+
+
+def _sync() -> None:
+    """Wait for the device: a GPU runs asynchronously, so a timer must not stop before it has."""
+    if DEVICE[0].type == "cuda":
+        torch.cuda.synchronize(DEVICE[0])
 
 
 # ------------------------------------------------------------------------------------ timing
@@ -80,9 +103,11 @@ def interleaved(
         shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:
             fn = variants[name]
+            _sync()
             start = time.perf_counter()
             for _ in range(reps):
                 fn()
+            _sync()
             per_round[name].append((time.perf_counter() - start) / reps * 1e3)
     results = {}
     for name in names:
@@ -128,7 +153,7 @@ def _one_sided_box(x: Tensor) -> Tensor:
 
 def transform_alone(sizes: list[int], rounds: int) -> list[dict[str, Any]]:
     rows = []
-    box = ps.Box(-1.0, 1.0)
+    box = ps.Box(-1.0, 1.0).to(DEVICE[0])
     maps: dict[str, tuple[Callable[[Tensor], Tensor], str | None]] = {
         "floor (clone)": (torch.clone, None),
         "paramshape eager (hand-fused)": (box, "off"),
@@ -137,8 +162,8 @@ def transform_alone(sizes: list[int], rounds: int) -> list[dict[str, Any]]:
         "peer: one-sided low + w sigmoid(x), eager": (_one_sided_box, None),
     }
     for size in sizes:
-        x = torch.randn(size, requires_grad=True)
-        grad = torch.randn(size)
+        x = torch.randn(size, device=DEVICE[0], requires_grad=True)
+        grad = torch.randn(size, device=DEVICE[0])
         reps = max(1, min(50, int(2e7 // (size * 4))))
         for kind in ("forward", "forward+backward"):
             if kind == "forward":
@@ -229,7 +254,7 @@ def _box_all_weights(model: nn.Module, **options: Any) -> nn.Module:
 
 def mlp_variants(width: int, backend: str) -> dict[str, Step]:
     torch.manual_seed(0)
-    base = mlp(width)
+    base = mlp(width).to(DEVICE[0])
 
     def fresh() -> nn.Sequential:
         return copy.deepcopy(base)
@@ -262,7 +287,7 @@ def training_step(
     rows = []
     for batch in batches:
         variants = mlp_variants(width, backend)
-        x, y = torch.randn(batch, width), torch.randn(batch, width)
+        x, y = torch.randn(batch, width, device=DEVICE[0]), torch.randn(batch, width, device=DEVICE[0])
         for step in variants.values():  # warm-up: compiles, allocator, Adam state
             for _ in range(3):
                 step(x, y)
@@ -274,6 +299,167 @@ def training_step(
         )
         for name, entry in timed.items():
             rows.append({"batch": batch, "variant": name, **entry})
+    return rows
+
+
+# ------------------------------------------------------------------------------------ 2b. small model
+#: The small model of issue 12: 4 x Linear (2-64-64-64-1), every weight and bias in Box(-0.01, 0.01)
+#: (a WGAN critic's clipping range), Adam, batch 64. A constraint's fixed cost per tensor dominates.
+SMALL_BOX = (-0.01, 0.01)
+
+
+def small_model() -> nn.Sequential:
+    return nn.Sequential(
+        nn.Linear(2, 64),
+        nn.Tanh(),
+        nn.Linear(64, 64),
+        nn.Tanh(),
+        nn.Linear(64, 64),
+        nn.Tanh(),
+        nn.Linear(64, 1),
+    )
+
+
+class _SigmoidBox(nn.Module):
+    """The four lines paramshape replaces: ``low + (high - low) sigmoid(x)`` as a parametrization."""
+
+    def __init__(self, low: float, high: float) -> None:
+        super().__init__()
+        self.low, self.width = low, high - low
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.low + self.width * torch.sigmoid(x)
+
+    def right_inverse(self, y: Tensor) -> Tensor:
+        return torch.logit((y - self.low) / self.width)
+
+
+class _RawSmall(nn.Module):
+    """GPyTorch style for every weight and bias: raw parameters, mapped in ``forward``."""
+
+    def __init__(self, model: nn.Sequential, low: float, high: float) -> None:
+        super().__init__()
+        self.low, self.width = low, high - low
+        self.acts = [model[i] for i in range(1, len(model), 2)]
+        self.raw = nn.ParameterList()
+        for layer in model[::2]:
+            for tensor in (layer.weight, layer.bias):
+                with torch.no_grad():
+                    self.raw.append(nn.Parameter(torch.logit((tensor - low) / self.width)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        values = [self.low + self.width * torch.sigmoid(raw) for raw in self.raw]
+        for index in range(0, len(values), 2):
+            x = F.linear(x, values[index], values[index + 1])
+            if index // 2 < len(self.acts):
+                x = self.acts[index // 2](x)
+        return x
+
+
+def _clamp_all(low: float, high: float) -> Callable[[nn.Module], None]:
+    def clamp(model: nn.Module) -> None:
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.clamp_(low, high)
+
+    return clamp
+
+
+def small_variants() -> dict[str, Step]:
+    torch.manual_seed(0)
+    low, high = SMALL_BOX
+    base = small_model().to(DEVICE[0])
+    with torch.no_grad():
+        for parameter in base.parameters():  # inside the box, so every variant starts alike
+            parameter.mul_(0.9 * high / parameter.abs().max())
+
+    def fresh() -> nn.Sequential:
+        return copy.deepcopy(base)
+
+    plain = fresh()
+    for layer in plain[::2]:
+        for name in ("weight", "bias"):
+            parametrize.register_parametrization(layer, name, _SigmoidBox(low, high))
+    return {
+        "unconstrained": Step(fresh()),
+        "peer: clamp_ after step (by hand)": Step(fresh(), after_step=_clamp_all(low, high)),
+        'paramshape method="project"': Step(ps.constrain(fresh(), "*", ps.Box(low, high), method="project")),
+        "paramshape reparam (default)": Step(ps.constrain(fresh(), "*", ps.Box(low, high))),
+        "peer: plain register_parametrization, low + w sigmoid(x)": Step(plain),
+        "peer: GPyTorch-style raw parameter": Step(_RawSmall(fresh(), low, high)),
+    }
+
+
+SMALL_REPARAM_PEERS = (
+    "peer: plain register_parametrization, low + w sigmoid(x)",
+    "peer: GPyTorch-style raw parameter",
+)
+
+
+def small_step(batch: int, rounds: int, steps: int) -> list[dict[str, Any]]:
+    variants = small_variants()
+    x, y = torch.randn(batch, 2, device=DEVICE[0]), torch.randn(batch, 1, device=DEVICE[0])
+    for step in variants.values():
+        for _ in range(5):
+            step(x, y)
+    timed = interleaved(
+        {name: functools.partial(step, x, y) for name, step in variants.items()},
+        rounds,
+        steps,
+        baseline="unconstrained",
+    )
+    return [{"batch": batch, "variant": name, **entry} for name, entry in timed.items()]
+
+
+# ------------------------------------------------------------------------------------ 2b. size sweep
+def _sweep_variants(size: int) -> dict[str, Callable[[], None]]:
+    low, high = SMALL_BOX
+    holder = nn.Module()
+    holder.weight = nn.Parameter(torch.zeros(size, device=DEVICE[0]))
+    ps.constrain(holder, "weight", ps.Box(low, high))
+    raw = torch.zeros(size, device=DEVICE[0], requires_grad=True)
+    bare = torch.zeros(size, device=DEVICE[0], requires_grad=True)
+    box = ps.Box(low, high).to(DEVICE[0])
+    grad = torch.randn(size, device=DEVICE[0])
+
+    def floor() -> None:
+        bare.grad = None
+        (bare * 1.0).backward(grad)
+
+    def through_parametrize() -> None:
+        holder.zero_grad(set_to_none=True)
+        holder.weight.backward(grad)
+
+    def direct() -> None:
+        raw.grad = None
+        box(raw).backward(grad)
+
+    def peer() -> None:
+        raw.grad = None
+        (low + (high - low) * torch.sigmoid(raw)).backward(grad)
+
+    return {
+        "floor (x * 1.0)": floor,
+        "paramshape, layer.weight": through_parametrize,
+        "paramshape, Box(x)": direct,
+        "peer: low + w sigmoid(x)": peer,
+    }
+
+
+def size_sweep(sizes: list[int], rounds: int) -> list[dict[str, Any]]:
+    """One constrained tensor read and differentiated with a fixed gradient, by size: where a
+    constraint's fixed cost ends and its per-element cost begins. Variants: the bare tensor (floor:
+    ``x * 1.0`` and its gradient), paramshape's Box through parametrize (``layer.weight``), the same
+    transform called directly, and the peer's one-sided map ``low + w sigmoid(x)``."""
+    rows = []
+    for size in sizes:
+        variants = _sweep_variants(size)
+        for fn in variants.values():
+            fn()
+        reps = max(3, min(400, int(4e6 // max(size, 1))))
+        timed = interleaved(variants, rounds, reps, baseline="floor (x * 1.0)")
+        for name, entry in timed.items():
+            rows.append({"size": size, "variant": name, **entry})
     return rows
 
 
@@ -291,7 +477,7 @@ def geotorch_comparison(width: int, batch: int, rounds: int, steps: int) -> tupl
     except ImportError:
         return [], 'geotorch is not installed (pip install -e ".[bench]"): its rows are skipped.'
     torch.manual_seed(0)
-    base = mlp(width)
+    base = mlp(width).to(DEVICE[0])
     pairs: dict[str, tuple[Callable[[nn.Module], None], Callable[[nn.Module], None]]] = {
         "sphere (unit rows)": (
             lambda layer: _moved_into(layer, ps.UnitNorm(dim=-1)),
@@ -307,7 +493,7 @@ def geotorch_comparison(width: int, batch: int, rounds: int, steps: int) -> tupl
         ),
     }
     rows = []
-    x, y = torch.randn(batch, width), torch.randn(batch, width)
+    x, y = torch.randn(batch, width, device=DEVICE[0]), torch.randn(batch, width, device=DEVICE[0])
     for constraint, (ours, theirs) in pairs.items():
         variants = {"unconstrained": Step(copy.deepcopy(base))}
         for label, attach in (("paramshape", ours), ("geotorch", theirs)):
@@ -336,10 +522,12 @@ def registration(tensors: int, repeats: int) -> dict[str, Any]:
     graphs_before = counters["stats"]["unique_graphs"]
     times = []
     for _ in range(repeats):
-        model = nn.Sequential(*(nn.Linear(8, 8) for _ in range(tensors // 2)))
+        model = nn.Sequential(*(nn.Linear(8, 8) for _ in range(tensors // 2))).to(DEVICE[0])
         gc.collect()
+        _sync()
         start = time.perf_counter()
         ps.constrain(model, "*", ps.Box(-1.0, 1.0))
+        _sync()
         times.append((time.perf_counter() - start) * 1e3)
         assert len(ps.constraints(model)) == 2 * (tensors // 2)
     return {
@@ -349,14 +537,75 @@ def registration(tensors: int, repeats: int) -> dict[str, Any]:
     }
 
 
+def registration_table(counts: list[int], big: int, repeats: int) -> list[dict[str, Any]]:
+    """``constrain()`` time by number of tensors, and for one tensor of ``big`` values (0: skipped),
+    with the peak of memory allocated beyond the tensor itself on CUDA (CPU: not measured)."""
+    rows = [
+        {"what": f"{n} tensors (Linear(8, 8) weights and biases)", **registration(n, repeats)} for n in counts
+    ]
+    if big:
+        holder = nn.Module()
+        holder.weight = nn.Parameter(torch.rand(big, device=DEVICE[0]) * 1.8 - 0.9)
+        extra = None
+        if DEVICE[0].type == "cuda":
+            torch.cuda.reset_peak_memory_stats(DEVICE[0])
+            before = torch.cuda.memory_allocated(DEVICE[0])
+        _sync()
+        start = time.perf_counter()
+        ps.constrain(holder, "weight", ps.Box(-1.0, 1.0))
+        _sync()
+        ms = (time.perf_counter() - start) * 1e3
+        if DEVICE[0].type == "cuda":
+            extra = (torch.cuda.max_memory_allocated(DEVICE[0]) - before) / (4 * big)
+        rows.append({"what": f"1 tensor of {big:,} values", "tensors": 1, "ms": ms, "extra_copies": extra})
+        del holder
+        gc.collect()
+    return rows
+
+
+def orthogonal_at_scale(rows: int, cols: int, steps: int) -> dict[str, Any]:
+    """``Orthogonal()`` (``"auto"``: the thin map) on one ``rows x cols`` weight: ``constrain()`` with
+    ``init="project"`` and an Adam step (batch 32), and on CUDA the peak memory beyond the weight, in
+    weight sizes. The square maps would build a ``rows x rows`` matrix (7.2 GB at 30000 x 50)."""
+    layer = nn.Linear(cols, rows, bias=False).to(DEVICE[0])
+    if DEVICE[0].type == "cuda":
+        torch.cuda.reset_peak_memory_stats(DEVICE[0])
+        before = torch.cuda.memory_allocated(DEVICE[0])
+    _sync()
+    start = time.perf_counter()
+    _moved_into(layer, ps.Orthogonal())
+    _sync()
+    register_s = time.perf_counter() - start
+    optimizer = torch.optim.Adam(layer.parameters(), lr=1e-3)
+    x = torch.randn(32, cols, device=DEVICE[0])
+    times = []
+    for _ in range(steps + 1):
+        _sync()
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        layer(x).square().sum().backward()
+        optimizer.step()
+        _sync()
+        times.append(time.perf_counter() - start)
+    extra = None
+    if DEVICE[0].type == "cuda":
+        extra = (torch.cuda.max_memory_allocated(DEVICE[0]) - before) / (4 * rows * cols)
+    return {
+        "shape": [rows, cols],
+        "register_s": register_s,
+        "step_s": statistics.median(times[1:]),
+        "peak_extra_weight_sizes": extra,
+    }
+
+
 def inference_after_unconstrain(
     width: int, batch: int, rounds: int, reps: int
 ) -> dict[str, dict[str, float]]:
     torch.manual_seed(0)
-    plain = mlp(width).eval()
+    plain = mlp(width).to(DEVICE[0]).eval()
     constrained = _box_all_weights(copy.deepcopy(plain))
     ps.unconstrain(constrained)
-    x = torch.randn(batch, width)
+    x = torch.randn(batch, width, device=DEVICE[0])
 
     def infer(model: nn.Module) -> Callable[[], Any]:
         def run() -> None:
@@ -388,10 +637,10 @@ def auto_threshold(families: list[str], sizes: list[int], rounds: int) -> list[d
     Tensors are (size / 64, 64), so the simplex has rows of 64."""
     rows = []
     for family in families:
-        transform = THRESHOLD_FAMILIES[family]()
+        transform = THRESHOLD_FAMILIES[family]().to(DEVICE[0])
         for size in sizes:
-            x = torch.randn(max(1, size // 64), 64, requires_grad=True)
-            grad = torch.randn(x.shape)
+            x = torch.randn(max(1, size // 64), 64, device=DEVICE[0], requires_grad=True)
+            grad = torch.randn(x.shape, device=DEVICE[0])
             variants = {
                 "eager": _forward_backward(transform, "off", x, grad),
                 "fused": _forward_backward(transform, "on", x, grad),
@@ -429,8 +678,11 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
+    gpu = torch.cuda.get_device_name(DEVICE[0]) if DEVICE[0].type == "cuda" else None
     return {
         "cpu": cpu,
+        "device": str(DEVICE[0]),
+        "gpu": gpu,
         "cores": os.cpu_count(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
@@ -464,6 +716,18 @@ def report(results: dict[str, Any]) -> str:
                 ],
             )
         )
+    if "small" in results:
+        low, high = SMALL_BOX
+        out.append(
+            f"\n## 2a. Small model: 4 x Linear (2-64-64-64-1), 8 tensors in Box({low}, {high}), "
+            f"batch {results['small'][0]['batch']}, Adam\n"
+        )
+        out.append(
+            table(
+                ["variant", "ms/step", "vs unconstrained"],
+                [[r["variant"], f"{r['ms']:.3f}", _ratio(r["ratio"])] for r in results["small"]],
+            )
+        )
     if "mlp" in results:
         out.append("\n## 2. Training step, 3 x Linear(512, 512) + Adam, all weights in [-1, 1]\n")
         out.append(
@@ -489,6 +753,15 @@ def report(results: dict[str, Any]) -> str:
             )
         else:
             out.append(results["geotorch_note"])
+    if "orthogonal" in results:
+        big = results["orthogonal"]
+        memory = big["peak_extra_weight_sizes"]
+        out.append(
+            f"\n## 3b. Orthogonal() on one {big['shape'][0]} x {big['shape'][1]} weight\n\n"
+            f"constrain(init='project'): {big['register_s']:.2f} s; Adam step (batch 32): "
+            f"{big['step_s'] * 1e3:.0f} ms"
+            + ("" if memory is None else f"; peak memory beyond the weight: {memory:.1f} weight sizes")
+        )
     if "registration" in results:
         reg = results["registration"]
         inference = results["inference"]["after ps.unconstrain"]
@@ -496,6 +769,33 @@ def report(results: dict[str, Any]) -> str:
             f"\n## 4. Registration and unconstrain\n\nconstrain() of {reg['tensors']} tensors in one call: "
             f"{reg['ms']:.1f} ms (graphs compiled meanwhile: {reg['compiled_graphs']})\n"
             f"inference after ps.unconstrain: {_ratio(inference['ratio'])} of the never-constrained model"
+        )
+    if "registration_table" in results:
+        out.append("\n## 4b. constrain() by size (one call, Box(-1, 1) on every tensor)\n")
+        out.append(
+            table(
+                ["what", "ms", "graphs compiled", "extra memory (tensor sizes)"],
+                [
+                    [
+                        r["what"],
+                        f"{r['ms']:.1f}",
+                        str(r.get("compiled_graphs", "")),
+                        "" if r.get("extra_copies") is None else f"{r['extra_copies']:.2f}",
+                    ]
+                    for r in results["registration_table"]
+                ],
+            )
+        )
+    if "sweep" in results:
+        out.append("\n## 2b. One constrained tensor, read + backward, by size (ratio to x * 1.0)\n")
+        out.append(
+            table(
+                ["elements", "variant", "ms", "vs floor"],
+                [
+                    [f"{r['size']:,}", r["variant"], f"{r['ms']:.4f}", _ratio(r["ratio"])]
+                    for r in results["sweep"]
+                ],
+            )
         )
     if "threshold" in results:
         out.append("\n## 5. Where fusing pays: forward+backward, eager vs fused, by kernel\n")
@@ -540,6 +840,32 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "target": f"fused Box forward+backward at {largest:,} within {limit}x of the floor",
                 "measured": _ratio(fused),
                 "met": fused <= limit,
+            }
+        )
+    if "small" in results:
+        ratios = {r["variant"]: r["ratio"] for r in results["small"]}
+        reparam = ratios["paramshape reparam (default)"]
+        fastest_peer = min(SMALL_REPARAM_PEERS, key=ratios.__getitem__)
+        checks.append(
+            {
+                "target": f"small model: reparam <= {TARGETS['small_reparam']}x the unconstrained step",
+                "measured": _ratio(reparam),
+                "met": reparam <= TARGETS["small_reparam"],
+            }
+        )
+        checks.append(
+            {
+                "target": "small model: reparam no slower than the fastest reparametrizing peer",
+                "measured": f"{_ratio(reparam)} vs {_ratio(ratios[fastest_peer])} ({fastest_peer})",
+                "met": reparam <= ratios[fastest_peer],
+            }
+        )
+        project, clamp = ratios['paramshape method="project"'], ratios["peer: clamp_ after step (by hand)"]
+        checks.append(
+            {
+                "target": f'small model: method="project" within {TARGETS["project_vs_clamp"]} of the hand clamp',
+                "measured": f"{_ratio(project)} vs {_ratio(clamp)}",
+                "met": project - clamp <= TARGETS["project_vs_clamp"],
             }
         )
     by_batch: dict[int, dict[str, float]] = {}
@@ -644,6 +970,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--steps", type=int, default=10, help="training steps per variant and round")
     parser.add_argument("--geotorch-batch", type=int, default=256)
     parser.add_argument("--tensors", type=int, default=200, help="tensors to constrain in section 4")
+    parser.add_argument("--registration-counts", type=int, nargs="+", default=[20, 200, 1000])
+    parser.add_argument(
+        "--big-tensor", type=int, default=0, help="also constrain one tensor of this many values (0: no)"
+    )
+    parser.add_argument("--small-batch", type=int, default=64, help="batch of the small model")
+    parser.add_argument(
+        "--orthogonal-shape", type=int, nargs=2, default=[30000, 50], help="the long weight of section 3b"
+    )
+    parser.add_argument(
+        "--sweep-sizes", type=int, nargs="+", default=[64, 1024, 16384, 262144, 1 << 22], help="section 2c"
+    )
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (models and tensors are created there)")
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer rounds and smaller sizes: about a minute, for a smoke run"
+    )
     parser.add_argument(
         "--threshold-sizes",
         type=int,
@@ -661,11 +1002,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--plot", type=Path, default=HERE / "results" / "run.png")
     parser.add_argument("--no-plot", action="store_true")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds, args.steps = min(args.rounds, 5), min(args.steps, 5)
+        args.sizes = [min(size, 1 << 20) for size in args.sizes]
+        args.sweep_sizes = [size for size in args.sweep_sizes if size <= 1 << 18]
+        args.registration_counts = [n for n in args.registration_counts if n <= 200]
+        args.threshold_sizes = [size for size in args.threshold_sizes if size <= 1 << 20]
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    previous_backend = _backend[0]
+    previous_backend, previous_device = _backend[0], DEVICE[0]
     _backend[0] = args.backend
+    DEVICE[0] = torch.device(args.device)
     started = time.perf_counter()
     try:
         results: dict[str, Any] = {"machine": machine(), "arguments": vars(args) | {"json": str(args.json)}}
@@ -673,6 +1021,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         sections = set(args.sections)
         if "transform" in sections:
             results["transform"] = transform_alone(args.sizes, args.rounds)
+        if "small" in sections:
+            results["small"] = small_step(args.small_batch, args.rounds, args.steps * 5)
         if "mlp" in sections:
             results["mlp"] = training_step(args.width, args.batches, args.rounds, args.steps, args.backend)
         if "geotorch" in sections:
@@ -680,18 +1030,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             results["geotorch"], results["geotorch_note"] = geotorch_comparison(
                 args.width, args.geotorch_batch, max(3, args.rounds // 3), max(1, args.steps // 3)
             )
+        if "orthogonal" in sections:
+            results["orthogonal"] = orthogonal_at_scale(*args.orthogonal_shape, steps=3)
         if "registration" in sections:
             results["registration"] = registration(args.tensors, repeats=5)
+            results["registration_table"] = registration_table(args.registration_counts, args.big_tensor, 3)
             results["inference"] = inference_after_unconstrain(
                 args.width, max(args.batches), args.rounds, args.steps
             )
+        if "sweep" in sections:
+            results["sweep"] = size_sweep(args.sweep_sizes, max(3, args.rounds // 2))
         if "threshold" in sections:
             rounds = max(3, args.rounds // 2)
             results["threshold"] = auto_threshold(args.families, args.threshold_sizes, rounds)
             results["crossover"] = crossover(results["threshold"])
         results["targets"] = targets(results)
     finally:
-        _backend[0] = previous_backend
+        _backend[0], DEVICE[0] = previous_backend, previous_device
     results["seconds"] = time.perf_counter() - started
     print(report(results))
     print(f"\n({results['seconds']:.0f} s)")

@@ -153,9 +153,9 @@ class Coin(nn.Module):
 
 
 coin = Coin()
-# UnitInterval is sigma(4x), slope 1 at p = 0.5 like a plain parameter; plain SGD's step on p scales
-# with the slope squared, 16 times the hand-written sigma(x)'s, so the learning rate is 1/16.
-optimizer = torch.optim.SGD(coin.parameters(), lr=1 / 16)
+# UnitInterval's map has slope 1 at p = 0.5, so a step moves p about as far as it would move a plain
+# parameter: the learning rate is one for p itself (the hand-written sigmoid above has slope 1/4).
+optimizer = torch.optim.SGD(coin.parameters(), lr=0.1)
 losses, values = [], []
 for _ in range(200):
     loss = negative_log_likelihood(coin())

@@ -261,6 +261,7 @@ plt.show()
 # noisy entries.
 
 # %%
+torch.manual_seed(1)  # this section's draws do not depend on the sections above
 images = torch.randn(64, 2, 8, 8)
 conv = nn.Conv2d(2, 4, 3, padding=1, bias=False)
 ps.constrain(conv, "weight", ps.MaxNorm(1.0, dim=(1, 2, 3)), init="sample")
@@ -320,5 +321,9 @@ assert singular_values.max() <= 1.0 + 1e-5
 assert singular_values.min() > 0.9, "every direction is pushed towards the bound"
 assert kernel.parametrizations.matrix.original.shape == (12, 2)
 assert kernel_eigenvalues[:-2].abs().max() < 1e-4, "rank at most 2"
-assert torch.allclose(kernel.matrix.detach(), gram_target, atol=0.1)
+# The optimum of a rank-2 PSD fit is the best rank-2 approximation of the symmetric part of the
+# target (its two largest eigenpairs, Eckart-Young): the fit must reach it, not the noise-free Gram.
+target_values, target_vectors = torch.linalg.eigh((noisy + noisy.T) / 2)
+best = target_vectors[:, -2:] @ torch.diag(target_values[-2:].clamp_min(0)) @ target_vectors[:, -2:].T
+assert torch.allclose(kernel.matrix.detach(), best, atol=1e-3)
 print("all checks passed")

@@ -51,6 +51,7 @@ from paramshape.transforms.elementwise.positive import GreaterThan, LessThan, Po
 from paramshape.transforms.elementwise.softclip import SoftClip
 from paramshape.transforms.matrix.cholesky import LowerCholesky, PositiveDefinite
 from paramshape.transforms.matrix.correlation import CorrCholesky, CorrMatrix
+from paramshape.transforms.matrix.determinant import PositiveDeterminant
 from paramshape.transforms.matrix.orthogonal import Orthogonal
 from paramshape.transforms.matrix.rank import PositiveSemidefinite
 from paramshape.transforms.matrix.skew import SkewSymmetric
@@ -92,6 +93,7 @@ __all__ = [
     "ParamshapeWarning",
     "Positive",
     "PositiveDefinite",
+    "PositiveDeterminant",
     "PositiveOrdered",
     "PositiveSemidefinite",
     "ManifoldUnavailableError",

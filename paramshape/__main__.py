@@ -22,10 +22,14 @@ def main(argv: list[str] | None = None) -> int:
 
         run_demo(steps=args.steps)
     else:
-        for name in available():
+        names = available()
+        # Columns as wide as the longest name and class, so long ones (positive_semidefinite) align.
+        name_width = max(len(name) for name in names)
+        class_width = max(len(registered_class(name).__name__) for name in names)
+        for name in names:
             cls = registered_class(name)
             summary = (cls.__doc__ or "").strip().splitlines()[0]
-            print(f"{name:<16} {cls.__name__:<14} {summary}")
+            print(f"{name:<{name_width}} {cls.__name__:<{class_width}} {summary}")
     return 0
 
 

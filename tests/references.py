@@ -373,6 +373,16 @@ def positive_semidefinite(transform: object, x: Tensor, dtype: torch.dtype = F64
     return factor @ factor.mT
 
 
+def positive_determinant(transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor:
+    """B e^X (B = I before any assignment), X scaled down to Frobenius norm log(1 / eps) / 4 of the
+    dtype where it is larger."""
+    limit = 0.25 * math.log(1 / torch.finfo(dtype).eps)
+    norm = torch.linalg.matrix_norm(x)[..., None, None]
+    value = torch.matrix_exp(x / (norm / limit).clamp_min(1.0))
+    base = transform.base.detach().to(F64)
+    return base @ value if base.numel() else value
+
+
 def spectral_bound(transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor:
     """X c tanh(sigma / c) / sigma, sigma the largest singular value (here the square root of the
     largest eigenvalue of X^T X); with conv=True, of the kernel flattened to (out, in * prod(k)) and
@@ -538,6 +548,8 @@ REFERENCES: dict[str, Reference] = {
     "orthogonal": Reference(orthogonal, None, orthogonal_condition),
     "positive": Reference(positive, positive_inverse),
     "positive_definite": Reference(positive_definite, positive_definite_inverse),
+    # The inverse sets the base to the value and stores zeros: no closed form to compare with.
+    "positive_determinant": Reference(positive_determinant, None),
     "positive_ordered": Reference(positive_ordered, positive_ordered_inverse),
     # The stored factor is defined up to rotation (and, for a singular value, a Cholesky factor is
     # not unique): no closed-form inverse to compare with; the contract checks the round trip.

@@ -314,6 +314,43 @@ ROWS = [
         ps.ShapeMismatchError,
         "checkpoint key 'w_lagrange_multiplier': the Lagrange multiplier of 'w' must have shape (3,); got (2,).",
     ),
+    # Issue 10, part A: values entering by assignment, spec strings, direct use.
+    Row(
+        "assignment of another shape",
+        lambda: ps.constrain(nn.Linear(2, 2), "weight", "box(-1, 1)"),
+        lambda m: setattr(m, "weight", torch.zeros(3, 3)),
+        ps.ShapeMismatchError,
+        "'weight' of Linear (shape (2, 2), float32): the value assigned has shape (3, 3), which does not "
+        "broadcast to (2, 2); a constrained tensor never changes shape.",
+    ),
+    Row(
+        "assignment of None",
+        lambda: ps.constrain(nn.Linear(2, 2), "weight", "box(-1, 1)"),
+        lambda m: setattr(m, "weight", None),
+        ps.UnsupportedTensorError,
+        "'weight' of Linear (shape (2, 2), float32): cannot assign None to a constrained tensor.",
+    ),
+    Row(
+        "spec string of unbounded cost",
+        linear,
+        lambda m: ps.constrain(m, "weight", "box(" + "-" * 1000 + "1, 2)"),
+        ps.SpecError,
+        "more than 2 signs in a row.",
+    ),
+    Row(
+        "repeated keyword in a spec",
+        linear,
+        lambda m: ps.constrain(m, "weight", "box(low=2, high=3, low=-1)"),
+        ps.SpecError,
+        "Malformed constraint spec 'box(low=2, high=3, low=-1)': keyword 'low' is given twice.",
+    ),
+    Row(
+        "matrix transform on a non-matrix",
+        linear,
+        lambda m: ps.Symmetric()(torch.rand(1, 3)),
+        ps.ShapeMismatchError,
+        "Symmetric() needs square matrices in the last two dimensions; the tensor of shape (1, 3) holds 1 x 3 ones.",
+    ),
 ]
 
 
@@ -410,7 +447,10 @@ def test_constraining_inside_a_compiled_region():
         torch.compiler.reset()
         compiled = torch.compile(inner, backend="eager", fullgraph=fullgraph)
         if fullgraph:
-            with pytest.raises(Exception, match=r"cannot happen inside a torch\.compile region"):
+            # Dynamo reports the paramshape error it observed as its own Unsupported (a RuntimeError).
+            with pytest.raises(
+                torch._dynamo.exc.Unsupported, match=r"cannot happen inside a torch\.compile region"
+            ):
                 compiled(torch.zeros(1))
         else:
             with warnings.catch_warnings():

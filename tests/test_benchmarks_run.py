@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -18,7 +19,9 @@ SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "run.py"
 TINY = [
     "--sizes", "4096", "--batches", "4", "8", "--width", "16", "--rounds", "2", "--steps", "1",
     "--tensors", "20", "--threshold-sizes", "256", "1024", "--families", "box", "simplex",
-    "--geotorch-batch", "4", "--backend", "aot_eager", "--no-plot",
+    "--geotorch-batch", "4", "--backend", "aot_eager", "--no-plot", "--small-batch", "4",
+    "--sweep-sizes", "64", "256", "--registration-counts", "4", "8", "--big-tensor", "1000",
+    "--orthogonal-shape", "40", "3",
 ]  # fmt: skip
 
 
@@ -67,9 +70,31 @@ def test_every_section_reports(results, capsys):
     assert results["registration"]["tensors"] == 20
     assert results["registration"]["compiled_graphs"] == 0
     assert {r["family"] for r in results["threshold"]} == {"box", "simplex"}
-    for row in results["transform"] + results["mlp"]:
-        assert row["ms"] > 0
-        assert row["ratio"] > 0
+    assert {r["variant"] for r in results["small"]} == {
+        "unconstrained", "peer: clamp_ after step (by hand)", 'paramshape method="project"',
+        "paramshape reparam (default)", "peer: plain register_parametrization, low + w sigmoid(x)",
+        "peer: GPyTorch-style raw parameter",
+    }  # fmt: skip
+    assert {r["size"] for r in results["sweep"]} == {64, 256}
+    assert [r["tensors"] for r in results["registration_table"]] == [4, 8, 1]
+    assert results["machine"]["device"] == "cpu"
+    assert results["orthogonal"]["shape"] == [40, 3]
+    assert math.isfinite(results["orthogonal"]["step_s"])
+    assert results["machine"]["cpu"]
+    for row in results["small"] + results["sweep"]:
+        assert math.isfinite(row["ratio"])
+        assert math.isfinite(row["ms"])
+    # Ratios are taken against a baseline timed in the same rounds: the baseline's own is exactly 1
+    # (the median of t / t), one per size and pass (or batch); the others are finite numbers.
+    for section, baseline, key in (
+        ("transform", "floor (clone)", ("size", "kind")),
+        ("mlp", "unconstrained", ("batch",)),
+    ):
+        groups = {tuple(row[k] for k in key) for row in results[section]}
+        floors = [row for row in results[section] if row["variant"] == baseline]
+        assert len(floors) == len(groups), f"{section}: one {baseline!r} row per {key}"
+        assert all(row["ratio"] == 1.0 for row in floors)
+        assert all(math.isfinite(row["ratio"]) and math.isfinite(row["ms"]) for row in results[section])
     saved = json.loads(path.read_text())
     assert saved["targets"] == results["targets"]
     assert "torch" in saved["machine"]
@@ -78,7 +103,15 @@ def test_every_section_reports(results, capsys):
 def test_targets_cover_every_goal_of_the_issue(results):
     results, _ = results
     names = " / ".join(t["target"] for t in results["targets"])
-    for goal in ("fused Box forward+backward", "best paramshape mode", "faster than every", "constrain() of"):
+    for goal in (
+        "fused Box forward+backward",
+        "best paramshape mode",
+        "faster than every",
+        "constrain() of",
+        "small model: reparam <=",
+        "fastest reparametrizing peer",
+        "within 0.03 of the hand clamp",
+    ):
         assert goal in names
     assert all(isinstance(t["met"], bool) for t in results["targets"])
 

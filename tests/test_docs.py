@@ -176,13 +176,58 @@ def python_blocks(page: Path) -> list[str]:
     return [block for block in blocks if re.search(r"^import paramshape", block, re.MULTILINE)]
 
 
+#: A comment after ``print(...)`` that reads as printed output (a tensor, a boolean, a number, a
+#: repr, a list), up to an explanation after ``: `` ("tensor([-1., 0., 1.]): rounded onto the bounds").
+#: Prose comments ("all finite") are not outputs and are not compared.
+OUTPUT = re.compile(r"(tensor\(|torch\.|True\b|False\b|None\b|-?\d|\[|\(|'|[A-Z]\w*\()")
+
+
+def expected_output(comment: str) -> str | None:
+    """The output a ``# ...`` comment after a print states, or None for prose."""
+    if not OUTPUT.match(comment):
+        return None
+    depth = 0
+    for index, char in enumerate(comment):
+        depth += char in "([{"
+        depth -= char in ")]}"
+        if depth == 0 and comment.startswith(": ", index + 1) and char in ")]}'\"0123456789eE":
+            return comment[: index + 1]
+    return comment
+
+
+def with_expectations(block: str) -> str:
+    """``print(x)  # output`` lines rewritten to compare what they print with the stated output."""
+    lines = []
+    for number, line in enumerate(block.splitlines(), 1):
+        match = re.match(r"^(\s*)(print\(.*\))\s+# (.*)$", line)
+        expected = expected_output(match.group(3)) if match else None
+        if expected is None:
+            lines.append(line)
+            continue
+        indent, call = match.group(1), match.group(2)
+        lines.append(f"{indent}__expect(lambda: {call}, {expected!r}, {number})")
+    return "\n".join(lines)
+
+
 RUN_BLOCKS = r"""
-import json, sys, traceback, warnings
+import contextlib, io, json, re, sys, traceback, warnings
 warnings.simplefilter("ignore")
 failures = []
+
+def normal(text):
+    # Whitespace is layout (torch pads columns), not output.
+    return re.sub(r"\s+", " ", re.sub(r"([\[(])\s+|\s+([\])])", r"\1\2", text)).strip()
+
+def __expect(call, expected, line):
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        call()
+    if normal(printed.getvalue()) != normal(expected):
+        raise AssertionError(f"line {line}: printed {printed.getvalue().strip()!r}, the page says {expected!r}")
+
 for index, block in enumerate(json.loads(sys.stdin.read())):
     try:
-        exec(compile(block, f"<block {index}>", "exec"), {"__name__": "__main__"})
+        exec(compile(block, f"<block {index}>", "exec"), {"__name__": "__main__", "__expect": __expect})
     except Exception:
         failures.append(f"block {index}:\n{block}\n{traceback.format_exc()}")
 print("\n".join(failures))
@@ -190,14 +235,26 @@ sys.exit(1 if failures else 0)
 """
 
 
+def test_expected_outputs_are_recognised():
+    """The comparison is not vacuous: outputs are recognised, prose is left alone."""
+    assert expected_output("tensor([-1., 0., 1.]): rounded onto the bounds") == "tensor([-1., 0., 1.])"
+    assert expected_output("True") == "True"
+    assert expected_output("torch.Size([2, 3])") == "torch.Size([2, 3])"
+    assert expected_output("all finite") is None
+    assert expected_output("centred logits: zeros") is None
+    rewritten = with_expectations("x = 1\nprint(x)  # 2")
+    assert "__expect(lambda: print(x), '2', 2)" in rewritten
+
+
 @pytest.mark.parametrize(
     "page", [p for p in DOC_PAGES if python_blocks(p)], ids=lambda p: str(p.relative_to(ROOT))
 )
 def test_code_in_the_pages_runs(page, tmp_path):
-    """Every Python block that imports paramshape runs, each in a fresh namespace, one process per page."""
+    """Every Python block that imports paramshape runs, each in a fresh namespace, one process per page,
+    and every ``print(...)  # output`` in it prints that output (whitespace aside)."""
     result = subprocess.run(
         [sys.executable, "-c", RUN_BLOCKS],
-        input=json.dumps(python_blocks(page)),
+        input=json.dumps([with_expectations(block) for block in python_blocks(page)]),
         cwd=tmp_path,
         capture_output=True,
         text=True,

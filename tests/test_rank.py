@@ -96,3 +96,15 @@ def test_a_rank_above_the_size_is_a_shape_error_and_leaves_the_module_alone():
 def test_spec_string():
     assert repr(ps.resolve("positive_semidefinite(rank=2)")) == "PositiveSemidefinite(rank=2)"
     assert repr(ps.resolve("positive_semidefinite")) == "PositiveSemidefinite()"
+
+
+def test_the_list_command_names_every_transform_in_aligned_columns(capsys):
+    from paramshape.__main__ import main
+
+    assert main(["list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == list(ps.available())
+    row = next(line for line in lines if line.startswith("positive_semidefinite "))
+    assert row.split()[1] == "PositiveSemidefinite"
+    starts = {line.index(line.split()[1], len(line.split()[0])) for line in lines}
+    assert len(starts) == 1, "the class column is not aligned"

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 import paramshape as ps
+from paramshape.transforms.matrix.base import matrix_tolerance
 
 from .test_constrain import assert_unchanged, snapshot
 
@@ -373,3 +374,128 @@ def test_bounds_that_would_broadcast_the_input_up_are_refused() -> None:
     with pytest.raises(ps.ShapeMismatchError, match="does not broadcast"):
         box(torch.zeros(2))  # would silently return a (3, 2) tensor
     assert box(torch.zeros(3, 5)).shape == (3, 5)
+
+
+# --------------------------------------------------------------------------- 14. memory
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Blocks of 16 entries, so small tensors take the blockwise path of large ones."""
+    from paramshape.transforms import base
+
+    monkeypatch.setattr(base, "_BLOCK_ELEMENTS", 16)
+
+
+BLOCKED = [
+    lambda: ps.Box(-1.0, 1.0),
+    lambda: ps.Box(torch.linspace(-2.0, -1.0, 37).reshape(37, 1), torch.full((1, 5), 2.0)),
+    lambda: ps.GreaterThan(torch.linspace(0.0, 1.0, 5)),
+    lambda: ps.LessThan(torch.zeros(37, 5)),
+    lambda: ps.Positive(),
+    lambda: ps.SoftClip(-1.0, torch.linspace(1.0, 2.0, 37).reshape(37, 1)),
+]
+
+
+@pytest.mark.parametrize("build", BLOCKED)
+def test_blockwise_checks_and_inverse_equal_the_whole_tensor_ones(build, small_blocks) -> None:
+    transform = build()
+    y = torch.randn(37, 5, dtype=torch.float64) * 3
+    y[4, 2] = math.nan
+    # The reference: the transform's own per-element excess on the whole tensor, in one go.
+    reference = transform._finite_excess(y) == 0
+    assert len(list(transform._row_blocks(y))) > 1
+    assert torch.equal(transform.contains(y), reference)
+    with pytest.raises(ps.InfeasibleValueError) as caught:
+        transform.validate(y)
+    count = int((~reference).sum())
+    assert f"{count} of {y.numel()} values lie outside" in str(caught.value)
+    assert "value nan at [4, 2] is not finite" in str(caught.value)  # the worst: NaN counts as infinite
+    inside = transform.sample((37, 5), dtype=torch.float64)
+    assert torch.equal(transform.inverse_in_blocks(inside), transform.inverse(inside))
+
+
+def test_blockwise_validate_names_the_worst_element_across_blocks(small_blocks) -> None:
+    box = ps.Box(torch.zeros(40, 1), 1.0)
+    y = torch.full((40, 3), 0.5)
+    y[3, 1], y[31, 2], y[20, 0] = 1.5, 7.0, -2.0
+    with pytest.raises(
+        ps.InfeasibleValueError,
+        match=r"3 of 120 values lie outside.*value 7.0 at \[31, 2\] is above high=1.0",
+    ):
+        box.validate(y)
+
+
+def test_large_assignments_and_loads_go_through_the_blocks(small_blocks) -> None:
+    layer = ps.constrain(nn.Linear(8, 6), "weight", ps.Box(torch.full((6, 1), -1.0), 1.0))
+    value = torch.rand(6, 8) - 0.5
+    layer.weight = value
+    torch.testing.assert_close(layer.weight.detach(), value, rtol=1e-5, atol=1e-6)
+    layer.load_state_dict({"weight": value * 0.5, "bias": torch.zeros(6)})
+    torch.testing.assert_close(layer.weight.detach(), value * 0.5, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ps.InfeasibleValueError, match=r"1 of 48 values lie outside.*at \[5, 7\]"):
+        layer.weight = torch.where(torch.arange(48).reshape(6, 8) == 47, 3.0, 0.0)
+
+
+@pytest.mark.slow  # three fresh interpreters importing torch
+def test_the_memory_benchmark_runs(tmp_path) -> None:
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "memory.py"
+    out = tmp_path / "memory.json"
+    subprocess.run(
+        [sys.executable, str(script), "--sizes", "1", "--json", str(out)], check=True, capture_output=True
+    )
+    results = json.loads(out.read_text())["results"]
+    assert {r["operation"] for r in results} == {"constrain", "assign", "load"}
+    assert all(math.isfinite(r["ratio"]) for r in results)
+
+
+# -------------------------------------------- 12. a dtype move rounds, never changes the map
+@pytest.mark.parametrize("shape", [(4, 5), (5, 4), (4, 4)])
+def test_orthogonal_after_double_is_orthogonal_to_float64_precision(shape: tuple[int, int]) -> None:
+    layer = ps.constrain(nn.Linear(shape[1], shape[0]), "weight", ps.Orthogonal(), init="sample")
+    with torch.no_grad():
+        layer.parametrizations.weight.original.add_(0.3 * torch.randn(shape))
+    before = layer.weight.detach().double()
+    layer.double()
+    value = layer.weight.detach()
+    # The reference: Q Q^T (or Q^T Q) against the identity, in float64, with torch's own tolerance
+    # rule for float64 (10 n epsilons), far below float32's 1e-7.
+    tall = value if shape[0] >= shape[1] else value.mT
+    gram = tall.mT @ tall
+    assert (
+        float((gram - torch.eye(gram.shape[0], dtype=torch.float64)).abs().max()) < 10 * max(shape) * 2.3e-16
+    )
+    assert bool(layer.parametrizations.weight[0].contains(value).all())
+    # Only rounding moved: the float32 value up to float32's documented matrix tolerance (the
+    # float32 map itself is only that accurate; float64 now computes it more exactly).
+    allowed = matrix_tolerance(torch.float32, max(shape))
+    torch.testing.assert_close(value, before, rtol=0, atol=allowed)
+    # And a plain checkpoint of it loads into a float64 model.
+    fresh = ps.constrain(nn.Linear(shape[1], shape[0]).double(), "weight", ps.Orthogonal(), init="sample")
+    fresh.load_state_dict(ps.plain_state_dict(layer))
+    torch.testing.assert_close(fresh.weight.detach(), value, rtol=0, atol=1e-13)
+
+
+# ------------------------------------------------------ 13. Orthogonal's inverse side effect
+def test_checking_a_value_through_compose_does_not_change_an_orthogonal_weight() -> None:
+    chain = ps.Compose(ps.Affine(0.0, 1.0), ps.Orthogonal())
+    layer = ps.constrain(nn.Linear(3, 3), "weight", chain, init="sample")
+    before = snapshot(layer)
+    value = layer.weight.detach().clone()
+    transform = layer.parametrizations.weight[0]
+    assert not bool(transform.contains(2 * torch.eye(3)).all())
+    assert bool(transform.contains(torch.eye(3)).all())
+    assert_unchanged(layer, before)
+    assert torch.equal(layer.weight.detach(), value)
+
+
+def test_orthogonal_refuses_a_tensor_its_base_does_not_fit() -> None:
+    orthogonal = ps.Orthogonal()
+    assert orthogonal(torch.zeros(3, 3)).shape == (3, 3)
+    orthogonal.inverse(torch.eye(3).expand(2, 3, 3))  # the base is now a batch of two
+    with pytest.raises(ps.ShapeMismatchError, match=r"base was set by an inverse.*\(2, 3, 3\)"):
+        orthogonal(torch.zeros(3, 3))
+    assert orthogonal(torch.zeros(2, 3, 3)).shape == (2, 3, 3)

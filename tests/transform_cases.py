@@ -127,10 +127,14 @@ CASES: list[Case] = [
     Case("spectral_bound", lambda: ps.SpectralBound(1.0), shape=(3, 4, 5)),
     Case("spectral_bound", lambda: ps.SpectralBound(2.0), shape=(6, 3)),
     Case("spectral_bound", lambda: ps.SpectralBound(1.0, conv=True), shape=(4, 2, 3, 3)),
+    Case("positive_determinant", lambda: ps.PositiveDeterminant(), shape=(3, 4, 4)),
+    Case("positive_determinant", lambda: ps.PositiveDeterminant(), shape=(6, 6)),
     Case("orthogonal", lambda: ps.Orthogonal(), shape=(3, 4, 4)),
     Case("orthogonal", lambda: ps.Orthogonal(method="cayley"), shape=(6, 6)),
     Case("orthogonal", lambda: ps.Orthogonal(), shape=(6, 3)),
     Case("orthogonal", lambda: ps.Orthogonal(method="cayley"), shape=(2, 3, 5)),
+    Case("orthogonal", lambda: ps.Orthogonal(method="thin"), shape=(9, 2)),
+    Case("orthogonal", lambda: ps.Orthogonal(), shape=(2, 3, 12)),  # "auto": thin, wide, batched
 ]
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]

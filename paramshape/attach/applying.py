@@ -11,7 +11,7 @@ from paramshape.attach.moves import install_move_check
 from paramshape.attach.planning import Plan
 from paramshape.attach.reinit import install_init_support
 from paramshape.attach.rollback import rollback_on_failure
-from paramshape.lookup.modules import TensorRef, paramshape_transform
+from paramshape.lookup.modules import TensorRef, fast_read, paramshape_transform
 from paramshape.strategies.methods import plain_entry
 from paramshape.strategies.saturation import watch
 from paramshape.strategies.state import discard_state_if_empty, state_of
@@ -68,7 +68,12 @@ def _attach(ref: TensorRef, transform: Transform, target: Tensor, raw: Tensor | 
             storage = ref.storage()
             non_persistent = ref.name in ref.owner._non_persistent_buffers_set
             storage.copy_(target)
-            parametrize.register_parametrization(ref.owner, ref.name, transform, unsafe=reshapes)
+            # unsafe=True skips parametrize's own consistency check, a forward of the whole tensor
+            # (one more copy at the peak): the dry run checked shape and dtype, and every later
+            # assignment is held to the shape by Transform.admit.
+            parametrize.register_parametrization(ref.owner, ref.name, transform, unsafe=True)
+            ref.owner.parametrizations[ref.name].unsafe = reshapes
+            fast_read(ref.owner, ref.name)
             if non_persistent:
                 # parametrize re-registers the buffer as a persistent 'original'; a buffer the
                 # user kept out of state_dict stays out, and so do its transform's settings.

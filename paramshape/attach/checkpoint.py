@@ -113,7 +113,7 @@ def _load_plain_keys(module: nn.Module, state_dict: dict[str, Any], prefix: str,
             state_dict[plain_key], hint=_CHECKPOINT_HINT.format(key=plain_key), broadcast=False
         )
         with torch.no_grad():
-            converted[stored_key] = transform.inverse(value)
+            converted[stored_key] = transform.inverse_in_blocks(value)
         for buffer_name, buffer in transform.named_buffers():
             if buffer_name not in transform._non_persistent_buffers_set:
                 converted.setdefault(stem + f"parametrizations.{name}.0.{buffer_name}", buffer)

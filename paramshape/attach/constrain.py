@@ -16,6 +16,7 @@ from paramshape.attach.planning import check_distinct, check_method, plan
 from paramshape.attach.resume import record_names
 from paramshape.errors import ConstraintConflictError, ParamshapeWarning, SpecError
 from paramshape.lookup.modules import (
+    AliasIndex,
     constrained_tensors,
     locate,
     paramshape_transform,
@@ -166,7 +167,10 @@ def constrain(
         raise SpecError(f"init must be one of {list(_POLICIES)}; got {init!r}.")
     weight = check_method(method, weight)
     targets = expand_targets(module, name, spec, method)
-    plans = [plan(module, dotted, target_spec, init, method, weight) for dotted, target_spec in targets]
+    aliases = AliasIndex(module)  # one walk of the tree for all the tensors, not one per tensor
+    plans = [
+        plan(module, dotted, target_spec, init, method, weight, aliases) for dotted, target_spec in targets
+    ]
     check_distinct(plans)
     record_names(module)  # the names before this call, for the optimizer-resume check
     apply_plans(module, plans)

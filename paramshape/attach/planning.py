@@ -24,11 +24,12 @@ from paramshape.errors import (
 )
 from paramshape.errors.report import format_scalar, format_shape, tensor_label
 from paramshape.lookup.modules import (
+    AliasIndex,
     TensorRef,
-    aliases_of,
     locate,
+    memory_span,
     paramshape_transform,
-    shares_memory,
+    spans_overlap,
     type_name,
 )
 from paramshape.lookup.patterns import is_running_statistic
@@ -81,16 +82,33 @@ def check_method(method: str, weight: float | None) -> float | None:
     return float(weight)
 
 
-def plan(root: nn.Module, dotted: str, spec: Spec, init: str, method: str, weight: float | None) -> Plan:
+def plan(
+    root: nn.Module,
+    dotted: str,
+    spec: Spec,
+    init: str,
+    method: str,
+    weight: float | None,
+    aliases: AliasIndex | None = None,
+) -> Plan:
+    """What constraining ``root.dotted`` will do, checked without changing anything. ``aliases``: the
+    index of ``root``'s tensors, built once when many tensors of one tree are planned together."""
     ref = locate(root, dotted)
     # Before the value is read: reading a tensor with a foreign parametrization runs it (and
     # spectral_norm's power iteration would advance), which a refused call must not do.
     _check_foreign(ref, root)
     transform = copy.deepcopy(resolve(spec))
+    # A transform that only makes sense on outputs (Simplex(log=True)) says why, before any check.
+    output_only = getattr(transform, "output_only", None)
+    if isinstance(output_only, str):
+        raise SpecError(f"'{ref.path}' of {type_name(root)}: {output_only}")
     with torch.no_grad():
-        current = getattr(ref.owner, ref.name).detach().clone()
-    _check_tensor(ref, current, root, method)
-    transform = transform.to(device=current.device, dtype=current.dtype)
+        # No copy: the plan only reads the values (the rollback keeps its own backup), and a copy
+        # of a large tensor is one more tensor at the peak of constrain.
+        current = getattr(ref.owner, ref.name).detach()
+    _check_tensor(ref, current, root, method, aliases)
+    if not _already_on(transform, current):  # .to() re-runs the bounds' checks even when a no-op
+        transform = transform.to(device=current.device, dtype=current.dtype)
     transform._bind(f"'{ref.path}' of {type_name(root)}", current)
     transform._init_policy = init  # how reset_parameters() and apply() re-initialise it
     transform.check_shape(current.shape)
@@ -117,20 +135,50 @@ def plan(root: nn.Module, dotted: str, spec: Spec, init: str, method: str, weigh
 def check_distinct(plans: list[Plan]) -> None:
     """Refuse two names for one tensor in one call: the same tensor under two paths (a reused
     submodule), or tied tensors (one Parameter, or overlapping memory) named twice, which would
-    get two conflicting constraints."""
-    for i, plan in enumerate(plans):
+    get two conflicting constraints.
+
+    Indexed by slot, object and storage pointer, so only tensors of one storage are compared
+    pairwise (comparing every pair of 1,000 tensors took seconds)."""
+    slots: dict[tuple[int, str], int] = {}
+    objects: dict[int, int] = {}
+    by_pointer: dict[int, list[tuple[int, tuple[int, int, int]]]] = {}
+    for index, plan in enumerate(plans):
         storage = plan.ref.storage()
-        for earlier in plans[:i]:
-            same_slot = earlier.ref.owner is plan.ref.owner and earlier.ref.name == plan.ref.name
-            if same_slot or shares_memory(earlier.ref.storage(), storage):
-                raise SpecError(
-                    f"'{earlier.ref.path}' and '{plan.ref.path}' name the same tensor (or tied tensors "
-                    "sharing memory); constrain it once, under one name."
-                )
+        slot = (id(plan.ref.owner), plan.ref.name)
+        span = memory_span(storage)
+        clashes = [found for found in (slots.get(slot), objects.get(id(storage))) if found is not None]
+        if span is not None:
+            clashes += [other for other, seen in by_pointer.get(span[0], ()) if spans_overlap(span, seen)]
+        if clashes:
+            earlier = plans[min(clashes)]
+            raise SpecError(
+                f"'{earlier.ref.path}' and '{plan.ref.path}' name the same tensor (or tied tensors "
+                "sharing memory); constrain it once, under one name."
+            )
+        slots[slot] = index
+        objects[id(storage)] = index
+        if span is not None:
+            by_pointer.setdefault(span[0], []).append((index, span))
 
 
 # ------------------------------------------------------------------------------------ checks
-def _check_tensor(ref: TensorRef, current: Tensor, root: nn.Module, method: str = "reparam") -> None:
+def _already_on(transform: Transform, like: Tensor) -> bool:
+    """Whether every floating tensor of ``transform`` already has ``like``'s dtype and device."""
+    return all(
+        t.dtype == like.dtype and t.device == like.device
+        for tensors in (transform.parameters(), transform.buffers())
+        for t in tensors
+        if t.is_floating_point()
+    )
+
+
+def _check_tensor(
+    ref: TensorRef,
+    current: Tensor,
+    root: nn.Module,
+    method: str = "reparam",
+    aliases: AliasIndex | None = None,
+) -> None:
     if not current.is_floating_point():
         raise UnsupportedTensorError(
             f"'{ref.path}' of {type_name(root)} has dtype {current.dtype}; only real floating "
@@ -145,7 +193,7 @@ def _check_tensor(ref: TensorRef, current: Tensor, root: nn.Module, method: str 
             "during training, and a constrained tensor is recomputed on every read, so the updates "
             "would be lost without a word. Constrain the layer's 'weight' or 'bias' instead."
         )
-    tied = aliases_of(root, ref)
+    tied = (aliases or AliasIndex(root)).aliases(ref)
     if tied:
         raise TiedTensorError(
             f"'{ref.path}' of {type_name(root)} is shared with {', '.join(repr(t) for t in tied)}. "
@@ -288,27 +336,53 @@ def _initial_value(
                     f"{transform._target}: init='raw' needs finite values, but {bad} of "
                     f"{current.numel()} are NaN or infinite."
                 )
-            return transform(current), current, None
+            # A copy: ``current`` is the tensor's own storage, which the value overwrites first.
+            return transform(current), current.clone(), None
         return transform.sample(current.shape, dtype=current.dtype, device=current.device), None, None
 
 
 def _dry_run(transform: Transform, value: Tensor, current: Tensor, value_is_raw: bool) -> None:
     """Run the inverse and forward once, outside the module, so a broken transform fails here
     (with a clear message) instead of half-way through the registration."""
-    try:
-        with torch.no_grad():
-            raw = value if value_is_raw else transform.inverse(value)
-            constrained = transform(raw)
-    except AttributeError as error:
-        raise TransformError(f"{transform!r} failed while computing: {error}") from error
-    _check_output(transform, "inverse", raw, transform.inverse_shape(current.shape), current.dtype)
-    _check_output(transform, "forward", constrained, current.shape, current.dtype)
-    if not bool(torch.isfinite(raw).all()):
-        raise TransformError(f"{transform!r}.inverse returned non-finite values for a value in its set.")
-    _check_stored_values(transform, constrained, None if value_is_raw else value)
+    scale = _stored_scale(transform, value)
+    # An elementwise transform runs a block of rows at a time (Transform._row_blocks), so the check
+    # costs a few MB beyond the tensor instead of several copies of it; others run on the whole.
+    for start, part, block in transform._row_blocks(value):
+        shape = current.shape if start is None else part.shape
+        try:
+            with torch.no_grad():
+                raw = part if value_is_raw else block.inverse(part)
+                constrained = block(raw)
+        except AttributeError as error:
+            raise TransformError(f"{transform!r} failed while computing: {error}") from error
+        _check_output(transform, "inverse", raw, transform.inverse_shape(shape), current.dtype)
+        _check_output(transform, "forward", constrained, shape, current.dtype)
+        if not bool(torch.isfinite(raw).all()):
+            raise TransformError(f"{transform!r}.inverse returned non-finite values for a value in its set.")
+        _check_stored_values(transform, constrained, None if value_is_raw else part, scale)
+        del raw, constrained
 
 
-def _check_stored_values(transform: Transform, constrained: Tensor, value: Tensor | None) -> None:
+def _stored_scale(transform: Transform, value: Tensor) -> float:
+    """The scale of the round-trip tolerance: the largest finite magnitude among the transform's
+    floating settings and the value's entries. Vector and matrix sets move a value relative to its
+    slice (ties of Ordered are pulled apart), so the tensor's own largest magnitude is part of it;
+    taken over the whole tensor once, so a blockwise check has the same tolerance."""
+    bound = max(
+        (
+            float(b.detach().abs().nan_to_num(posinf=0.0, neginf=0.0).max())
+            for b in transform.buffers()
+            if b.is_floating_point() and b.numel()
+        ),
+        default=0.0,
+    )
+    own = float(value.detach().abs().nan_to_num(posinf=0.0, neginf=0.0).max()) if value.numel() else 0.0
+    return max(bound, own)
+
+
+def _check_stored_values(
+    transform: Transform, constrained: Tensor, value: Tensor | None, scale: float | None = None
+) -> None:
     """What the module will read after registration, checked on the values actually stored (not only
     on the transform's registration probes): finite and, when a value was given, equal
     to it up to the round trip's rounding, ``sqrt(eps)`` of the value's and the bounds' scale."""
@@ -323,19 +397,7 @@ def _check_stored_values(transform: Transform, constrained: Tensor, value: Tenso
     if value is None:
         return
     eps = torch.finfo(value.dtype).eps
-    scale = max(
-        (
-            float(b.detach().abs().nan_to_num(posinf=0.0, neginf=0.0).max())
-            for b in transform.buffers()
-            if b.is_floating_point() and b.numel()
-        ),
-        default=0.0,
-    )
-    # Vector and matrix sets move a value relative to its slice (ties of Ordered are pulled apart),
-    # so the tensor's own largest magnitude is part of the scale too.
-    scale = max(
-        scale, float(value.detach().abs().nan_to_num(posinf=0.0, neginf=0.0).max()) if value.numel() else 0.0
-    )
+    scale = _stored_scale(transform, value) if scale is None else scale
     error = (constrained - value).abs_()
     # At least two smallest normals: a value on a boundary at zero is stored one step inside, and
     # Positive's floor is the smallest normal itself (plus the rounding of its map there).

@@ -28,7 +28,7 @@ import time
 import warnings
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from typing import Any, Literal, cast, get_args
 
 import torch
 from torch import Tensor, nn
@@ -201,35 +201,47 @@ def fusion(mode: FusionMode) -> Iterator[None]:
 
 
 # ------------------------------------------------------------------------------------ dispatch
+_PLAIN_TENSORS = (Tensor, nn.Parameter)
+_functorch_active = torch._C._are_functorch_transforms_active
+
+
 def dispatch(transform: nn.Module, spec: Fusable, x: Any) -> Tensor | None:
     """Run ``transform`` on ``x`` the fastest safe way, or return ``None`` for the plain
-    ``Module.__call__`` path. Called by ``Transform.__call__`` outside compiled regions only."""
-    if type(x) not in (Tensor, nn.Parameter) or not _plain_call(transform):
+    ``Module.__call__`` path. Called by ``Transform.__call__`` outside compiled regions only.
+
+    This runs at every read of a constrained tensor, so on small tensors its own cost is a visible
+    part of a training step: attribute reads go straight to the module's dictionaries, and the
+    size and mode tests come before anything that allocates or times."""
+    if (
+        type(x) not in _PLAIN_TENSORS
+        or transform._forward_hooks
+        or transform._forward_pre_hooks
+        or _module_hooks._global_forward_hooks
+        or _module_hooks._global_forward_pre_hooks
+        or _functorch_active()
+    ):
         return None
-    tensors = tuple(getattr(transform, name) for name in spec.tensors)
-    if any(type(t) is not Tensor or t.requires_grad for t in tensors):
-        return None
-    settings = tuple(getattr(transform, name) for name in spec.settings)
+    buffers = transform._buffers
+    # Checked to be plain tensors just below (anything else takes the plain forward).
+    tensors = cast(
+        "tuple[Tensor, ...]",
+        tuple([buffers[name] if name in buffers else getattr(transform, name) for name in spec.tensors]),
+    )
+    for tensor in tensors:
+        if type(tensor) is not Tensor or tensor.requires_grad:
+            return None
+    settings = tuple([getattr(transform, name) for name in spec.settings])
     mode = _state.mode
-    if mode != "off" and _compiles(spec, x, mode):
+    if mode == "off" or (mode == "auto" and not _large_enough(spec, x)):
+        return _run_eager(transform, spec, x, tensors, settings)
+    if _compiles(spec, x, mode):
         return _run_compiled(transform, spec, x, tensors, settings, mode)
-    if mode == "auto" and not _backend_failure and _large_enough(spec, x):
+    if mode == "auto" and not _backend_failure:
         start = time.perf_counter()
         out = _run_eager(transform, spec, x, tensors, settings)
         _eager_seconds[spec.kernel] = _eager_seconds.get(spec.kernel, 0.0) + time.perf_counter() - start
         return out
     return _run_eager(transform, spec, x, tensors, settings)
-
-
-def _plain_call(transform: nn.Module) -> bool:
-    """No hooks to run and no ``torch.func`` transform active: the call may bypass Module.__call__."""
-    return not (
-        transform._forward_hooks
-        or transform._forward_pre_hooks
-        or _module_hooks._global_forward_hooks
-        or _module_hooks._global_forward_pre_hooks
-        or torch._C._are_functorch_transforms_active()
-    )
 
 
 def _run_eager(

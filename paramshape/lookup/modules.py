@@ -8,19 +8,24 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules import module as _module_hooks
 from torch.nn.utils import parametrize
 
 from paramshape.errors import CompiledRegionError, NotAModuleError, TensorNotFoundError
 from paramshape.transforms.base import Transform
 
 __all__ = [
+    "AliasIndex",
     "TensorRef",
     "aliases_of",
     "constrained_tensors",
+    "fast_read",
     "locate",
+    "memory_span",
     "paramshape_transform",
     "refuse_inside_compile",
     "shares_memory",
+    "spans_overlap",
     "type_name",
     "unwrap",
 ]
@@ -91,24 +96,55 @@ def constrained_tensors(
                 yield (f"{prefix}.{name}" if prefix else name), module, name, transform
 
 
+class AliasIndex:
+    """Every parameter and buffer under ``root``, by object and by storage, from one walk of the tree.
+
+    Asking :func:`aliases_of` about each tensor walks the whole tree each time, so constraining every
+    tensor of a model that way is quadratic in its size (200 tensors: 40,000 visits); ``constrain()``
+    builds this index once for all the tensors of one call, while the tree does not change."""
+
+    def __init__(self, root: nn.Module) -> None:
+        self.by_object: dict[int, list[tuple[nn.Module, str, str]]] = {}
+        self.by_storage: dict[int, list[tuple[nn.Module, str, str, tuple[int, int, int]]]] = {}
+        for prefix, module in root.named_modules(remove_duplicate=False):
+            for name, tensor in (*module._parameters.items(), *module._buffers.items()):
+                if tensor is None:
+                    continue
+                path = f"{prefix}.{name}" if prefix else name
+                self.by_object.setdefault(id(tensor), []).append((module, name, path))
+                span = _byte_span(tensor)
+                if span is not None:
+                    self.by_storage.setdefault(span[0], []).append((module, name, path, span))
+
+    def aliases(self, ref: TensorRef) -> list[str]:
+        """What :func:`aliases_of` returns for ``ref``."""
+        storage = ref.storage()
+        own_list = (
+            ref.owner.parametrizations[ref.name] if parametrize.is_parametrized(ref.owner, ref.name) else None
+        )
+        candidates = list(self.by_object.get(id(storage), ()))
+        span = _byte_span(storage)
+        if span is not None:
+            candidates += [
+                (module, name, path)
+                for module, name, path, other in self.by_storage.get(span[0], ())
+                if _overlap(span, other)
+            ]
+        return sorted(
+            {
+                path
+                for module, name, path in candidates
+                if not (module is ref.owner and name == ref.name) and module is not own_list
+            }
+        )
+
+
 def aliases_of(root: nn.Module, ref: TensorRef) -> list[str]:
     """Paths under ``root``, other than ``ref`` itself, that hold the same tensor or overlap its memory.
 
     Views of one flat storage that cover disjoint bytes are not aliases. Tensors without memory (on
     the ``meta`` device, where every data pointer is 0) alias only by identity."""
-    storage = ref.storage()
-    own_list = (
-        ref.owner.parametrizations[ref.name] if parametrize.is_parametrized(ref.owner, ref.name) else None
-    )
-    span = _byte_span(storage)
-    found = []
-    for prefix, module in root.named_modules(remove_duplicate=False):
-        for name, tensor in (*module._parameters.items(), *module._buffers.items()):
-            if tensor is None or (module is ref.owner and name == ref.name) or module is own_list:
-                continue
-            if tensor is storage or _overlap(span, _byte_span(tensor)):
-                found.append(f"{prefix}.{name}" if prefix else name)
-    return sorted(set(found))
+    return AliasIndex(root).aliases(ref)
 
 
 def shares_memory(a: Tensor, b: Tensor) -> bool:
@@ -132,6 +168,12 @@ def _byte_span(tensor: Tensor) -> tuple[int, int, int] | None:
 
 def _overlap(a: tuple[int, int, int] | None, b: tuple[int, int, int] | None) -> bool:
     return a is not None and b is not None and a[0] == b[0] and a[1] < b[2] and b[1] < a[2]
+
+
+#: Public names for the two helpers above, for checks that index many tensors by storage pointer
+#: (the first entry of a span) instead of comparing every pair.
+memory_span = _byte_span
+spans_overlap = _overlap
 
 
 def refuse_inside_compile(what: str) -> None:
@@ -182,3 +224,52 @@ def _public_name(name: str) -> str:
 def type_name(module: nn.Module) -> str:
     """The module's class name as the user wrote it (not parametrize's ``Parametrized...`` subclass)."""
     return parametrize.type_before_parametrizations(module).__name__
+
+
+# ------------------------------------------------------------------------------ reading a value
+def fast_read(owner: nn.Module, name: str) -> None:
+    """Give ``owner.name`` (just parametrized) a getter that calls the transform directly.
+
+    parametrize's getter reaches the transform through ``ParametrizationList.__call__`` and its
+    ``forward``, which looks for a second parametrization with ``hasattr`` (a caught
+    ``AttributeError`` each read): on a small layer that is about a seventh of its forward and
+    backward time. The getter installed here reads the stored tensor and calls the transform itself
+    when the result is the same, which is when parametrize's ``Module.__call__`` would take its own
+    fast path and there is one transform on one tensor; otherwise (``parametrize.cached()``, hooks on
+    the list or global ones, a second parametrization stacked on top, inside ``torch.compile``, which
+    should see parametrize's own code) it calls parametrize's getter. The setter stays parametrize's.
+    The property lives on the class parametrize made for this module, so ``remove_parametrizations``
+    deletes it like its own.
+    """
+    cls = type(owner)
+    original = cls.__dict__.get(name)
+    if not isinstance(original, property) or original.fget is None:
+        return
+    slow = original.fget
+    if getattr(slow, "_paramshape_fast", False):
+        return
+
+    def read(module: nn.Module) -> Tensor:
+        chain = module._modules["parametrizations"]._modules[name]
+        if (
+            parametrize._cache_enabled
+            or chain._forward_hooks
+            or chain._forward_pre_hooks
+            or chain._backward_hooks
+            or chain._backward_pre_hooks
+            or _module_hooks._global_forward_hooks
+            or _module_hooks._global_forward_pre_hooks
+            or _module_hooks._global_backward_hooks
+            or _module_hooks._global_backward_pre_hooks
+            or len(chain._modules) != 1
+            or not chain.is_tensor
+            or torch.compiler.is_compiling()
+        ):
+            return slow(module)
+        stored = chain._parameters.get("original")
+        if stored is None:  # a parametrized buffer
+            stored = chain._buffers["original"]
+        return chain._modules["0"](stored)  # type: ignore[misc]  # the chain holds one transform
+
+    read._paramshape_fast = True  # type: ignore[attr-defined]
+    setattr(cls, name, property(read, original.fset, original.fdel, original.__doc__))

@@ -215,8 +215,11 @@ class Compose(Transform):
         stages = []
         for part in reversed(self.parts):
             stages.append((part, y))
+            # A check has no side effect: a part whose inverse sets state (Orthogonal's base) is
+            # inverted through a copy, so contains() cannot change the value it checks.
+            inverter = part if part.supports_raw_init else copy.deepcopy(part)
             with torch.no_grad():
-                y = part.inverse(y)
+                y = inverter.inverse(y)
         return stages
 
     def _stage_excess(self, part: Transform, value: Tensor, union: tuple[int, ...]) -> Tensor:

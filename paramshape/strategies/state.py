@@ -253,6 +253,10 @@ def module_states(root: nn.Module) -> Iterator[tuple[str, nn.Module, ModuleState
 #: drops out by itself, and the hook holds no reference to any module or tensor.
 _PROJECTING: weakref.WeakSet[ModuleState] = weakref.WeakSet()
 _HOOK: RemovableHandle | None = None
+#: Bumped whenever a projecting entry is added or removed: the cached plans are then rebuilt.
+_GENERATION = [0]
+#: Per optimizer, what its step hook projects (weak: the plan dies with the optimizer).
+_PLANS: weakref.WeakKeyDictionary[torch.optim.Optimizer, _ProjectionPlan] = weakref.WeakKeyDictionary()
 
 
 #: Called with a state whenever its plain entries change (added, removed, unpickled): the other
@@ -273,6 +277,7 @@ def _update_registry(state: ModuleState) -> None:
         _PROJECTING.add(state)
     else:
         _PROJECTING.discard(state)
+    _GENERATION[0] += 1
     _update_hook()
 
 
@@ -285,22 +290,111 @@ def _update_hook() -> None:
         _HOOK = None
 
 
+class _ProjectionPlan:
+    """What one optimizer's step projects, built once and reused while nothing it depends on changed.
+
+    Clamp-type projections (:meth:`~paramshape.Transform.clamp_bounds`) run in place as one
+    ``_foreach_maximum_`` and one ``_foreach_minimum_`` over all their tensors, with the bounds cast
+    and expanded once; the others call their entry's :meth:`PlainConstraint.project_`. Each step checks
+    only what could make the plan stale without a registry change: the optimizer's parameter lists,
+    the tensor each module holds under the name, the tensors' dtype, device and shape, and the
+    bounds' version counters (an in-place change of a bound, ``load_state_dict`` included)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        self.generation = _GENERATION[0]
+        self.groups = _group_signature(optimizer)
+        targets: dict[int, tuple[PlainConstraint, ModuleState]] = {}
+        for state in list(_PROJECTING):
+            state.sync()
+            for entry in state.plain.values():
+                if entry.method == "project":
+                    targets[id(entry.tensor)] = (entry, state)
+        #: (owner's weak reference, name, tensor): the module must still hold this tensor.
+        self.owned: list[tuple[weakref.ref[nn.Module], str, Tensor]] = []
+        #: (bound, its version when the plan was built).
+        self.versions: list[tuple[Tensor, int]] = []
+        #: (tensor, dtype, device, shape) of the clamped tensors, which the cast bounds must match.
+        self.layouts: list[tuple[Tensor, torch.dtype, torch.device, torch.Size]] = []
+        # Per side (low, high): by value, the tensors with that 0-d bound, read as a Python number
+        # once, here, not at each step (on a GPU that read waits for the device), so a shared bound
+        # is one foreach call with a scalar, the fastest form; tensors with a tensor bound and the
+        # bound cast and expanded to the tensor's dtype, device and shape.
+        self.scalar: tuple[dict[float, list[Tensor]], ...] = ({}, {})
+        self.tensor: tuple[tuple[list[Tensor], list[Tensor]], ...] = (([], []), ([], []))
+        self.others: list[PlainConstraint] = []
+        for group in optimizer.param_groups:
+            for param in group["params"]:
+                found = targets.pop(id(param), None)
+                if found is None:
+                    continue
+                entry, state = found
+                if state._owner is not None:
+                    # A copied state learns its owner at the next walk over the module; until then
+                    # the tensor it holds is the one to project.
+                    name = next(key for key, value in state.plain.items() if value is entry)
+                    self.owned.append((state._owner, name, param))
+                bounds = entry.transform.clamp_bounds()
+                if bounds is None or not param.is_floating_point():
+                    self.others.append(entry)
+                    continue
+                self.layouts.append((param, param.dtype, param.device, param.shape))
+                for side, bound in enumerate(bounds):
+                    if bound is None:
+                        continue
+                    self.versions.append((bound, bound._version))
+                    if bound.dim() == 0:
+                        # A Python number means that number at the tensor's precision: the same
+                        # rounding as casting the bound tensor.
+                        self.scalar[side].setdefault(float(bound), []).append(param)
+                    else:
+                        self.tensor[side][0].append(param)
+                        self.tensor[side][1].append(_bound_like(bound, param))
+
+    def current(self, optimizer: torch.optim.Optimizer) -> bool:
+        if self.generation != _GENERATION[0] or self.groups != _group_signature(optimizer):
+            return False
+        for owner_ref, name, param in self.owned:
+            owner = owner_ref()
+            if owner is None or owner._parameters.get(name) is not param:
+                return False
+        for bound, version in self.versions:
+            if bound._version != version:
+                return False
+        for param, dtype, device, shape in self.layouts:
+            if param.dtype != dtype or param.device != device or param.shape != shape:
+                return False
+        return True
+
+    def run(self) -> None:
+        with torch.no_grad():
+            for value, tensors in self.scalar[0].items():
+                torch._foreach_clamp_min_(tensors, value)
+            for value, tensors in self.scalar[1].items():
+                torch._foreach_clamp_max_(tensors, value)
+            if self.tensor[0][0]:
+                torch._foreach_maximum_(*self.tensor[0])
+            if self.tensor[1][0]:
+                torch._foreach_minimum_(*self.tensor[1])
+        for entry in self.others:
+            entry.project_()
+
+
+def _bound_like(bound: Tensor, tensor: Tensor) -> Tensor:
+    """``bound`` in ``tensor``'s dtype and device, expanded to its shape (no copy of the expansion)."""
+    return bound.to(dtype=tensor.dtype, device=tensor.device).expand_as(tensor)
+
+
+def _group_signature(optimizer: torch.optim.Optimizer) -> tuple[tuple[int, int], ...]:
+    return tuple((id(group["params"]), len(group["params"])) for group in optimizer.param_groups)
+
+
 def _project_after_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
     """Global post-step hook: project every parameter of *this* optimizer that carries a
-    ``method="project"`` constraint. Parameters of other optimizers are left alone."""
-    targets: dict[int, PlainConstraint] = {}
-    for state in list(_PROJECTING):
-        state.sync()
-        for entry in state.plain.values():
-            if entry.method == "project":
-                targets[id(entry.tensor)] = entry
-    if not targets:
-        return
-    for group in optimizer.param_groups:
-        for param in group["params"]:
-            entry = targets.pop(id(param), None)
-            if entry is not None:
-                entry.project_()
+    ``method="project"`` constraint, in place. Parameters of other optimizers are left alone."""
+    plan = _PLANS.get(optimizer)
+    if plan is None or not plan.current(optimizer):
+        plan = _PLANS[optimizer] = _ProjectionPlan(optimizer)
+    plan.run()
 
 
 def check_limit(value: float | None, name: str, owner: str) -> float | None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import abc
+import copy
 import math
 import warnings
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import torch
@@ -28,6 +30,9 @@ __all__ = ["Transform", "coerce_value"]
 _DEFAULT_HINT = "Assign a value inside the set."
 #: How many input shapes a transform remembers as checked (a layer sees few; a cap bounds memory).
 _MAX_SHAPES_CHECKED = 32
+#: Entries per block when an elementwise membership check runs a block of rows at a time: 2 MB of
+#: float64 per temporary, so a check needs a few MB beyond the tensor whatever its size.
+_BLOCK_ELEMENTS = 1 << 18
 
 
 class Transform(nn.Module, abc.ABC):
@@ -99,6 +104,9 @@ class Transform(nn.Module, abc.ABC):
         # An inherited kernel would silently replace the subclass's own forward.
         if "forward" in cls.__dict__ and "fusable" not in cls.__dict__:
             cls.fusable = None
+        # Likewise, inherited clamp bounds would silently replace the subclass's own projection.
+        if "project" in cls.__dict__ and "clamp_bounds" not in cls.__dict__:
+            cls.clamp_bounds = Transform.clamp_bounds  # type: ignore[method-assign]
 
     def __init__(self) -> None:
         super().__init__()
@@ -184,7 +192,24 @@ class Transform(nn.Module, abc.ABC):
             and not isinstance(value, nn.Parameter)
         ):
             _warn_gradient_dropped(self._target)
-        return self.inverse(self.admit(value))
+        return self.inverse_in_blocks(self.admit(value))
+
+    def inverse_in_blocks(self, value: Tensor) -> Tensor:
+        """:meth:`inverse`, computed a block of rows at a time for an elementwise transform, so its
+        temporaries cost a few MB instead of several times the tensor (the same numbers: the map is
+        elementwise). What storing a value (assignment, checkpoint, ``constrain``) runs."""
+        blocks = iter(self._row_blocks(value))
+        start, part, transform = next(blocks)
+        first = transform.inverse(part)
+        if start is None:
+            return first
+        out = first.new_empty(value.shape)
+        out[: first.shape[0]] = first
+        del first
+        for start, part, transform in blocks:
+            assert start is not None  # only a single block has no start, returned above
+            out[start : start + part.shape[0]] = transform.inverse(part)
+        return out
 
     def admit(self, value: Any, *, hint: str | None = None, broadcast: bool = True) -> Tensor:
         """``value`` as a tensor of the constrained tensor's shape, dtype and device, checked to lie
@@ -301,6 +326,24 @@ class Transform(nn.Module, abc.ABC):
             "projection (Transform.project). Use method='reparam' or method='penalty'."
         )
 
+    def clamp_bounds(self) -> tuple[Tensor | None, Tensor | None] | None:
+        r"""The bounds :math:`(l, h)` when :meth:`project` is the elementwise clamp
+        :math:`P(y) = \min(\max(y, l), h)`, ``None`` for a side without one; ``None`` (the default)
+        when the projection is anything else.
+
+        The optimizer hook of ``method="project"`` uses them to project all such tensors of a step
+        in place, with one foreach clamp per distinct bound (``torch._foreach_clamp_min_`` and
+        ``_clamp_max_``; ``_foreach_maximum_`` and ``_minimum_`` for tensor bounds) instead of a
+        :meth:`project` and a copy per tensor. A subclass that overrides :meth:`project`
+        without overriding this method gets ``None``, so its own projection runs.
+
+        Example:
+            >>> import paramshape as ps
+            >>> ps.Box(-1.0, 1.0).clamp_bounds()
+            (tensor(-1.), tensor(1.))
+        """
+        return None
+
     # ---------------------------------------------------------------- Riemannian geometry
     def riemannian_grad(self, point: Tensor, egrad: Tensor) -> Tensor:
         r"""The Riemannian gradient at ``point`` of a function whose Euclidean gradient is ``egrad``.
@@ -404,7 +447,14 @@ class Transform(nn.Module, abc.ABC):
         The test is on the closed set with a tolerance of a few ulps of the bounds in ``y``'s dtype,
         because the forward map can round onto a bound. NaN and infinite values are never inside.
         """
-        return self._finite_excess(y) == 0
+        blocks = list(self._row_blocks(y))
+        if len(blocks) == 1:
+            return self._finite_excess(y) == 0
+        inside = torch.empty(y.shape, dtype=torch.bool, device=y.device)
+        for start, part, transform in blocks:
+            assert start is not None  # several blocks: each starts at a row
+            inside[start : start + part.shape[0]] = transform._finite_excess(part) == 0
+        return inside
 
     def forward_shape(self, shape: torch.Size) -> torch.Size:
         """Shape of the constrained value for an unconstrained tensor of ``shape`` (default: the same).
@@ -525,19 +575,61 @@ class Transform(nn.Module, abc.ABC):
         """
         if value.device.type == "meta":
             return  # no values (deferred initialisation); checked when real values come in
-        excess = self._finite_excess(value)
-        outside = excess != 0
-        count = int(outside.sum())
+        count, total, worst = 0, 0, -1.0
+        index: tuple[int, ...] = ()
+        # Elementwise sets are checked a block of rows at a time: the float64 excess of the whole
+        # tensor (and its temporaries) would cost several times the tensor's own memory.
+        for start, part, transform in self._row_blocks(value):
+            excess = transform._finite_excess(part)
+            total += excess.numel()
+            outside = int((excess != 0).sum())
+            if not outside:
+                continue
+            count += outside
+            peak, flat = torch.max(excess.reshape(-1), 0)
+            if float(peak) > worst:
+                worst = float(peak)
+                where = tuple(int(i) for i in torch.unravel_index(flat, excess.shape))
+                index = (where[0] + start, *where[1:]) if start is not None else where
         if count == 0:
             return
-        flat = int(torch.argmax(excess.reshape(-1)))
-        index = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), excess.shape))
         detail = self._describe_worst(value, index)
         label = tensor_label(self._target or "value", value)
         raise InfeasibleValueError(
-            f"{label}: {count} of {excess.numel()} {self.element_noun} lie outside {self!r}; "
+            f"{label}: {count} of {total} {self.element_noun} lie outside {self!r}; "
             f"worst: {detail}. {hint or _DEFAULT_HINT}"
         )
+
+    def _row_blocks(self, value: Tensor) -> Iterator[tuple[int | None, Tensor, Transform]]:
+        """``(start, rows, transform)`` for blocks of about ``_BLOCK_ELEMENTS`` entries of ``value``
+        along its first dimension, each with the transform's own per-row settings sliced to match;
+        one block ``(None, value, self)`` unless the transform is elementwise with settings only in
+        its own buffers, of at most ``value``'s rank."""
+        rows = value.shape[0] if value.dim() else 0
+        buffers = {name: b for name, b in self._buffers.items() if b is not None}
+        if (
+            self.event_dim != 0
+            or value.numel() <= _BLOCK_ELEMENTS
+            or rows < 2
+            or any(True for _ in self.children())
+            or any(b.dim() > value.dim() for b in buffers.values())
+        ):
+            yield None, value, self
+            return
+        step = max(1, _BLOCK_ELEMENTS * rows // value.numel())
+        for start in range(0, rows, step):
+            stop = min(rows, start + step)
+            sliced = {
+                name: b[start:stop]
+                for name, b in buffers.items()
+                if b.dim() == value.dim() and b.shape[0] != 1
+            }
+            transform = self
+            if sliced:
+                # A shallow copy that reads the rows' bounds: no tensor is copied.
+                transform = copy.copy(self)
+                transform.__dict__["_buffers"] = {**self._buffers, **sliced}
+            yield start, value[start:stop], transform
 
     def _finite_excess(self, y: Tensor) -> Tensor:
         excess = self._excess(y)

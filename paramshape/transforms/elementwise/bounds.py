@@ -80,6 +80,8 @@ def ensure_finite(bound: Tensor, name: str, owner: str, advice: str) -> None:
 def check_broadcast(bounds: dict[str, Tensor], shape: torch.Size, owner: str) -> None:
     """Raise :class:`ShapeMismatchError` unless every bound broadcasts to ``shape`` unchanged."""
     for name, bound in bounds.items():
+        if bound.dim() == 0 or bound.shape == shape:
+            continue  # torch.broadcast_shapes costs tens of microseconds; constrain() calls this per tensor
         try:
             result = torch.broadcast_shapes(bound.shape, shape)
         except RuntimeError:
@@ -99,6 +101,8 @@ def elementwise_excess(y: Tensor, low: Tensor | None, high: Tensor | None) -> Te
         excess = excess + excess_below(y, low)
     if high is not None:
         excess = excess + excess_above(y, high)
+    if excess.shape == y.shape:  # bounds that broadcast to y: skip torch.broadcast_shapes, per check
+        return excess
     return excess.broadcast_to(torch.broadcast_shapes(excess.shape, y.shape))
 
 

@@ -156,6 +156,9 @@ class Positive(Transform):
         r"""Clamp onto the closed half-line :math:`[0, \infty)`: :math:`P(y) = \max(y, 0)`."""
         return y.clamp_min(0.0)
 
+    def clamp_bounds(self) -> tuple[Tensor | None, Tensor | None]:
+        return torch.zeros(()), None
+
     def extra_repr(self) -> str:
         return _describe_method(self.method, self.softness).lstrip(", ")
 
@@ -252,6 +255,9 @@ class GreaterThan(BoundedTransform):
         r"""Clamp onto the closed half-line :math:`[l, \infty)`: :math:`P(y) = \max(y, l)`."""
         return torch.maximum(y, self.low.to(y.dtype))  # clamp's values; clamp with a tensor is slower
 
+    def clamp_bounds(self) -> tuple[Tensor | None, Tensor | None]:
+        return self.low, None
+
     def _analyse_bounds(self, bounds: dict[str, Tensor]) -> None:
         ensure_finite(bounds["low"], "low", type(self).__name__, _INFINITE_ADVICE)
 
@@ -347,6 +353,9 @@ class LessThan(BoundedTransform):
     def project(self, y: Tensor) -> Tensor:
         r"""Clamp onto the closed half-line :math:`(-\infty, h]`: :math:`P(y) = \min(y, h)`."""
         return torch.minimum(y, self.high.to(y.dtype))  # clamp's values; clamp with a tensor is slower
+
+    def clamp_bounds(self) -> tuple[Tensor | None, Tensor | None]:
+        return None, self.high
 
     def _analyse_bounds(self, bounds: dict[str, Tensor]) -> None:
         ensure_finite(bounds["high"], "high", type(self).__name__, _INFINITE_ADVICE)

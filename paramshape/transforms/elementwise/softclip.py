@@ -185,6 +185,9 @@ class SoftClip(BoundedTransform):
         # maximum/minimum: the same values as clamp, which with tensor bounds runs ~3x slower on CPU.
         return torch.minimum(torch.maximum(y, self.low.to(y.dtype)), self.high.to(y.dtype))
 
+    def clamp_bounds(self) -> tuple[Tensor | None, Tensor | None]:
+        return self.low, self.high
+
     def to_interior(self, y: Tensor) -> Tensor:
         r"""Clamp ``y`` to where the slope is 1/4 of its largest: :math:`w \log(4/3) / S` inside
         each bound (about :math:`0.29\,c w`, 0.6% of the width with the default softness), where

@@ -43,6 +43,7 @@ __all__ = ["LowerCholesky", "PositiveDefinite"]
 def _lower_cholesky(x: Tensor, out_dtype: torch.dtype) -> Tensor:
     """The strictly lower triangle of ``x``, and ``softplus`` of its diagonal (at least the smallest
     normal number of ``out_dtype``, capped at its largest) on the diagonal."""
+    # softness 1: the diagonal map is plain softplus (its inverse below and the log-det assume it).
     diagonal = _maps.positive(x.diagonal(dim1=-2, dim2=-1), "softplus", out_dtype, softness=1.0)
     return x.tril(-1) + torch.diag_embed(diagonal)
 

@@ -8,8 +8,10 @@ import torch
 from torch import Tensor
 from torch.distributions import constraints
 
-from paramshape.errors import SpecError
+from paramshape.errors import ShapeMismatchError, SpecError
+from paramshape.errors.report import format_shape
 from paramshape.numerics.precision import compute_dtype
+from paramshape.transforms.base import Transform
 from paramshape.transforms.matrix.base import (
     MatrixSet,
     MatrixTransform,
@@ -24,8 +26,20 @@ from paramshape.transforms.registry import register
 __all__ = ["Orthogonal", "OrthogonalMethod", "orthogonal"]
 
 #: The maps from skew-symmetric matrices onto rotations that :class:`Orthogonal` offers.
-OrthogonalMethod = Literal["matrix_exp", "cayley"]
+OrthogonalMethod = Literal["auto", "matrix_exp", "cayley", "thin"]
 _METHODS: tuple[str, ...] = get_args(OrthogonalMethod)
+
+#: ``method="auto"`` takes ``"thin"`` when the longer side is at least this many times the shorter:
+#: the thin map's exponential is of a ``4k x 4k`` matrix, against ``n x n`` for ``"matrix_exp"``.
+THIN_RATIO = 4
+
+
+def _resolved(method: str, shape: torch.Size) -> str:
+    """The map ``method`` stands for on matrices of ``shape`` (``"auto"`` depends on it)."""
+    if method != "auto":
+        return method
+    rows, cols = shape[-2], shape[-1]
+    return "thin" if max(rows, cols) >= THIN_RATIO * min(rows, cols) else "matrix_exp"
 
 
 def _tall(matrix: Tensor) -> Tensor:
@@ -91,17 +105,35 @@ class Orthogonal(MatrixTransform):
     instead of silently replacing it by the Q of its QR decomposition; ``init="project"`` moves it
     to the nearest orthogonal matrix (the polar factor :math:`U V^\top`) and says so.
 
-    For an ``n x k`` tensor with ``n > k`` (columns orthonormal) the stored tensor keeps its shape;
-    it fills the first ``k`` columns of an ``n x n`` matrix whose exponential is taken, and
-    :math:`B` is the ``n x n`` completion of the value. A wide tensor is handled transposed (rows
-    orthonormal). The cost is that of an ``n x n`` exponential, for the longer side ``n``.
+    For an ``n x k`` tensor with ``n > k`` (columns orthonormal) the stored tensor keeps its shape.
+    ``"matrix_exp"`` and ``"cayley"`` fill the first ``k`` columns of an ``n x n`` matrix whose
+    exponential is taken, with :math:`B` the ``n x n`` completion of the value: the cost of an
+    ``n x n`` exponential, for the longer side ``n`` (7.2 GB at 30000 x 50). ``"thin"`` never forms
+    an ``n x n`` matrix: with :math:`B` the ``n x k`` value itself and :math:`Z` the stored tensor,
 
-    Numerics: two Newton--Schulz steps after :math:`\phi` bring the result to orthogonal within a few
+    .. math::
+
+        f(Z) = e^{A} B, \quad A = Z B^\top - B Z^\top
+             = U V^\top,\ U = [Z, B],\ V = [B, -Z], \qquad
+        e^{U V^\top} B = B + U\, \varphi(V^\top U)\, V^\top B,
+
+    with :math:`\varphi(M) = \sum_j M^j / (j + 1)!` read off the exponential of the
+    ``4k x 4k`` block matrix :math:`\begin{pmatrix} M & I \\ 0 & 0 \end{pmatrix}`: time
+    :math:`O(n k^2)` and memory a few ``n x k`` matrices, so a 30000 x 50 weight registers and steps
+    in seconds on one CPU core, with tens of MB where the square maps need gigabytes. Its gradient at :math:`Z = 0` is :math:`G - B G^\top B`, the Riemannian
+    gradient of the canonical metric. ``"auto"`` (the default) is ``"thin"`` when the longer side is
+    at least :data:`THIN_RATIO` (4) times the shorter and ``"matrix_exp"`` otherwise. A wide tensor
+    is handled transposed (rows orthonormal).
+
+    Numerics: two Newton--Schulz steps after :math:`\phi` (outside autograd for the square maps: the
+    gradient is that of :math:`\phi`, which the polish leaves unchanged to first order) bring the
+    result to orthogonal within a few
     epsilons (``torch.matrix_exp`` of a skew matrix of norm 100 is off by 1e-4 in float32); and
     :math:`\operatorname{skew}(X)` is scaled down to Frobenius norm :math:`1/\sqrt{\epsilon}` (2896 in
     float32) where it is larger, beyond which the exponential's squaring steps lose orthogonality
-    faster than the polish restores it. That only happens for entries far beyond any training
-    trajectory.
+    faster than the polish restores it (``"thin"``: :math:`Z` to :math:`\epsilon^{-1/4}`, 54 in
+    float32, whose rank-``2k`` formula rounds sooner; rotation angles still reach about 100
+    radians). That only happens for entries far beyond any training trajectory.
 
     ``init="raw"`` is refused (:class:`~paramshape.SpecError`): the stored tensor is a rotation of the
     base, which the inverse sets, so raw values have no meaning of their own. Use
@@ -118,9 +150,11 @@ class Orthogonal(MatrixTransform):
       ``matrix_tolerance`` of the longer side (about ``10 n`` epsilons).
 
     Args:
-        method: ``"matrix_exp"`` (default; reaches every rotation) or ``"cayley"``
+        method: ``"auto"`` (default: ``"thin"`` for matrices at least 4 times longer than wide,
+            ``"matrix_exp"`` otherwise), ``"matrix_exp"`` (reaches every rotation), ``"cayley"``
             (:math:`(I - A)^{-1}(I + A)`, one linear solve instead of an exponential; it approaches
-            rotations by :math:`\pi` only as :math:`A` grows without bound).
+            rotations by :math:`\pi` only as :math:`A` grows without bound) or ``"thin"`` (the
+            exponential through its rank-``2k`` factors, above; for tall or wide matrices).
 
     Raises:
         SpecError: ``method`` is not one of the above.
@@ -152,7 +186,7 @@ class Orthogonal(MatrixTransform):
     manifold = True
     base: Tensor
 
-    def __init__(self, method: OrthogonalMethod = "matrix_exp") -> None:
+    def __init__(self, method: OrthogonalMethod = "auto") -> None:
         super().__init__()
         if method not in _METHODS:
             raise SpecError(f"Orthogonal: method must be one of {list(_METHODS)}; got {method!r}.")
@@ -165,6 +199,12 @@ class Orthogonal(MatrixTransform):
         wide = x.shape[-2] < x.shape[-1]
         tall = work.mT if wide else work
         rows, cols = tall.shape[-2:]
+        if _resolved(self.method, x.shape) == "thin":
+            base = self.base.to(work.dtype) if self.base.numel() else _identity_columns(tall)
+            # Capped lower than the square maps (eps ** -1/4: 54 in float32, rotation angles up to
+            # about 100 radians): beyond, the rank-2k formula's rounding outgrows the polish.
+            value = _thin_rotation(_cap_norm(tall, 0.25), base)
+            return (value.mT.contiguous() if wide else value).to(x.dtype)
         if cols < rows:
             tall = torch.cat([tall, tall.new_zeros(*tall.shape[:-1], rows - cols)], -1)
         skew = tall * 0.5 - tall.mT * 0.5
@@ -180,7 +220,15 @@ class Orthogonal(MatrixTransform):
             rotation = torch.linalg.solve(eye - skew, eye + skew)
         else:
             rotation = torch.matrix_exp(skew)
-        return _newton_schulz(_newton_schulz(rotation))
+        # The polish only removes rounding: on an exactly orthogonal matrix it is the identity, and
+        # its derivative there is the identity on the tangent directions the rotation moves in. So
+        # the gradient is the rotation's, and the polish runs outside autograd: 2 matmuls forward
+        # instead of 2 forward and 4 backward per step (n x n each; the 3 x Linear(256) step goes
+        # from slower than geotorch's to on par).
+        rotation = rotation.contiguous()  # solve returns column-major; the value is row-major
+        with torch.no_grad():
+            correction = _newton_schulz(_newton_schulz(rotation)) - rotation
+        return rotation + correction
 
     def inverse(self, y: Tensor) -> Tensor:
         """Set the base to ``y`` (completed to a square orthogonal matrix) and return zeros.
@@ -194,13 +242,26 @@ class Orthogonal(MatrixTransform):
         if bool(drifted.any()):
             tall = torch.where(drifted, _polar(tall), tall)
         rows, cols = tall.shape[-2:]
-        if cols < rows:
+        if cols < rows and _resolved(self.method, y.shape) != "thin":
             # Columns spanning the orthogonal complement: the last ones of a complete QR.
             complement = torch.linalg.qr(tall, mode="complete").Q[..., cols:]
             tall = torch.cat([tall, complement], -1)
         # A copy: parametrize passes the Parameter itself, whose storage it then overwrites.
         self.base = tall.detach().to(dtype=y.dtype, device=y.device, copy=True)
+        self.__dict__.pop("_shapes_checked", None)  # the shapes the map accepts follow the base
         return torch.zeros_like(y)
+
+    def check_shape(self, shape: torch.Size) -> None:
+        super().check_shape(shape)
+        base = self.base
+        if base.numel() and len(shape) >= 2:
+            side = max(shape[-2], shape[-1])
+            if max(base.shape[-2], base.shape[-1]) != side or base.shape[:-2] != shape[:-2]:
+                raise ShapeMismatchError(
+                    f"{self!r}: its base was set by an inverse of a value whose matrices are "
+                    f"{format_shape(base.shape)}, which does not fit a tensor "
+                    f"of shape {format_shape(shape)}; use one Orthogonal per tensor shape."
+                )
 
     @property
     def codomain(self) -> constraints.Constraint:
@@ -241,7 +302,24 @@ class Orthogonal(MatrixTransform):
         return _polar(point.to(work) + tangent.to(work)).to(point.dtype)
 
     def extra_repr(self) -> str:
-        return "" if self.method == "matrix_exp" else f"method={self.method!r}"
+        return "" if self.method == "auto" else f"method={self.method!r}"
+
+    def _apply(self, fn: Any, recurse: bool = True) -> Transform:
+        before = self.base.dtype
+        result = super()._apply(fn, recurse)
+        base = self.base
+        if (
+            base.numel()
+            and base.device.type != "meta"
+            and base.is_floating_point()
+            and torch.finfo(base.dtype).eps < torch.finfo(before).eps
+        ):
+            # Moved to a finer dtype, the base holds the old dtype's rounding and is orthogonal only
+            # to that precision (1e-7 after float32 -> float64), which the finer tolerance refuses.
+            # Two Newton-Schulz steps in float64 square the deviation twice: a change within the
+            # old rounding, and orthogonal to the new precision (a move rounds, never changes the map).
+            self.base = _newton_schulz(_newton_schulz(base.double())).to(base.dtype)
+        return result
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
         # The base's shape is that of the value last assigned; a fresh transform has an empty one.
@@ -251,13 +329,45 @@ class Orthogonal(MatrixTransform):
         super()._load_from_state_dict(state_dict, prefix, *args)
 
 
-def _cap_norm(skew: Tensor) -> Tensor:
-    """``skew`` scaled down to Frobenius norm ``1 / sqrt(eps)`` where it is larger; exactly itself
-    elsewhere. The norm is taken of a copy divided by its largest entry, so it cannot overflow, and
+def _identity_columns(like: Tensor) -> Tensor:
+    """The first ``k`` columns of the ``n x n`` identity, for ``like`` of shape ``(*batch, n, k)``:
+    the base before any assignment."""
+    rows, cols = like.shape[-2:]
+    return torch.eye(rows, cols, dtype=like.dtype, device=like.device).expand(like.shape)
+
+
+def _thin_rotation(z: Tensor, base: Tensor) -> Tensor:
+    r""":math:`e^{Z B^\top - B Z^\top} B` for ``n x k`` ``z`` and ``base``, without an ``n x n`` matrix.
+
+    With :math:`U = [Z / s, B]` and :math:`V = [s B, -Z]` (:math:`U V^\top` is the skew matrix for
+    every :math:`s`; :math:`s = \max(\lVert Z \rVert_F, 1)` puts the blocks of :math:`V^\top U` on
+    one scale, which keeps the ``4k x 4k`` exponential accurate for large :math:`Z`), the value is
+    :math:`B + U \varphi(V^\top U) V^\top B`. Two Newton--Schulz steps then pull
+    :math:`Q^\top Q` to :math:`B^\top B` (not to :math:`I`): at :math:`Z = 0` the value is
+    :math:`B` to the last bit, and elsewhere as orthonormal as the base."""
+    cols = z.shape[-1]
+    eye = torch.eye(cols, dtype=z.dtype, device=z.device).expand(*z.shape[:-2], cols, cols)
+    scale = torch.linalg.matrix_norm(z.detach()).clamp_min(1.0)[..., None, None]
+    across = base.mT @ z  # B^T Z
+    gram = z.mT @ z
+    small = torch.cat([torch.cat([across, scale * eye], -1), torch.cat([-gram / scale, -across.mT], -1)], -2)
+    top = torch.cat([small, torch.eye(2 * cols, dtype=z.dtype, device=z.device).expand_as(small)], -1)
+    phi = torch.matrix_exp(torch.cat([top, torch.zeros_like(top)], -2))[..., : 2 * cols, 2 * cols :]
+    right = torch.cat([scale * eye, -across.mT], -2)  # V^T B
+    value = base + torch.cat([z / scale, base], -1) @ (phi @ right)
+    target = base.mT @ base
+    for _ in range(2):
+        value = value - 0.5 * (value @ (value.mT @ value - target))
+    return value
+
+
+def _cap_norm(skew: Tensor, power: float = 0.5) -> Tensor:
+    """``skew`` scaled down to Frobenius norm ``eps ** -power`` (default ``1 / sqrt(eps)``) where it
+    is larger; exactly itself elsewhere. The norm is taken of a copy divided by its largest entry, so it cannot overflow, and
     the reciprocal is taken after the clamp, so no infinity reaches the gradient of a zero matrix."""
     largest = skew.detach().abs().amax((-2, -1), keepdim=True).clamp_min(torch.finfo(skew.dtype).tiny)
     norm = torch.linalg.vector_norm(skew / largest, dim=(-2, -1), keepdim=True)
-    limit = torch.finfo(skew.dtype).eps ** -0.5
+    limit = torch.finfo(skew.dtype).eps ** -power
     return skew / ((largest / limit) * norm).clamp_min(1.0)
 
 

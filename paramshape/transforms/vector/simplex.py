@@ -131,14 +131,15 @@ class Simplex(VectorTransform):
     def forward(self, x: Tensor) -> Tensor:
         return _simplex_forward(x, self.dim, self.method, self.log)
 
-    def check_shape(self, shape: torch.Size) -> None:
-        if self.log:
-            # Called when a tensor is about to be constrained: log-probabilities are not in the set.
-            raise SpecError(
-                f"{self!r} returns log-probabilities, which do not lie in the simplex, so it bounds "
-                "outputs only; constrain the tensor with Simplex() and take .log() where needed."
-            )
-        super().check_shape(shape)
+    @property
+    def output_only(self) -> str | None:
+        """Why this transform cannot constrain a tensor (``constrain`` raises it), or ``None``."""
+        if not self.log:
+            return None
+        return (
+            f"{self!r} returns log-probabilities, which do not lie in the simplex, so it bounds "
+            "outputs only; constrain the tensor with Simplex() and take .log() where needed."
+        )
 
     def inverse(self, y: Tensor) -> Tensor:
         work = y.to(compute_dtype(y.dtype))

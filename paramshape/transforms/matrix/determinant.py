@@ -1,0 +1,208 @@
+"""Matrices with a positive determinant, GL+(n): :class:`PositiveDeterminant`.
+
+A connected Lie group reached from a base point by the matrix exponential, the dynamic
+trivialization :class:`~paramshape.Orthogonal` uses: :math:`f(X) = B e^{X}` with the base :math:`B`
+set by assignment, and :math:`\\det e^{X} = e^{\\operatorname{tr} X} > 0`. (The same shape with a
+traceless exponent gives SL(n), which is not offered yet: the rounding of the product with the base
+moves the determinant by about cond(B) cond(e^X) epsilons, more than a tolerance in cond(B e^X)
+allows; ``_interior`` and the base class keep a switch for it.)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.distributions import constraints
+
+from paramshape.numerics.precision import INTERIOR_FRACTION, compute_dtype
+from paramshape.transforms.matrix.base import (
+    MatrixSet,
+    MatrixTransform,
+    finite_float64,
+    format_value,
+    matrix_label,
+    matrix_tolerance,
+    nonfinite_matrices,
+)
+from paramshape.transforms.registry import register
+
+__all__ = ["PositiveDeterminant", "positive_determinant"]
+
+
+def _generator_limit(dtype: torch.dtype) -> float:
+    """The largest Frobenius norm of the exponent: :math:`\\tfrac14 \\log(1/\\epsilon)` of the value's
+    dtype (1.7 for float16, 4.0 for float32, 9.0 for float64). :math:`e^{X}` then has condition number
+    at most :math:`e^{2 \\lVert X \\rVert} \\le \\epsilon^{-1/2}`, so rounding its entries to the dtype
+    can neither flip the sign of its determinant nor move it by more than the membership tolerance."""
+    return 0.25 * math.log(1 / torch.finfo(dtype).eps)
+
+
+def _cap(generator: Tensor, limit: float) -> Tensor:
+    """``generator`` scaled down to Frobenius norm ``limit`` where it is larger; exactly itself
+    elsewhere (the norm is taken of a copy divided by its detached largest entry: no overflow, and
+    a zero matrix keeps a finite gradient)."""
+    largest = (
+        generator.detach().abs().amax((-2, -1), keepdim=True).clamp_min(torch.finfo(generator.dtype).tiny)
+    )
+    norm: Tensor = largest * torch.linalg.vector_norm(generator / largest, dim=(-2, -1), keepdim=True)
+    return generator / (norm / limit).clamp_min(1.0)
+
+
+def _spectrum(y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Float64 ``(sign of det, log |det|, condition number)`` per matrix, ``(*batch, 1, 1)`` each,
+    with NaN and infinity read as 0 (the callers mark those matrices)."""
+    y64 = finite_float64(y)
+    largest = y64.abs().amax((-2, -1), keepdim=True)
+    scale = torch.where(largest > 0, largest, 1.0)
+    sign, logabs = torch.linalg.slogdet(y64 / scale)
+    singular = torch.linalg.svdvals(y64 / scale)
+    condition = singular[..., :1] / singular[..., -1:]
+    logabs = logabs + y.shape[-1] * torch.log(scale[..., 0, 0])
+    return sign[..., None, None], logabs[..., None, None], condition[..., None]
+
+
+def _positive_determinant_excess(y: Tensor) -> Tensor:
+    """Per matrix: 0 for a positive determinant; for a negative one, how far the matrix lies from
+    singular (its smallest over largest singular value) beyond :func:`matrix_tolerance`; so the test
+    is on the closure, singular matrices included."""
+    sign, _, condition = _spectrum(y)
+    distance = torch.nan_to_num(1 / condition, nan=0.0)  # 1/inf = 0: singular
+    excess = torch.where(sign > 0, 0.0, (distance - matrix_tolerance(y.dtype, y.shape[-1])).clamp_min(0.0))
+    return torch.where(nonfinite_matrices(y), torch.inf, excess)
+
+
+def _interior(y: Tensor, unit_determinant: bool) -> Tensor:
+    """A well-conditioned matrix with a positive determinant near ``y`` (float64): its SVD with the
+    singular values raised to a thousandth of the largest and, for a negative determinant, the last
+    left singular vector flipped; divided by :math:`\\det^{1/n}` for SL(n). A zero matrix gives I."""
+    y64 = finite_float64(y)
+    largest = y64.abs().amax((-2, -1), keepdim=True)
+    scale = torch.where(largest > 0, largest, 1.0)
+    u, s, vh = torch.linalg.svd(y64 / scale)
+    s = torch.where(s[..., :1] > 0, s, 1.0)
+    s = s.clamp_min(INTERIOR_FRACTION * s[..., :1])
+    flip = torch.linalg.det(u @ vh) < 0
+    u = torch.cat([u[..., :-1], torch.where(flip[..., None, None], -u[..., -1:], u[..., -1:])], -1)
+    value: Tensor = (u * s[..., None, :]) @ vh
+    if unit_determinant:
+        value = value / torch.exp(torch.log(s).sum(-1) / y.shape[-1])[..., None, None]
+    else:
+        big = torch.finfo(y.dtype).max / (4 * y.shape[-1])
+        value = value * scale.clamp_max(big)
+    return value
+
+
+class _Trivialized(MatrixTransform):
+    """Shared code: :math:`f(X) = B e^{g(X)}` with a base :math:`B` set by assignment."""
+
+    supports_raw_init = False  # the inverse sets the base; a raw stored tensor would move it twice
+    bijective = False
+    base: Tensor
+    _unit_determinant = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("base", torch.zeros(0))
+
+    def _generator(self, work: Tensor) -> Tensor:
+        return work
+
+    def forward(self, x: Tensor) -> Tensor:
+        work = x.to(compute_dtype(x.dtype))
+        value = torch.matrix_exp(_cap(self._generator(work), _generator_limit(x.dtype)))
+        if self.base.numel():
+            value = self.base.to(work.dtype) @ value
+        return value.to(x.dtype)
+
+    def inverse(self, y: Tensor) -> Tensor:
+        """Set the base to ``y`` and return zeros. A value inside the set only within the membership
+        tolerance (nearly singular, or with a determinant off by rounding) is replaced in the base by
+        the nearest well-conditioned member (:meth:`to_interior`), so later values stay inside."""
+        base = y.double()
+        marginal = self._excess_at(y, 0.5) > 0
+        if bool(marginal.any()):
+            base = torch.where(marginal, _interior(y, self._unit_determinant), base)
+        # A copy: parametrize passes the Parameter itself, whose storage it then overwrites.
+        self.base = base.detach().to(dtype=y.dtype, device=y.device, copy=True)
+        return torch.zeros_like(y)
+
+    def _excess_at(self, y: Tensor, fraction: float) -> Tensor:
+        raise NotImplementedError
+
+    def to_interior(self, y: Tensor) -> Tensor:
+        return _interior(y, self._unit_determinant).to(y.dtype)
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        # The base's shape is that of the value last assigned; a fresh transform has an empty one.
+        incoming = state_dict.get(prefix + "base")
+        if isinstance(incoming, Tensor) and incoming.shape != self.base.shape:
+            self.base = torch.empty(incoming.shape, dtype=self.base.dtype, device=self.base.device)
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+
+@register("positive_determinant")
+class PositiveDeterminant(_Trivialized):
+    r"""Square matrices with a positive determinant, :math:`GL^+(n)`: invertible linear maps that
+    keep orientation (invertible layers of normalising flows, changes of basis that must not reflect).
+
+    .. math::
+
+        f(X) = B\, e^{X}, \qquad f^{-1}(Y) = 0 \text{ with } B := Y
+
+    A *dynamic trivialization*, as :class:`Orthogonal`: the base :math:`B` is a buffer (in
+    ``state_dict``) that assignment sets to the assigned value, so ``init="keep"`` keeps it exactly;
+    before any assignment :math:`B = I`. :math:`\det e^{X} = e^{\operatorname{tr} X} > 0`, so every
+    value has the sign of :math:`\det B`. The exponent is scaled down to Frobenius norm
+    :math:`\tfrac14 \log(1/\epsilon)` of the dtype where it is larger (4.0 in float32): each value
+    is then within condition number :math:`\epsilon^{-1/2}` of the base, so its determinant's sign
+    survives rounding; training moves far beyond it only by assigning (or through the base of a
+    checkpoint). ``init="raw"`` is refused; **not bijective** (no log-det-Jacobian); no projection
+    (the set is open).
+
+    * Domain: :math:`\mathbb{R}^{n \times n}`; leading dimensions are a batch.
+    * Codomain: :math:`\{Y : \det Y > 0\}`, tested on its closure: a matrix with a negative
+      determinant counts as a member only if its smallest singular value is within
+      ``matrix_tolerance`` (about ``10 n`` epsilons) of the largest, i.e. singular to rounding.
+      Such a value is replaced in the base by the nearest well-conditioned member on assignment.
+
+    Raises:
+        ShapeMismatchError: (from :func:`paramshape.constrain`) the matrices are not square.
+
+    Example:
+        >>> import torch, torch.nn as nn, paramshape as ps
+        >>> layer = ps.constrain(nn.Linear(3, 3), "weight", ps.PositiveDeterminant(), init="sample")
+        >>> bool(torch.linalg.det(layer.weight) > 0)
+        True
+        >>> try:
+        ...     layer.weight = torch.diag(torch.tensor([1.0, 1.0, -1.0]))
+        ... except ps.InfeasibleValueError as error:
+        ...     print(str(error).split("worst: ")[1].split(".")[0])
+        the matrix has determinant -1
+    """
+
+    def _excess(self, y: Tensor) -> Tensor:
+        return _positive_determinant_excess(y)
+
+    def _excess_at(self, y: Tensor, fraction: float) -> Tensor:
+        sign, _, condition = _spectrum(y)
+        margin = fraction * matrix_tolerance(y.dtype, y.shape[-1])
+        return ((sign <= 0) | (1 / condition < margin)).to(torch.float64)
+
+    @property
+    def codomain(self) -> constraints.Constraint:
+        return positive_determinant
+
+    def _describe(self, y: Tensor, index: tuple[int, ...]) -> str:
+        broken = self._describe_nonfinite(y, index)
+        if broken is not None:
+            return broken
+        det = float(torch.linalg.det(y.double()[index[:-2]]))
+        return f"{matrix_label(index)} has determinant {format_value(det, y.dtype)}"
+
+
+#: GL+(n) as a :class:`torch.distributions.constraints.Constraint` (event_dim 2), with
+#: :class:`PositiveDeterminant`'s tolerance.
+positive_determinant = MatrixSet("PositiveDeterminant()", _positive_determinant_excess)

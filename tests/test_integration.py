@@ -1,0 +1,152 @@
+"""Integration tests of the strategies, checkpoints and gradients, each against an independent
+expectation: several parameter groups and optimizers at once, the penalty against the exact squared
+distance, a bad value in the last module of a checkpoint, a saturated value that must come back, and
+bounds that require grad through every fusion mode."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+import paramshape as ps
+
+# ------------------------------------------------------------------ project: groups and optimizers
+
+
+def test_project_acts_on_every_group_of_every_optimizer():
+    """Each optimizer's step projects every parameter it holds, in every group (a hook acting on the
+    first group only let a second group's weight reach 99 in Box(-1, 1))."""
+    first, second, third = nn.Linear(3, 3), nn.Linear(3, 3), nn.Linear(3, 3)
+    for layer in (first, second, third):
+        ps.constrain(layer, "weight", ps.Box(-1.0, 1.0), method="project", init="project")
+    sgd = torch.optim.SGD([{"params": [first.weight]}, {"params": [second.weight], "lr": 10.0}], lr=10.0)
+    adam = torch.optim.Adam([{"params": [third.weight], "lr": 5.0}])
+    for _ in range(5):
+        sgd.zero_grad()
+        adam.zero_grad()
+        loss = -sum((layer.weight * 50).sum() for layer in (first, second, third))
+        loss.backward()
+        sgd.step()
+        adam.step()
+        for layer in (first, second, third):
+            assert float(layer.weight.detach().max()) == 1.0, "a group's weight left Box(-1, 1)"
+    for layer in (first, second, third):
+        torch.testing.assert_close(layer.weight, torch.ones(3, 3), rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------ penalty: the exact distance
+def _simplex_projection(v: Tensor) -> Tensor:
+    """Euclidean projection of each row onto the probability simplex (sort and threshold, written
+    here from the textbook algorithm, not from paramshape)."""
+    u, _ = torch.sort(v, dim=-1, descending=True)
+    cumulative = u.cumsum(-1) - 1
+    k = torch.arange(1, v.shape[-1] + 1, dtype=v.dtype)
+    support = (u - cumulative / k > 0).sum(-1, keepdim=True)
+    theta = cumulative.gather(-1, support - 1) / support
+    return (v - theta).clamp_min(0.0)
+
+
+PROJECTIONS = [
+    ("box", lambda: ps.Box(-1.0, 0.5), lambda v: v.clamp(-1.0, 0.5)),
+    ("unit_interval", lambda: ps.UnitInterval(), lambda v: v.clamp(0.0, 1.0)),
+    ("positive", lambda: ps.Positive(), lambda v: v.clamp_min(0.0)),
+    ("greater_than", lambda: ps.GreaterThan(0.25), lambda v: v.clamp_min(0.25)),
+    ("less_than", lambda: ps.LessThan(-0.25), lambda v: v.clamp_max(-0.25)),
+    ("soft_clip", lambda: ps.SoftClip(-0.5, 0.5), lambda v: v.clamp(-0.5, 0.5)),
+    ("simplex", lambda: ps.Simplex(), _simplex_projection),
+    ("sum_to_zero", lambda: ps.SumToZero(), lambda v: v - v.mean(-1, keepdim=True)),
+    ("symmetric", lambda: ps.Symmetric(), lambda v: (v + v.mT) / 2),
+]
+
+
+@pytest.mark.parametrize(("name", "build", "exact"), PROJECTIONS, ids=[p[0] for p in PROJECTIONS])
+def test_penalty_is_the_weighted_squared_distance_and_its_gradient(name, build, exact):
+    value = torch.randn(4, 4, dtype=torch.float64) * 2
+    module = nn.Module()
+    module.w = nn.Parameter(exact(value))  # a member, so init="keep" keeps it
+    ps.constrain(module, "w", build(), method="penalty", weight=0.5)
+    with torch.no_grad():
+        module.w.copy_(value)  # a penalty lets the optimizer leave the set: start outside it
+    penalty = ps.penalty(module)
+    distance = value - exact(value)
+    torch.testing.assert_close(penalty, 0.5 * (distance**2).sum(), rtol=1e-12, atol=1e-12)
+    assert float(penalty.detach()) > 0, "the draw was feasible; the comparison is void"
+    penalty.backward()
+    torch.testing.assert_close(module.w.grad, 2 * 0.5 * distance, rtol=1e-12, atol=1e-12)
+
+
+# -------------------------------------------------------------- checkpoints: the last module
+def test_an_infeasible_value_in_the_last_constrained_module_loads_nothing():
+    model = nn.Sequential(nn.Linear(3, 3), nn.ReLU(), nn.Linear(3, 3), nn.Linear(3, 2))
+    for path in ("0.weight", "2.weight", "3.weight"):
+        ps.constrain(model, path, ps.Box(-1.0, 1.0), init="project")
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    plain = ps.plain_state_dict(model)
+    plain = {key: value.clone() for key, value in plain.items()}
+    plain["0.weight"].fill_(0.25)
+    plain["2.weight"].fill_(0.5)
+    plain["3.weight"][-1, -1] = 1.5  # the very last entry of the last constrained module
+    with pytest.raises(ps.InfeasibleValueError, match=r"3\.weight"):
+        model.load_state_dict(plain)
+    after = model.state_dict()
+    assert list(after) == list(before)
+    for key, value in before.items():
+        assert torch.equal(after[key], value), f"{key} changed by a refused load"
+
+
+# ------------------------------------------------------------ a saturated value comes back
+#: (name, transform, outward direction, saturated stored value): 30 units of the map's own scale
+#: past the point where it bends (SoftClip's hinges are softness * (high - low) = 0.04 wide).
+SATURATING = [
+    ("box", lambda: ps.Box(-1.0, 1.0), 1.0, 30.0),
+    ("unit_interval", lambda: ps.UnitInterval(), 1.0, 30.0),
+    ("positive", lambda: ps.Positive(), -1.0, -30.0),
+    ("greater_than", lambda: ps.GreaterThan(0.5), -1.0, -30.0),
+    ("less_than", lambda: ps.LessThan(-1.0), 1.0, 30.0),
+    ("soft_clip", lambda: ps.SoftClip(-1.0, 1.0), 1.0, 1.0 + 30 * 0.04),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize(("name", "build", "outward", "start"), SATURATING, ids=[s[0] for s in SATURATING])
+def test_a_saturated_value_comes_back_when_the_gradient_reverses(name, build, outward, start, dtype):
+    """Push the stored value deep into saturation, then reverse the loss: the value must leave the
+    bound (a softplus whose gradient is cut to zero below -20 keeps it there for ever)."""
+    module = nn.Module()
+    module.w = nn.Parameter(torch.zeros(4, dtype=dtype))
+    ps.constrain(module, "w", build(), init="sample")
+    stored = module.parametrizations.w.original
+    with torch.no_grad():
+        stored.fill_(start)
+    saturated = module.w.detach().clone()
+    # Adam's step is lr * m / (sqrt(v) + eps): with eps far below the gradient (1e-13 here) its size
+    # does not depend on the gradient's, only on the gradient not being zero.
+    optimizer = torch.optim.Adam(module.parameters(), lr=2.0, eps=1e-30)
+    for _ in range(20):
+        optimizer.zero_grad()
+        (outward * module.w).sum().backward()  # minimising pulls the value back inward
+        optimizer.step()
+    moved = (stored.detach() - start) * outward
+    assert bool((moved < -10).all()), f"the stored value moved by {moved.tolist()}"
+    assert bool(((module.w.detach() - saturated) * outward < 0).all()), "the value did not come back"
+
+
+# ------------------------------------------------------ bounds that require grad, every path
+@pytest.mark.parametrize("mode", ["off", "on", "auto"])
+def test_a_bound_that_requires_grad_gets_its_gradient_in_every_fusion_mode(mode):
+    """d/dl (l + (h - l) sigma(x)) = 1 - sigma(x), d/dh = sigma(x): the fused kernels take bounds as
+    constants, so they must not run when a bound requires grad, or its gradient is lost."""
+    box = ps.Box(-1.0, 2.0)
+    box.low.requires_grad_(True)
+    box.high.requires_grad_(True)
+    x = torch.linspace(-3.0, 3.0, 7, requires_grad=True)
+    with ps.fusion(mode):
+        y = box(x)
+    y.sum().backward()
+    sigma = torch.sigmoid(x.detach())
+    assert box.low.grad is not None, "the lower bound received no gradient"
+    assert box.high.grad is not None, "the upper bound received no gradient"
+    torch.testing.assert_close(box.low.grad, (1 - sigma).sum())
+    torch.testing.assert_close(box.high.grad, sigma.sum())
+    torch.testing.assert_close(x.grad, 3 * sigma * (1 - sigma))
