@@ -687,11 +687,11 @@ def check_transform(
         >>> from paramshape.testing import check_transform
         >>> check_transform(ps.Simplex(method="ilr"), shape=(2, 6), dtypes=(torch.float32,),
         ...                 properties=["round_trip", "log_abs_det_jacobian"])
-        >>> def documented(x):  # ps.UnitInterval()'s map, 1/2 + tanh(2x)/2 (slope 1 at 0)
-        ...     return 0.5 + 0.5 * torch.tanh(2 * x)
+        >>> def documented(x):  # ps.UnitInterval()'s map, 1/2 + tanh(2x)/2 = sigmoid(4x) (slope 1 at 0),
+        ...     return torch.sigmoid(4 * x)  # in the form that keeps its precision next to 0
         >>> check_transform(ps.UnitInterval(), shape=(3, 4), properties=[], reference=documented)
         >>> def wrong(x):  # a slope off by 1%
-        ...     return 0.5 + 0.5 * torch.tanh(2.02 * x)
+        ...     return torch.sigmoid(4.04 * x)
         >>> try:
         ...     check_transform(ps.UnitInterval(), shape=(3, 4), properties=[], reference=wrong)
         ... except ps.ContractViolation as error:
