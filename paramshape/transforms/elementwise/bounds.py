@@ -4,6 +4,7 @@ messages that go with them."""
 from __future__ import annotations
 
 import abc
+import math
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -24,6 +25,7 @@ __all__ = [
     "describe_bound_violation",
     "elementwise_excess",
     "ensure_finite",
+    "positive_setting",
 ]
 
 #: What a bound may be given as: a number, a tensor, or a (nested) sequence of numbers.
@@ -283,3 +285,17 @@ class BoundedTransform(Transform):
 def _overflows(exact: Tensor, bound: Tensor) -> bool:
     """Whether a finite entry of ``exact`` became infinite in ``bound``."""
     return not torch.equal(torch.isfinite(bound), torch.isfinite(exact).to(bound.device))
+
+
+def positive_setting(value: object, setting: str, owner: str) -> float:
+    """``value`` as a float; :class:`SpecError` naming ``owner`` and ``setting`` unless it is a
+    positive finite number (booleans refused). The check of every scalar shape setting of the
+    elementwise maps: ``slope``, ``softness``."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise SpecError(f"{owner}: {setting} must be a positive finite number; got {value!r}.")
+    return float(value)

@@ -15,7 +15,7 @@ from paramshape.fusion.compiled import Fusable
 from paramshape.numerics import maps as _maps
 from paramshape.numerics import slopes as _slopes
 from paramshape.numerics.precision import INTERIOR_SLOPE, compute_dtype, interior_distance
-from paramshape.transforms.elementwise.bounds import BoundedTransform, BoundLike
+from paramshape.transforms.elementwise.bounds import BoundedTransform, BoundLike, positive_setting
 from paramshape.transforms.registry import register
 
 __all__ = ["Box", "UnitInterval"]
@@ -25,18 +25,6 @@ def _box_forward(x: Tensor, low: Tensor, high: Tensor, layout: str, slope: float
     """Box's forward map as a pure function (the kernel paramshape.fusion compiles)."""
     work = compute_dtype(x.dtype)
     return _box_map(x.to(work), low.to(work), high.to(work), layout, slope, x.dtype).to(x.dtype)
-
-
-def check_slope(slope: object, owner: str) -> float:
-    """Return ``slope`` as a float; :class:`SpecError` unless it is a positive finite number."""
-    if (
-        isinstance(slope, bool)
-        or not isinstance(slope, (int, float))
-        or not math.isfinite(slope)
-        or slope <= 0
-    ):
-        raise SpecError(f"{owner}: slope must be a positive finite number; got {slope!r}.")
-    return float(slope)
 
 
 @register("box")
@@ -107,7 +95,7 @@ class Box(BoundedTransform):
 
     def __init__(self, low: BoundLike, high: BoundLike, slope: float = 1.0) -> None:
         super().__init__()
-        self.slope = check_slope(slope, type(self).__name__)
+        self.slope = positive_setting(slope, "slope", type(self).__name__)
         self._set_bounds(low=low, high=high)
 
     def forward(self, x: Tensor) -> Tensor:

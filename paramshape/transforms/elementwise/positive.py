@@ -22,6 +22,7 @@ from paramshape.transforms.elementwise.bounds import (
     describe_bound_violation,
     elementwise_excess,
     ensure_finite,
+    positive_setting,
 )
 from paramshape.transforms.registry import register
 
@@ -144,8 +145,7 @@ class Positive(Transform):
         generator: torch.Generator | None = None,
     ) -> Tensor:
         """A random value of the set: ``softplus(N(0, 1))``, the bound (0) plus ``softplus`` of a standard normal draw."""
-        distance = _typical_distance(shape, dtype, device, generator)
-        return distance
+        return _typical_distance(shape, dtype, device, generator)
 
     def peak_log_slope(self) -> float:
         """Log of the reference slope :func:`~paramshape.saturation` compares with: 0, the softplus's
@@ -391,14 +391,7 @@ def _check_softness(softness: object, method: PositiveMethod, owner: str) -> flo
         return DEFAULT_SOFTNESS
     if method == "exp":
         raise SpecError(f"{owner}: softness applies to method='softplus' only; got method='exp'.")
-    if (
-        isinstance(softness, bool)
-        or not isinstance(softness, (int, float))
-        or not math.isfinite(softness)
-        or softness <= 0
-    ):
-        raise SpecError(f"{owner}: softness must be a positive finite number; got {softness!r}.")
-    return float(softness)
+    return positive_setting(softness, "softness", owner)
 
 
 def _describe_method(method: PositiveMethod, softness: float) -> str:

@@ -18,7 +18,7 @@ from paramshape.numerics.precision import (
     step_inside,
 )
 from paramshape.numerics.slopes import softplus, to_dtype
-from paramshape.transforms.elementwise.bounds import BoundedTransform, BoundLike
+from paramshape.transforms.elementwise.bounds import BoundedTransform, BoundLike, positive_setting
 from paramshape.transforms.elementwise.interval import _classify
 from paramshape.transforms.registry import register
 
@@ -116,15 +116,7 @@ class SoftClip(BoundedTransform):
 
     def __init__(self, low: BoundLike, high: BoundLike, softness: float = DEFAULT_SOFTNESS) -> None:
         super().__init__()
-        name = type(self).__name__
-        if (
-            isinstance(softness, bool)
-            or not isinstance(softness, (int, float))
-            or not math.isfinite(softness)
-            or softness <= 0
-        ):
-            raise SpecError(f"{name}: softness must be a positive finite number; got {softness!r}.")
-        self.softness = float(softness)
+        self.softness = positive_setting(softness, "softness", type(self).__name__)
         self._set_bounds(low=low, high=high)
 
     def forward(self, x: Tensor) -> Tensor:
