@@ -376,7 +376,14 @@ def _stored_scale(transform: Transform, value: Tensor) -> float:
         ),
         default=0.0,
     )
-    own = float(value.detach().abs().nan_to_num(posinf=0.0, neginf=0.0).max()) if value.numel() else 0.0
+    own = 0.0
+    if value.numel():
+        # aminmax reads the tensor without the two full-size temporaries of abs().nan_to_num(),
+        # which would sit at constrain's memory peak; non-finite entries take the careful path.
+        low, high = torch.aminmax(value.detach())
+        own = max(-float(low), float(high))
+        if not math.isfinite(own):
+            own = float(value.detach().abs().nan_to_num(posinf=0.0, neginf=0.0).max())
     return max(bound, own)
 
 
