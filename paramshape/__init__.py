@@ -52,11 +52,13 @@ from paramshape.transforms.elementwise.softclip import SoftClip
 from paramshape.transforms.matrix.cholesky import LowerCholesky, PositiveDefinite
 from paramshape.transforms.matrix.correlation import CorrCholesky, CorrMatrix
 from paramshape.transforms.matrix.determinant import PositiveDeterminant
+from paramshape.transforms.matrix.hermitian import Hermitian
 from paramshape.transforms.matrix.orthogonal import Orthogonal
 from paramshape.transforms.matrix.rank import PositiveSemidefinite
 from paramshape.transforms.matrix.skew import SkewSymmetric
 from paramshape.transforms.matrix.spectral import SpectralBound
 from paramshape.transforms.matrix.symmetric import Symmetric
+from paramshape.transforms.matrix.unitary import Unitary
 from paramshape.transforms.registry import available
 from paramshape.transforms.vector.norms import MaxNorm, MinMaxNorm
 from paramshape.transforms.vector.ordered import Ordered, PositiveOrdered
@@ -79,6 +81,7 @@ __all__ = [
     "Fusable",
     "FusionUnavailableError",
     "GreaterThan",
+    "Hermitian",
     "HardClamp",
     "InfeasibleValueError",
     "InitPolicy",
@@ -119,6 +122,7 @@ __all__ = [
     "TransformError",
     "UnitInterval",
     "UnitNorm",
+    "Unitary",
     "UnsupportedTensorError",
     "available",
     "bound_output",
