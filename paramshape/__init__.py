@@ -52,6 +52,7 @@ from paramshape.transforms.elementwise.softclip import SoftClip
 from paramshape.transforms.matrix.cholesky import LowerCholesky, PositiveDefinite
 from paramshape.transforms.matrix.correlation import CorrCholesky, CorrMatrix
 from paramshape.transforms.matrix.determinant import PositiveDeterminant
+from paramshape.transforms.matrix.lowrank import LowRank
 from paramshape.transforms.matrix.orthogonal import Orthogonal
 from paramshape.transforms.matrix.rank import PositiveSemidefinite
 from paramshape.transforms.matrix.skew import SkewSymmetric
@@ -83,6 +84,7 @@ __all__ = [
     "InfeasibleValueError",
     "InitPolicy",
     "LessThan",
+    "LowRank",
     "LowerCholesky",
     "MaxNorm",
     "MinMaxNorm",

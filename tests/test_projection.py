@@ -32,6 +32,8 @@ def is_convex(transform: ps.Transform) -> bool:
         return transform.min_value == 0
     if isinstance(transform, ps.PositiveSemidefinite):
         return transform.rank is None
+    if isinstance(transform, ps.LowRank):
+        return False  # rank <= r is never convex (the sum of two rank-1 matrices has rank 2)
     return True
 
 

@@ -124,6 +124,8 @@ CASES: list[Case] = [
     Case("positive_semidefinite", lambda: ps.PositiveSemidefinite(), shape=(6, 6)),
     Case("positive_semidefinite", lambda: ps.PositiveSemidefinite(rank=2), shape=(3, 4, 4)),
     Case("positive_semidefinite", lambda: ps.PositiveSemidefinite(rank=1), shape=(6, 6)),
+    Case("low_rank", lambda: ps.LowRank(rank=2), shape=(3, 4, 5)),
+    Case("low_rank", lambda: ps.LowRank(rank=1), shape=(7, 3)),
     Case("spectral_bound", lambda: ps.SpectralBound(1.0), shape=(3, 4, 5)),
     Case("spectral_bound", lambda: ps.SpectralBound(2.0), shape=(6, 3)),
     Case("spectral_bound", lambda: ps.SpectralBound(1.0, conv=True), shape=(4, 2, 3, 3)),
