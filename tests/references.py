@@ -548,6 +548,8 @@ REFERENCES: dict[str, Reference] = {
     "compose": Reference(compose, compose_inverse),
     "corr_cholesky": Reference(corr_cholesky, corr_cholesky_inverse),
     "corr_matrix": Reference(corr_matrix, corr_matrix_inverse),
+    # Orthogonal's map and base (the Grassmannian stores a representative basis the same way).
+    "grassmannian": Reference(orthogonal, None, orthogonal_condition),
     "greater_than": Reference(greater_than, greater_than_inverse),
     "less_than": Reference(less_than, less_than_inverse),
     "lower_cholesky": Reference(lower_cholesky, lower_cholesky_inverse),
