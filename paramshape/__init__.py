@@ -52,7 +52,9 @@ from paramshape.transforms.elementwise.softclip import SoftClip
 from paramshape.transforms.matrix.cholesky import LowerCholesky, PositiveDefinite
 from paramshape.transforms.matrix.correlation import CorrCholesky, CorrMatrix
 from paramshape.transforms.matrix.determinant import PositiveDeterminant
+from paramshape.transforms.matrix.grassmann import Grassmannian
 from paramshape.transforms.matrix.hermitian import Hermitian
+from paramshape.transforms.matrix.lowrank import LowRank
 from paramshape.transforms.matrix.orthogonal import Orthogonal
 from paramshape.transforms.matrix.rank import PositiveSemidefinite
 from paramshape.transforms.matrix.skew import SkewSymmetric
@@ -80,12 +82,14 @@ __all__ = [
     "FunctionTransform",
     "Fusable",
     "FusionUnavailableError",
+    "Grassmannian",
     "GreaterThan",
     "Hermitian",
     "HardClamp",
     "InfeasibleValueError",
     "InitPolicy",
     "LessThan",
+    "LowRank",
     "LowerCholesky",
     "MaxNorm",
     "MinMaxNorm",
