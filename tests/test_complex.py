@@ -262,3 +262,22 @@ def test_moves_keep_a_unitary_base_complex():
     transform = ps.constraints(module)["value"]
     assert transform.base.dtype == torch.complex64
     assert torch.equal(module.value, value)
+
+
+# ------------------------------------------------------------------------------ unit_norm
+def test_unit_norm_of_complex_vectors_is_the_modulus_norm():
+    x = _complex_randn(3, 5)
+    value = ps.UnitNorm()(x)
+    expected = x / x.abs().square().sum(-1, keepdim=True).sqrt()  # sqrt(sum |z_i|^2), written out
+    torch.testing.assert_close(value, expected, rtol=0, atol=1e-15)
+    assert bool(ps.UnitNorm().contains(value).all())
+    assert not bool(ps.UnitNorm().contains(value * (1 + 1e-6)).all())
+    assert not bool(ps.UnitNorm().contains(value.real.to(C128)).all()), "the imaginary parts count"
+
+
+def test_unit_norm_refuses_riemannian_steps_on_complex_tensors_and_changes_nothing():
+    module = Holder(ps.UnitNorm()(_complex_randn(2, 3)))
+    before = snapshot(module)
+    with pytest.raises(ps.ManifoldUnavailableError, match="not available for complex tensors"):
+        ps.constrain(module, "value", "unit_norm", method="riemannian")
+    assert_unchanged(module, before)

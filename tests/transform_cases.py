@@ -158,6 +158,8 @@ COMPLEX_CASES: list[Case] = [
     Case("unitary", lambda: ps.Unitary(method="thin"), shape=(9, 2), dtypes=COMPLEX_DTYPES),
     Case("hermitian", lambda: ps.Hermitian(), shape=(3, 4, 4), dtypes=COMPLEX_DTYPES),
     Case("hermitian", lambda: ps.Hermitian(), shape=(6, 6), dtypes=COMPLEX_DTYPES),
+    Case("unit_norm", lambda: ps.UnitNorm(), dtypes=COMPLEX_DTYPES),
+    Case("unit_norm", lambda: ps.UnitNorm(dim=0), shape=(3, 40), dtypes=COMPLEX_DTYPES),
 ]
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]

@@ -125,6 +125,11 @@ def plan(
         return Plan(ref, transform, method, weight, target, raw, moved)
     if method == "riemannian":
         _check_manifold(transform)
+        if current.is_complex():  # the Riemannian steps' inner products are written for reals
+            raise ManifoldUnavailableError(
+                f"{transform._target}: method='riemannian' is not available for complex tensors yet; "
+                "use method='reparam' or method='project'."
+            )
     exact = _projection_works(transform, current, required=method in ("project", "lagrangian"))
     # Riemannian steps start strictly inside (a singular covariance has no affine-invariant metric).
     exact = exact and method != "riemannian"
