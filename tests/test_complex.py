@@ -281,3 +281,19 @@ def test_unit_norm_refuses_riemannian_steps_on_complex_tensors_and_changes_nothi
     with pytest.raises(ps.ManifoldUnavailableError, match="not available for complex tensors"):
         ps.constrain(module, "value", "unit_norm", method="riemannian")
     assert_unchanged(module, before)
+
+
+def test_a_complex64_checkpoint_loads_into_a_complex128_model_through_the_checks():
+    source = ps.constrain(
+        Holder(torch.zeros(3, 3, dtype=torch.complex64)), "value", "hermitian", init="sample"
+    )
+    target = ps.constrain(Holder(torch.zeros(3, 3, dtype=C128)), "value", "hermitian", init="sample")
+    target.load_state_dict(source.state_dict())
+    assert target.value.dtype == C128
+    torch.testing.assert_close(target.value.detach(), source.value.detach().to(C128), rtol=0, atol=0)
+    plain = ps.plain_state_dict(source)
+    plain["value"] = plain["value"] + 1j * torch.eye(3)  # an imaginary diagonal: not Hermitian
+    before = target.value.detach().clone()
+    with pytest.raises(ps.InfeasibleValueError, match="imaginary part"):
+        target.load_state_dict(plain)
+    assert torch.equal(target.value.detach(), before)
