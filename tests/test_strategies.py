@@ -641,3 +641,12 @@ def test_a_pattern_string_stands_for_a_one_entry_mapping_in_constrain_and_uncons
     assert list(ps.constraints(net)) == ["head.bias", "norm.bias"]
     with pytest.raises(ps.TensorNotFoundError, match=re.escape("The pattern 'encoder.*' matches no")):
         ps.unconstrain(net, "encoder.*")
+
+
+def test_constraint_info_repr_states_the_largest_multiplier():
+    info = ps.ConstraintInfo(
+        ps.Box(-1, 1), method="lagrangian", weight=1.0, multiplier=torch.tensor([0.5, -2.0])
+    )
+    assert repr(info).endswith("method='lagrangian', weight=1.0, max |multiplier|=2)")
+    empty = ps.ConstraintInfo(ps.Box(-1, 1), method="lagrangian", weight=1.0, multiplier=torch.zeros(0))
+    assert repr(empty).endswith("max |multiplier|=0)"), "no multiplier: the largest is 0"
