@@ -373,6 +373,16 @@ def positive_semidefinite(transform: object, x: Tensor, dtype: torch.dtype = F64
     return factor @ factor.mT
 
 
+def low_rank(transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor:
+    """A B^T for x = [A; B] (A the value's m rows, B the n columns, each with rank columns), scaled
+    down where its largest entry would exceed min(max / 2, sqrt(max of the compute dtype))."""
+    rows = transform._rows  # the value's row count m, which the transform learnt from its shape
+    product = x[..., :rows, :] @ x[..., rows:, :].mT
+    largest = product.abs().amax((-2, -1), keepdim=True)
+    limit = min(torch.finfo(dtype).max / 2, torch.finfo(_compute(dtype)).max ** 0.5)
+    return product * (limit / largest.clamp_min(limit))
+
+
 def positive_determinant(transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor:
     """B e^X (B = I before any assignment), X scaled down to Frobenius norm log(1 / eps) / 4 of the
     dtype where it is larger."""
@@ -573,9 +583,14 @@ REFERENCES: dict[str, Reference] = {
     "compose": Reference(compose, compose_inverse),
     "corr_cholesky": Reference(corr_cholesky, corr_cholesky_inverse),
     "corr_matrix": Reference(corr_matrix, corr_matrix_inverse),
+    # Orthogonal's map and base (the Grassmannian stores a representative basis the same way).
+    "grassmannian": Reference(orthogonal, None, orthogonal_condition),
     "greater_than": Reference(greater_than, greater_than_inverse),
     "less_than": Reference(less_than, less_than_inverse),
     "lower_cholesky": Reference(lower_cholesky, lower_cholesky_inverse),
+    # The factors are defined up to an invertible r x r matrix (and the SVD's signs): no closed-form
+    # inverse to compare with; the contract checks the round trip.
+    "low_rank": Reference(low_rank, None),
     "max_norm": Reference(max_norm, max_norm_inverse),
     "min_max_norm": Reference(min_max_norm, min_max_norm_inverse),
     "ordered": Reference(ordered, ordered_inverse),

@@ -76,7 +76,11 @@ THIN_LOSS = "Orthogonal's thin map loses accuracy at its float64 norm cap (tests
 @pytest.mark.parametrize("case", REGISTERED)
 def test_forward_and_inverse_match_the_reference(case, dtype, request):
     transform, forward, inverse = _bound(case, dtype)
-    if case.name == "orthogonal" and dtype == torch.float64 and references._thin(transform, case.shape):
+    if (
+        case.name in ("orthogonal", "grassmannian")
+        and dtype == torch.float64
+        and references._thin(transform, case.shape)
+    ):
         request.applymarker(pytest.mark.xfail(strict=True, reason=THIN_LOSS))
     check_against_reference(
         transform,
