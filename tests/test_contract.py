@@ -29,6 +29,13 @@ def run(check, case: Case, *args, device: torch.device | str = "cpu") -> None:
         check(case.build(), case.shape, *args)
 
 
+def test_the_cuda_variants_are_collected_where_there_is_a_gpu(request):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device: the CUDA variants of the device-parametrized tests are not collected")
+    conftest = request.config.pluginmanager.get_plugin(str(request.config.rootpath / "conftest.py"))
+    assert [param.id for param in conftest.DEVICES] == ["cpu", "cuda"]
+
+
 def test_every_registered_transform_has_a_case():
     covered = {case.name for case in CASES + COMPLEX_CASES if case.registered}
     missing = sorted(set(ps.available()) - covered)
