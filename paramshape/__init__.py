@@ -51,7 +51,7 @@ from paramshape.transforms.elementwise.positive import GreaterThan, LessThan, Po
 from paramshape.transforms.elementwise.softclip import SoftClip
 from paramshape.transforms.matrix.cholesky import LowerCholesky, PositiveDefinite
 from paramshape.transforms.matrix.correlation import CorrCholesky, CorrMatrix
-from paramshape.transforms.matrix.determinant import PositiveDeterminant
+from paramshape.transforms.matrix.determinant import PositiveDeterminant, SpecialLinear
 from paramshape.transforms.matrix.grassmann import Grassmannian
 from paramshape.transforms.matrix.lowrank import LowRank
 from paramshape.transforms.matrix.orthogonal import Orthogonal
@@ -111,6 +111,7 @@ __all__ = [
     "SoftClip",
     "Spec",
     "SpecError",
+    "SpecialLinear",
     "SpectralBound",
     "SpecTypeError",
     "SumToZero",

@@ -393,6 +393,40 @@ def positive_determinant(transform: object, x: Tensor, dtype: torch.dtype = F64)
     return base @ value if base.numel() else value
 
 
+def special_linear(transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor:
+    """Y / det(Y)^(1/n), Y = B e^(X - tr(X)/n I) with the exponent capped as positive_determinant's
+    (B = I before any assignment); B itself where X is exactly 0."""
+    size = x.shape[-1]
+    traceless = x - torch.diagonal(x, dim1=-2, dim2=-1).sum(-1)[..., None, None] / size * torch.eye(
+        size, dtype=F64
+    )
+    limit = 0.25 * math.log(1 / torch.finfo(dtype).eps)
+    norm = torch.linalg.matrix_norm(traceless)[..., None, None]
+    value = torch.matrix_exp(traceless / (norm / limit).clamp_min(1.0))
+    base = transform.base.detach().to(F64)
+    if base.numel():
+        value = base @ value
+    value = value / torch.linalg.det(value)[..., None, None] ** (1 / size)
+    if base.numel():
+        value = torch.where((x == 0).all(-1).all(-1)[..., None, None], base, value)
+    return value
+
+
+def special_linear_condition(transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor:
+    """The Frobenius norm of the capped traceless exponent plus the value's condition number, times
+    its largest entry, per matrix: the exponential loses about norm ulps of the value's scale (as
+    Orthogonal's), and the determinant it is divided by about cond ulps (docs: SpecialLinear)."""
+    size = x.shape[-1]
+    traceless = x - torch.diagonal(x, dim1=-2, dim2=-1).sum(-1)[..., None, None] / size * torch.eye(
+        size, dtype=F64
+    )
+    limit = 0.25 * math.log(1 / torch.finfo(dtype).eps)
+    norm = torch.linalg.matrix_norm(traceless).clamp_max(limit)[..., None, None]
+    value = special_linear(transform, x, dtype)
+    magnitude = value.abs().amax((-2, -1), keepdim=True)
+    return ((norm + torch.linalg.cond(value)[..., None, None]) * magnitude).expand(x.shape)
+
+
 def spectral_bound(transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor:
     """X c tanh(sigma / c) / sigma, sigma the largest singular value (here the square root of the
     largest eigenvalue of X^T X); with conv=True, of the kernel flattened to (out, in * prod(k)) and
@@ -570,6 +604,8 @@ REFERENCES: dict[str, Reference] = {
     # not unique): no closed-form inverse to compare with; the contract checks the round trip.
     "positive_semidefinite": Reference(positive_semidefinite, None),
     "skew_symmetric": Reference(skew_symmetric, skew_symmetric_inverse),
+    # The inverse sets the base to the value and stores zeros: no closed form to compare with.
+    "special_linear": Reference(special_linear, None, special_linear_condition),
     "spectral_bound": Reference(spectral_bound, spectral_bound_inverse),
     "simplex": Reference(simplex, simplex_inverse),
     "soft_clip": Reference(soft_clip, soft_clip_inverse),

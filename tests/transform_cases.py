@@ -134,6 +134,8 @@ CASES: list[Case] = [
     Case("grassmannian", lambda: ps.Grassmannian(), shape=(6, 3)),
     Case("grassmannian", lambda: ps.Grassmannian(method="cayley"), shape=(2, 3, 5)),
     Case("grassmannian", lambda: ps.Grassmannian(method="thin"), shape=(9, 2)),
+    Case("special_linear", lambda: ps.SpecialLinear(), shape=(3, 4, 4)),
+    Case("special_linear", lambda: ps.SpecialLinear(), shape=(6, 6)),
     Case("orthogonal", lambda: ps.Orthogonal(), shape=(3, 4, 4)),
     Case("orthogonal", lambda: ps.Orthogonal(method="cayley"), shape=(6, 6)),
     Case("orthogonal", lambda: ps.Orthogonal(), shape=(6, 3)),
