@@ -516,13 +516,45 @@ def corr_matrix_inverse(transform: object, y: Tensor, dtype: torch.dtype = F64) 
     return corr_cholesky_inverse(transform, factor, dtype)
 
 
+#: The documented ratio at which ``Orthogonal(method="auto")`` takes the thin map: the longer side at
+#: least 4 times the shorter.
+_THIN_RATIO = 4
+
+
+def _thin(transform: object, shape: torch.Size) -> bool:
+    rows, cols = max(shape[-2:]), min(shape[-2:])
+    return transform.method == "thin" or (transform.method == "auto" and rows >= _THIN_RATIO * cols)
+
+
+def _thin_skew(transform: object, tall: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """The thin map's n x n skew matrix A = Z B^T - B Z^T, for Z the stored tensor with its Frobenius
+    norm capped at eps(compute dtype) ** -1/4, and its base B (the first k columns of I before any
+    assignment)."""
+    rows, cols = tall.shape[-2:]
+    limit = _compute_eps(dtype) ** -0.25
+    norm = torch.linalg.matrix_norm(tall)[..., None, None]
+    z = tall / (norm / limit).clamp_min(1.0)
+    base = transform.base.detach().to(F64)
+    if not base.numel():
+        base = torch.eye(rows, cols, dtype=F64).expand(tall.shape)
+    elif base.shape[-2:] != (rows, cols):
+        base = base.mT
+    return z @ base.mT - base @ z.mT, base
+
+
 def orthogonal(transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor:
     """B phi(skew(X)), skew(X) = (X - X^T) / 2 with X padded by zero columns to square, its
     Frobenius norm capped at 1 / sqrt(eps(compute dtype)); phi = matrix exponential or Cayley map;
-    the first k columns (rows for a wide matrix, through the transpose)."""
+    the first k columns (rows for a wide matrix, through the transpose). The thin map (docs:
+    Orthogonal, ``method="thin"``, and ``"auto"`` at 4:1): e^(Z B^T - B Z^T) B, formed here as the
+    plain n x n exponential that the code under test never forms."""
     wide = x.shape[-2] < x.shape[-1]
     tall = x.mT if wide else x
     rows, cols = tall.shape[-2:]
+    if _thin(transform, x.shape):
+        skew, base = _thin_skew(transform, tall, dtype)
+        value = torch.matrix_exp(skew) @ base
+        return value.mT if wide else value
     square = torch.cat([tall, tall.new_zeros(*tall.shape[:-1], rows - cols)], -1)
     skew = (square - square.mT) / 2
     limit = _compute_eps(dtype) ** -0.5
@@ -539,11 +571,14 @@ def orthogonal(transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor
 
 
 def orthogonal_condition(transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor:
-    """The Frobenius norm of the (capped) skew part, per matrix: the scaling and squaring of a
+    """The Frobenius norm of the (capped) skew matrix, per matrix: the scaling and squaring of a
     matrix exponential (and the solve of a Cayley map) lose about that many ulps (docs: Orthogonal)."""
     wide = x.shape[-2] < x.shape[-1]
     tall = x.mT if wide else x
     rows, cols = tall.shape[-2:]
+    if _thin(transform, x.shape):
+        norm = torch.linalg.matrix_norm(_thin_skew(transform, tall, dtype)[0])
+        return norm[..., None, None].expand(x.shape)
     square = torch.cat([tall, tall.new_zeros(*tall.shape[:-1], rows - cols)], -1)
     norm = torch.linalg.matrix_norm((square - square.mT) / 2)
     return norm.clamp_max(_compute_eps(dtype) ** -0.5)[..., None, None].expand(x.shape)
