@@ -58,6 +58,7 @@ from paramshape.transforms.matrix.orthogonal import Orthogonal
 from paramshape.transforms.matrix.rank import PositiveSemidefinite
 from paramshape.transforms.matrix.skew import SkewSymmetric
 from paramshape.transforms.matrix.spectral import SpectralBound
+from paramshape.transforms.matrix.stochastic import DoublyStochastic
 from paramshape.transforms.matrix.symmetric import Symmetric
 from paramshape.transforms.registry import available
 from paramshape.transforms.vector.norms import MaxNorm, MinMaxNorm
@@ -77,6 +78,7 @@ __all__ = [
     "ConstraintInfo",
     "CorrCholesky",
     "CorrMatrix",
+    "DoublyStochastic",
     "FunctionTransform",
     "Fusable",
     "FusionUnavailableError",

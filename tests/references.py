@@ -427,6 +427,36 @@ def special_linear_condition(transform: object, x: Tensor, dtype: torch.dtype = 
     return ((norm + torch.linalg.cond(value)[..., None, None]) * magnitude).expand(x.shape)
 
 
+def doubly_stochastic(transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor:
+    """Sinkhorn on K = exp(x): columns normalised first, then max_iterations rounds of rows then
+    columns, stopped early once every row sum is within matrix_tolerance / 4 of 1 (checked after
+    every 10th round, as documented); then rows corrected by (1 - row sums) / n and, where an entry
+    is negative, mixed with the uniform matrix just enough to lift the lowest entry to 0."""
+    size = x.shape[-1]
+
+    def log_normalise(logs: Tensor, dim: int) -> Tensor:
+        # logs - log(sum(exp(logs))), with the largest term taken out so that nothing underflows.
+        top = logs.amax(dim, keepdim=True)
+        return logs - top - torch.log(torch.exp(logs - top).sum(dim, keepdim=True))
+
+    logs = log_normalise(x, -2)
+    compute = torch.finfo(_compute(dtype)).eps
+    tolerance = (10 * size * compute + 4 * math.sqrt(size) * torch.finfo(dtype).eps) / 4
+    for step in range(transform.max_iterations):
+        logs = log_normalise(log_normalise(logs, -1), -2)
+        if step % 10 == 9 and bool(((torch.exp(logs).sum(-1) - 1).abs() <= tolerance).all()):
+            break
+    p = torch.exp(logs)
+    p = p + (1 - p.sum(-1, keepdim=True)) / size
+    lowest = p.amin((-2, -1), keepdim=True)
+    t = (-lowest).clamp_min(0.0) / (1 / size - lowest.clamp_max(0.0))
+    return p * (1 - t) + t / size
+
+
+def doubly_stochastic_inverse(transform: object, y: Tensor, dtype: torch.dtype = F64) -> Tensor:
+    return torch.log(y.clamp_min(torch.finfo(dtype).tiny))
+
+
 def spectral_bound(transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor:
     """X c tanh(sigma / c) / sigma, sigma the largest singular value (here the square root of the
     largest eigenvalue of X^T X); with conv=True, of the kernel flattened to (out, in * prod(k)) and
@@ -619,6 +649,7 @@ REFERENCES: dict[str, Reference] = {
     "corr_matrix": Reference(corr_matrix, corr_matrix_inverse),
     # Orthogonal's map and base (the Grassmannian stores a representative basis the same way).
     "grassmannian": Reference(orthogonal, None, orthogonal_condition),
+    "doubly_stochastic": Reference(doubly_stochastic, doubly_stochastic_inverse),
     "greater_than": Reference(greater_than, greater_than_inverse),
     "less_than": Reference(less_than, less_than_inverse),
     "lower_cholesky": Reference(lower_cholesky, lower_cholesky_inverse),
