@@ -139,6 +139,12 @@ CASES: list[Case] = [
     Case("grassmannian", lambda: ps.Grassmannian(), shape=(6, 3)),
     Case("grassmannian", lambda: ps.Grassmannian(method="cayley"), shape=(2, 3, 5)),
     Case("grassmannian", lambda: ps.Grassmannian(method="thin"), shape=(9, 2)),
+    Case("special_linear", lambda: ps.SpecialLinear(), shape=(3, 4, 4)),
+    Case("special_linear", lambda: ps.SpecialLinear(), shape=(6, 6)),
+    # Few iterations, so the 2000-step stress test and the compiled (unrolled) graph stay fast; the
+    # balance step must then do more of the work, which is the harder case for the contract.
+    Case("doubly_stochastic", lambda: ps.DoublyStochastic(max_iterations=10), shape=(3, 4, 4)),
+    Case("doubly_stochastic", lambda: ps.DoublyStochastic(max_iterations=5), shape=(6, 6)),
     Case("orthogonal", lambda: ps.Orthogonal(), shape=(3, 4, 4)),
     Case("orthogonal", lambda: ps.Orthogonal(method="cayley"), shape=(6, 6)),
     Case("orthogonal", lambda: ps.Orthogonal(), shape=(6, 3)),
