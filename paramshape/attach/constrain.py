@@ -121,6 +121,18 @@ def constrain(
         weight: the weight of this constraint in :func:`~paramshape.penalty`, a finite number
             :math:`\ge 0`; only with ``method="penalty"`` (default 1) and ``method="lagrangian"``
             (:math:`\rho`, default 1, must be :math:`> 0`).
+        fold: with ``method="reparam"``, compute each constrained value once per change of its
+            stored tensor (in practice once per optimizer step) instead of at every read: a read
+            returns a cached value, and each ``backward()`` turns the gradient reaching it into the
+            stored tensor's, :math:`\nabla_u = \nabla_\theta \, f'(u)`, so ``u.grad``, gradient
+            accumulation, ``zero_grad`` and clipping behave as by default (same values and gradients
+            to a few ulps). It pays on small models, where the map's fixed cost per read dominates
+            (docs/performance.md). Elementwise transforms only; under ``parametrize.cached()``,
+            hooks, ``torch.compile``, ``torch.func`` and ``functional_call`` reads compute the map
+            as by default. Refused: ``backward(create_graph=True)`` through a folded value
+            (:class:`~paramshape.TransformError`) and a running ``torch.distributed`` process group
+            (:class:`~paramshape.UnsupportedTensorError`). ``torch.autograd.grad`` with respect to the
+            stored tensor does not see it; differentiate with respect to the value instead.
 
     Returns:
         ``module``, for chaining.
@@ -140,7 +152,7 @@ def constrain(
         SpecError: the spec, ``init``, ``method`` or ``weight`` is invalid, or two patterns match
             the same tensor.
         UnsupportedTensorError: the tensor is not real floating point, or is a buffer and ``method``
-            is not ``"reparam"``.
+            is not ``"reparam"``, or ``fold=True`` and the transform is not elementwise.
         ShapeMismatchError: the transform's settings do not fit the tensor's shape.
         InfeasibleValueError: ``init="keep"`` and the value lies outside the set (or is not finite).
         ProjectionUnavailableError: ``method="project"`` or ``"lagrangian"`` and the transform
