@@ -493,11 +493,15 @@ def _steps_to_reach(run: Run, target: float, tolerance: float) -> int | None:
     return next((s for s, q in zip(run.steps, run.quality, strict=True) if q <= target + tolerance), None)
 
 
-def evaluate(problem: Problem, seeds: list[int], scale: float) -> list[dict[str, Any]]:
-    """Every method of ``problem`` for every seed, the methods in turn within each seed."""
-    runs: dict[str, list[Run]] = {m: [] for m in problem.methods}
+def evaluate(
+    problem: Problem, seeds: list[int], scale: float, methods: tuple[str, ...] | None = None
+) -> list[dict[str, Any]]:
+    """Every method of ``problem`` (or those of ``methods`` that apply; the baseline always) for
+    every seed, the methods in turn within each seed."""
+    chosen = [m for m in problem.methods if methods is None or m == "hand" or m in methods]
+    runs: dict[str, list[Run]] = {m: [] for m in chosen}
     for seed in seeds:
-        for method in problem.methods:
+        for method in chosen:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ps.SaturationWarning)  # measured, not warned, here
                 runs[method].append(problem.train(method, seed, scale))

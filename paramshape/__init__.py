@@ -52,6 +52,8 @@ from paramshape.transforms.elementwise.softclip import SoftClip
 from paramshape.transforms.matrix.cholesky import LowerCholesky, PositiveDefinite
 from paramshape.transforms.matrix.correlation import CorrCholesky, CorrMatrix
 from paramshape.transforms.matrix.determinant import PositiveDeterminant
+from paramshape.transforms.matrix.grassmann import Grassmannian
+from paramshape.transforms.matrix.lowrank import LowRank
 from paramshape.transforms.matrix.orthogonal import Orthogonal
 from paramshape.transforms.matrix.rank import PositiveSemidefinite
 from paramshape.transforms.matrix.skew import SkewSymmetric
@@ -78,11 +80,13 @@ __all__ = [
     "FunctionTransform",
     "Fusable",
     "FusionUnavailableError",
+    "Grassmannian",
     "GreaterThan",
     "HardClamp",
     "InfeasibleValueError",
     "InitPolicy",
     "LessThan",
+    "LowRank",
     "LowerCholesky",
     "MaxNorm",
     "MinMaxNorm",

@@ -373,6 +373,16 @@ def positive_semidefinite(transform: object, x: Tensor, dtype: torch.dtype = F64
     return factor @ factor.mT
 
 
+def low_rank(transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor:
+    """A B^T for x = [A; B] (A the value's m rows, B the n columns, each with rank columns), scaled
+    down where its largest entry would exceed min(max / 2, sqrt(max of the compute dtype))."""
+    rows = transform._rows  # the value's row count m, which the transform learnt from its shape
+    product = x[..., :rows, :] @ x[..., rows:, :].mT
+    largest = product.abs().amax((-2, -1), keepdim=True)
+    limit = min(torch.finfo(dtype).max / 2, torch.finfo(_compute(dtype)).max ** 0.5)
+    return product * (limit / largest.clamp_min(limit))
+
+
 def positive_determinant(transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor:
     """B e^X (B = I before any assignment), X scaled down to Frobenius norm log(1 / eps) / 4 of the
     dtype where it is larger."""
@@ -472,13 +482,45 @@ def corr_matrix_inverse(transform: object, y: Tensor, dtype: torch.dtype = F64) 
     return corr_cholesky_inverse(transform, factor, dtype)
 
 
+#: The documented ratio at which ``Orthogonal(method="auto")`` takes the thin map: the longer side at
+#: least 4 times the shorter.
+_THIN_RATIO = 4
+
+
+def _thin(transform: object, shape: torch.Size) -> bool:
+    rows, cols = max(shape[-2:]), min(shape[-2:])
+    return transform.method == "thin" or (transform.method == "auto" and rows >= _THIN_RATIO * cols)
+
+
+def _thin_skew(transform: object, tall: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """The thin map's n x n skew matrix A = Z B^T - B Z^T, for Z the stored tensor with its Frobenius
+    norm capped at eps(compute dtype) ** -1/4, and its base B (the first k columns of I before any
+    assignment)."""
+    rows, cols = tall.shape[-2:]
+    limit = _compute_eps(dtype) ** -0.25
+    norm = torch.linalg.matrix_norm(tall)[..., None, None]
+    z = tall / (norm / limit).clamp_min(1.0)
+    base = transform.base.detach().to(F64)
+    if not base.numel():
+        base = torch.eye(rows, cols, dtype=F64).expand(tall.shape)
+    elif base.shape[-2:] != (rows, cols):
+        base = base.mT
+    return z @ base.mT - base @ z.mT, base
+
+
 def orthogonal(transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor:
     """B phi(skew(X)), skew(X) = (X - X^T) / 2 with X padded by zero columns to square, its
     Frobenius norm capped at 1 / sqrt(eps(compute dtype)); phi = matrix exponential or Cayley map;
-    the first k columns (rows for a wide matrix, through the transpose)."""
+    the first k columns (rows for a wide matrix, through the transpose). The thin map (docs:
+    Orthogonal, ``method="thin"``, and ``"auto"`` at 4:1): e^(Z B^T - B Z^T) B, formed here as the
+    plain n x n exponential that the code under test never forms."""
     wide = x.shape[-2] < x.shape[-1]
     tall = x.mT if wide else x
     rows, cols = tall.shape[-2:]
+    if _thin(transform, x.shape):
+        skew, base = _thin_skew(transform, tall, dtype)
+        value = torch.matrix_exp(skew) @ base
+        return value.mT if wide else value
     square = torch.cat([tall, tall.new_zeros(*tall.shape[:-1], rows - cols)], -1)
     skew = (square - square.mT) / 2
     limit = _compute_eps(dtype) ** -0.5
@@ -495,11 +537,14 @@ def orthogonal(transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor
 
 
 def orthogonal_condition(transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor:
-    """The Frobenius norm of the (capped) skew part, per matrix: the scaling and squaring of a
+    """The Frobenius norm of the (capped) skew matrix, per matrix: the scaling and squaring of a
     matrix exponential (and the solve of a Cayley map) lose about that many ulps (docs: Orthogonal)."""
     wide = x.shape[-2] < x.shape[-1]
     tall = x.mT if wide else x
     rows, cols = tall.shape[-2:]
+    if _thin(transform, x.shape):
+        norm = torch.linalg.matrix_norm(_thin_skew(transform, tall, dtype)[0])
+        return norm[..., None, None].expand(x.shape)
     square = torch.cat([tall, tall.new_zeros(*tall.shape[:-1], rows - cols)], -1)
     norm = torch.linalg.matrix_norm((square - square.mT) / 2)
     return norm.clamp_max(_compute_eps(dtype) ** -0.5)[..., None, None].expand(x.shape)
@@ -538,9 +583,14 @@ REFERENCES: dict[str, Reference] = {
     "compose": Reference(compose, compose_inverse),
     "corr_cholesky": Reference(corr_cholesky, corr_cholesky_inverse),
     "corr_matrix": Reference(corr_matrix, corr_matrix_inverse),
+    # Orthogonal's map and base (the Grassmannian stores a representative basis the same way).
+    "grassmannian": Reference(orthogonal, None, orthogonal_condition),
     "greater_than": Reference(greater_than, greater_than_inverse),
     "less_than": Reference(less_than, less_than_inverse),
     "lower_cholesky": Reference(lower_cholesky, lower_cholesky_inverse),
+    # The factors are defined up to an invertible r x r matrix (and the SVD's signs): no closed-form
+    # inverse to compare with; the contract checks the round trip.
+    "low_rank": Reference(low_rank, None),
     "max_norm": Reference(max_norm, max_norm_inverse),
     "min_max_norm": Reference(min_max_norm, min_max_norm_inverse),
     "ordered": Reference(ordered, ordered_inverse),

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from paramshape.attach.assign import install_parameter_assignment
 from paramshape.attach.checkpoint import install_module_support
 from paramshape.attach.moves import install_move_check
 from paramshape.attach.planning import Plan
@@ -50,6 +51,7 @@ def _apply_one(root: nn.Module, plan: Plan) -> None:
         install_module_support(root, ref.owner)
         install_init_support(ref.owner)
         install_move_check(ref.owner)
+        install_parameter_assignment(ref.owner)
         watch(ref.owner, ref.name, ref.label, ref.storage())  # the SaturationWarning check
         return
     if paramshape_transform(ref.owner, ref.name) is not None:

@@ -66,7 +66,7 @@ def constrain(
       :func:`~paramshape.penalty` returns :math:`\sum w\,\lVert\theta - P_C(\theta)\rVert^2` to add
       to the loss, with this constraint's ``weight``.
     * ``method="riemannian"``: the tensor stays a plain ``Parameter`` on a manifold
-      (``Transform.manifold``: ``UnitNorm``, ``Orthogonal``, ``PositiveDefinite``); each optimizer
+      (``Transform.manifold``: ``UnitNorm``, ``Orthogonal``, ``Grassmannian``, ``PositiveDefinite``); each optimizer
       step follows the Riemannian gradient, is retracted onto the manifold and transports the
       optimizer's momentum (:meth:`~paramshape.Transform.riemannian_grad`,
       :meth:`~paramshape.Transform.retract`, :meth:`~paramshape.Transform.transport`).

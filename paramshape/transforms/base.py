@@ -98,6 +98,11 @@ class Transform(nn.Module, abc.ABC):
     #: :meth:`riemannian_grad`, :meth:`retract` (and may override :meth:`transport`), which
     #: ``ps.constrain(..., method="riemannian")`` uses to step on the set itself.
     manifold: ClassVar[bool] = False
+    #: The dtype that the map's dtype-dependent constants (the jitter of PositiveDefinite and
+    #: CorrMatrix) are sized for: the tensor's dtype when :func:`paramshape.constrain` bound the
+    #: transform, kept through later dtype moves so that a move rounds the value but never changes
+    #: the map; ``None`` for a transform used on its own (each input's own dtype).
+    _map_dtype: torch.dtype | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -124,6 +129,21 @@ class Transform(nn.Module, abc.ABC):
         self._target = target
         self._value_shape = torch.Size(value.shape)
         self._value_like = torch.empty(0, dtype=value.dtype, device=value.device)
+        for part in self.modules():
+            if isinstance(part, Transform):
+                part._map_dtype = value.dtype
+
+    def map_dtype(self, dtype: torch.dtype) -> torch.dtype:
+        """The dtype the map's constants are sized for when it acts on a tensor of ``dtype``: the
+        dtype the transform was constrained in (see :attr:`_map_dtype`), else ``dtype`` itself.
+
+        Example:
+            >>> import torch, paramshape as ps
+            >>> ps.PositiveDefinite().map_dtype(torch.float16)
+            torch.float16
+        """
+        fixed = self._map_dtype
+        return dtype if fixed is None else fixed
 
     def _apply(self, fn: Any, recurse: bool = True) -> Transform:
         like = getattr(self, "_value_like", None)

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from paramshape.errors import ShapeMismatchError, SpecError
-from paramshape.errors.report import format_index, format_scalar, format_setting, format_shape
+from paramshape.errors.report import format_index, format_scalar, format_setting, format_shape, tensor_label
 from paramshape.numerics.precision import excess_above, excess_below
 from paramshape.transforms.base import Transform
 
@@ -143,9 +143,100 @@ class BoundedTransform(Transform):
     ``load_state_dict`` replaces them (before anything is copied), and after ``.to()``/``.half()``
     converts them (a finite bound that overflows the new dtype is an error, not a silently dropped
     bound). ``forward`` never checks them. Subclasses store what the analysis returns in ``_layout``.
+
+    Bounds changed behind the transform's back are caught before they reach a value: assigning one
+    (``transform.low = 0.5``) is checked like a construction, and an in-place write
+    (``transform.low.fill_(nan)``, ``.copy_(...)``) is noticed by the bounds' version counters at the
+    next read of the constrained tensor (or membership check, or projection), which then re-checks
+    them: valid new bounds take effect, invalid ones raise :class:`SpecError` naming the tensor.
     """
 
     bound_names: ClassVar[tuple[str, ...]] = ()
+    #: The bounds' version counters when they were last checked (``None`` before construction ends).
+    _bound_versions: tuple[int, ...] | None = None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in self.bound_names and self._bound_versions is not None:
+            self._assign_bound(name, value)
+            return
+        super().__setattr__(name, value)
+
+    def _assign_bound(self, name: str, value: Any) -> None:
+        """``transform.low = value``: checked as a construction would, in the bound's dtype and device,
+        against the other bounds and the constrained tensor's shape; nothing changes on failure."""
+        self._check_bounds_unchanged()
+        current = self._buffers[name]
+        assert current is not None
+        where = self._where()
+        try:
+            exact = as_bound(value, name, type(self).__name__, exact=True)
+            bound = exact.to(dtype=current.dtype, device=current.device)
+            bounds = {**self._bounds(), name: bound}
+            if self._value_shape is not None:
+                check_broadcast(bounds, self._value_shape, repr(self))
+            layout = self._analyse_bounds(bounds)
+        except SpecError as error:
+            raise SpecError(
+                f"{where}assigning '{name}' of {self!r}: {error} The bound is unchanged."
+            ) from None
+        self._buffers[name] = bound
+        self._layout = layout
+        self._exact = {**getattr(self, "_exact", {}), name: exact.to(torch.float64)}
+        self._bounds_checked()
+
+    def _where(self) -> str:
+        """``'weight' of Linear (shape (2, 2), float32): `` for a bound transform, else ``""``."""
+        like = self._value_like
+        if not self._target or like is None or self._value_shape is None:
+            return f"{self._target}: " if self._target else ""
+        return f"{tensor_label(self._target, like.new_empty(self._value_shape, device='meta'))}: "
+
+    def _bounds_checked(self) -> None:
+        """Remember the bounds' version counters: they are valid as they are now."""
+        self.__dict__["_bound_versions"] = tuple(self._buffers[n]._version for n in self.bound_names)  # type: ignore[union-attr]
+        self.__dict__.pop("_shapes_checked", None)
+
+    def _check_bounds_unchanged(self) -> None:
+        """Re-check the bounds if one was written in place since they were last checked (a version
+        counter moved): new valid bounds take effect (their layout and exact copy follow them),
+        invalid ones raise :class:`SpecError` naming the tensor, the bound and its worst entry."""
+        versions = self._bound_versions
+        if versions is None:
+            return
+        buffers = self._buffers
+        for name, version in zip(self.bound_names, versions, strict=True):
+            if buffers[name]._version != version:  # type: ignore[union-attr]
+                break
+        else:
+            return
+        bounds = self._bounds()
+        if any(bound.device.type == "meta" for bound in bounds.values()):
+            self._bounds_checked()  # no values to check; to_empty() brings the kept ones back
+            return
+        try:
+            layout = self._analyse_bounds(bounds)
+        except SpecError as error:
+            where = self._where()
+            shapes = ", ".join(
+                f"'{n}' {format_shape(b.shape)} {str(b.dtype).removeprefix('torch.')}"
+                for n, b in bounds.items()
+            )
+            raise SpecError(
+                f"{where}a bound of {self!r} ({shapes}) was written in place behind the transform's back "
+                f"and is no longer valid: {error} Every read would be wrong, so none is made. Set a bound "
+                "by assignment (transform.low = value, checked), or constrain the tensor again with "
+                "ps.constrain."
+            ) from None
+        self._layout = layout
+        # The exact copy stays where the bound still holds its rounding (a write of the same value).
+        self._exact = self._exact_bounds(bounds)
+        self._bounds_checked()
+
+    def _check_input_shape(self, shape: torch.Size) -> None:
+        # Every read of a constrained tensor passes here (outside compiled regions): the cheapest
+        # place to notice bounds written in place before they reach a value.
+        self._check_bounds_unchanged()
+        super()._check_input_shape(shape)
 
     def _set_bounds(self, **given: BoundLike) -> None:
         """Convert the bounds as given (:func:`as_bound`) and register them as buffers.
@@ -171,19 +262,25 @@ class BoundedTransform(Transform):
             self.register_buffer(name, bound)
         self._exact = {name: bound.to(torch.float64) for name, bound in exact.items()}
         self._layout = self._analyse_bounds(bounds)
+        self._bounds_checked()
 
     @abc.abstractmethod
     def _analyse_bounds(self, bounds: dict[str, Tensor]) -> Any:
         """Raise :class:`SpecError` for invalid bounds; return what ``forward`` needs to know."""
 
     def _bounds(self) -> dict[str, Tensor]:
-        return {name: getattr(self, name) for name in self.bound_names}
+        return {name: self._buffers[name] for name in self.bound_names}  # type: ignore[misc]
+
+    def _checked_bounds(self) -> dict[str, Tensor]:
+        """The bounds, re-checked first if one was written in place (membership and projection)."""
+        self._check_bounds_unchanged()
+        return self._bounds()
 
     def _low(self) -> Tensor | None:
-        return self._bounds().get("low")
+        return self._checked_bounds().get("low")
 
     def _high(self) -> Tensor | None:
-        return self._bounds().get("high")
+        return self._checked_bounds().get("high")
 
     def _excess(self, y: Tensor) -> Tensor:
         return elementwise_excess(y, self._low(), self._high())
@@ -206,6 +303,7 @@ class BoundedTransform(Transform):
         self._layout = layout
         # The checkpoint's numbers, at the precision it stored them, are the bounds from now on.
         self._exact = {name: bound.detach().to(torch.float64) for name, bound in self._bounds().items()}
+        self._bounds_checked()
 
     def _exact_bounds(self, reference: dict[str, Tensor]) -> dict[str, Tensor]:
         """The bounds at full precision: the exact copy while ``reference`` (the buffers, or the
@@ -279,6 +377,7 @@ class BoundedTransform(Transform):
             self._layout = layout
         if source is not None:
             del self._meta_source
+        self._bounds_checked()
         return result
 
 

@@ -253,9 +253,11 @@ class GreaterThan(BoundedTransform):
 
     def project(self, y: Tensor) -> Tensor:
         r"""Clamp onto the closed half-line :math:`[l, \infty)`: :math:`P(y) = \max(y, l)`."""
+        self._check_bounds_unchanged()
         return torch.maximum(y, self.low.to(y.dtype))  # clamp's values; clamp with a tensor is slower
 
     def clamp_bounds(self) -> tuple[Tensor | None, Tensor | None]:
+        self._check_bounds_unchanged()
         return self.low, None
 
     def _analyse_bounds(self, bounds: dict[str, Tensor]) -> None:
@@ -352,9 +354,11 @@ class LessThan(BoundedTransform):
 
     def project(self, y: Tensor) -> Tensor:
         r"""Clamp onto the closed half-line :math:`(-\infty, h]`: :math:`P(y) = \min(y, h)`."""
+        self._check_bounds_unchanged()
         return torch.minimum(y, self.high.to(y.dtype))  # clamp's values; clamp with a tensor is slower
 
     def clamp_bounds(self) -> tuple[Tensor | None, Tensor | None]:
+        self._check_bounds_unchanged()
         return None, self.high
 
     def _analyse_bounds(self, bounds: dict[str, Tensor]) -> None:

@@ -228,17 +228,20 @@ class PositiveDefinite(MatrixTransform):
     def forward(self, x: Tensor) -> Tensor:
         work = x.to(compute_dtype(x.dtype))
         size = x.shape[-1]
-        factor = _fit_rows(_covariance_factor(work, x.dtype), x.dtype)
+        # The diagonal's floor and the jitter are the map's (sized for the dtype constrained in), the
+        # overflow limit the value's own dtype's.
+        factor = _fit_rows(_covariance_factor(work, self.map_dtype(x.dtype)), x.dtype)
         product = symmetrise(factor @ factor.mT)
         variances = product.diagonal(dim1=-2, dim2=-1)
-        return (product + torch.diag_embed(cholesky_jitter(x.dtype, size) * variances)).to(x.dtype)
+        jitter = cholesky_jitter(self.map_dtype(x.dtype), size)
+        return (product + torch.diag_embed(jitter * variances)).to(x.dtype)
 
     def inverse(self, y: Tensor) -> Tensor:
         work = symmetrise(y.to(compute_dtype(y.dtype)))
-        c = cholesky_jitter(y.dtype, y.shape[-1])
+        c = cholesky_jitter(self.map_dtype(y.dtype), y.shape[-1])
         jitter = c / (1 + c) * work.diagonal(dim1=-2, dim2=-1)
         factor = cholesky_of_psd(work - torch.diag_embed(jitter))
-        return _covariance_factor_inverse(factor, y.dtype).to(y.dtype)
+        return _covariance_factor_inverse(factor, self.map_dtype(y.dtype)).to(y.dtype)
 
     def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
         r"""With respect to the lower triangles of ``x`` and ``y``; shape ``x.shape[:-2]``.
@@ -259,7 +262,7 @@ class PositiveDefinite(MatrixTransform):
         floor = torch.full_like(diagonal, 0.5 * math.log(torch.finfo(x.dtype).tiny))
         log_diagonal = torch.logaddexp(log_softplus(diagonal), floor)
         per_row = -softplus(-diagonal) + weights * log_diagonal
-        constant = size * math.log(2 * (1 + cholesky_jitter(x.dtype, size)))
+        constant = size * math.log(2 * (1 + cholesky_jitter(self.map_dtype(x.dtype), size)))
         return (per_row.sum(-1) + constant).to(x.dtype)
 
     @property
@@ -329,7 +332,9 @@ class PositiveDefinite(MatrixTransform):
         top = torch.where(top > 0, top, 1.0)
         # Eigenvalues are raised to a thousandth of the largest (and well above the jitter), so the
         # diagonally scaled matrix has smallest eigenvalue at least that fraction.
-        fraction = max(INTERIOR_FRACTION, 2 * cholesky_jitter(y.dtype, size))
+        # Inside the map's image (its jitter) and by the rounding of y's own dtype.
+        jitter = max(cholesky_jitter(self.map_dtype(y.dtype), size), cholesky_jitter(y.dtype, size))
+        fraction = max(INTERIOR_FRACTION, 2 * jitter)
         floored = (vectors * values.clamp_min(fraction * top)[..., None, :]) @ vectors.mT
         # Only matrices whose entries would overflow the dtype are scaled down.
         limit = torch.finfo(y.dtype).max / 4

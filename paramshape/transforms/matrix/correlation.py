@@ -222,13 +222,14 @@ class CorrMatrix(MatrixTransform):
     def forward(self, x: Tensor) -> Tensor:
         work = x.to(compute_dtype(x.dtype))
         factor = _corr_cholesky(work, x.dtype)
-        product = symmetrise(factor @ factor.mT) / (1 + cholesky_jitter(x.dtype, x.shape[-1]))
+        jitter = cholesky_jitter(self.map_dtype(x.dtype), x.shape[-1])
+        product = symmetrise(factor @ factor.mT) / (1 + jitter)
         eye = eye_mask(x.shape[-1], x.device)
         return torch.where(eye, torch.ones_like(product), product).to(x.dtype)
 
     def inverse(self, y: Tensor) -> Tensor:
         work = symmetrise(y.to(compute_dtype(y.dtype)))
-        scaled = work * (1 + cholesky_jitter(y.dtype, y.shape[-1]))
+        scaled = work * (1 + cholesky_jitter(self.map_dtype(y.dtype), y.shape[-1]))
         eye = eye_mask(y.shape[-1], y.device)
         factor = cholesky_of_psd(torch.where(eye, torch.ones_like(scaled), scaled))
         return _corr_cholesky_inverse(factor, y.dtype).to(y.dtype)
@@ -238,7 +239,7 @@ class CorrMatrix(MatrixTransform):
         respect to the strictly lower triangles of ``x`` and ``y``; shape ``x.shape[:-2]``."""
         work = x.to(compute_dtype(x.dtype))
         size = x.shape[-1]
-        constant = size * (size - 1) / 2 * math.log1p(cholesky_jitter(x.dtype, size))
+        constant = size * (size - 1) / 2 * math.log1p(cholesky_jitter(self.map_dtype(x.dtype), size))
         return ((size + 1) * _log_diagonal(work).sum(-1) - constant).to(x.dtype)
 
     @property
@@ -272,7 +273,10 @@ class CorrMatrix(MatrixTransform):
         top = torch.where(top > 0, top, 1.0)
         # Eigenvalues raised to a thousandth of the largest (and well above the jitter); rescaling to
         # unit diagonal keeps the smallest eigenvalue at least that fraction.
-        fraction = max(INTERIOR_FRACTION, 2 * cholesky_jitter(y.dtype, y.shape[-1]))
+        # Inside the map's image (its jitter) and by the rounding of y's own dtype.
+        size = y.shape[-1]
+        jitter = max(cholesky_jitter(self.map_dtype(y.dtype), size), cholesky_jitter(y.dtype, size))
+        fraction = max(INTERIOR_FRACTION, 2 * jitter)
         floored = (vectors * values.clamp_min(fraction * top)[..., None, :]) @ vectors.mT
         root = floored.diagonal(dim1=-2, dim2=-1).sqrt()
         unit = symmetrise(floored / root[..., :, None] / root[..., None, :])

@@ -189,7 +189,7 @@ class Orthogonal(MatrixTransform):
     def __init__(self, method: OrthogonalMethod = "auto") -> None:
         super().__init__()
         if method not in _METHODS:
-            raise SpecError(f"Orthogonal: method must be one of {list(_METHODS)}; got {method!r}.")
+            raise SpecError(f"{type(self).__name__}: method must be one of {list(_METHODS)}; got {method!r}.")
         self.method: OrthogonalMethod = method
         # Empty until a value is assigned: the base is then that value (completed to n x n).
         self.register_buffer("base", torch.zeros(0))

@@ -1,0 +1,192 @@
+"""Issue 10, second round: the gaps the first round left, and a fresh round of hostile use.
+
+Sections: dtype moves round the value but never change the map (class 12, every registered
+transform); an ``nn.Parameter`` assigned to a constrained name (class 2); bounds written behind the
+transform's back (class 8); writes into a freshly computed value that would be lost (class 8).
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import paramshape as ps
+
+from .module_snapshot import assert_same, take
+from .transform_cases import CASES
+
+LOW_PRECISION = [torch.bfloat16, torch.float16]
+
+
+def _ulps(after: torch.Tensor, before: torch.Tensor, dtype: torch.dtype) -> float:
+    """Largest difference in units of ``dtype``'s epsilon, relative to the tensor's largest entry
+    (normwise: a map that cancels towards 0 is as sensitive to rounding as its largest entry)."""
+    scale = before.double().abs().amax().clamp_min(torch.finfo(torch.float64).tiny)
+    return float((after.double() - before.double()).abs().amax() / scale) / torch.finfo(dtype).eps
+
+
+def _constrained(case) -> nn.Module:  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    module = nn.Module()
+    module.w = nn.Parameter(torch.randn(case.shape))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ps.ParamshapeWarning)
+        return ps.constrain(module, "w", case.build(), init="project")
+
+
+# ------------------------------------------------- 12. a dtype move rounds, never changes the map
+def _reference(module: nn.Module, dtype: torch.dtype) -> torch.Tensor:
+    """The float32 map, before any move, of the stored tensor rounded to ``dtype``: what a move that
+    rounds (the stored tensor, then the value) but keeps the map must give, up to the value's own
+    rounding. Taken on a copy, so the module is untouched."""
+    chain = copy.deepcopy(module).parametrizations.w
+    with torch.no_grad():
+        return chain[0](chain.original.to(dtype).to(torch.float32))
+
+
+@pytest.mark.parametrize("dtype", LOW_PRECISION)
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in CASES])
+def test_a_move_to_low_precision_rounds_the_value_and_back_keeps_it(case, dtype: torch.dtype) -> None:  # type: ignore[no-untyped-def]
+    module = _constrained(case)
+    reference = _reference(module, dtype)
+    module.to(dtype)
+    # A changed map (PositiveDefinite's jitter resized for float16: 2 sqrt(n) of its epsilons on the
+    # diagonal) is several ulps away; rounding the value and computing in dtype are about two.
+    assert _ulps(module.w.detach(), reference, dtype) <= 4
+    module.to(torch.float32)
+    assert _ulps(module.w.detach(), reference, dtype) <= 4
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in CASES if c.build().event_dim > 0])
+def test_a_move_to_float64_keeps_the_float32_value(case) -> None:  # type: ignore[no-untyped-def]
+    module = _constrained(case)
+    before = module.w.detach().clone()
+    module.double()
+    # The same stored tensor, now mapped in float64: only float32's rounding of the old value differs
+    # (a jitter resized for float64 would differ by 2 n float32 epsilons on the diagonal). Vector and
+    # matrix maps only: an elementwise map has no dtype-dependent constant, and its float32 value
+    # carries the cancellation of wide bounds (SoftClip(-1e3, 1e3) near 0), which float64 removes.
+    assert _ulps(module.w.detach(), before, torch.float32) <= 8
+
+
+@pytest.mark.parametrize("spec", ["positive_definite", "corr_matrix"])
+def test_the_jitter_is_the_one_of_the_dtype_constrained_in(spec: str) -> None:
+    # The map of a tensor constrained in float32 keeps float32's jitter after .half() and .double();
+    # a transform used on its own sizes it for each input's dtype, as before.
+    module = nn.Module()
+    module.w = nn.Parameter(torch.zeros(6, 6))
+    ps.constrain(module, "w", spec, init="sample")
+    transform = module.parametrizations.w[0]
+    assert transform.map_dtype(torch.float16) == torch.float32
+    module.half()
+    assert transform.map_dtype(torch.float16) == torch.float32
+    standalone = ps.resolve(spec)
+    assert standalone.map_dtype(torch.float16) == torch.float16
+
+
+# ------------------------------------------------ 2. an nn.Parameter assigned to a constrained name
+def _box_layer() -> nn.Linear:
+    torch.manual_seed(0)
+    return ps.constrain(nn.Linear(3, 2), "weight", "box(-1, 1)", init="project")
+
+
+@pytest.mark.parametrize("how", ["setattr", "register_parameter"])
+def test_a_parameter_assigned_to_a_constrained_name_is_stored_as_its_value(how: str) -> None:
+    layer = _box_layer()
+    stored = layer.parametrizations.weight.original
+    value = torch.linspace(-0.9, 0.9, 6).reshape(2, 3)
+    if how == "setattr":
+        layer.weight = nn.Parameter(value.clone())
+    else:
+        layer.register_parameter("weight", nn.Parameter(value.clone()))
+    # The reference is the plain tensor assigned; the stored tensor (what an optimizer holds) stays.
+    torch.testing.assert_close(layer.weight.detach(), value, rtol=0, atol=1e-6)
+    assert layer.parametrizations.weight.original is stored
+    assert [name for name, _ in layer.named_parameters()] == ["bias", "parametrizations.weight.original"]
+
+
+@pytest.mark.parametrize(
+    ("param", "error", "match"),
+    [
+        (nn.Parameter(torch.full((2, 3), 3.0)), ps.InfeasibleValueError, r"'weight' of Linear .*value 3\.0"),
+        (nn.Parameter(torch.zeros(3, 3)), ps.ShapeMismatchError, r"'weight' of Linear .*shape \(3, 3\)"),
+        (None, ps.ConstraintConflictError, r"'weight' of Linear is constrained.*ps\.unconstrain"),
+    ],
+)
+def test_a_refused_parameter_changes_nothing(param, error, match: str) -> None:  # type: ignore[no-untyped-def]
+    layer = _box_layer()
+    before = take(layer)
+    with pytest.raises(error, match=match):
+        layer.register_parameter("weight", param)
+    assert_same(before, take(layer))
+
+
+def test_register_parameter_of_other_names_is_torchs() -> None:
+    layer = _box_layer()
+    layer.register_parameter("extra", nn.Parameter(torch.ones(1)))
+    assert layer.extra.item() == 1.0
+    layer.bias = nn.Parameter(torch.zeros(2))
+    assert torch.equal(layer.bias.detach(), torch.zeros(2))
+
+
+# ---------------------------------------------- 8. bounds written behind the transform's back
+@pytest.mark.parametrize(
+    ("write", "match"),
+    [
+        (lambda t: t.low.fill_(float("nan")), r"low=nan"),
+        (lambda t: t.high.copy_(torch.tensor(-3.0)), r"low=-1\.0, high=-3\.0"),
+        (lambda t: t.low.fill_(5.0), r"low=5\.0, high=1\.0"),
+    ],
+)
+@pytest.mark.parametrize("method", ["reparam", "project"])
+def test_a_bound_written_in_place_is_caught_before_any_value_uses_it(write, match: str, method: str) -> None:  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    layer = ps.constrain(nn.Linear(3, 2), "weight", "box(-1, 1)", init="project", method=method)
+    transform = ps.constraints(layer)["weight"]
+    before = layer.weight.detach().clone()
+    write(transform)
+    pattern = r"'weight' of Linear \(shape \(2, 3\), float32\): a bound of Box.*written in place.*" + match
+    if method == "reparam":
+        with pytest.raises(ps.SpecError, match=pattern):
+            layer.weight  # noqa: B018  # the read that would use the bound
+    else:
+        optimizer = torch.optim.SGD(layer.parameters(), lr=0.1)
+        layer(torch.ones(1, 3)).sum().backward()
+        with pytest.raises(ps.SpecError, match=pattern):
+            optimizer.step()  # the projection after the step would use the bound
+    with pytest.raises(ps.SpecError, match=pattern):
+        transform.contains(before)
+
+
+def test_a_valid_bound_written_in_place_takes_effect() -> None:
+    torch.manual_seed(0)
+    layer = ps.constrain(nn.Linear(3, 2), "weight", "box(-1, 1)", init="project")
+    transform = layer.parametrizations.weight[0]
+    transform.low.fill_(-float("inf"))  # now only an upper bound: the map follows the new bounds
+    value = layer.weight.detach()
+    assert transform._layout == "upper"
+    assert bool((value <= 1).all())
+    assert bool(torch.isfinite(value).all())
+    reference = ps.LessThan(1.0)  # the same set, built directly
+    assert bool(reference.contains(value).all())
+
+
+def test_a_bound_assigned_is_checked_and_a_refused_one_changes_nothing() -> None:
+    layer = _box_layer()
+    transform = layer.parametrizations.weight[0]
+    before = take(layer)
+    with pytest.raises(
+        ps.SpecError, match=r"'weight' of Linear \(shape \(2, 3\), float32\): assigning 'low'.*low=2\.0"
+    ):
+        transform.low = 2.0
+    with pytest.raises(ps.ShapeMismatchError):
+        transform.low = torch.zeros(5)  # does not broadcast to the weight's (2, 3)
+    assert_same(before, take(layer))
+    transform.low = 0.25
+    assert float(layer.weight.detach().min()) > 0.25
+    # The number means itself at the tensor's precision after a move, as a constructed bound does.
+    assert transform.double().low.item() == 0.25
