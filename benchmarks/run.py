@@ -546,6 +546,45 @@ def registration(tensors: int, repeats: int) -> dict[str, Any]:
     }
 
 
+def registration_vs_baseline(tensors: int, rounds: int) -> dict[str, Any]:
+    """``constrain()`` of ``tensors`` small tensors in one call against the bare minimum it builds on,
+    a ``register_parametrization`` loop with a plain sigmoid map, timed in alternating rounds so a
+    loaded machine slows both alike: the ratio, not the milliseconds, is what to compare."""
+
+    def fresh() -> nn.Sequential:
+        return nn.Sequential(*(nn.Linear(8, 8) for _ in range(tensors // 2))).to(DEVICE[0])
+
+    def with_paramshape() -> float:
+        model = fresh()
+        gc.collect()
+        start = time.perf_counter()
+        ps.constrain(model, "*", ps.Box(-1.0, 1.0))
+        return (time.perf_counter() - start) * 1e3
+
+    def bare() -> float:
+        model = fresh()
+        gc.collect()
+        start = time.perf_counter()
+        for layer in model:
+            for name in ("weight", "bias"):
+                parametrize.register_parametrization(layer, name, _SigmoidBox(-1.0, 1.0), unsafe=True)
+        return (time.perf_counter() - start) * 1e3
+
+    times: dict[str, list[float]] = {"paramshape": [], "bare": []}
+    for index in range(rounds):
+        order = [("paramshape", with_paramshape), ("bare", bare)]
+        for name, fn in order if index % 2 == 0 else order[::-1]:
+            times[name].append(fn())
+    ratios = [a / b for a, b in zip(times["paramshape"], times["bare"], strict=True)]
+    return {
+        "tensors": 2 * (tensors // 2),
+        "ms": statistics.median(times["paramshape"]),
+        "bare_ms": statistics.median(times["bare"]),
+        "ratio": statistics.median(ratios),
+        "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+    }
+
+
 def registration_table(counts: list[int], big: int, repeats: int) -> list[dict[str, Any]]:
     """``constrain()`` time by number of tensors, and for one tensor of ``big`` values (0: skipped),
     with the peak of memory allocated beyond the tensor itself on CUDA (CPU: not measured)."""
@@ -779,6 +818,13 @@ def report(results: dict[str, Any]) -> str:
             f"{reg['ms']:.1f} ms (graphs compiled meanwhile: {reg['compiled_graphs']})\n"
             f"inference after ps.unconstrain: {_ratio(inference['ratio'])} of the never-constrained model"
         )
+        bare = results.get("registration_vs_bare")
+        if bare is not None:
+            out.append(
+                f"against a bare register_parametrization loop (sigmoid map, no checks), alternating "
+                f"rounds: {bare['ms']:.1f} ms vs {bare['bare_ms']:.1f} ms, {_ratio(bare['ratio'])} "
+                f"(load average {bare['load_average']})"
+            )
     if "registration_table" in results:
         out.append("\n## 4b. constrain() by size (one call, Box(-1, 1) on every tensor)\n")
         out.append(
@@ -1045,6 +1091,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             results["orthogonal"] = orthogonal_at_scale(*args.orthogonal_shape, steps=3)
         if "registration" in sections:
             results["registration"] = registration(args.tensors, repeats=5)
+            results["registration_vs_bare"] = registration_vs_baseline(
+                args.tensors, rounds=max(5, args.rounds)
+            )
             results["registration_table"] = registration_table(args.registration_counts, args.big_tensor, 3)
             results["inference"] = inference_after_unconstrain(
                 args.width, max(args.batches), args.rounds, args.steps

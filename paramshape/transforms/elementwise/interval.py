@@ -311,7 +311,9 @@ def _box_inverse(y: Tensor, low: Tensor, high: Tensor, kind: str, slope: float) 
 def _classify(low: Tensor, high: Tensor, name: str) -> str:
     """Validate a pair of bounds and name the map they call for."""
     try:
-        shape = torch.broadcast_shapes(low.shape, high.shape)
+        # Equal shapes (the usual case) need no broadcast: torch.broadcast_shapes runs a Python
+        # reference implementation, milliseconds per call, once per tensor in constrain().
+        shape = low.shape if low.shape == high.shape else torch.broadcast_shapes(low.shape, high.shape)
     except RuntimeError:
         raise SpecError(
             f"{name}: 'low' of shape {tuple(low.shape)} and 'high' of shape {tuple(high.shape)} "
