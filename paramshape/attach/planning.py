@@ -60,6 +60,8 @@ class Plan:
     target: Tensor
     raw: Tensor | None
     moved: str | None
+    #: ``constrain(..., fold=True)``: reads served from a value cached per change of the stored tensor.
+    fold: bool = False
 
 
 def check_method(method: str, weight: float | None) -> float | None:
