@@ -313,7 +313,7 @@ def fast_read(owner: nn.Module, name: str, *, watch_writes: bool = True) -> None
         # A write into a folded value is repaired at its next read, so it needs no watch here.
         folded = chain.__dict__.get("_paramshape_folded")
         if folded is not None and folded.serves(stored, transform):
-            return folded.read()  # type: ignore[no-any-return]
+            return folded.read()
         if not watch_writes:
             return transform(stored)
         last = chain.__dict__.get(_LAST_VALUE)
