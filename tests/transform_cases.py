@@ -52,12 +52,19 @@ CASES: list[Case] = [
             torch.tensor([1.0, 2.0, math.inf, math.inf, 4.0]),
         ),
     ),
+    # Learnable bounds (parameters inside the transform): the same contract as fixed ones.
+    Case("box", lambda: ps.Box(-1.0, 1.0, learnable=True)),
+    Case(
+        "box", lambda: ps.Box(torch.linspace(-3.0, 0.0, 4).reshape(4, 1), torch.tensor(2.5), learnable=True)
+    ),
     Case("unit_interval", lambda: ps.UnitInterval()),
     Case("positive", lambda: ps.Positive()),
     Case("positive", lambda: ps.Positive(method="exp")),
     Case("greater_than", lambda: ps.GreaterThan(0.5)),
     Case("greater_than", lambda: ps.GreaterThan(torch.tensor([-2.0, 0.0, 1.0, 5.0, 10.0]), method="exp")),
     Case("less_than", lambda: ps.LessThan(-1.0)),
+    Case("greater_than", lambda: ps.GreaterThan(0.5, learnable=True)),
+    Case("less_than", lambda: ps.LessThan(torch.full((4, 1), 3.0), learnable=True)),
     Case("less_than", lambda: ps.LessThan(torch.full((4, 1), 3.0), method="exp")),
     Case("simplex", lambda: ps.Simplex()),
     Case("simplex", lambda: ps.Simplex(dim=0)),

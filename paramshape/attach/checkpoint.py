@@ -114,9 +114,10 @@ def _load_plain_keys(module: nn.Module, state_dict: dict[str, Any], prefix: str,
         )
         with torch.no_grad():
             converted[stored_key] = transform.inverse_in_blocks(value)
-        for buffer_name, buffer in transform.named_buffers():
+        for buffer_name, buffer in (*transform.named_buffers(), *transform.named_parameters()):
             if buffer_name not in transform._non_persistent_buffers_set:
-                converted.setdefault(stem + f"parametrizations.{name}.0.{buffer_name}", buffer)
+                # Settings the plain checkpoint lacks (it holds values only) keep their current values.
+                converted.setdefault(stem + f"parametrizations.{name}.0.{buffer_name}", buffer.detach())
         converted[plain_key] = None  # type: ignore[assignment]  # marks the key for removal
     for key, value in converted.items():
         if value is None:
@@ -239,7 +240,8 @@ def _tensor_entry(state_dict: Mapping[str, Any], key: str, like: Tensor, shape: 
 def _with_stored_settings(transform: Transform, state_dict: Mapping[str, Any], stem: str) -> Transform:
     """``transform``, or a copy holding the settings (bounds) the checkpoint would load into it,
     checked as the transform checks them on load."""
-    keys = {name: stem + name for name, _ in transform.named_buffers()}
+    # Learnable bounds are parameters of the transform: checked on load like fixed ones.
+    keys = {name: stem + name for name, _ in (*transform.named_buffers(), *transform.named_parameters())}
     incoming = {name: state_dict[key] for name, key in keys.items() if key in state_dict}
     if not incoming:
         return transform

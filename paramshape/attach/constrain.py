@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from paramshape.attach.applying import apply_plans
-from paramshape.attach.planning import check_distinct, check_method, plan
+from paramshape.attach.planning import check_distinct, check_learnable, check_method, plan
 from paramshape.attach.resume import record_names
 from paramshape.errors import ConstraintConflictError, ParamshapeWarning, SpecError
 from paramshape.lookup.modules import (
@@ -190,6 +190,8 @@ def constrain(
         plan(module, dotted, target_spec, init, method, weight, aliases) for dotted, target_spec in targets
     ]
     check_distinct(plans)
+    for planned in plans:
+        check_learnable(planned.transform, method, fold, f"'{planned.ref.path}' of {type_name(module)}")
     for planned in plans if fold else ():
         label = f"'{planned.ref.path}' of {type_name(module)}"
         check_foldable(planned.transform, planned.ref.storage().shape, label)

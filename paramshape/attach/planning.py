@@ -142,6 +142,25 @@ def plan(
     return Plan(ref, transform, method, weight, target, None, moved)
 
 
+def check_learnable(transform: nn.Module, method: str, fold: bool, label: str) -> None:
+    """Raise :class:`SpecError` when a transform with learnable settings (trainable parameters, such
+    as ``Box(..., learnable=True)``) meets a method that would never give them a gradient: they are
+    trained through the map, so only ``method="reparam"`` with ``fold=False`` carries it."""
+    if not any(True for _ in transform.parameters()):
+        return
+    if method != "reparam":
+        raise SpecError(
+            f"{label}: {transform!r} has learnable bounds, which are trained through the map of "
+            f"method='reparam'; method={method!r} keeps the tensor a plain parameter and would never "
+            "give them a gradient. Use method='reparam', or fixed bounds (learnable=False)."
+        )
+    if fold:
+        raise SpecError(
+            f"{label}: {transform!r} has learnable bounds; fold=True passes gradients to the stored "
+            "tensor only, never to the bounds. Leave fold=False for it."
+        )
+
+
 def check_distinct(plans: list[Plan]) -> None:
     """Refuse two names for one tensor in one call: the same tensor under two paths (a reused
     submodule), or tied tensors (one Parameter, or overlapping memory) named twice, which would

@@ -52,6 +52,7 @@ from paramshape.testing.reference import (
     ROUND_TRIP_ULPS,
     check_against_reference,
     check_boundary_round_trip,
+    setting_tensors,
 )
 from paramshape.transforms.base import Transform
 
@@ -237,7 +238,7 @@ def round_trip_tolerance(transform: Transform, y: Tensor, u: Tensor) -> Tensor:
     bound_scale = max(
         [
             float(b.abs().double().nan_to_num(posinf=0.0, neginf=0.0).max())
-            for b in transform.buffers()
+            for b in setting_tensors(transform)
             if b.numel()
         ],
         default=0.0,
@@ -436,7 +437,8 @@ def check_settings_follow_dtype(transform: Transform, shape: Shape, dtype: torch
     # A complex dtype: complex buffers take it, real settings (bounds) its real precision.
     _require(
         all(
-            buffer.dtype == (dtype if buffer.is_complex() else _real(dtype)) for buffer in transform.buffers()
+            buffer.dtype == (dtype if buffer.is_complex() else _real(dtype))
+            for buffer in setting_tensors(transform)
         ),
         "a buffer kept its dtype",
     )
@@ -461,7 +463,13 @@ def check_state_dict_round_trip(transform: Transform, shape: Shape, dtype: torch
     target.load_state_dict(source.state_dict())
     _require(torch.equal(source.value, target.value), "load_state_dict did not restore the value")
     mine, theirs = constraints(source)["value"], constraints(target)["value"]
-    for (name, expected), (_, loaded) in zip(mine.named_buffers(), theirs.named_buffers(), strict=True):
+    # Buffers, and parameters for learnable settings (bounds).
+    settings = zip(
+        (*mine.named_buffers(), *mine.named_parameters()),
+        (*theirs.named_buffers(), *theirs.named_parameters()),
+        strict=True,
+    )
+    for (name, expected), (_, loaded) in settings:
         _require(torch.equal(expected, loaded), f"load_state_dict did not restore the setting {name!r}")
 
 
@@ -471,7 +479,7 @@ def _other_settings(transform: Transform) -> Transform:
     a negative scale -s becomes 1 - 2s, still nonzero)."""
     other = copy.deepcopy(transform)
     with torch.no_grad():
-        for buffer in other.buffers():
+        for buffer in (*other.buffers(), *other.parameters()):
             if buffer.dtype.is_floating_point and buffer.numel():
                 buffer.mul_(2).add_(1)
     return other

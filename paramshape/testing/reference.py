@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from paramshape.transforms.base import Transform
+from paramshape.transforms.elementwise.bounds import BoundedTransform
 
 __all__ = [
     "BOUNDARY_DISTANCES",
@@ -70,11 +71,21 @@ def _event_dims(transform: Transform, ndim: int) -> tuple[int, ...]:
     return tuple(transform.event_dims(ndim))
 
 
+def setting_tensors(transform: Transform) -> list[Tensor]:
+    """The transform's tensor settings, without gradients: its buffers, its parameters (learnable
+    bounds) and the bounds those compute (a learnable Box's ``low`` and ``high``)."""
+    tensors = [*transform.buffers(), *(p.detach() for p in transform.parameters())]
+    for part in transform.modules():
+        if isinstance(part, BoundedTransform) and part.learnable:
+            tensors.extend(part._plain_bounds().values())
+    return tensors
+
+
 def _scale_of_settings(transform: Transform) -> float:
     """The largest finite magnitude among the transform's floating-point settings (bounds, loc)."""
     values = [
         float(buffer.double().abs().nan_to_num(posinf=0.0, neginf=0.0).max())
-        for buffer in transform.buffers()
+        for buffer in setting_tensors(transform)
         if buffer.numel() and buffer.dtype.is_floating_point
     ]
     return max(values, default=0.0)
@@ -212,12 +223,12 @@ def boundary_values(transform: Transform, shape: Sequence[int], dtype: torch.dty
     low = getattr(transform, "low", None)
     high = getattr(transform, "high", None)
     lows = (
-        low.double().expand(shape)
+        low.detach().double().expand(shape)
         if isinstance(low, Tensor)
         else torch.full(shape, 0.0 if _is_positive(transform) else -torch.inf, dtype=torch.float64)
     )
     highs = (
-        high.double().expand(shape)
+        high.detach().double().expand(shape)
         if isinstance(high, Tensor)
         else torch.full(shape, torch.inf, dtype=torch.float64)
     )

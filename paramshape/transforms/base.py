@@ -730,6 +730,7 @@ class Transform(nn.Module, abc.ABC):
             or value.numel() <= _BLOCK_ELEMENTS
             or rows < 2
             or any(True for _ in self.children())
+            or bool(self._parameters)  # learnable settings: computed from parameters, not sliced here
             or any(b.dim() > value.dim() for b in buffers.values())
         ):
             yield None, value, self

@@ -149,9 +149,19 @@ class BoundedTransform(Transform):
     (``transform.low.fill_(nan)``, ``.copy_(...)``) is noticed by the bounds' version counters at the
     next read of the constrained tensor (or membership check, or projection), which then re-checks
     them: valid new bounds take effect, invalid ones raise :class:`SpecError` naming the tensor.
+
+    Learnable bounds (``learnable=True`` of the subclasses that take it) are stored as
+    :class:`~torch.nn.Parameter` s instead (named by ``_learnable_names``, from which
+    :meth:`_learned_bounds` computes the bounds at every read, with their gradients), so that an
+    optimizer trains them with the model; the same version counters then notice each optimizer
+    step, and the re-check also refuses a bound that is no longer finite (a diverged step).
     """
 
     bound_names: ClassVar[tuple[str, ...]] = ()
+    #: Whether the bounds are trained (stored as parameters, see :meth:`_learned_bounds`).
+    learnable: bool = False
+    #: The names of the parameters learnable bounds are stored in.
+    _learnable_names: ClassVar[tuple[str, ...]] = ()
     #: The bounds' version counters when they were last checked (``None`` before construction ends).
     _bound_versions: tuple[int, ...] | None = None
 
@@ -161,10 +171,50 @@ class BoundedTransform(Transform):
             return
         super().__setattr__(name, value)
 
+    def __getattr__(self, name: str) -> Any:
+        # A learnable Box stores its centre and spread, not ``low``/``high``: compute them.
+        if name in type(self).bound_names and self.__dict__.get("learnable"):
+            return self._bounds()[name]
+        return super().__getattr__(name)
+
+    def _store(self) -> dict[str, Tensor]:
+        """The tensors the bounds are stored in: the bound buffers, or the learnable parameters."""
+        if self.learnable:
+            return {name: self._parameters[name] for name in self._learnable_names}  # type: ignore[misc]
+        return {name: self._buffers[name] for name in self.bound_names}  # type: ignore[misc]
+
+    def _learned_bounds(self, store: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The bounds as functions of the learnable parameters (the identity by default: a learnable
+        floor or ceiling is its own parameter)."""
+        return dict(store)
+
+    def _learnable_store(self, bounds: dict[str, Tensor], dtype: torch.dtype) -> dict[str, Tensor]:
+        """The parameters, in ``dtype``, whose :meth:`_learned_bounds` are ``bounds`` (valid, in any
+        floating dtype) to the precision of ``dtype``: the inverse of :meth:`_learned_bounds`."""
+        return {name: bound.to(dtype) for name, bound in bounds.items()}
+
+    def _check_learned(self, bounds: dict[str, Tensor]) -> Any:
+        """:meth:`_analyse_bounds` of learnable bounds, which must also be finite."""
+        for name, bound in bounds.items():
+            ensure_finite(
+                bound,
+                name,
+                type(self).__name__,
+                "learnable bounds must stay finite (a diverged optimizer step? lower the learning "
+                "rate, or load a checkpoint).",
+            )
+        return self._analyse_bounds(bounds)
+
     def _assign_bound(self, name: str, value: Any) -> None:
         """``transform.low = value``: checked as a construction would, in the bound's dtype and device,
         against the other bounds and the constrained tensor's shape; nothing changes on failure."""
         self._check_bounds_unchanged()
+        if self.learnable:
+            raise SpecError(
+                f"{self._where()}'{name}' of {self!r} is learnable: it is computed from the parameters "
+                f"{list(self._learnable_names)}. Write those in place under torch.no_grad() (checked "
+                "at the next read), or load a state dict. The bound is unchanged."
+            )
         current = self._buffers[name]
         assert current is not None
         where = self._where()
@@ -196,21 +246,18 @@ class BoundedTransform(Transform):
         # valid in the original are valid in the copy, so the copy does not check them again.
         new = super().__deepcopy__(memo)
         versions = self._bound_versions
-        buffers = self._buffers
+        store = self._store()
         if (
             versions is not None
             and isinstance(new, BoundedTransform)
-            and all(
-                buffers[n]._version == v  # type: ignore[union-attr]
-                for n, v in zip(self.bound_names, versions, strict=True)
-            )
+            and all(t._version == v for t, v in zip(store.values(), versions, strict=True))
         ):
             new._bounds_checked()
         return new
 
     def _bounds_checked(self) -> None:
         """Remember the bounds' version counters: they are valid as they are now."""
-        self.__dict__["_bound_versions"] = tuple(self._buffers[n]._version for n in self.bound_names)  # type: ignore[union-attr]
+        self.__dict__["_bound_versions"] = tuple(t._version for t in self._store().values())
         self.__dict__.pop("_shapes_checked", None)
 
     def _check_bounds_unchanged(self) -> None:
@@ -220,24 +267,29 @@ class BoundedTransform(Transform):
         versions = self._bound_versions
         if versions is None:
             return
-        buffers = self._buffers
-        for name, version in zip(self.bound_names, versions, strict=True):
-            if buffers[name]._version != version:  # type: ignore[union-attr]
+        for tensor, version in zip(self._store().values(), versions, strict=True):
+            if tensor._version != version:
                 break
         else:
             return
-        bounds = self._bounds()
+        bounds = self._plain_bounds()
         if any(bound.device.type == "meta" for bound in bounds.values()):
             self._bounds_checked()  # no values to check; to_empty() brings the kept ones back
             return
         try:
-            layout = self._analyse_bounds(bounds)
+            layout = self._check_learned(bounds) if self.learnable else self._analyse_bounds(bounds)
         except SpecError as error:
             where = self._where()
             shapes = ", ".join(
                 f"'{n}' {format_shape(b.shape)} {str(b.dtype).removeprefix('torch.')}"
                 for n, b in bounds.items()
             )
+            if self.learnable:
+                raise SpecError(
+                    f"{where}the learnable bounds of {self!r} ({shapes}) changed (an optimizer step or a "
+                    f"write to {list(self._learnable_names)}) and are no longer valid: {error} Every read "
+                    "would be wrong, so none is made."
+                ) from None
             raise SpecError(
                 f"{where}a bound of {self!r} ({shapes}) was written in place behind the transform's back "
                 f"and is no longer valid: {error} Every read would be wrong, so none is made. Set a bound "
@@ -255,7 +307,7 @@ class BoundedTransform(Transform):
         self._check_bounds_unchanged()
         super()._check_input_shape(shape)
 
-    def _set_bounds(self, **given: BoundLike) -> None:
+    def _set_bounds(self, learnable: bool = False, **given: BoundLike) -> None:
         """Convert the bounds as given (:func:`as_bound`) and register them as buffers.
 
         A bound given as a Python number (or list, or NumPy array) means that number at the tensor's
@@ -275,6 +327,16 @@ class BoundedTransform(Transform):
         bounds = {name: bound.to(working) for name, bound in exact.items()}
         if any(_overflows(exact[name], bound) for name, bound in bounds.items()):
             bounds = {name: bound.to(torch.float64) for name, bound in exact.items()}
+        if not isinstance(learnable, bool):
+            raise SpecError(f"{owner}: learnable must be True or False; got {learnable!r}.")
+        if learnable:
+            self._layout = self._check_learned(bounds)
+            for name, value in self._learnable_store(bounds, bounds[self.bound_names[0]].dtype).items():
+                self.register_parameter(name, torch.nn.Parameter(value))
+            self.__dict__["learnable"] = True
+            self._exact = {}
+            self._bounds_checked()
+            return
         for name, bound in bounds.items():
             self.register_buffer(name, bound)
         self._exact = {name: bound.to(torch.float64) for name, bound in exact.items()}
@@ -286,12 +348,22 @@ class BoundedTransform(Transform):
         """Raise :class:`SpecError` for invalid bounds; return what ``forward`` needs to know."""
 
     def _bounds(self) -> dict[str, Tensor]:
+        """The bounds; learnable ones computed from their parameters, with their gradients."""
+        if self.learnable:
+            return self._learned_bounds(self._store())
         return {name: self._buffers[name] for name in self.bound_names}  # type: ignore[misc]
+
+    def _plain_bounds(self) -> dict[str, Tensor]:
+        """The bounds as plain values, without gradients (for checks, membership, projection)."""
+        if self.learnable:
+            with torch.no_grad():
+                return {n: b.detach() for n, b in self._bounds().items()}
+        return self._bounds()
 
     def _checked_bounds(self) -> dict[str, Tensor]:
         """The bounds, re-checked first if one was written in place (membership and projection)."""
         self._check_bounds_unchanged()
-        return self._bounds()
+        return self._plain_bounds()
 
     def _low(self) -> Tensor | None:
         return self._checked_bounds().get("low")
@@ -313,10 +385,23 @@ class BoundedTransform(Transform):
 
     def extra_repr(self) -> str:
         # On the meta device the values are kept aside (see _apply); show those.
-        bounds = getattr(self, "_meta_source", None) or self._bounds()
-        return ", ".join(f"{name}={format_setting(bound)}" for name, bound in bounds.items())
+        bounds = getattr(self, "_meta_source", None) or self._plain_bounds()
+        text = ", ".join(f"{name}={format_setting(bound)}" for name, bound in bounds.items())
+        return text + (", learnable=True" if self.learnable else "")
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        if self.learnable:
+            store = {name: state_dict.get(prefix + name, t) for name, t in self._store().items()}
+            with torch.no_grad():
+                incoming = self._learned_bounds({n: torch.as_tensor(t).detach() for n, t in store.items()})
+            if all(b.device.type != "meta" for b in incoming.values()):
+                layout = self._check_learned(incoming)
+            else:
+                layout = self._layout
+            super()._load_from_state_dict(state_dict, prefix, *args)
+            self._layout = layout
+            self._bounds_checked()
+            return
         incoming = {name: state_dict.get(prefix + name, bound) for name, bound in self._bounds().items()}
         layout = self._analyse_bounds(incoming)
         super()._load_from_state_dict(state_dict, prefix, *args)
@@ -346,6 +431,9 @@ class BoundedTransform(Transform):
         """Raise :class:`SpecError` if ``fn`` (what ``module.half()``, ``.to(dtype)`` or
         ``.to_empty()`` applies to every tensor) would turn a finite bound infinite or leave invalid
         bounds; changes nothing. Lets a whole model be checked before any module is converted."""
+        if self.learnable:
+            self._converted_learned(fn)
+            return
         converted, _ = self._converted_bounds(fn)
         if all(bound.device.type != "meta" for bound in converted.values()):
             self._analyse_bounds(converted)
@@ -378,7 +466,52 @@ class BoundedTransform(Transform):
                     )
         return converted, source
 
+    def _converted_learned(self, fn: Any) -> tuple[Any, dict[str, Tensor] | None]:
+        """The layout of learnable bounds after ``fn`` converts their parameters, and the parameters'
+        new values (``None, None`` on ``meta``), checked: a move that breaks them (``.half()`` of a
+        bound beyond 65504) raises. A dtype move keeps the bounds, rounded once to the new dtype (the
+        parameters are re-derived from them: converting the parameters alone would move a Box's
+        bounds by its half-width floor, which depends on the dtype)."""
+        with torch.no_grad():
+            store = self._store()
+            converted = {name: fn(tensor.detach()) for name, tensor in store.items()}
+            if any(t.device.type == "meta" for t in converted.values()):
+                return None, None
+            target = next(iter(converted.values()))
+            if target.is_floating_point() and target.dtype != next(iter(store.values())).dtype:
+                exact = {
+                    name: bound.to(device=target.device, dtype=torch.float64)
+                    for name, bound in self._plain_bounds().items()
+                }
+                try:
+                    converted = self._learnable_store(exact, target.dtype)
+                except SpecError as error:
+                    raise SpecError(
+                        f"{type(self).__name__}: converting the learnable bounds to {target.dtype}: {error}"
+                    ) from None
+            bounds = self._learned_bounds(converted)
+        try:
+            return self._check_learned(bounds), converted
+        except SpecError as error:
+            raise SpecError(
+                f"{type(self).__name__}: the conversion would break the learnable bounds: {error}"
+            ) from None
+
     def _apply(self, fn: Any, recurse: bool = True) -> Transform:
+        if self.learnable:
+            # Parameters convert as any module's do; checked first, so a failing .half() changes nothing.
+            layout, values = self._converted_learned(fn)
+            result = super()._apply(fn, recurse)
+            if values is not None:
+                with torch.no_grad():
+                    for name, value in values.items():
+                        parameter = self._parameters[name]
+                        assert parameter is not None
+                        if parameter.dtype == value.dtype and not torch.equal(parameter, value):
+                            parameter.copy_(value)
+                self._layout = layout
+            self._bounds_checked()
+            return result
         # Convert copies first and check them, so a failing .half() leaves the bounds untouched
         # (instead of infinite bounds with a stale layout, which would make every value NaN).
         current = self._bounds()

@@ -92,21 +92,44 @@ class Box(BoundedTransform):
     high: Tensor
     bound_names = ("low", "high")
     fusable = Fusable(_box_forward, ("low", "high"), ("_layout", "slope"), eager=_handfused.sigmoid_box)
+    _learnable_names = ("centre", "spread")
 
-    def __init__(self, low: BoundLike, high: BoundLike, slope: float = 1.0) -> None:
+    def __init__(self, low: BoundLike, high: BoundLike, slope: float = 1.0, learnable: bool = False) -> None:
         super().__init__()
         self.slope = positive_setting(slope, "slope", type(self).__name__)
-        self._set_bounds(low=low, high=high)
+        self._set_bounds(low=low, high=high, learnable=learnable)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.learnable:
+            bounds = self._bounds()
+            return _box_forward(x, bounds["low"], bounds["high"], self._layout, self.slope)
         return _box_forward(x, self.low, self.high, self._layout, self.slope)
+
+    def _learned_bounds(self, store: dict[str, Tensor]) -> dict[str, Tensor]:
+        centre, spread = store["centre"], store["spread"]
+        half = torch.nn.functional.softplus(spread) + _half_width_floor(centre)
+        return {"low": centre - half, "high": centre + half}
+
+    def _learnable_store(self, bounds: dict[str, Tensor], dtype: torch.dtype) -> dict[str, Tensor]:
+        low, high = bounds["low"], bounds["high"]
+        low64, high64 = torch.broadcast_tensors(low.double(), high.double())
+        centre = (low64 + high64) / 2
+        extra = (high64 - low64) / 2 - _half_width_floor(centre.to(dtype)).double()
+        if not bool((extra > 0).all()):
+            raise SpecError(
+                f"Box(learnable=True) needs a half-width (high - low)/2 above eps (1 + |centre|) of "
+                f"{dtype} everywhere (the least it can shrink to); widen the box or use a wider dtype."
+            )
+        spread = extra + torch.log(-torch.expm1(-extra))  # the inverse of softplus, in float64
+        return {"centre": centre.to(dtype), "spread": spread.to(dtype)}
 
     def value_and_slope(self, x: Tensor, out: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
         """The value and slope in one pass of the hand-fused arithmetic for two-sided bounds (the
         forward's values bit for bit, at every size); autograd's otherwise."""
         work = compute_dtype(x.dtype)
         if (
-            self._layout != "interval"
+            self.learnable
+            or self._layout != "interval"
             or work != x.dtype
             or (
                 (self.low.dim() or self.high.dim())
@@ -136,7 +159,8 @@ class Box(BoundedTransform):
         through a narrow box's unit-slope map would land on its bounds); on one-sided elements the
         bound plus or minus ``softplus`` of a standard normal, as :meth:`GreaterThan.sample`."""
         noise = torch.randn(shape, dtype=dtype, device=device, generator=generator)
-        low, high = self.low.to(noise), self.high.to(noise)
+        plain = self._plain_bounds()
+        low, high = plain["low"].to(noise), plain["high"].to(noise)
         has_low, has_high = torch.isfinite(low), torch.isfinite(high)
         both = has_low & has_high
         gain = _maps.box_gain(torch.where(both, low, 0.0), torch.where(both, high, 1.0), self.slope)
@@ -167,18 +191,20 @@ class Box(BoundedTransform):
 
     @property
     def codomain(self) -> constraints.Constraint:
+        plain = self._plain_bounds()
         if self._layout == "lower":
-            return constraints.greater_than(self.low)
+            return constraints.greater_than(plain["low"])
         if self._layout == "upper":
-            return constraints.less_than(self.high)
-        return constraints.interval(self.low, self.high)
+            return constraints.less_than(plain["high"])
+        return constraints.interval(plain["low"], plain["high"])
 
     def to_interior(self, y: Tensor) -> Tensor:
         r"""Clamp ``y`` to where the map's slope is ``INTERIOR_SLOPE`` (1/4) of its largest: on
         two-sided elements :math:`(1 - \sqrt{3/4})/2 \approx 6.7\%` of the width inside each bound
         (87% of the half-width from the centre), on one-sided ones :math:`s \log(4/3) \approx 0.072`
         from the bound. Values already there or further inside are unchanged."""
-        low, high = self.low.double(), self.high.double()
+        plain = self._plain_bounds()
+        low, high = plain["low"].double(), plain["high"].double()
         has_low, has_high = torch.isfinite(low), torch.isfinite(high)
         both = has_low & has_high
         width = torch.where(both, high - low, torch.inf)
@@ -197,13 +223,13 @@ class Box(BoundedTransform):
     def project(self, y: Tensor) -> Tensor:
         r"""Clamp onto :math:`[l, h]` (the Euclidean projection onto the closed box, elementwise):
         :math:`P(y) = \min(\max(y, l), h)`; an infinite bound clamps nothing on its side."""
-        self._check_bounds_unchanged()
+        bounds = self._checked_bounds()
         # maximum/minimum: the same values as clamp, which with tensor bounds runs ~3x slower on CPU.
-        return torch.minimum(torch.maximum(y, self.low.to(y.dtype)), self.high.to(y.dtype))
+        return torch.minimum(torch.maximum(y, bounds["low"].to(y.dtype)), bounds["high"].to(y.dtype))
 
     def clamp_bounds(self) -> tuple[Tensor | None, Tensor | None]:
-        self._check_bounds_unchanged()
-        return self.low, self.high
+        bounds = self._checked_bounds()
+        return bounds["low"], bounds["high"]
 
     def _analyse_bounds(self, bounds: dict[str, Tensor]) -> str:
         return _classify(bounds["low"], bounds["high"], type(self).__name__)
@@ -247,6 +273,12 @@ class UnitInterval(Box):
 
     def extra_repr(self) -> str:
         return "" if self.slope == 1.0 else f"slope={self.slope}"
+
+
+def _half_width_floor(centre: Tensor) -> Tensor:
+    """The least half-width of a learnable Box, eps (1 + |c|) in the centre's dtype: at least an ulp
+    of c, so that c - r < c < c + r after rounding, whatever the parameters (no gradient through it)."""
+    return torch.finfo(centre.dtype).eps * (1 + centre.detach().abs())
 
 
 def _box_map(x: Tensor, low: Tensor, high: Tensor, kind: str, slope: float, out_dtype: torch.dtype) -> Tensor:

@@ -199,14 +199,19 @@ class GreaterThan(BoundedTransform):
     low: Tensor
     bound_names = ("low",)
     fusable = Fusable(_above_forward, ("low",), ("method", "softness"), auto_min_elements=_AUTO_MIN)
+    _learnable_names = ("low",)
 
     def __init__(
-        self, low: BoundLike, method: PositiveMethod = "softplus", softness: float | None = None
+        self,
+        low: BoundLike,
+        method: PositiveMethod = "softplus",
+        softness: float | None = None,
+        learnable: bool = False,
     ) -> None:
         super().__init__()
         self.method: PositiveMethod = _check_method(method, type(self).__name__)
         self.softness = _check_softness(softness, self.method, type(self).__name__)
-        self._set_bounds(low=low)
+        self._set_bounds(low=low, learnable=learnable)
 
     def forward(self, x: Tensor) -> Tensor:
         return _above_forward(x, self.low, self.method, self.softness)
@@ -223,12 +228,12 @@ class GreaterThan(BoundedTransform):
 
     @property
     def codomain(self) -> constraints.Constraint:
-        return constraints.greater_than(self.low)
+        return constraints.greater_than(self._plain_bounds()["low"])
 
     def to_interior(self, y: Tensor) -> Tensor:
         r"""Raise ``y`` to :math:`l + s \log(4/3)`, where the slope is 1/4 of its largest (``exp``:
         :math:`l + 0.25`); larger values are unchanged."""
-        low = self.low.double()
+        low = self._plain_bounds()["low"].double()
         distance = torch.full_like(low, _interior_distance(self.method, self.softness))
         floor = low + interior_distance(y.dtype, distance, low)
         start = torch.where(torch.isfinite(y), y.double(), 0.0)
@@ -244,7 +249,9 @@ class GreaterThan(BoundedTransform):
     ) -> Tensor:
         """A random value of the set: ``low + softplus(N(0, 1))``, the bound plus ``softplus`` of a standard normal draw."""
         distance = _typical_distance(shape, dtype, device, generator)
-        return (self.low.to(distance) + distance).clamp(max=torch.finfo(distance.dtype).max)
+        return (self._plain_bounds()["low"].to(distance) + distance).clamp(
+            max=torch.finfo(distance.dtype).max
+        )
 
     def peak_log_slope(self) -> float:
         """Log of the reference slope :func:`~paramshape.saturation` compares with: 0, the softplus's
@@ -253,12 +260,11 @@ class GreaterThan(BoundedTransform):
 
     def project(self, y: Tensor) -> Tensor:
         r"""Clamp onto the closed half-line :math:`[l, \infty)`: :math:`P(y) = \max(y, l)`."""
-        self._check_bounds_unchanged()
-        return torch.maximum(y, self.low.to(y.dtype))  # clamp's values; clamp with a tensor is slower
+        low = self._checked_bounds()["low"]
+        return torch.maximum(y, low.to(y.dtype))  # clamp's values; clamp with a tensor is slower
 
     def clamp_bounds(self) -> tuple[Tensor | None, Tensor | None]:
-        self._check_bounds_unchanged()
-        return self.low, None
+        return self._checked_bounds()["low"], None
 
     def _analyse_bounds(self, bounds: dict[str, Tensor]) -> None:
         ensure_finite(bounds["low"], "low", type(self).__name__, _INFINITE_ADVICE)
@@ -300,14 +306,19 @@ class LessThan(BoundedTransform):
     high: Tensor
     bound_names = ("high",)
     fusable = Fusable(_below_forward, ("high",), ("method", "softness"), auto_min_elements=_AUTO_MIN)
+    _learnable_names = ("high",)
 
     def __init__(
-        self, high: BoundLike, method: PositiveMethod = "softplus", softness: float | None = None
+        self,
+        high: BoundLike,
+        method: PositiveMethod = "softplus",
+        softness: float | None = None,
+        learnable: bool = False,
     ) -> None:
         super().__init__()
         self.method: PositiveMethod = _check_method(method, type(self).__name__)
         self.softness = _check_softness(softness, self.method, type(self).__name__)
-        self._set_bounds(high=high)
+        self._set_bounds(high=high, learnable=learnable)
 
     def forward(self, x: Tensor) -> Tensor:
         return _below_forward(x, self.high, self.method, self.softness)
@@ -324,12 +335,12 @@ class LessThan(BoundedTransform):
 
     @property
     def codomain(self) -> constraints.Constraint:
-        return constraints.less_than(self.high)
+        return constraints.less_than(self._plain_bounds()["high"])
 
     def to_interior(self, y: Tensor) -> Tensor:
         r"""Lower ``y`` to :math:`h - s \log(4/3)`, where the slope is 1/4 of its largest (``exp``:
         :math:`h - 0.25`); smaller values are unchanged."""
-        high = self.high.double()
+        high = self._plain_bounds()["high"].double()
         distance = torch.full_like(high, _interior_distance(self.method, self.softness))
         ceiling = high - interior_distance(y.dtype, distance, high)
         start = torch.where(torch.isfinite(y), y.double(), 0.0)
@@ -345,7 +356,9 @@ class LessThan(BoundedTransform):
     ) -> Tensor:
         """A random value of the set: ``high - softplus(N(0, 1))``, the bound minus ``softplus`` of a standard normal draw."""
         distance = _typical_distance(shape, dtype, device, generator)
-        return (self.high.to(distance) - distance).clamp(min=-torch.finfo(distance.dtype).max)
+        return (self._plain_bounds()["high"].to(distance) - distance).clamp(
+            min=-torch.finfo(distance.dtype).max
+        )
 
     def peak_log_slope(self) -> float:
         """Log of the reference slope :func:`~paramshape.saturation` compares with: 0, the softplus's
@@ -354,12 +367,11 @@ class LessThan(BoundedTransform):
 
     def project(self, y: Tensor) -> Tensor:
         r"""Clamp onto the closed half-line :math:`(-\infty, h]`: :math:`P(y) = \min(y, h)`."""
-        self._check_bounds_unchanged()
-        return torch.minimum(y, self.high.to(y.dtype))  # clamp's values; clamp with a tensor is slower
+        high = self._checked_bounds()["high"]
+        return torch.minimum(y, high.to(y.dtype))  # clamp's values; clamp with a tensor is slower
 
     def clamp_bounds(self) -> tuple[Tensor | None, Tensor | None]:
-        self._check_bounds_unchanged()
-        return None, self.high
+        return None, self._checked_bounds()["high"]
 
     def _analyse_bounds(self, bounds: dict[str, Tensor]) -> None:
         ensure_finite(bounds["high"], "high", type(self).__name__, _INFINITE_ADVICE)
