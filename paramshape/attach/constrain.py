@@ -147,10 +147,17 @@ def constrain(
     (:class:`~paramshape.TransformError` otherwise). On a ``meta``-device model nothing is checked
     until values exist (after ``to_empty()``).
 
+    Learnable bounds (``ps.Box(-1, 1, learnable=True)``, ``GreaterThan``/``LessThan(...,
+    learnable=True)``) are parameters of the attached transform, created here: each constrained
+    tensor gets its own copy, listed once in ``module.parameters()``, so an optimizer built *after*
+    this call trains them (one built before does not see them). They need ``method="reparam"`` and
+    ``fold=False`` (``SpecError`` otherwise): the other strategies never give them a gradient.
+
     Raises:
         TensorNotFoundError: ``name`` is not a tensor of ``module``, or a pattern matches nothing.
-        SpecError: the spec, ``init``, ``method`` or ``weight`` is invalid, or two patterns match
-            the same tensor.
+        SpecError: the spec, ``init``, ``method`` or ``weight`` is invalid, two patterns match
+            the same tensor, or learnable bounds meet a ``method`` other than ``"reparam"`` or
+            ``fold=True``.
         UnsupportedTensorError: the tensor is not real floating point, or is a buffer and ``method``
             is not ``"reparam"``, or ``fold=True`` and the transform is not elementwise.
         ShapeMismatchError: the transform's settings do not fit the tensor's shape.

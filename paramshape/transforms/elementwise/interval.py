@@ -70,10 +70,24 @@ class Box(BoundedTransform):
         high: upper bound, likewise; ``+inf`` allowed. ``low < high`` must hold everywhere.
         slope: the map's slope at the centre of the box (and its largest slope on a one-sided
             element): how far the value moves per unit step of the stored tensor. Default 1.
+        learnable: train the bounds with the model (finite bounds only). They are stored as two
+            parameters, the centre :math:`c` and a spread :math:`\rho`, from which every read computes
+
+            .. math::
+
+                r = \operatorname{softplus}(\rho) + \varepsilon (1 + |c|), \qquad
+                l = c - r, \qquad h = c + r
+
+            (:math:`\varepsilon` the parameters' ``finfo.eps``; the floor has no gradient), so the
+            value depends on :math:`c` and :math:`\rho` through the map above and ``l < h`` holds
+            after any optimizer step that leaves them finite. Build the optimizer after
+            :func:`~paramshape.constrain`; ``method="reparam"`` only (docs/transforms.md, "Learnable
+            bounds").
 
     Raises:
         SpecError: a bound is NaN, ``low >= high`` somewhere, ``high - low`` overflows, or
-            ``slope`` is not a positive finite number.
+            ``slope`` is not a positive finite number; with ``learnable=True``, a bound is infinite
+            or the half-width is below :math:`\varepsilon (1 + |c|)`.
 
     Example:
         >>> import torch, torch.nn as nn, paramshape as ps
@@ -86,6 +100,9 @@ class Box(BoundedTransform):
         >>> x = torch.zeros(1, requires_grad=True)  # the centre: unit slope, whatever the width
         >>> ps.Box(-0.01, 0.01)(x).backward(); x.grad
         tensor([1.])
+        >>> box = ps.Box(-1.0, 1.0, learnable=True)  # bounds trained with the model
+        >>> [name for name, _ in box.named_parameters()], box.high
+        (['centre', 'spread'], tensor(1., grad_fn=<AddBackward0>))
     """
 
     low: Tensor

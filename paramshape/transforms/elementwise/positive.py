@@ -188,9 +188,15 @@ class GreaterThan(BoundedTransform):
         method: ``"softplus"`` (default) or ``"exp"``.
         softness: the softplus's bend :math:`s` in the value's units (default 0.25); only with
             ``method="softplus"``.
+        learnable: train the floor with the model: ``low`` becomes a parameter, on which the value
+            depends through :math:`f` (:math:`\partial f / \partial l = 1`); every finite value is
+            a valid floor. Build the optimizer after :func:`~paramshape.constrain`.
 
     Example:
         >>> import torch, paramshape as ps
+        >>> ps.GreaterThan(0.5, learnable=True).low
+        Parameter containing:
+        tensor(0.5000, requires_grad=True)
         >>> t = ps.GreaterThan(0.5)
         >>> bool((t(torch.tensor([-1e4, 0.0, 1e4])) >= 0.5).all())
         True
@@ -295,6 +301,9 @@ class LessThan(BoundedTransform):
         method: ``"softplus"`` (default) or ``"exp"``.
         softness: the softplus's bend :math:`s` in the value's units (default 0.25); only with
             ``method="softplus"``.
+        learnable: train the ceiling with the model: ``high`` becomes a parameter
+            (:math:`\partial f / \partial h = 1`); every finite value is valid. Build the
+            optimizer after :func:`~paramshape.constrain`.
 
     Example:
         >>> import torch, paramshape as ps
