@@ -18,8 +18,8 @@ order rotates each round) and medians reported, so all rows of a table share the
    transformed in ``forward``, and a hand-written ``clamp_`` after the step;
 2a. a training step of the small model of issue 12 (4 x Linear 2-64-64-64-1, all 8 tensors in
    ``Box(-0.01, 0.01)``, batch 64, Adam): unconstrained, the hand ``clamp_``, paramshape
-   ``method="project"`` and reparametrized, a plain ``register_parametrization`` of
-   ``low + w sigmoid(x)`` and GPyTorch-style raw parameters;
+   ``method="project"`` and reparametrized (with the saturation check on, the default, and off), a
+   plain ``register_parametrization`` of ``low + w sigmoid(x)`` and GPyTorch-style raw parameters;
 2b. one constrained tensor read and differentiated, by size (64 to 4M values), against the bare
    tensor and the peer's map: where the fixed cost per tensor ends;
 3. geotorch, where it has the constraint (sphere, orthogonal, positive definite), against paramshape's
@@ -372,7 +372,23 @@ def _clamp_all(low: float, high: float) -> Callable[[nn.Module], None]:
     return clamp
 
 
-def small_variants() -> dict[str, Step]:
+class _SaturationCheckOff:
+    """A step with the saturation check (``ps.set_saturation_warning``) switched off around it: the
+    check's cost is the difference to the same step with it on (it runs on the optimizer's 10th
+    step and every 100th)."""
+
+    def __init__(self, step: Step) -> None:
+        self.step = step
+
+    def __call__(self, x: Tensor, y: Tensor) -> None:
+        previous = ps.set_saturation_warning(False)
+        try:
+            self.step(x, y)
+        finally:
+            ps.set_saturation_warning(previous)
+
+
+def small_variants() -> dict[str, Callable[[Tensor, Tensor], None]]:
     torch.manual_seed(0)
     low, high = SMALL_BOX
     base = small_model().to(DEVICE[0])
@@ -392,6 +408,9 @@ def small_variants() -> dict[str, Step]:
         "peer: clamp_ after step (by hand)": Step(fresh(), after_step=_clamp_all(low, high)),
         'paramshape method="project"': Step(ps.constrain(fresh(), "*", ps.Box(low, high), method="project")),
         "paramshape reparam (default)": Step(ps.constrain(fresh(), "*", ps.Box(low, high))),
+        "paramshape reparam, saturation check off": _SaturationCheckOff(
+            Step(ps.constrain(fresh(), "*", ps.Box(low, high)))
+        ),
         "paramshape reparam, fold=True": Step(ps.constrain(fresh(), "*", ps.Box(low, high), fold=True)),
         "peer: plain register_parametrization, low + w sigmoid(x)": Step(plain),
         "peer: GPyTorch-style raw parameter": Step(_RawSmall(fresh(), low, high)),

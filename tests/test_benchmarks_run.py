@@ -72,7 +72,8 @@ def test_every_section_reports(results, capsys):
     assert {r["family"] for r in results["threshold"]} == {"box", "simplex"}
     assert {r["variant"] for r in results["small"]} == {
         "unconstrained", "peer: clamp_ after step (by hand)", 'paramshape method="project"',
-        "paramshape reparam (default)", "paramshape reparam, fold=True",
+        "paramshape reparam (default)", "paramshape reparam, saturation check off",
+        "paramshape reparam, fold=True",
         "peer: plain register_parametrization, low + w sigmoid(x)", "peer: GPyTorch-style raw parameter",
     }  # fmt: skip
     assert "paramshape fold=True" in variants
