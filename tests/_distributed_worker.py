@@ -33,6 +33,15 @@ def build_strategies_model() -> nn.Module:
     return model
 
 
+def build_learnable_model() -> nn.Module:
+    """Learnable bounds: parameters of the transforms, whose gradients DDP must reduce like any other."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 2))
+    ps.constrain(model, "0.weight", ps.Box(-0.5, 0.5, learnable=True))
+    ps.constrain(model, "4.bias", ps.GreaterThan(-1.0, learnable=True))
+    return model
+
+
 def train(model: nn.Module, rank: int, steps: int = 5) -> None:
     optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
     generator = torch.Generator().manual_seed(100 + rank)  # different data per rank
@@ -87,5 +96,11 @@ def run(rank: int, world_size: int, init_file: str, results_dir: str) -> None:
     model = build_strategies_model()
     train(nn.parallel.DistributedDataParallel(model), rank)
     results["ddp_strategies"] = report(model)
+    model = build_learnable_model()
+    train(nn.parallel.DistributedDataParallel(model), rank)
+    results["ddp_learnable"] = report(model)
+    results["ddp_learnable"]["bounds"] = torch.stack(
+        [model[0].parametrizations.weight[0].low.detach(), model[4].parametrizations.bias[0].low.detach()]
+    )
     torch.save(results, os.path.join(results_dir, f"rank{rank}.pt"))
     dist.destroy_process_group()

@@ -320,3 +320,40 @@ def test_a_dtype_move_keeps_the_bounds_and_the_parameter_objects():
     with pytest.raises(ps.SpecError, match=r"learnable bounds"):
         wide.half()
     assert all(torch.equal(before[k], v) for k, v in wide.state_dict().items())
+
+
+def test_infinite_learnable_bounds_are_refused():
+    with pytest.raises(ps.SpecError, match=r"Box: 'high' is inf at \[\]; learnable bounds must stay finite"):
+        ps.Box(0.0, float("inf"), learnable=True)
+    with pytest.raises(ps.SpecError, match=r"GreaterThan: 'low' is -inf"):
+        ps.GreaterThan(-float("inf"), learnable=True)
+
+
+def test_per_row_learnable_bounds_on_a_tensor_checked_in_blocks():
+    """Above 2**18 entries membership and the inverse run a block of rows at a time; bounds computed
+    from parameters are not sliced there, so the whole tensor is one block, with the same answers."""
+    rows, cols = 600, 500
+    low = torch.linspace(-2.0, -1.0, rows).reshape(rows, 1)
+    module = ps.constrain(nn.Linear(cols, rows), "weight", ps.Box(low, low + 3.0, learnable=True))
+    box = ps.constraints(module)["weight"]
+    value = (low + 0.5).expand(rows, cols).clone()
+    module.weight = value
+    torch.testing.assert_close(module.weight.detach(), value, rtol=0, atol=1e-5)
+    outside = value.clone()
+    outside[599, 7] = 5.0
+    with pytest.raises(ps.InfeasibleValueError, match=r"1 of 300000 values lie outside .* at \[599, 7\]"):
+        module.weight = outside
+    assert bool(box.contains(module.weight).all())
+
+
+def test_a_pickled_model_keeps_its_learnable_bounds():
+    module = _constrained(ps.Box(-1.0, 1.0, learnable=True))
+    with torch.no_grad():
+        ps.constraints(module)["weight"].centre.add_(0.25)
+    buffer = io.BytesIO()
+    torch.save(module, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    assert torch.equal(loaded.weight, module.weight)
+    assert repr(ps.constraints(loaded)["weight"]) == "Box(low=-0.75, high=1.25, learnable=True)"
+    assert len(list(loaded.parameters())) == len(list(module.parameters()))
