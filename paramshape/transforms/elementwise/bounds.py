@@ -255,10 +255,12 @@ class BoundedTransform(Transform):
             new._bounds_checked()
         return new
 
-    def _bounds_checked(self) -> None:
-        """Remember the bounds' version counters: they are valid as they are now."""
+    def _bounds_checked(self, *, same_shapes: bool = False) -> None:
+        """Remember the bounds' version counters: they are valid as they are now. ``same_shapes``:
+        their shapes cannot have changed (written in place), so the shapes checked still hold."""
         self.__dict__["_bound_versions"] = tuple(t._version for t in self._store().values())
-        self.__dict__.pop("_shapes_checked", None)
+        if not same_shapes:
+            self.__dict__.pop("_shapes_checked", None)
 
     def _check_bounds_unchanged(self) -> None:
         """Re-check the bounds if one was written in place since they were last checked (a version
@@ -299,7 +301,9 @@ class BoundedTransform(Transform):
         self._layout = layout
         # The exact copy stays where the bound still holds its rounding (a write of the same value).
         self._exact = self._exact_bounds(bounds)
-        self._bounds_checked()
+        # Learnable bounds change in place at every optimizer step, which keeps their shapes: the
+        # shapes checked still hold (one shape check per step spared).
+        self._bounds_checked(same_shapes=self.learnable)
 
     def _check_input_shape(self, shape: torch.Size) -> None:
         # Every read of a constrained tensor passes here (outside compiled regions): the cheapest
@@ -334,6 +338,9 @@ class BoundedTransform(Transform):
             for name, value in self._learnable_store(bounds, bounds[self.bound_names[0]].dtype).items():
                 self.register_parameter(name, torch.nn.Parameter(value))
             self.__dict__["learnable"] = True
+            # The fused kernels take bounds as constants; looking them up would compute the bounds
+            # once per bound and read, only for the dispatch to decline (they require grad).
+            self.__dict__["fusable"] = None
             self._exact = {}
             self._bounds_checked()
             return
