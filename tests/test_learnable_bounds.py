@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import paramshape as ps
+from paramshape.strategies.saturation import FIRST_CHECK
 
 F64 = torch.float64
 
@@ -357,3 +358,40 @@ def test_a_pickled_model_keeps_its_learnable_bounds():
     assert torch.equal(loaded.weight, module.weight)
     assert repr(ps.constraints(loaded)["weight"]) == "Box(low=-0.75, high=1.25, learnable=True)"
     assert len(list(loaded.parameters())) == len(list(module.parameters()))
+
+
+def test_the_saturation_warning_does_not_advise_a_refused_method():
+    """Values frozen in the flat tails: the warning fires on the first check, and for learnable
+    bounds points to fixed ones for method='project' (refused with learnable bounds)."""
+    module = _constrained(ps.Box(-1.0, 1.0, learnable=True))
+    with torch.no_grad():
+        module.parametrizations.weight.original.fill_(50.0)
+    optimizer = torch.optim.SGD(module.parameters(), lr=0.0)
+
+    def steps() -> None:
+        for _ in range(FIRST_CHECK):
+            optimizer.zero_grad()
+            module(torch.ones(1, 4)).sum().backward()
+            optimizer.step()
+
+    with pytest.warns(
+        ps.SaturationWarning, match=r"use fixed bounds with method='project' \(learnable bounds"
+    ):
+        steps()
+
+
+def test_compiled_reads_train_the_bounds_as_eager_ones():
+    eager = _constrained(ps.Box(-1.0, 1.0, learnable=True))
+    compiled_module = copy.deepcopy(eager)
+    compiled = torch.compile(compiled_module, backend="aot_eager")
+    x = torch.ones(2, 4)
+    for model, call in ((eager, eager), (compiled_module, compiled)):
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        for _ in range(3):
+            optimizer.zero_grad()
+            call(x).square().sum().backward()
+            optimizer.step()
+    low = ps.constraints(eager)["weight"].low.detach()
+    assert float(low) != -1.0
+    torch.testing.assert_close(ps.constraints(compiled_module)["weight"].low.detach(), low)
+    torch.testing.assert_close(compiled_module.weight.detach(), eager.weight.detach())

@@ -284,12 +284,18 @@ def _check(entry: _Watch, stored: Tensor, step: int) -> None:
     else:
         return
     entry.warned = True
+    # Learnable bounds (parameters of the transform) take method='reparam' only.
+    exact = (
+        "use fixed bounds with method='project' (learnable bounds train through the map only), which "
+        "reaches the bound exactly"
+        if any(True for _ in transform.parameters())
+        else "constrain it with method='project', which reaches the bound exactly"
+    )
     warnings.warn(
         f"paramshape: {fraction:.0%} of {entry.label} (shape {tuple(stored.shape)}, {stored.dtype}) sits "
         f"where the map of {transform!r} has less than {SATURATED_SLOPE:.0%} of its largest slope{trend}, "
         "so those values barely move. If the optimum lies on the bound (clipped weights, exact zeros), "
-        "constrain it with method='project', which reaches the bound exactly; if it lies inside, a "
-        "smaller slope (ps.Box(low, high, slope=...)) or learning rate keeps values out of the flat "
+        f"{exact}; if it lies inside, a smaller slope (ps.Box(low, high, slope=...)) or learning rate keeps values out of the flat "
         "tails, and so do initial values inside the set (ps.saturation(model) measures every tensor). "
         "ps.set_saturation_warning(False) silences this check.",
         SaturationWarning,
