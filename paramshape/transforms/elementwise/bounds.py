@@ -156,7 +156,7 @@ class BoundedTransform(Transform):
     _bound_versions: tuple[int, ...] | None = None
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name in self.bound_names and self._bound_versions is not None:
+        if name in self.bound_names and "_layout" in self.__dict__:
             self._assign_bound(name, value)
             return
         super().__setattr__(name, value)
@@ -193,7 +193,10 @@ class BoundedTransform(Transform):
 
     def _bounds_checked(self) -> None:
         """Remember the bounds' version counters: they are valid as they are now."""
-        self.__dict__["_bound_versions"] = tuple(self._buffers[n]._version for n in self.bound_names)  # type: ignore[union-attr]
+        bounds = [self._buffers[n] for n in self.bound_names]
+        # Inference tensors (made under torch.inference_mode) have no version counter: not watched.
+        watched = not any(b is None or b.is_inference() for b in bounds)
+        self.__dict__["_bound_versions"] = tuple(b._version for b in bounds) if watched else None  # type: ignore[union-attr]
         self.__dict__.pop("_shapes_checked", None)
 
     def _check_bounds_unchanged(self) -> None:
