@@ -289,11 +289,11 @@ def test_a_checkpoint_loads_under_inference_mode() -> None:
 def test_a_move_to_a_complex_dtype_is_refused_before_any_constrained_module_converts() -> None:
     layer = _box_layer()
     before = take(layer)
-    with pytest.raises(
-        ps.UnsupportedTensorError, match=r"'weight' of Linear: the move would make .*complex64"
-    ):
-        with warnings.catch_warnings():  # torch: "Complex modules are a new feature ..."
-            warnings.simplefilter("ignore", UserWarning)
+    with warnings.catch_warnings():  # torch: "Complex modules are a new feature ..."
+        warnings.simplefilter("ignore", UserWarning)
+        with pytest.raises(
+            ps.UnsupportedTensorError, match=r"'weight' of Linear: the move would make .*complex64"
+        ):
             layer.to(torch.complex64)
     assert_same(before, take(layer))
 
