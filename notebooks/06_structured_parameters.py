@@ -300,6 +300,101 @@ axes[1].set(title="PositiveSemidefinite(rank=2): eigenvalues", xlabel="index")
 plt.show()
 
 # %% [markdown]
+# ## Complex tensors: a unitary layer and a Hermitian Hamiltonian
+#
+# `ps.Unitary()` keeps a complex weight unitary (`Uᴴ U = I`: it preserves the norm of every complex
+# input, as in unitary RNNs and quantum-circuit layers) and `ps.Hermitian()` keeps a complex matrix
+# Hermitian (`Hᴴ = H`: real eigenvalues, a Hamiltonian). Both take `complex64` and `complex128`
+# tensors; the sets of real tensors refuse complex ones. The loss is a real number computed from the
+# complex values, and the optimizers step the complex stored tensors.
+#
+# Below, a unitary layer learns an unknown unitary map from input/output pairs, and a Hermitian
+# matrix is fitted to noisy measurements of a Hamiltonian's entries.
+
+# %%
+torch.manual_seed(2)  # this section's draws do not depend on the sections above
+true_unitary = ps.Unitary().sample((4, 4), dtype=torch.complex64)
+signals = torch.randn(128, 4, dtype=torch.complex64)
+rotated = signals @ true_unitary.mT
+unitary_layer = nn.Linear(4, 4, bias=False, dtype=torch.complex64)
+ps.constrain(unitary_layer, "weight", ps.Unitary(), init="sample")
+unitary_gap = fit(unitary_layer, lambda: (unitary_layer(signals) - rotated).abs().pow(2).mean(), 300, 0.05,
+                  lambda: (unitary_layer.weight.detach() - true_unitary).abs().max().item())  # fmt: skip
+weight = unitary_layer.weight.detach()
+deviation = (weight.mH @ weight - torch.eye(4, dtype=torch.complex64)).abs().max().item()
+
+hamiltonian_true = ps.Hermitian().sample((5, 5), dtype=torch.complex64)
+measured = hamiltonian_true + 0.05 * torch.randn(5, 5, dtype=torch.complex64)
+system = nn.Module()
+system.hamiltonian = nn.Parameter(torch.zeros(5, 5, dtype=torch.complex64))
+ps.constrain(system, "hamiltonian", ps.Hermitian(), init="sample")
+fit(system, lambda: (system.hamiltonian - measured).abs().pow(2).sum(), 300, 0.05)
+fitted_hamiltonian = system.hamiltonian.detach()
+print("largest |U - U_true| after training:", unitary_gap[-1], "; |UᴴU - I| =", deviation)
+print("Hamiltonian eigenvalues (real):", torch.linalg.eigvalsh(fitted_hamiltonian))
+
+fig, ax = plt.subplots(figsize=(4.5, 3))
+ax.semilogy(unitary_gap)
+ax.set(title="Unitary layer: distance to the true map", xlabel="step")
+plt.show()
+
+# %% [markdown]
+# ## Subspaces, low rank, volume and transport
+#
+# Four more matrix sets, each fitted to a target it can only approach.
+#
+# * `ps.Grassmannian()` holds a `k`-dimensional subspace as an `n x k` orthonormal basis. With
+#   `method="riemannian"` the steps follow the quotient geometry: maximising `tr(Qᵀ A Q)` finds the
+#   top-`k` eigenspace of `A` (PCA), whatever rotation of the basis it lands on.
+# * `ps.LowRank(rank=r)` stores an `m x n` matrix as two factors `A (m x r)` and `B (n x r)` and shows
+#   `A Bᵀ`; fitting a full matrix reaches its best rank-`r` approximation (Eckart-Young).
+# * `ps.SpecialLinear()` keeps `det = 1`. Asked for `2 I` (determinant 8), the fit does not land on
+#   `I` (squared distance 3) but on `diag(φ, φ, 1/φ²)` with φ the golden ratio (squared distance
+#   2.91): the nearest matrix of determinant 1, from the Lagrange condition `d - 2 = λ / d`.
+# * `ps.DoublyStochastic()` keeps rows and columns summing to 1 (Sinkhorn): a soft assignment.
+
+# %%
+torch.manual_seed(2)
+rotation = torch.linalg.qr(torch.randn(6, 6)).Q
+spectrum = torch.tensor([5.0, 4.0, 1.0, 0.5, 0.2, 0.1])
+covariance = rotation @ torch.diag(spectrum) @ rotation.T
+pca = nn.Module()
+pca.basis = nn.Parameter(torch.linalg.qr(torch.randn(6, 2)).Q)
+ps.constrain(pca, "basis", ps.Grassmannian(), method="riemannian")
+fit(pca, lambda: -torch.trace(pca.basis.T @ covariance @ pca.basis), 300, 0.05)
+top_projector = rotation[:, :2] @ rotation[:, :2].T
+subspace_error = (pca.basis.detach() @ pca.basis.detach().T - top_projector).abs().max().item()
+
+full = torch.randn(8, 10)
+compressed = ps.constrain(nn.Linear(10, 8, bias=False), "weight", ps.LowRank(rank=3), init="sample")
+fit(compressed, lambda: (compressed.weight - full).pow(2).sum(), 500, 0.1)
+best_rank3 = ps.LowRank(rank=3).project(full)
+
+volume = nn.Linear(3, 3, bias=False)
+with torch.no_grad():
+    volume.weight.copy_(torch.diag(torch.tensor([2.0, 1.0, 0.5])))  # det 1: kept exactly
+ps.constrain(volume, "weight", ps.SpecialLinear())
+fit(volume, lambda: (volume.weight - 2 * torch.eye(3)).pow(2).sum(), 300, 0.05)
+volume_det = torch.linalg.det(volume.weight.detach().double()).item()
+
+scores = torch.randn(5, 5)
+assignment = ps.constrain(nn.Linear(5, 5, bias=False), "weight", ps.DoublyStochastic(), init="sample")
+fit(
+    assignment,
+    lambda: (
+        -(assignment.weight * scores).sum()
+        + 0.1 * (assignment.weight * assignment.weight.clamp_min(1e-12).log()).sum()
+    ),
+    200,
+    0.1,
+)
+plan = assignment.weight.detach()
+print("largest entry of QQᵀ - (top-2 projector):", subspace_error)
+print("low-rank fit vs the best rank-3 matrix:", (compressed.weight.detach() - best_rank3).abs().max().item())
+print("det of the SL(3) fit to 2 I:", volume_det, "(the fit is", torch.diagonal(volume.weight.detach()), ")")
+print("row sums", plan.sum(1), "column sums", plan.sum(0))
+
+# %% [markdown]
 # ## Check
 
 # %%
@@ -326,4 +421,18 @@ assert kernel_eigenvalues[:-2].abs().max() < 1e-4, "rank at most 2"
 target_values, target_vectors = torch.linalg.eigh((noisy + noisy.T) / 2)
 best = target_vectors[:, -2:] @ torch.diag(target_values[-2:].clamp_min(0)) @ target_vectors[:, -2:].T
 assert torch.allclose(kernel.matrix.detach(), best, atol=1e-3)
+assert deviation < 1e-5, "the layer left the unitary matrices"
+assert unitary_gap[-1] < 1e-2, "the unitary layer did not learn the map"
+assert torch.equal(fitted_hamiltonian, fitted_hamiltonian.mH), "not exactly Hermitian"
+# The nearest Hermitian matrix to the measurements is their Hermitian part.
+assert torch.allclose(fitted_hamiltonian, (measured + measured.mH) / 2, atol=1e-4)
+assert subspace_error < 1e-3, "PCA by Riemannian steps reaches the top eigenspace"
+assert torch.allclose(compressed.weight.detach(), best_rank3, atol=1e-3)
+assert abs(volume_det - 1) < 1e-4
+golden = (1 + 5**0.5) / 2
+nearest = torch.tensor([1 / golden**2, golden, golden])
+assert torch.allclose(torch.diagonal(volume.weight.detach()).sort().values, nearest, atol=1e-2)
+assert torch.allclose(plan.sum(0), torch.ones(5), atol=1e-5)
+assert torch.allclose(plan.sum(1), torch.ones(5), atol=1e-5)
+assert bool((plan >= 0).all())
 print("all checks passed")

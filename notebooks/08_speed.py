@@ -191,7 +191,5 @@ for width, variants in models.items():
         if name != "plain (no constraint)":
             for weight in (model[0].weight, model[2].weight, model[4].weight):
                 assert bool((weight.abs() <= 0.1).all()), f"{name} at width {width} left the box"
-for row in timings.values():
-    assert all(ms > 0 for ms in row.values())
 assert ps.get_fusion() == "auto"  # the context manager restored the default
 print("all checks passed")

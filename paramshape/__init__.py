@@ -51,12 +51,17 @@ from paramshape.transforms.elementwise.positive import GreaterThan, LessThan, Po
 from paramshape.transforms.elementwise.softclip import SoftClip
 from paramshape.transforms.matrix.cholesky import LowerCholesky, PositiveDefinite
 from paramshape.transforms.matrix.correlation import CorrCholesky, CorrMatrix
-from paramshape.transforms.matrix.determinant import PositiveDeterminant
+from paramshape.transforms.matrix.determinant import PositiveDeterminant, SpecialLinear
+from paramshape.transforms.matrix.grassmann import Grassmannian
+from paramshape.transforms.matrix.hermitian import Hermitian
+from paramshape.transforms.matrix.lowrank import LowRank
 from paramshape.transforms.matrix.orthogonal import Orthogonal
 from paramshape.transforms.matrix.rank import PositiveSemidefinite
 from paramshape.transforms.matrix.skew import SkewSymmetric
 from paramshape.transforms.matrix.spectral import SpectralBound
+from paramshape.transforms.matrix.stochastic import DoublyStochastic
 from paramshape.transforms.matrix.symmetric import Symmetric
+from paramshape.transforms.matrix.unitary import Unitary
 from paramshape.transforms.registry import available
 from paramshape.transforms.vector.norms import MaxNorm, MinMaxNorm
 from paramshape.transforms.vector.ordered import Ordered, PositiveOrdered
@@ -75,14 +80,18 @@ __all__ = [
     "ConstraintInfo",
     "CorrCholesky",
     "CorrMatrix",
+    "DoublyStochastic",
     "FunctionTransform",
     "Fusable",
     "FusionUnavailableError",
+    "Grassmannian",
     "GreaterThan",
+    "Hermitian",
     "HardClamp",
     "InfeasibleValueError",
     "InitPolicy",
     "LessThan",
+    "LowRank",
     "LowerCholesky",
     "MaxNorm",
     "MinMaxNorm",
@@ -107,6 +116,7 @@ __all__ = [
     "SoftClip",
     "Spec",
     "SpecError",
+    "SpecialLinear",
     "SpectralBound",
     "SpecTypeError",
     "SumToZero",
@@ -119,6 +129,7 @@ __all__ = [
     "TransformError",
     "UnitInterval",
     "UnitNorm",
+    "Unitary",
     "UnsupportedTensorError",
     "available",
     "bound_output",

@@ -12,7 +12,7 @@ an hour on 16 cores. Options (or the Makefile variables in capitals):
 * ``--jobs`` (``JOBS``): mutants run in parallel, each in its own copy (default 2);
 * ``--sample`` (``SAMPLE``): test a random sample of that many mutants (default: all);
 * ``--seed``: the sample's seed; ``--timeout`` (seconds per mutant);
-* ``--modules``: paths under ``paramshape/`` (default :data:`CORE`).
+* ``--modules``: paths under ``paramshape/`` (default :data:`DEFAULT`; ``--all``: every module of :data:`CORE`).
 
 Survivors are triaged in ``CONTRIBUTING.md`` ("Mutation testing"): a test is added, or the mutant is
 shown to be equivalent (it changes no behaviour the documentation promises).
@@ -100,7 +100,34 @@ CORE: dict[str, tuple[list[str], str]] = {
         ["tests/test_membership.py", "tests/test_contract.py"],
         "ordered or norm or zero",
     ),
+    # The project step hook (every parameter group, every optimizer), the penalty's squared distance
+    # and the gradient clip.
+    "paramshape/strategies/state.py": (
+        ["tests/test_integration.py", "tests/test_strategies.py", "tests/test_grad.py"],
+        "",
+    ),
+    "paramshape/strategies/methods.py": (["tests/test_integration.py", "tests/test_strategies.py"], ""),
+    # Checkpoint loading (validation before any tensor changes, all-or-nothing) and the rollback
+    # that puts a module back after a failed call.
+    "paramshape/attach/checkpoint.py": (
+        ["tests/test_integration.py", "tests/test_trust_state.py", "tests/test_safetensors.py"],
+        "",
+    ),
+    "paramshape/attach/rollback.py": (["tests/test_integration.py", "tests/test_trust_state.py"], ""),
 }
+
+#: What ``make mutation`` runs by default: every mutant of the strategies' and loading's modules,
+#: whose subsets are quick (about an hour at one job on a shared, loaded two-core machine). The
+#: numerics' and the transform families' subsets hold the reference and contract suites (one to two
+#: minutes per mutant there, on such a machine): ``--all`` runs every module of :data:`CORE`,
+#: ``--modules`` any list.
+DEFAULT = [
+    "paramshape/strategies/state.py",
+    "paramshape/strategies/methods.py",
+    "paramshape/attach/checkpoint.py",
+    "paramshape/attach/rollback.py",
+]
+
 
 #: Swapped operators: a binary operator, a comparison, a call by name.
 BINARY = {ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.Div, ast.Div: ast.Mult, ast.Pow: ast.Mult}
@@ -244,30 +271,93 @@ def _workspace() -> Path:
     return target
 
 
-def run_mutant(mutant: Mutant, workspace: Path, timeout: float) -> tuple[str, float]:
+def _pytest_arguments(mutant: Mutant) -> list[str]:
     tests, keyword = CORE.get(mutant.module, (["tests/test_references.py"], ""))
-    path = workspace / mutant.module
-    original = path.read_text()
-    path.write_text(mutated_source(mutant))
-    command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-m", "not slow", *tests]
+    arguments = ["-x", "-q", "-p", "no:cacheprovider", "-m", "not slow", *tests]
     # Compiling, 20 Adam steps and gradcheck take seconds per case and add little on arithmetic
     # that the references and the other properties do not already pin down: left out.
     quick = "not compiles and not optimizer and not gradcheck"
-    command += ["-k", f"({keyword}) and {quick}" if keyword else quick]
-    environment = dict(os.environ, PYTHONPATH=str(workspace), OMP_NUM_THREADS="1")
+    return [*arguments, "-k", f"({keyword}) and {quick}" if keyword else quick]
+
+
+def _status(returncode: int) -> str:
+    # 1: a test failed; anything else but 0 (a collection or usage error) means the mutant broke
+    # the import: killed too.
+    return "survived" if returncode == 0 else "killed"
+
+
+def run_mutant(mutant: Mutant, workspace: Path, timeout: float, fork: bool = False) -> tuple[str, float]:
+    path = workspace / mutant.module
+    original = path.read_text()
+    path.write_text(mutated_source(mutant))
     start = time.perf_counter()
+    try:
+        if fork:
+            status = _run_forked(workspace, _pytest_arguments(mutant), timeout)
+        else:
+            status = _run_subprocess(workspace, _pytest_arguments(mutant), timeout)
+    finally:
+        path.write_text(original)
+    return status, time.perf_counter() - start
+
+
+def _run_subprocess(workspace: Path, arguments: list[str], timeout: float) -> str:
+    command = [sys.executable, "-m", "pytest", *arguments]
+    environment = dict(os.environ, PYTHONPATH=str(workspace), OMP_NUM_THREADS="1")
     try:
         result = subprocess.run(
             command, check=False, cwd=workspace, env=environment, capture_output=True, timeout=timeout
         )
-        status = "survived" if result.returncode == 0 else "killed"
-        if result.returncode not in (0, 1):  # collection error, usage error: the mutant broke import
-            status = "killed"
     except subprocess.TimeoutExpired:
-        status = "timeout"
-    finally:
-        path.write_text(original)
-    return status, time.perf_counter() - start
+        return "timeout"
+    return _status(result.returncode)
+
+
+def _preload() -> None:
+    """Import what every mutant's run needs and no mutant changes, once, before forking.
+
+    torch alone takes seconds to import on a loaded machine, more than many mutants' tests: each
+    forked child starts with it in memory and imports only paramshape, from
+    its own copy. paramshape itself must not be imported here.
+    """
+    os.environ["OMP_NUM_THREADS"] = "1"
+    # Not pytest's plugins (hypothesis): pytest must import those itself, to rewrite their asserts.
+    import torch
+
+    torch.set_num_threads(1)
+
+    assert "paramshape" not in sys.modules, "the parent must not import paramshape: children would share it"
+
+
+def _run_forked(workspace: Path, arguments: list[str], timeout: float) -> str:
+    pid = os.fork()
+    if pid == 0:  # the child: pytest on the workspace's copy, output discarded
+        code = 3
+        try:
+            os.chdir(workspace)
+            root = str(ROOT)
+            sys.path[:] = [str(workspace)] + [p for p in sys.path if p not in ("", ".", root)]
+            os.environ["PYTHONPATH"] = str(workspace)
+            for name in [name for name in sys.modules if name == "tests" or name.startswith("tests.")]:
+                del sys.modules[name]
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 1)
+            os.dup2(devnull, 2)
+            import pytest
+
+            code = int(pytest.main(arguments))
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return _status(os.waitstatus_to_exitcode(status))
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            return "timeout"
+        time.sleep(0.2)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -276,9 +366,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample", type=int, default=int(os.environ.get("SAMPLE", "0")))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=600.0)
-    parser.add_argument("--modules", nargs="*", default=list(CORE))
+    parser.add_argument("--modules", nargs="*", default=DEFAULT)
+    parser.add_argument("--all", action="store_true", help="every module of CORE")
+    parser.add_argument(
+        "--no-fork",
+        action="store_true",
+        help="a fresh interpreter per mutant (slower: torch is imported each time) instead of a fork",
+    )
     parser.add_argument("--report", default=str(ROOT / "mutation-report.txt"))
     args = parser.parse_args(argv)
+    if args.all:
+        args.modules = list(CORE)
+    fork = not args.no_fork and hasattr(os, "fork")
+    if fork:
+        _preload()
 
     mutants = [mutant for module in args.modules for mutant in mutants_of(module)]
     total = len(mutants)
@@ -295,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     def work(mutant: Mutant) -> tuple[Mutant, str, float]:
         workspace = free.pop()
         try:
-            status, seconds = run_mutant(mutant, workspace, args.timeout)
+            status, seconds = run_mutant(mutant, workspace, args.timeout, fork)
         finally:
             free.append(workspace)
         print(f"{status:9s} {seconds:6.1f}s {mutant.module}:{mutant.line} {mutant.description}", flush=True)

@@ -373,6 +373,16 @@ def positive_semidefinite(transform: object, x: Tensor, dtype: torch.dtype = F64
     return factor @ factor.mT
 
 
+def low_rank(transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor:
+    """A B^T for x = [A; B] (A the value's m rows, B the n columns, each with rank columns), scaled
+    down where its largest entry would exceed min(max / 2, sqrt(max of the compute dtype))."""
+    rows = transform._rows  # the value's row count m, which the transform learnt from its shape
+    product = x[..., :rows, :] @ x[..., rows:, :].mT
+    largest = product.abs().amax((-2, -1), keepdim=True)
+    limit = min(torch.finfo(dtype).max / 2, torch.finfo(_compute(dtype)).max ** 0.5)
+    return product * (limit / largest.clamp_min(limit))
+
+
 def positive_determinant(transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor:
     """B e^X (B = I before any assignment), X scaled down to Frobenius norm log(1 / eps) / 4 of the
     dtype where it is larger."""
@@ -381,6 +391,70 @@ def positive_determinant(transform: object, x: Tensor, dtype: torch.dtype = F64)
     value = torch.matrix_exp(x / (norm / limit).clamp_min(1.0))
     base = transform.base.detach().to(F64)
     return base @ value if base.numel() else value
+
+
+def special_linear(transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor:
+    """Y / det(Y)^(1/n), Y = B e^(X - tr(X)/n I) with the exponent capped as positive_determinant's
+    (B = I before any assignment); B itself where X is exactly 0."""
+    size = x.shape[-1]
+    traceless = x - torch.diagonal(x, dim1=-2, dim2=-1).sum(-1)[..., None, None] / size * torch.eye(
+        size, dtype=F64
+    )
+    limit = 0.25 * math.log(1 / torch.finfo(dtype).eps)
+    norm = torch.linalg.matrix_norm(traceless)[..., None, None]
+    value = torch.matrix_exp(traceless / (norm / limit).clamp_min(1.0))
+    base = transform.base.detach().to(F64)
+    if base.numel():
+        value = base @ value
+    value = value / torch.linalg.det(value)[..., None, None] ** (1 / size)
+    if base.numel():
+        value = torch.where((x == 0).all(-1).all(-1)[..., None, None], base, value)
+    return value
+
+
+def special_linear_condition(transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor:
+    """The Frobenius norm of the capped traceless exponent plus the value's condition number, times
+    its largest entry, per matrix: the exponential loses about norm ulps of the value's scale (as
+    Orthogonal's), and the determinant it is divided by about cond ulps (docs: SpecialLinear)."""
+    size = x.shape[-1]
+    traceless = x - torch.diagonal(x, dim1=-2, dim2=-1).sum(-1)[..., None, None] / size * torch.eye(
+        size, dtype=F64
+    )
+    limit = 0.25 * math.log(1 / torch.finfo(dtype).eps)
+    norm = torch.linalg.matrix_norm(traceless).clamp_max(limit)[..., None, None]
+    value = special_linear(transform, x, dtype)
+    magnitude = value.abs().amax((-2, -1), keepdim=True)
+    return ((norm + torch.linalg.cond(value)[..., None, None]) * magnitude).expand(x.shape)
+
+
+def doubly_stochastic(transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor:
+    """Sinkhorn on K = exp(x): columns normalised first, then max_iterations rounds of rows then
+    columns, stopped early once every row sum is within matrix_tolerance / 4 of 1 (checked after
+    every 10th round, as documented); then rows corrected by (1 - row sums) / n and, where an entry
+    is negative, mixed with the uniform matrix just enough to lift the lowest entry to 0."""
+    size = x.shape[-1]
+
+    def log_normalise(logs: Tensor, dim: int) -> Tensor:
+        # logs - log(sum(exp(logs))), with the largest term taken out so that nothing underflows.
+        top = logs.amax(dim, keepdim=True)
+        return logs - top - torch.log(torch.exp(logs - top).sum(dim, keepdim=True))
+
+    logs = log_normalise(x, -2)
+    compute = torch.finfo(_compute(dtype)).eps
+    tolerance = (10 * size * compute + 4 * math.sqrt(size) * torch.finfo(dtype).eps) / 4
+    for step in range(transform.max_iterations):
+        logs = log_normalise(log_normalise(logs, -1), -2)
+        if step % 10 == 9 and bool(((torch.exp(logs).sum(-1) - 1).abs() <= tolerance).all()):
+            break
+    p = torch.exp(logs)
+    p = p + (1 - p.sum(-1, keepdim=True)) / size
+    lowest = p.amin((-2, -1), keepdim=True)
+    t = (-lowest).clamp_min(0.0) / (1 / size - lowest.clamp_max(0.0))
+    return p * (1 - t) + t / size
+
+
+def doubly_stochastic_inverse(transform: object, y: Tensor, dtype: torch.dtype = F64) -> Tensor:
+    return torch.log(y.clamp_min(torch.finfo(dtype).tiny))
 
 
 def spectral_bound(transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor:
@@ -472,13 +546,45 @@ def corr_matrix_inverse(transform: object, y: Tensor, dtype: torch.dtype = F64) 
     return corr_cholesky_inverse(transform, factor, dtype)
 
 
+#: The documented ratio at which ``Orthogonal(method="auto")`` takes the thin map: the longer side at
+#: least 4 times the shorter.
+_THIN_RATIO = 4
+
+
+def _thin(transform: object, shape: torch.Size) -> bool:
+    rows, cols = max(shape[-2:]), min(shape[-2:])
+    return transform.method == "thin" or (transform.method == "auto" and rows >= _THIN_RATIO * cols)
+
+
+def _thin_skew(transform: object, tall: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """The thin map's n x n skew matrix A = Z B^T - B Z^T, for Z the stored tensor with its Frobenius
+    norm capped at eps(compute dtype) ** -1/4, and its base B (the first k columns of I before any
+    assignment)."""
+    rows, cols = tall.shape[-2:]
+    limit = _compute_eps(dtype) ** -0.25
+    norm = torch.linalg.matrix_norm(tall)[..., None, None]
+    z = tall / (norm / limit).clamp_min(1.0)
+    base = transform.base.detach().to(F64)
+    if not base.numel():
+        base = torch.eye(rows, cols, dtype=F64).expand(tall.shape)
+    elif base.shape[-2:] != (rows, cols):
+        base = base.mT
+    return z @ base.mT - base @ z.mT, base
+
+
 def orthogonal(transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor:
     """B phi(skew(X)), skew(X) = (X - X^T) / 2 with X padded by zero columns to square, its
     Frobenius norm capped at 1 / sqrt(eps(compute dtype)); phi = matrix exponential or Cayley map;
-    the first k columns (rows for a wide matrix, through the transpose)."""
+    the first k columns (rows for a wide matrix, through the transpose). The thin map (docs:
+    Orthogonal, ``method="thin"``, and ``"auto"`` at 4:1): e^(Z B^T - B Z^T) B, formed here as the
+    plain n x n exponential that the code under test never forms."""
     wide = x.shape[-2] < x.shape[-1]
     tall = x.mT if wide else x
     rows, cols = tall.shape[-2:]
+    if _thin(transform, x.shape):
+        skew, base = _thin_skew(transform, tall, dtype)
+        value = torch.matrix_exp(skew) @ base
+        return value.mT if wide else value
     square = torch.cat([tall, tall.new_zeros(*tall.shape[:-1], rows - cols)], -1)
     skew = (square - square.mT) / 2
     limit = _compute_eps(dtype) ** -0.5
@@ -495,14 +601,50 @@ def orthogonal(transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor
 
 
 def orthogonal_condition(transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor:
-    """The Frobenius norm of the (capped) skew part, per matrix: the scaling and squaring of a
+    """The Frobenius norm of the (capped) skew matrix, per matrix: the scaling and squaring of a
     matrix exponential (and the solve of a Cayley map) lose about that many ulps (docs: Orthogonal)."""
     wide = x.shape[-2] < x.shape[-1]
     tall = x.mT if wide else x
     rows, cols = tall.shape[-2:]
+    if _thin(transform, x.shape):
+        norm = torch.linalg.matrix_norm(_thin_skew(transform, tall, dtype)[0])
+        return norm[..., None, None].expand(x.shape)
     square = torch.cat([tall, tall.new_zeros(*tall.shape[:-1], rows - cols)], -1)
     norm = torch.linalg.matrix_norm((square - square.mT) / 2)
     return norm.clamp_max(_compute_eps(dtype) ** -0.5)[..., None, None].expand(x.shape)
+
+
+def hermitian(transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor:
+    """(X + X^H) / 2 (X^T for a real tensor); complex128 for a complex ``x``."""
+    return (x + x.mH) / 2
+
+
+def hermitian_inverse(transform: object, y: Tensor, dtype: torch.dtype = F64) -> Tensor:
+    """The value itself (a fixed point of the map)."""
+    return y
+
+
+def unitary(transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor:
+    """B phi(skewh(X)), skewh(X) = (X - X^H) / 2 with X padded by zero columns to square, its
+    Frobenius norm capped at 1 / sqrt(eps) of the real dtype; phi = matrix exponential or Cayley map
+    (in complex128); the first k columns (rows for a wide matrix, through the conjugate transpose)."""
+    x = x.to(torch.complex128)
+    wide = x.shape[-2] < x.shape[-1]
+    tall = x.mH if wide else x
+    rows, cols = tall.shape[-2:]
+    square = torch.cat([tall, tall.new_zeros(*tall.shape[:-1], rows - cols)], -1)
+    skew = (square - square.mH) / 2
+    limit = _compute_eps(dtype.to_real() if dtype.is_complex else dtype) ** -0.5
+    norm = torch.linalg.matrix_norm(skew)[..., None, None]
+    skew = skew / (norm / limit).clamp_min(1.0)
+    eye = torch.eye(rows, dtype=torch.complex128)
+    if transform.method == "cayley":
+        rotation = torch.linalg.solve(eye - skew, eye + skew)
+    else:
+        rotation = torch.matrix_exp(skew)
+    base = transform.base.detach().to(torch.complex128)
+    value = (base @ rotation if base.numel() else rotation)[..., :cols]
+    return value.mH if wide else value
 
 
 # ------------------------------------------------------------------------------------ compose
@@ -538,9 +680,16 @@ REFERENCES: dict[str, Reference] = {
     "compose": Reference(compose, compose_inverse),
     "corr_cholesky": Reference(corr_cholesky, corr_cholesky_inverse),
     "corr_matrix": Reference(corr_matrix, corr_matrix_inverse),
+    # Orthogonal's map and base (the Grassmannian stores a representative basis the same way).
+    "grassmannian": Reference(orthogonal, None, orthogonal_condition),
+    "doubly_stochastic": Reference(doubly_stochastic, doubly_stochastic_inverse),
     "greater_than": Reference(greater_than, greater_than_inverse),
+    "hermitian": Reference(hermitian, hermitian_inverse),
     "less_than": Reference(less_than, less_than_inverse),
     "lower_cholesky": Reference(lower_cholesky, lower_cholesky_inverse),
+    # The factors are defined up to an invertible r x r matrix (and the SVD's signs): no closed-form
+    # inverse to compare with; the contract checks the round trip.
+    "low_rank": Reference(low_rank, None),
     "max_norm": Reference(max_norm, max_norm_inverse),
     "min_max_norm": Reference(min_max_norm, min_max_norm_inverse),
     "ordered": Reference(ordered, ordered_inverse),
@@ -555,6 +704,8 @@ REFERENCES: dict[str, Reference] = {
     # not unique): no closed-form inverse to compare with; the contract checks the round trip.
     "positive_semidefinite": Reference(positive_semidefinite, None),
     "skew_symmetric": Reference(skew_symmetric, skew_symmetric_inverse),
+    # The inverse sets the base to the value and stores zeros: no closed form to compare with.
+    "special_linear": Reference(special_linear, None, special_linear_condition),
     "spectral_bound": Reference(spectral_bound, spectral_bound_inverse),
     "simplex": Reference(simplex, simplex_inverse),
     "soft_clip": Reference(soft_clip, soft_clip_inverse),
@@ -562,4 +713,6 @@ REFERENCES: dict[str, Reference] = {
     "symmetric": Reference(symmetric, symmetric_inverse),
     "unit_interval": Reference(unit_interval, unit_interval_inverse),
     "unit_norm": Reference(unit_norm, unit_norm_inverse),
+    # The inverse sets the base to the value and stores zeros: no closed form to compare with.
+    "unitary": Reference(unitary, None),
 }

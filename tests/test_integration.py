@@ -5,6 +5,8 @@ bounds that require grad through every fusion mode."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import Tensor, nn
@@ -76,6 +78,27 @@ def test_penalty_is_the_weighted_squared_distance_and_its_gradient(name, build, 
     torch.testing.assert_close(module.w.grad, 2 * 0.5 * distance, rtol=1e-12, atol=1e-12)
 
 
+def test_penalty_counts_only_the_distance_beyond_the_membership_tolerance():
+    """Elementwise, the penalty is (|y - P(y)| - tau)_+^2 with tau four ulps of the bound (the tolerance
+    of contains, documented in ps.penalty): a value contains() accepts counts exactly 0, and one past
+    it counts its distance minus tau, not the plain distance (which would penalise accepted values
+    at the margin and differ by 2 % at 1e-13 past a bound of 1 in float64)."""
+    tau = 4 * torch.finfo(torch.float64).eps  # four ulps of the bound 1
+    value = torch.tensor([1 + 1e-13, 1 + 2e-12, 1 + tau / 2, 0.5], dtype=torch.float64)
+    module = nn.Module()
+    module.w = nn.Parameter(torch.zeros(4, dtype=torch.float64))
+    ps.constrain(module, "w", ps.Box(-1.0, 1.0), method="penalty", weight=1.0)
+    with torch.no_grad():
+        module.w.copy_(value)
+    assert ps.constraints(module)["w"].contains(value).tolist() == [False, False, True, True]
+    gap = (value[:2] - 1) - tau
+    penalty = ps.penalty(module)
+    torch.testing.assert_close(penalty, (gap**2).sum(), rtol=1e-9, atol=0.0)
+    penalty.backward()
+    torch.testing.assert_close(module.w.grad[:2], 2 * gap, rtol=1e-9, atol=0.0)
+    assert module.w.grad[2:].tolist() == [0.0, 0.0]
+
+
 # -------------------------------------------------------------- checkpoints: the last module
 def test_an_infeasible_value_in_the_last_constrained_module_loads_nothing():
     model = nn.Sequential(nn.Linear(3, 3), nn.ReLU(), nn.Linear(3, 3), nn.Linear(3, 2))
@@ -93,6 +116,63 @@ def test_an_infeasible_value_in_the_last_constrained_module_loads_nothing():
     assert list(after) == list(before)
     for key, value in before.items():
         assert torch.equal(after[key], value), f"{key} changed by a refused load"
+
+
+class _Restorer(nn.Module):
+    """A module that loads a checkpoint into its child from one of its own methods, as training
+    frameworks do (the call stack then holds a module frame above load_state_dict's)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+
+    def restore(self, checkpoint: dict) -> None:
+        self.inner.load_state_dict(checkpoint)
+
+
+def test_a_checkpoint_loaded_from_inside_a_module_method_is_checked_as_a_whole():
+    holder = _Restorer()
+    for path in ("0.weight", "1.weight"):
+        ps.constrain(holder.inner, path, ps.Box(-1.0, 1.0), init="project")
+    checkpoint = {key: value.clone() for key, value in ps.plain_state_dict(holder.inner).items()}
+    checkpoint["0.weight"].fill_(0.5)
+    holder.restore(checkpoint)
+    assert torch.equal(holder.inner[0].weight, torch.full((2, 2), 0.5))
+    before = {key: value.clone() for key, value in holder.inner.state_dict().items()}
+    checkpoint["0.weight"].fill_(0.25)
+    checkpoint["1.weight"][-1, -1] = 1.5  # refused: nothing may load, 0.weight included
+    with pytest.raises(ps.InfeasibleValueError, match=r"1\.weight"):
+        holder.restore(checkpoint)
+    for key, value in holder.inner.state_dict().items():
+        assert torch.equal(value, before[key]), f"{key} changed by a refused load"
+
+
+def test_a_penalty_checkpoint_with_a_nan_is_refused_by_name():
+    """A penalty may leave the set, so its checkpoint values are checked for finiteness only."""
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    ps.constrain(model, "1.weight", ps.Box(-1.0, 1.0), method="penalty")
+    checkpoint = {key: value.clone() for key, value in model.state_dict().items()}
+    checkpoint["1.weight"][0, 1] = math.nan
+    checkpoint["0.weight"].fill_(0.25)
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    with pytest.raises(ps.InfeasibleValueError, match=r"'1\.weight' of Sequential .*1 of 4 values are NaN"):
+        model.load_state_dict(checkpoint)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), f"{key} changed by a refused load"
+
+
+def test_an_integer_checkpoint_tensor_is_checked_as_the_value_it_loads_as():
+    """load_state_dict casts an integer tensor into a float parameter; the check sees the cast value
+    (it raised torch.finfo's TypeError on the integer dtype)."""
+    layer = ps.constrain(nn.Linear(2, 2), "weight", ps.Box(-1.0, 1.0), method="project")
+    checkpoint = dict(layer.state_dict())
+    checkpoint["weight"] = torch.tensor([[1, 0], [-1, 0]])
+    layer.load_state_dict(checkpoint)
+    assert torch.equal(layer.weight, torch.tensor([[1.0, 0.0], [-1.0, 0.0]]))
+    checkpoint["weight"] = torch.tensor([[2, 0], [0, 0]])
+    with pytest.raises(ps.InfeasibleValueError, match=r"'weight' of Linear"):
+        layer.load_state_dict(checkpoint)
+    assert torch.equal(layer.weight, torch.tensor([[1.0, 0.0], [-1.0, 0.0]]))
 
 
 # ------------------------------------------------------------ a saturated value comes back

@@ -204,3 +204,51 @@ def test_no_saturation_warning_while_values_are_inside():
             optimizer.zero_grad()
             layer(torch.randn(2, 8)).sum().backward()
             optimizer.step()
+
+
+def _drive_saturation(fractions: dict[int, float], steps: int) -> list[warnings.WarningMessage]:
+    """Train 100 values of Box(-1, 1) with a zero learning rate, setting before step ``n`` the
+    fraction ``fractions[n]`` of them deep in the tail (t = 0.9999, slope 2e-4): the hook sees
+    exactly these fractions at its checks (steps 10, 100, 200, ...)."""
+    holder = nn.Module()
+    holder.value = nn.Parameter(torch.zeros(100))
+    ps.constrain(holder, "value", ps.Box(-1.0, 1.0))
+    optimizer = torch.optim.SGD(holder.parameters(), lr=0.0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for step in range(1, steps + 1):
+            if step in fractions:
+                count = round(100 * fractions[step])
+                holder.value = torch.cat([torch.full((count,), 0.9999), torch.zeros(100 - count)])
+            optimizer.zero_grad()
+            holder.value.sum().backward()
+            optimizer.step()
+    return [w for w in caught if issubclass(w.category, ps.SaturationWarning)]
+
+
+def test_saturation_warning_fires_when_a_fifth_is_saturated_and_growing():
+    """Below the "most of a tensor" threshold, but growing at each of the last two checks: the
+    sign of an optimum on the bound (values keep sliding into the tail), as on a clipped critic."""
+    from paramshape.strategies import saturation as module
+
+    assert (module.GROWING_FRACTION, module.GROWING_CHECKS, module.WARN_FRACTION) == (0.2, 2, 0.5)
+    caught = _drive_saturation({1: 0.10, 50: 0.22, 150: 0.30}, steps=250)  # checks: 10, 100, 200
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert "30% of value (ParametrizedModule.value) (shape (100,), torch.float32)" in message
+    assert "and growing (10% at step 10, 22% at step 100, 30% at step 200)" in message
+    assert "method='project'" in message
+    assert "ps.Box(low, high, slope=...)" in message
+
+
+@pytest.mark.parametrize(
+    "fractions",
+    [
+        pytest.param({1: 0.40}, id="steady 40%"),
+        pytest.param({1: 0.45, 50: 0.30, 150: 0.35}, id="shrank, then grew once"),
+        pytest.param({1: 0.05, 50: 0.10, 150: 0.15}, id="growing but under a fifth"),
+        pytest.param({1: 0.10, 50: 0.25, 150: 0.25}, id="grew, then stopped"),
+    ],
+)
+def test_no_saturation_warning_for_a_steady_shrinking_or_small_saturated_fraction(fractions):
+    assert _drive_saturation(fractions, steps=250) == []

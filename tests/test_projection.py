@@ -32,7 +32,9 @@ def is_convex(transform: ps.Transform) -> bool:
         return transform.min_value == 0
     if isinstance(transform, ps.PositiveSemidefinite):
         return transform.rank is None
-    return True
+    # Orthonormal bases (a Stiefel manifold) and rank <= r (the sum of two rank-1 matrices has rank 2)
+    # are not convex.
+    return not isinstance(transform, (ps.Grassmannian, ps.LowRank))
 
 
 def build(case: Case, dtype: torch.dtype) -> ps.Transform:

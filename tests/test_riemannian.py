@@ -28,6 +28,14 @@ def _tangent_reference(transform: ps.Transform, point: torch.Tensor, noise: torc
         eye = torch.eye(p.shape[-2], dtype=p.dtype)
         v = (eye - p @ p.mT) @ noise.movedim(transform.dim, -1).unsqueeze(-1)
         return v.squeeze(-1).movedim(-1, transform.dim)
+    if isinstance(transform, ps.Grassmannian):
+        # Horizontal vectors {Q_perp B}: from the complement columns of a complete QR basis.
+        wide = point.shape[-2] < point.shape[-1]
+        q = point.mT if wide else point
+        n, k = q.shape[-2:]
+        complement = torch.linalg.qr(q, mode="complete").Q[..., k:]
+        v = complement @ torch.randn(*q.shape[:-2], n - k, k, dtype=q.dtype)
+        return v.mT if wide else v
     if isinstance(transform, ps.Orthogonal):
         # {Q A + Q_perp B : A skew}: built from a complete QR basis of the tall matrix.
         wide = point.shape[-2] < point.shape[-1]
@@ -55,6 +63,9 @@ def _in_tangent_space(transform: ps.Transform, point: torch.Tensor, v: torch.Ten
     """How far ``v`` is from the tangent space at ``point`` (0 for a tangent vector)."""
     if isinstance(transform, ps.UnitNorm):
         return float((v * point).sum(transform.dim).abs().max())
+    if isinstance(transform, ps.Grassmannian):
+        q, w = (point.mT, v.mT) if point.shape[-2] < point.shape[-1] else (point, v)
+        return float((q.mT @ w).abs().max())
     if isinstance(transform, ps.Orthogonal):
         q, w = (point.mT, v.mT) if point.shape[-2] < point.shape[-1] else (point, v)
         return float((q.mT @ w + w.mT @ q).abs().max())
@@ -158,7 +169,7 @@ def test_transforms_without_manifold_raise_naming_the_other_strategies():
 
 def test_the_manifold_transforms_are_the_documented_ones():
     names = {case.name for case in MANIFOLD_CASES}
-    assert {"unit_norm", "orthogonal", "positive_definite"} <= names
+    assert {"unit_norm", "orthogonal", "positive_definite", "grassmannian"} <= names
 
 
 # ---------------------------------------------------------------------------- method="riemannian"

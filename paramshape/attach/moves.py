@@ -65,12 +65,17 @@ def check_move(root: nn.Module, fn: Any) -> None:
         like = getattr(module, "_value_like", None) if isinstance(module, Transform) else None
         if like is not None and like.device.type != "meta":
             converted = fn(like)
-            if isinstance(converted, Tensor) and not converted.is_floating_point():
+            if isinstance(converted, Tensor) and (
+                not (converted.is_floating_point() or converted.is_complex())
+                or (converted.is_complex() and not module.supports_complex)
+                or (not converted.is_complex() and module.complex_only)
+            ):
                 where = module._target or repr(module)
+                kind = "complex" if module.complex_only else "real floating point"
                 raise UnsupportedTensorError(
-                    f"{where}: the move would make the constrained tensor {converted.dtype}; only real "
-                    f"floating point tensors can be constrained. No constrained module was converted. "
-                    "Call ps.unconstrain first, or move to a floating point dtype."
+                    f"{where}: the move would make the constrained tensor {converted.dtype}; {module!r} "
+                    f"constrains {kind} tensors only. No constrained module was converted. "
+                    "Call ps.unconstrain first, or move to a dtype the set takes."
                 )
         if isinstance(module, BoundedTransform):
             try:

@@ -324,6 +324,12 @@ def fast_read(owner: nn.Module, name: str, *, watch_writes: bool = True) -> None
         if stored is None:  # a parametrized buffer
             stored = chain._buffers["original"]
         transform: Transform = chain._modules["0"]  # type: ignore[assignment]  # the chain holds one
+        # constrain(..., fold=True): the value cached since the stored tensor last changed
+        # (paramshape.strategies.folded.FoldedValue, found by attribute: lookup sits below strategies).
+        # A write into a folded value is repaired at its next read, so it needs no watch here.
+        folded = chain.__dict__.get("_paramshape_folded")
+        if folded is not None and folded.serves(stored, transform):
+            return folded.read()
         if not watch_writes:
             return transform(stored)
         last = chain.__dict__.get(_LAST_VALUE)

@@ -9,17 +9,27 @@ which a smooth map never reaches, and ``method="project"`` is the right tool.
 :func:`saturation` measures it on demand. While training, one global optimizer step post-hook (the
 first reparametrised :func:`~paramshape.constrain` installs it) checks the watched tensors that the
 stepping optimizer holds, on its 10th step and every 100th after: one pass of the map's log-slope
-over the tensor, so about 1% of a forward pass per step on average. A tensor gets at most one
-:class:`~paramshape.SaturationWarning`; :func:`set_saturation_warning` switches the check off.
+over the tensor, so about 1% of a forward pass per step on average. It warns on either of two
+signs that the optimum lies on the bound:
+
+- *mostly saturated*: more than :data:`WARN_FRACTION` (half) of the tensor saturated at a check;
+- *saturated and growing*: at least :data:`GROWING_FRACTION` (a fifth) saturated, and more at each of
+  the last :data:`GROWING_CHECKS` checks than at the one before: values keep sliding into the flat
+  tails, as a clipped critic's weights do. An interior optimum holds its values still, so its
+  saturated fraction stops growing.
+
+A tensor gets at most one :class:`~paramshape.SaturationWarning`; :func:`set_saturation_warning`
+switches the check off.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 import weakref
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -35,6 +45,8 @@ from paramshape.transforms.base import Transform
 __all__ = [
     "CHECK_EVERY",
     "FIRST_CHECK",
+    "GROWING_CHECKS",
+    "GROWING_FRACTION",
     "SATURATED_SLOPE",
     "WARN_FRACTION",
     "SaturationReport",
@@ -49,6 +61,10 @@ __all__ = [
 SATURATED_SLOPE = 0.01
 #: The warning fires when more than this fraction of a tensor is saturated ("most of it").
 WARN_FRACTION = 0.5
+#: It also fires when at least this fraction is saturated and the fraction has grown at each of the
+#: last GROWING_CHECKS checks (the optimum on the bound: values keep sliding into the flat tails).
+GROWING_FRACTION = 0.2
+GROWING_CHECKS = 2
 #: The hook checks on an optimizer's FIRST_CHECK-th step, then on every CHECK_EVERY-th.
 FIRST_CHECK = 10
 CHECK_EVERY = 100
@@ -137,8 +153,11 @@ def saturation(model: nn.Module) -> SaturationReport:
     are measured (Box, UnitInterval, Positive, GreaterThan, LessThan, SoftClip); tensors kept by
     ``method="project"`` or ``"penalty"`` are not reparametrised and are not listed.
 
-    Mostly saturated tensors usually mean the optimum lies on the bound, which a smooth map never
-    reaches: ``method="project"`` reaches it exactly (see the strategies guide).
+    Mostly saturated tensors, or a saturated fraction that keeps growing over training, usually
+    mean the optimum lies on the bound, which a smooth map never reaches: ``method="project"``
+    reaches it exactly (see the strategies guide). During training a
+    :class:`~paramshape.SaturationWarning` reports either sign: more than half of a tensor
+    saturated, or at least a fifth and more at each of the last two checks.
 
     Args:
         model: any module.
@@ -190,6 +209,8 @@ class _Watch:
     label: str
     tensor: weakref.ref[Tensor]
     warned: bool = False
+    #: (optimizer step, saturated fraction) at the last GROWING_CHECKS + 1 checks, oldest first.
+    history: list[tuple[int, float]] = field(default_factory=list)
 
 
 #: Watched stored tensors by id (a Tensor's ``==`` is elementwise, so not a dictionary key).
@@ -234,10 +255,18 @@ def _check_after_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) 
         for param in group["params"]:
             entry = _watched.get(id(param))
             if entry is not None and not entry.warned and entry.tensor() is param and param is not None:
-                _check(entry, param)
+                _check(entry, param, count)
 
 
-def _check(entry: _Watch, stored: Tensor) -> None:
+def _growing(history: list[tuple[int, float]]) -> bool:
+    """Saturated on at least GROWING_FRACTION and more at each of the last GROWING_CHECKS checks."""
+    if len(history) <= GROWING_CHECKS or history[-1][1] < GROWING_FRACTION:
+        return False
+    fractions = [fraction for _, fraction in history]
+    return all(later > earlier for earlier, later in itertools.pairwise(fractions))
+
+
+def _check(entry: _Watch, stored: Tensor, step: int) -> None:
     owner = entry.owner()
     transform = None if owner is None else paramshape_transform(owner, entry.name)
     if transform is None or owner.parametrizations[entry.name].original is not stored:  # type: ignore[union-attr, index]
@@ -247,15 +276,21 @@ def _check(entry: _Watch, stored: Tensor) -> None:
     if mask is None or mask.numel() == 0:
         return
     fraction = float(mask.double().mean())
-    if fraction <= WARN_FRACTION:
+    entry.history = [*entry.history[-GROWING_CHECKS:], (step, fraction)]
+    if fraction > WARN_FRACTION:
+        trend = ""
+    elif _growing(entry.history):
+        trend = ", and growing (" + ", ".join(f"{f:.0%} at step {n}" for n, f in entry.history) + ")"
+    else:
         return
     entry.warned = True
     warnings.warn(
         f"paramshape: {fraction:.0%} of {entry.label} (shape {tuple(stored.shape)}, {stored.dtype}) sits "
-        f"where the map of {transform!r} has less than {SATURATED_SLOPE:.0%} of its largest slope, so "
-        "those values barely move. If the optimum lies on the bound (clipped weights, exact zeros), "
-        "constrain it with method='project', which reaches the bound exactly; otherwise check the "
-        "learning rate and the initial values (ps.saturation(model) measures every tensor). "
+        f"where the map of {transform!r} has less than {SATURATED_SLOPE:.0%} of its largest slope{trend}, "
+        "so those values barely move. If the optimum lies on the bound (clipped weights, exact zeros), "
+        "constrain it with method='project', which reaches the bound exactly; if it lies inside, a "
+        "smaller slope (ps.Box(low, high, slope=...)) or learning rate keeps values out of the flat "
+        "tails, and so do initial values inside the set (ps.saturation(model) measures every tensor). "
         "ps.set_saturation_warning(False) silences this check.",
         SaturationWarning,
         stacklevel=2,

@@ -2,10 +2,10 @@
 
 A connected Lie group reached from a base point by the matrix exponential, the dynamic
 trivialization :class:`~paramshape.Orthogonal` uses: :math:`f(X) = B e^{X}` with the base :math:`B`
-set by assignment, and :math:`\\det e^{X} = e^{\\operatorname{tr} X} > 0`. (The same shape with a
-traceless exponent gives SL(n), which is not offered yet: the rounding of the product with the base
-moves the determinant by about cond(B) cond(e^X) epsilons, more than a tolerance in cond(B e^X)
-allows; ``_interior`` and the base class keep a switch for it.)
+set by assignment, and :math:`\\det e^{X} = e^{\\operatorname{tr} X} > 0`; and SL(n),
+:class:`SpecialLinear`: the same product with a traceless exponent, divided by the :math:`n`-th root
+of its determinant (computed in float64), since the rounding of the product with the base alone
+moves the determinant by about cond(B) cond(e^X) epsilons.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from paramshape.transforms.matrix.base import (
 )
 from paramshape.transforms.registry import register
 
-__all__ = ["PositiveDeterminant", "positive_determinant"]
+__all__ = ["PositiveDeterminant", "SpecialLinear", "positive_determinant", "special_linear"]
 
 
 def _generator_limit(dtype: torch.dtype) -> float:
@@ -201,6 +201,151 @@ class PositiveDeterminant(_Trivialized):
             return broken
         det = float(torch.linalg.det(y.double()[index[:-2]]))
         return f"{matrix_label(index)} has determinant {format_value(det, y.dtype)}"
+
+
+#: The largest tolerance on :math:`|\\log \\det Y|` that :class:`SpecialLinear` allows, however ill
+#: conditioned ``Y``: beyond a condition number near ``1 / (n eps)`` the dtype holds no digit of the
+#: determinant, and the test would accept anything with a positive one.
+_LOG_DETERMINANT_CAP = 0.5
+
+
+def special_linear_tolerance(y: Tensor) -> Tensor:
+    """Per matrix, ``(*batch, 1, 1)`` float64: how far :math:`\\log \\det Y` may lie from 0 for ``y`` in
+    SL(n): ``(matrix_tolerance + n eps) cond(Y)``, at most :data:`_LOG_DETERMINANT_CAP`. Rounding
+    each entry of ``Y`` by a relative ``eps / 2`` moves :math:`\\log \\det Y` by
+    :math:`\\operatorname{tr}(Y^{-1} E) \\le \\tfrac{n}{2} \\operatorname{cond}(Y)\\,\\epsilon`; the
+    matrix_tolerance part covers the products computed before the cast."""
+    _, _, condition = _spectrum(y)
+    size = y.shape[-1]
+    per_unit = matrix_tolerance(y.dtype, size) + size * torch.finfo(y.dtype).eps
+    return (per_unit * torch.nan_to_num(condition, nan=math.inf)).clamp_max(_LOG_DETERMINANT_CAP)
+
+
+def _special_linear_excess(y: Tensor) -> Tensor:
+    """Per matrix: 0 for a positive determinant whose log lies within
+    :func:`special_linear_tolerance` of 0; the log's excess beyond it otherwise (1 for a determinant
+    at or below 0); infinite for a matrix holding NaN or infinity."""
+    sign, logabs, _ = _spectrum(y)
+    excess = (logabs.abs() - special_linear_tolerance(y)).clamp_min(0.0)
+    excess = torch.where(sign > 0, torch.nan_to_num(excess, posinf=1.0), 1.0)
+    return torch.where(nonfinite_matrices(y), torch.inf, excess)
+
+
+@register("special_linear")
+class SpecialLinear(_Trivialized):
+    r"""Square matrices with determinant 1, :math:`SL(n)`: volume-preserving linear maps
+    (incompressible flows, volume-preserving layers of normalising flows, shape-only deformations).
+
+    .. math::
+
+        f(X) = \frac{Y}{(\det Y)^{1/n}}, \quad Y = B\, e^{X - \frac{\operatorname{tr} X}{n} I}
+        \ (\text{and } f(0) = B);
+        \qquad f^{-1}(M) = 0 \text{ with } B := M
+
+    A *dynamic trivialization*, as :class:`PositiveDeterminant`: the base :math:`B` is a buffer (in
+    ``state_dict``) set by assignment; before any assignment :math:`B = I`. The exponent is made
+    traceless, so :math:`\det Y = \det B = 1` in exact arithmetic; in floating point the product
+    moves the determinant by about :math:`\operatorname{cond}(B) \operatorname{cond}(e^{X})`
+    epsilons, so the value is divided by :math:`(\det Y)^{1/n}`, computed in float64 (an LU
+    factorisation, differentiable): its determinant is then 1 to the rounding of its own entries.
+    Where the stored matrix is exactly 0 the value is :math:`B` bit for bit (the division aims at
+    :math:`\det B`, which lies within the membership tolerance of 1), so ``init="keep"`` keeps an
+    assigned value exactly; the first step away from 0 moves the determinant to 1, a change within
+    that tolerance. A value whose determinant is off by more than half the tolerance is stored
+    divided by the ``n``-th root of its float64 determinant. The exponent is capped as :class:`PositiveDeterminant`'s (Frobenius norm
+    :math:`\tfrac14 \log(1/\epsilon)`).
+    ``init="raw"`` is refused; **not bijective** (no log-det-Jacobian); no projection (the Euclidean
+    projection onto :math:`\det = 1` has no closed form: ``method="project"`` is refused).
+
+    * Domain: :math:`\mathbb{R}^{n \times n}`; leading dimensions are a batch.
+    * Codomain: :math:`\{M : \det M = 1\}`. Membership per matrix: a positive determinant with
+      :math:`|\log \det M| \le (\text{matrix\_tolerance} + n \epsilon) \operatorname{cond}(M)`,
+      at most 1/2: rounding each entry by half an ulp moves :math:`\log \det M` by up to
+      :math:`\tfrac n2 \operatorname{cond}(M) \epsilon`, so no tighter test is possible for a
+      matrix stored in the dtype (see docs/transforms.md, "Accuracy").
+
+    Raises:
+        ShapeMismatchError: (from :func:`paramshape.constrain`) the matrices are not square.
+
+    Example:
+        >>> import torch, torch.nn as nn, paramshape as ps
+        >>> layer = ps.constrain(nn.Linear(3, 3), "weight", ps.SpecialLinear(), init="sample")
+        >>> det = torch.linalg.det(layer.weight.double())
+        >>> bool(abs(det - 1) < 1e-5)
+        True
+        >>> try:
+        ...     layer.weight = 2 * torch.eye(3)
+        ... except ps.InfeasibleValueError as error:
+        ...     print(str(error).split("worst: ")[1].split(" (")[0])
+        the matrix has determinant 8.0
+    """
+
+    _unit_determinant = True
+
+    def _generator(self, work: Tensor) -> Tensor:
+        size = work.shape[-1]
+        trace = work.diagonal(dim1=-2, dim2=-1).sum(-1)[..., None, None]
+        return work - (trace / size) * torch.eye(size, dtype=work.dtype, device=work.device)
+
+    def forward(self, x: Tensor) -> Tensor:
+        work = x.to(compute_dtype(x.dtype))
+        value = torch.matrix_exp(_cap(self._generator(work), _generator_limit(x.dtype)))
+        target = torch.zeros((), dtype=torch.float64, device=x.device)
+        if self.base.numel():
+            base = self.base.to(work.dtype)
+            value = base @ value
+            # Where the stored matrix is exactly 0 the value is the base, bit for bit: the rescaling
+            # below then aims at det B (a factor of exactly 1) instead of 1, so an assigned value comes
+            # back unchanged. det B is 1 within B's membership tolerance, so this is a step of at most
+            # that tolerance, not a change of the set; the gradient is the same on both sides.
+            at_base = (work == 0).all(-1).all(-1)
+            target = torch.where(at_base, torch.linalg.slogdet(base.double()).logabsdet, 0.0)
+        # det(value) is 1 only up to cond(B) cond(e^X) epsilons: rescale it, with the logs computed in
+        # float64, so that the rescaling is the only rounding left.
+        logabs = torch.linalg.slogdet(value.double()).logabsdet
+        factor = torch.exp((target - logabs) / x.shape[-1])[..., None, None]
+        return (value * factor.to(work.dtype)).to(x.dtype)
+
+    def _excess_at(self, y: Tensor, fraction: float) -> Tensor:
+        sign, logabs, _ = _spectrum(y)
+        return ((sign <= 0) | (logabs.abs() > fraction * special_linear_tolerance(y))).to(torch.float64)
+
+    def inverse(self, y: Tensor) -> Tensor:
+        """Set the base to ``y`` and return zeros; a value whose determinant is off by more than half
+        the membership tolerance is stored divided by the ``n``-th root of its float64 determinant,
+        so the values computed from the base keep a determinant within the tolerance."""
+        marginal = self._excess_at(y, 0.5) > 0
+        base = y.double()
+        if bool(marginal.any()):
+            logabs = torch.linalg.slogdet(base).logabsdet[..., None, None]
+            base = torch.where(marginal, base / torch.exp(logabs / y.shape[-1]), base)
+        # A copy: parametrize passes the Parameter itself, whose storage it then overwrites.
+        self.base = base.detach().to(dtype=y.dtype, device=y.device, copy=True)
+        return torch.zeros_like(y)
+
+    def _excess(self, y: Tensor) -> Tensor:
+        return _special_linear_excess(y)
+
+    @property
+    def codomain(self) -> constraints.Constraint:
+        return special_linear
+
+    def _describe(self, y: Tensor, index: tuple[int, ...]) -> str:
+        broken = self._describe_nonfinite(y, index)
+        if broken is not None:
+            return broken
+        matrix = y[index[:-2]]
+        det = float(torch.linalg.det(matrix.double()))
+        allowed = float(special_linear_tolerance(matrix))
+        return (
+            f"{matrix_label(index)} has determinant {format_value(det, y.dtype)} (|log det| at most "
+            f"{allowed:.2g} allowed for its condition number)"
+        )
+
+
+#: SL(n) as a :class:`torch.distributions.constraints.Constraint` (event_dim 2), with
+#: :class:`SpecialLinear`'s tolerance.
+special_linear = MatrixSet("SpecialLinear()", _special_linear_excess)
 
 
 #: GL+(n) as a :class:`torch.distributions.constraints.Constraint` (event_dim 2), with
