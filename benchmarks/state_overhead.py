@@ -16,6 +16,7 @@ import json
 import platform
 import statistics
 import time
+import warnings
 
 import torch
 import torch.optim.optimizer as optimizer_module
@@ -23,6 +24,25 @@ from torch import nn
 
 import paramshape as ps
 from paramshape.attach import resume
+from paramshape.lookup.modules import fast_read
+
+
+def small_model(watch_writes: bool) -> nn.Module:
+    """Issue 12's small model, with the getters watching for lost writes or not."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh())
+    model.append(nn.Linear(64, 64)).append(nn.Tanh()).append(nn.Linear(64, 1))
+    with warnings.catch_warnings():  # init="project" says how many values it moved inside
+        warnings.simplefilter("ignore", ps.ParamshapeWarning)
+        ps.constrain(model, "*", ps.Box(-0.01, 0.01), init="project")
+    if not watch_writes:
+        for module in model.modules():
+            for name in list(getattr(module, "parametrizations", {})):
+                prop = type(module).__dict__[name]
+                slow = prop.fget._paramshape_slow
+                setattr(type(module), name, property(slow, prop.fset, prop.fdel, prop.__doc__))
+                fast_read(module, name, watch_writes=False)
+    return model
 
 
 def timed(call, repeat: int) -> float:
@@ -74,6 +94,30 @@ def main() -> None:
         apply_times.append(timed(lambda: model.apply(noop), args.repeat))
         plain_apply_times.append(timed(lambda: plain.apply(noop), args.repeat))
         forward_times.append(timed(lambda: model(x), args.repeat))
+    watched, unwatched = small_model(True), small_model(False)
+    small_x = torch.randn(64, 2)
+    small_steps = {}
+    for label, net in (("watched", watched), ("unwatched", unwatched)):
+        small_opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+
+        def small_step(net: nn.Module = net, small_opt: torch.optim.Optimizer = small_opt) -> None:
+            small_opt.zero_grad()
+            net(small_x).square().mean().backward()
+            small_opt.step()
+
+        small_steps[label] = small_step
+    read_times: dict[str, list[float]] = {
+        "watched": [],
+        "unwatched": [],
+        "step_watched": [],
+        "step_unwatched": [],
+    }
+    for round_index in range(args.rounds):
+        order = ("watched", "unwatched") if round_index % 2 == 0 else ("unwatched", "watched")
+        for label in order:
+            layer = (watched if label == "watched" else unwatched)[0]
+            read_times["step_" + label].append(timed(small_steps[label], args.repeat))
+            read_times[label].append(timed(lambda layer=layer: layer.weight, args.repeat * 20))
     with open("/proc/cpuinfo") as info:
         cpu = next(
             (line.split(":", 1)[1].strip() for line in info if "model name" in line), platform.processor()
@@ -90,6 +134,12 @@ def main() -> None:
                 / statistics.median(plain_apply_times),
                 "apply_us": statistics.median(apply_times) * 1e6,
                 "apply_over_one_forward": statistics.median(apply_times) / statistics.median(forward_times),
+                "small_model_step_watched_over_unwatched": statistics.median(read_times["step_watched"])
+                / statistics.median(read_times["step_unwatched"]),
+                "small_model_step_ms": statistics.median(read_times["step_watched"]) * 1e3,
+                "read_watched_over_unwatched": statistics.median(read_times["watched"])
+                / statistics.median(read_times["unwatched"]),
+                "read_us": statistics.median(read_times["watched"]) * 1e6,
             },
             indent=1,
         )

@@ -17,7 +17,10 @@ policy_log_std            log-std in [-20, 2]                 ``log_std.clamp(-2
 
 Methods: ``hand``; ``reparam`` (the default map: unit slope at the centre, ``init="project"`` at a
 quarter of the largest slope); ``reparam_logistic`` (the pre-0.2 map, ``Box(..., slope=(h-l)/4)``
-or ``softness=1``, for the decision); ``soft_clip`` (``SoftClip``, identity inside); ``project``
+or ``softness=1``, for the decision); on the WGAN critic, two attempted fixes of the default:
+``reparam_small_slope`` (``Box(-c, c, slope=0.1)``: slower into the tails) and
+``reparam_inbox_init`` (PyTorch's default init shrunk to half the box, so nothing starts at the
+quarter-slope line); ``soft_clip`` (``SoftClip``, identity inside); ``project``
 (``method="project"``); ``penalty`` (``method="penalty"``, ``loss + ps.penalty(model)``). Not every
 method applies everywhere: L-BFGS evaluates points off the optimizer's steps, where a projection or
 a penalty does not hold, and ``Ordered`` has no projection.
@@ -57,7 +60,16 @@ from torch import Tensor, nn
 
 import paramshape as ps
 
-METHODS = ("hand", "reparam", "reparam_logistic", "soft_clip", "project", "penalty")
+METHODS = (
+    "hand",
+    "reparam",
+    "reparam_logistic",
+    "reparam_small_slope",
+    "reparam_inbox_init",
+    "soft_clip",
+    "project",
+    "penalty",
+)
 PENALTY_WEIGHT = 1e3
 
 
@@ -141,6 +153,10 @@ def train_wgan(method: str, seed: int, scale: float) -> Run:
     gen = nn.Sequential(nn.Linear(2, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 2))
     critic = nn.Sequential(nn.Linear(2, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 1))
     names = [n for n, _ in critic.named_parameters()]
+    if method == "reparam_inbox_init":  # the default init shrunk into the box, each tensor's shape kept
+        with torch.no_grad():
+            for p in critic.parameters():
+                p.mul_(0.5 * clip / p.abs().max())
     _constrain(
         critic,
         names,
@@ -148,6 +164,7 @@ def train_wgan(method: str, seed: int, scale: float) -> Run:
         {
             "reparam": lambda: ps.Box(-clip, clip),
             "reparam_logistic": lambda: ps.Box(-clip, clip, slope=2 * clip / 4),
+            "reparam_small_slope": lambda: ps.Box(-clip, clip, slope=0.1),
             "soft_clip": lambda: ps.SoftClip(-clip, clip),
             "project": lambda: ps.Box(-clip, clip),
             "penalty": lambda: ps.Box(-clip, clip),
@@ -436,7 +453,16 @@ PROBLEMS = {
             "critic weights in [-0.01, 0.01]",
             "clamp_ after step",
             "sliced W. distance",
-            ("hand", "project", "reparam", "reparam_logistic", "soft_clip", "penalty"),
+            (
+                "hand",
+                "project",
+                "reparam",
+                "reparam_logistic",
+                "reparam_small_slope",
+                "reparam_inbox_init",
+                "soft_clip",
+                "penalty",
+            ),
             "project",
             train_wgan,
         ),

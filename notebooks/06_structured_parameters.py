@@ -300,6 +300,45 @@ axes[1].set(title="PositiveSemidefinite(rank=2): eigenvalues", xlabel="index")
 plt.show()
 
 # %% [markdown]
+# ## Complex tensors: a unitary layer and a Hermitian Hamiltonian
+#
+# `ps.Unitary()` keeps a complex weight unitary (`Uᴴ U = I`: it preserves the norm of every complex
+# input, as in unitary RNNs and quantum-circuit layers) and `ps.Hermitian()` keeps a complex matrix
+# Hermitian (`Hᴴ = H`: real eigenvalues, a Hamiltonian). Both take `complex64` and `complex128`
+# tensors; the sets of real tensors refuse complex ones. The loss is a real number computed from the
+# complex values, and the optimizers step the complex stored tensors.
+#
+# Below, a unitary layer learns an unknown unitary map from input/output pairs, and a Hermitian
+# matrix is fitted to noisy measurements of a Hamiltonian's entries.
+
+# %%
+torch.manual_seed(2)  # this section's draws do not depend on the sections above
+true_unitary = ps.Unitary().sample((4, 4), dtype=torch.complex64)
+signals = torch.randn(128, 4, dtype=torch.complex64)
+rotated = signals @ true_unitary.mT
+unitary_layer = nn.Linear(4, 4, bias=False, dtype=torch.complex64)
+ps.constrain(unitary_layer, "weight", ps.Unitary(), init="sample")
+unitary_gap = fit(unitary_layer, lambda: (unitary_layer(signals) - rotated).abs().pow(2).mean(), 300, 0.05,
+                  lambda: (unitary_layer.weight.detach() - true_unitary).abs().max().item())  # fmt: skip
+weight = unitary_layer.weight.detach()
+deviation = (weight.mH @ weight - torch.eye(4, dtype=torch.complex64)).abs().max().item()
+
+hamiltonian_true = ps.Hermitian().sample((5, 5), dtype=torch.complex64)
+measured = hamiltonian_true + 0.05 * torch.randn(5, 5, dtype=torch.complex64)
+system = nn.Module()
+system.hamiltonian = nn.Parameter(torch.zeros(5, 5, dtype=torch.complex64))
+ps.constrain(system, "hamiltonian", ps.Hermitian(), init="sample")
+fit(system, lambda: (system.hamiltonian - measured).abs().pow(2).sum(), 300, 0.05)
+fitted_hamiltonian = system.hamiltonian.detach()
+print("largest |U - U_true| after training:", unitary_gap[-1], "; |UᴴU - I| =", deviation)
+print("Hamiltonian eigenvalues (real):", torch.linalg.eigvalsh(fitted_hamiltonian))
+
+fig, ax = plt.subplots(figsize=(4.5, 3))
+ax.semilogy(unitary_gap)
+ax.set(title="Unitary layer: distance to the true map", xlabel="step")
+plt.show()
+
+# %% [markdown]
 # ## Subspaces, low rank, volume and transport
 #
 # Four more matrix sets, each fitted to a target it can only approach.
@@ -382,6 +421,11 @@ assert kernel_eigenvalues[:-2].abs().max() < 1e-4, "rank at most 2"
 target_values, target_vectors = torch.linalg.eigh((noisy + noisy.T) / 2)
 best = target_vectors[:, -2:] @ torch.diag(target_values[-2:].clamp_min(0)) @ target_vectors[:, -2:].T
 assert torch.allclose(kernel.matrix.detach(), best, atol=1e-3)
+assert deviation < 1e-5, "the layer left the unitary matrices"
+assert unitary_gap[-1] < 1e-2, "the unitary layer did not learn the map"
+assert torch.equal(fitted_hamiltonian, fitted_hamiltonian.mH), "not exactly Hermitian"
+# The nearest Hermitian matrix to the measurements is their Hermitian part.
+assert torch.allclose(fitted_hamiltonian, (measured + measured.mH) / 2, atol=1e-4)
 assert subspace_error < 1e-3, "PCA by Riemannian steps reaches the top eigenspace"
 assert torch.allclose(compressed.weight.detach(), best_rank3, atol=1e-3)
 assert abs(volume_det - 1) < 1e-4

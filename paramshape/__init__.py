@@ -53,6 +53,7 @@ from paramshape.transforms.matrix.cholesky import LowerCholesky, PositiveDefinit
 from paramshape.transforms.matrix.correlation import CorrCholesky, CorrMatrix
 from paramshape.transforms.matrix.determinant import PositiveDeterminant, SpecialLinear
 from paramshape.transforms.matrix.grassmann import Grassmannian
+from paramshape.transforms.matrix.hermitian import Hermitian
 from paramshape.transforms.matrix.lowrank import LowRank
 from paramshape.transforms.matrix.orthogonal import Orthogonal
 from paramshape.transforms.matrix.rank import PositiveSemidefinite
@@ -60,6 +61,7 @@ from paramshape.transforms.matrix.skew import SkewSymmetric
 from paramshape.transforms.matrix.spectral import SpectralBound
 from paramshape.transforms.matrix.stochastic import DoublyStochastic
 from paramshape.transforms.matrix.symmetric import Symmetric
+from paramshape.transforms.matrix.unitary import Unitary
 from paramshape.transforms.registry import available
 from paramshape.transforms.vector.norms import MaxNorm, MinMaxNorm
 from paramshape.transforms.vector.ordered import Ordered, PositiveOrdered
@@ -84,6 +86,7 @@ __all__ = [
     "FusionUnavailableError",
     "Grassmannian",
     "GreaterThan",
+    "Hermitian",
     "HardClamp",
     "InfeasibleValueError",
     "InitPolicy",
@@ -126,6 +129,7 @@ __all__ = [
     "TransformError",
     "UnitInterval",
     "UnitNorm",
+    "Unitary",
     "UnsupportedTensorError",
     "available",
     "bound_output",

@@ -636,6 +636,39 @@ def orthogonal_condition(transform: object, x: Tensor, dtype: torch.dtype = F64)
     return norm.clamp_max(_compute_eps(dtype) ** -0.5)[..., None, None].expand(x.shape)
 
 
+def hermitian(transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor:
+    """(X + X^H) / 2 (X^T for a real tensor); complex128 for a complex ``x``."""
+    return (x + x.mH) / 2
+
+
+def hermitian_inverse(transform: object, y: Tensor, dtype: torch.dtype = F64) -> Tensor:
+    """The value itself (a fixed point of the map)."""
+    return y
+
+
+def unitary(transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor:
+    """B phi(skewh(X)), skewh(X) = (X - X^H) / 2 with X padded by zero columns to square, its
+    Frobenius norm capped at 1 / sqrt(eps) of the real dtype; phi = matrix exponential or Cayley map
+    (in complex128); the first k columns (rows for a wide matrix, through the conjugate transpose)."""
+    x = x.to(torch.complex128)
+    wide = x.shape[-2] < x.shape[-1]
+    tall = x.mH if wide else x
+    rows, cols = tall.shape[-2:]
+    square = torch.cat([tall, tall.new_zeros(*tall.shape[:-1], rows - cols)], -1)
+    skew = (square - square.mH) / 2
+    limit = _compute_eps(dtype.to_real() if dtype.is_complex else dtype) ** -0.5
+    norm = torch.linalg.matrix_norm(skew)[..., None, None]
+    skew = skew / (norm / limit).clamp_min(1.0)
+    eye = torch.eye(rows, dtype=torch.complex128)
+    if transform.method == "cayley":
+        rotation = torch.linalg.solve(eye - skew, eye + skew)
+    else:
+        rotation = torch.matrix_exp(skew)
+    base = transform.base.detach().to(torch.complex128)
+    value = (base @ rotation if base.numel() else rotation)[..., :cols]
+    return value.mH if wide else value
+
+
 # ------------------------------------------------------------------------------------ compose
 def _name_of(part: object) -> str:
     from paramshape.transforms.registry import available, registered_class
@@ -673,6 +706,7 @@ REFERENCES: dict[str, Reference] = {
     "grassmannian": Reference(orthogonal, None, orthogonal_condition),
     "doubly_stochastic": Reference(doubly_stochastic, doubly_stochastic_inverse),
     "greater_than": Reference(greater_than, greater_than_inverse),
+    "hermitian": Reference(hermitian, hermitian_inverse),
     "less_than": Reference(less_than, less_than_inverse),
     "lower_cholesky": Reference(lower_cholesky, lower_cholesky_inverse),
     # The factors are defined up to an invertible r x r matrix (and the SVD's signs): no closed-form
@@ -701,4 +735,6 @@ REFERENCES: dict[str, Reference] = {
     "symmetric": Reference(symmetric, symmetric_inverse),
     "unit_interval": Reference(unit_interval, unit_interval_inverse),
     "unit_norm": Reference(unit_norm, unit_norm_inverse),
+    # The inverse sets the base to the value and stores zeros: no closed form to compare with.
+    "unitary": Reference(unitary, None),
 }

@@ -51,6 +51,14 @@ def spectral() -> nn.Module:
     return nn.utils.parametrizations.spectral_norm(nn.Linear(4, 3))
 
 
+def poisoned_bound() -> nn.Module:
+    """A constrained layer whose bound was written in place (NaN) after constrain: the next read
+    must refuse it."""
+    layer = ps.constrain(nn.Linear(2, 2), "weight", "box(-1, 1)")
+    ps.constraints(layer)["weight"].low.fill_(math.nan)
+    return layer
+
+
 def tied_plain() -> nn.Module:
     model = nn.Sequential(nn.Linear(3, 3, bias=False), nn.Linear(3, 3, bias=False))
     model[1].weight = model[0].weight
@@ -343,6 +351,36 @@ ROWS = [
         lambda m: ps.constrain(m, "weight", "box(low=2, high=3, low=-1)"),
         ps.SpecError,
         "Malformed constraint spec 'box(low=2, high=3, low=-1)': keyword 'low' is given twice.",
+    ),
+    Row(
+        "bound written in place behind the transform",
+        poisoned_bound,
+        lambda m: m.weight,
+        ps.SpecError,
+        "'weight' of Linear (shape (2, 2), float32): a bound of Box(low=nan, high=1.0) ('low' () float32, "
+        "'high' () float32) was written in place behind the transform's back and is no longer valid",
+    ),
+    Row(
+        "bound assigned out of order",
+        lambda: ps.constrain(nn.Linear(2, 2), "weight", "box(-1, 1)"),
+        lambda m: setattr(ps.constraints(m)["weight"], "low", 2.0),
+        ps.SpecError,
+        "'weight' of Linear (shape (2, 2), float32): assigning 'low' of Box(low=-1.0, high=1.0): Box needs "
+        "low < high everywhere",
+    ),
+    Row(
+        "Parameter of another shape assigned",
+        lambda: ps.constrain(nn.Linear(2, 2), "weight", "box(-1, 1)"),
+        lambda m: setattr(m, "weight", nn.Parameter(torch.zeros(3, 3))),
+        ps.ShapeMismatchError,
+        "'weight' of Linear (shape (2, 2), float32): the value assigned has shape (3, 3)",
+    ),
+    Row(
+        "None registered under a constrained name",
+        lambda: ps.constrain(nn.Linear(2, 2), "weight", "box(-1, 1)"),
+        lambda m: m.register_parameter("weight", None),
+        ps.ConstraintConflictError,
+        "'weight' of Linear is constrained; it cannot be registered as None. Call ps.unconstrain",
     ),
     Row(
         "matrix transform on a non-matrix",

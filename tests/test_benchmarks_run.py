@@ -72,8 +72,8 @@ def test_every_section_reports(results, capsys):
     assert {r["family"] for r in results["threshold"]} == {"box", "simplex"}
     assert {r["variant"] for r in results["small"]} == {
         "unconstrained", "peer: clamp_ after step (by hand)", 'paramshape method="project"',
-        "paramshape reparam (default)", "peer: plain register_parametrization, low + w sigmoid(x)",
-        "peer: GPyTorch-style raw parameter",
+        "paramshape reparam (default)", "paramshape reparam, saturation check off",
+        "peer: plain register_parametrization, low + w sigmoid(x)", "peer: GPyTorch-style raw parameter",
     }  # fmt: skip
     assert {r["size"] for r in results["sweep"]} == {64, 256}
     assert [r["tensors"] for r in results["registration_table"]] == [4, 8, 1]

@@ -17,12 +17,12 @@ from torch._dynamo.testing import CompileCounterWithBackend
 
 import paramshape as ps
 
-from .transform_cases import CASES
+from .transform_cases import CASES, COMPLEX_CASES
 
 
 def _first_case_of_each_registered_name():
     seen: dict[str, object] = {}
-    for case in CASES:
+    for case in CASES + COMPLEX_CASES:
         if case.registered and case.name not in seen:
             seen[case.name] = case
     return list(seen.values())
@@ -32,9 +32,9 @@ REGISTERED = _first_case_of_each_registered_name()
 
 
 class Holder(nn.Module):
-    def __init__(self, shape: tuple[int, ...]) -> None:
+    def __init__(self, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
-        self.value = nn.Parameter(torch.zeros(shape))
+        self.value = nn.Parameter(torch.zeros(shape, dtype=dtype))
 
 
 class EveryTransform(nn.Module):
@@ -47,7 +47,8 @@ class EveryTransform(nn.Module):
         ps.constrain(self.linear, "weight", ps.Box(-1, 1), init="project")
         self.holders = nn.ModuleDict()
         for case in REGISTERED:
-            holder = Holder(case.shape)
+            # A set of complex tensors only (Unitary) holds a complex64 tensor.
+            holder = Holder(case.shape, case.dtypes[0] if torch.float32 not in case.dtypes else torch.float32)
             ps.constrain(holder, "value", case.build(), init="sample")
             self.holders[case.name] = holder
 
@@ -55,7 +56,8 @@ class EveryTransform(nn.Module):
         out = self.linear(x).sum()
         for holder in self.holders.values():
             value = holder.value
-            out = out + (value * torch.linspace(0.5, 1.5, value.numel()).reshape(value.shape)).sum()
+            term = (value * torch.linspace(0.5, 1.5, value.numel()).reshape(value.shape)).sum()
+            out = out + (term.real if term.is_complex() else term)  # a real loss of a complex value
         return out
 
 
@@ -175,6 +177,8 @@ def test_cached_reads_compile_in_one_graph():
 # warnings into errors.
 @pytest.mark.filterwarnings("ignore::DeprecationWarning:torch")
 @pytest.mark.filterwarnings("ignore::FutureWarning:torch")
+# The model holds a Unitary (complex64) tensor: inductor runs complex operators eagerly and says so.
+@pytest.mark.filterwarnings("ignore:Torchinductor does not support code generation for complex")
 def test_inductor_whole_model_training_matches_eager(model):
     """The real compiler: a few Adam steps of the compiled model track the eager model."""
     torch.compiler.reset()

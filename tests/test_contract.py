@@ -15,7 +15,7 @@ import paramshape as ps
 from paramshape import testing
 from paramshape.transforms.registry import registered_class
 
-from .transform_cases import CASES, DTYPES, Case, case_params
+from .transform_cases import CASES, COMPLEX_CASES, Case, case_dtype_params, case_params
 
 
 def run(check, case: Case, *args, device: torch.device | str = "cpu") -> None:
@@ -29,8 +29,15 @@ def run(check, case: Case, *args, device: torch.device | str = "cpu") -> None:
         check(case.build(), case.shape, *args)
 
 
+def test_the_cuda_variants_are_collected_where_there_is_a_gpu(request):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device: the CUDA variants of the device-parametrized tests are not collected")
+    conftest = request.config.pluginmanager.get_plugin(str(request.config.rootpath / "conftest.py"))
+    assert [param.id for param in conftest.DEVICES] == ["cpu", "cuda"]
+
+
 def test_every_registered_transform_has_a_case():
-    covered = {case.name for case in CASES if case.registered}
+    covered = {case.name for case in CASES + COMPLEX_CASES if case.registered}
     missing = sorted(set(ps.available()) - covered)
     assert not missing, f"registered transforms without a contract case in transform_cases.py: {missing}"
 
@@ -43,8 +50,7 @@ def test_cases_build_the_registered_class(case):
     assert type(case.build()) is registered_class(case.name)
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("case", case_params())
+@pytest.mark.parametrize(("case", "dtype"), case_dtype_params())
 class TestContract:
     def test_extreme_inputs_land_in_the_set_with_finite_values(self, case, dtype, device):
         run(testing.check_extreme_inputs, case, dtype, device=device)

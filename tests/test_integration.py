@@ -5,6 +5,8 @@ bounds that require grad through every fusion mode."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import Tensor, nn
@@ -143,6 +145,34 @@ def test_a_checkpoint_loaded_from_inside_a_module_method_is_checked_as_a_whole()
         holder.restore(checkpoint)
     for key, value in holder.inner.state_dict().items():
         assert torch.equal(value, before[key]), f"{key} changed by a refused load"
+
+
+def test_a_penalty_checkpoint_with_a_nan_is_refused_by_name():
+    """A penalty may leave the set, so its checkpoint values are checked for finiteness only."""
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    ps.constrain(model, "1.weight", ps.Box(-1.0, 1.0), method="penalty")
+    checkpoint = {key: value.clone() for key, value in model.state_dict().items()}
+    checkpoint["1.weight"][0, 1] = math.nan
+    checkpoint["0.weight"].fill_(0.25)
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    with pytest.raises(ps.InfeasibleValueError, match=r"'1\.weight' of Sequential .*1 of 4 values are NaN"):
+        model.load_state_dict(checkpoint)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), f"{key} changed by a refused load"
+
+
+def test_an_integer_checkpoint_tensor_is_checked_as_the_value_it_loads_as():
+    """load_state_dict casts an integer tensor into a float parameter; the check sees the cast value
+    (it raised torch.finfo's TypeError on the integer dtype)."""
+    layer = ps.constrain(nn.Linear(2, 2), "weight", ps.Box(-1.0, 1.0), method="project")
+    checkpoint = dict(layer.state_dict())
+    checkpoint["weight"] = torch.tensor([[1, 0], [-1, 0]])
+    layer.load_state_dict(checkpoint)
+    assert torch.equal(layer.weight, torch.tensor([[1.0, 0.0], [-1.0, 0.0]]))
+    checkpoint["weight"] = torch.tensor([[2, 0], [0, 0]])
+    with pytest.raises(ps.InfeasibleValueError, match=r"'weight' of Linear"):
+        layer.load_state_dict(checkpoint)
+    assert torch.equal(layer.weight, torch.tensor([[1.0, 0.0], [-1.0, 0.0]]))
 
 
 # ------------------------------------------------------------ a saturated value comes back

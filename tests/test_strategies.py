@@ -641,3 +641,25 @@ def test_a_pattern_string_stands_for_a_one_entry_mapping_in_constrain_and_uncons
     assert list(ps.constraints(net)) == ["head.bias", "norm.bias"]
     with pytest.raises(ps.TensorNotFoundError, match=re.escape("The pattern 'encoder.*' matches no")):
         ps.unconstrain(net, "encoder.*")
+
+
+def test_constraint_info_repr_states_the_largest_multiplier():
+    info = ps.ConstraintInfo(
+        ps.Box(-1, 1), method="lagrangian", weight=1.0, multiplier=torch.tensor([0.5, -2.0])
+    )
+    assert repr(info).endswith("method='lagrangian', weight=1.0, max |multiplier|=2)")
+    empty = ps.ConstraintInfo(ps.Box(-1, 1), method="lagrangian", weight=1.0, multiplier=torch.zeros(0))
+    assert repr(empty).endswith("max |multiplier|=0)"), "no multiplier: the largest is 0"
+
+
+def test_projection_after_a_dtype_move_uses_the_bounds_at_the_new_precision():
+    """module.double() does not reach a plain constraint's transform (not a submodule): the project
+    step moves it to the tensor's dtype first, so Box(-0.1, 0.1) clamps at float64's 0.1, not at
+    float32's 0.100000001."""
+    layer = ps.constrain(nn.Linear(2, 2), "weight", ps.Box(-0.1, 0.1), method="project", init="sample")
+    layer.double()
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[5.0, -5.0], [0.05, 0.0]], dtype=torch.float64))
+    ps.project_(layer)
+    assert layer.weight.dtype == torch.float64
+    assert layer.weight.tolist() == [[0.1, -0.1], [0.05, 0.0]]

@@ -4,6 +4,7 @@ optimizer groups, low precision and long runs. Each test fails on plain parametr
 from __future__ import annotations
 
 import io
+import math
 import pickle
 import re
 import warnings
@@ -16,7 +17,7 @@ from torch.nn.utils import parametrize
 
 import paramshape as ps
 
-from .transform_cases import CASES
+from .transform_cases import CASES, COMPLEX_CASES
 
 
 def small_model() -> nn.Sequential:
@@ -211,20 +212,24 @@ def test_autocast_keeps_values_in_the_set():
 
 # ------------------------------------------------------------------------------ stress
 class Holder(nn.Module):
-    def __init__(self, shape):
+    def __init__(self, shape, dtype=torch.float32):
         super().__init__()
-        self.value = nn.Parameter(torch.zeros(shape))
+        self.value = nn.Parameter(torch.zeros(shape, dtype=dtype))
 
 
-@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
+@pytest.mark.parametrize("case", CASES + COMPLEX_CASES, ids=[case.id for case in CASES + COMPLEX_CASES])
 def test_long_run_with_a_large_learning_rate_pushing_outward(case):
-    module = ps.constrain(Holder(case.shape), "value", case.build(), init="sample")
+    dtype = torch.float32 if torch.float32 in case.dtypes else torch.complex64
+    module = ps.constrain(Holder(case.shape, dtype), "value", case.build(), init="sample")
     transform = ps.constraints(module)["value"]
     direction = torch.where(torch.rand(case.shape) < 0.5, -1.0, 1.0)
+    if dtype.is_complex:  # outward along a random phase per entry; the loss is real
+        direction = torch.polar(direction.abs(), 2 * math.pi * torch.rand(case.shape))
     optimizer = torch.optim.SGD(module.parameters(), lr=100.0)
     for step in range(2000):
         optimizer.zero_grad()
-        (-(module.value * direction).sum()).backward()
+        loss = (module.value * direction).sum()
+        (-(loss.real if loss.is_complex() else loss)).backward()
         optimizer.step()
         if step % 100 == 99:
             with torch.no_grad():

@@ -190,3 +190,54 @@ def test_a_bound_assigned_is_checked_and_a_refused_one_changes_nothing() -> None
     assert float(layer.weight.detach().min()) > 0.25
     # The number means itself at the tensor's precision after a move, as a constructed bound does.
     assert transform.double().low.item() == 0.25
+
+
+# --------------------------------------------- 8. writes into a freshly computed value are lost
+def _write_init(layer: nn.Linear) -> None:
+    nn.init.uniform_(layer.weight, -0.5, 0.5)
+
+
+def _write_no_grad(layer: nn.Linear) -> None:
+    with torch.no_grad():
+        layer.weight.mul_(2)
+
+
+def _write_kept_value(layer: nn.Linear) -> None:
+    value = layer.weight
+    nn.init.zeros_(value)
+    layer.kept = value  # held by the caller: seen whatever its size
+
+
+@pytest.mark.parametrize("write", [_write_init, _write_no_grad, _write_kept_value])
+def test_a_write_that_would_be_lost_warns_at_the_next_read(write) -> None:  # type: ignore[no-untyped-def]
+    layer = _box_layer()
+    stored = layer.parametrizations.weight.original.detach().clone()
+    write(layer)
+    with pytest.warns(
+        ps.ParamshapeWarning,
+        match=r"'weight' of Linear \(shape \(2, 3\), float32\).*lost.*module\.weight = value",
+    ):
+        layer(torch.ones(1, 3))
+    # Reference: the stored tensor, which the write did not reach; the warning comes once per write.
+    assert torch.equal(layer.parametrizations.weight.original.detach(), stored)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ps.ParamshapeWarning)
+        layer(torch.ones(1, 3))
+
+
+def test_reads_training_and_reinit_do_not_warn() -> None:
+    layer = _box_layer()
+    optimizer = torch.optim.Adam(layer.parameters(), lr=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ps.ParamshapeWarning)
+        for _ in range(3):
+            optimizer.zero_grad()
+            out = layer(torch.ones(4, 3)) * layer.weight.sum()  # two reads in one step
+            out.sum().backward()
+            optimizer.step()
+        layer.weight.mul(2)  # out of place
+        layer.reset_parameters()  # writes through the inverse (issue 10, first round)
+        layer.weight = torch.zeros(2, 3)
+        with torch.inference_mode():
+            layer(torch.ones(1, 3))
+        layer(torch.ones(1, 3))

@@ -15,19 +15,24 @@ from torch.distributions import transforms as T
 
 import paramshape as ps
 
+REAL_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+COMPLEX_DTYPES = (torch.complex64, torch.complex128)
+
 
 @dataclass(frozen=True)
 class Case:
     """One transform under test, with the shape of the (constrained) tensor it applies to.
 
     ``registered=False`` marks a transform that has no registry name (a wrapper built from Python
-    objects); it goes through the same contract, under a descriptive ``name``.
+    objects); it goes through the same contract, under a descriptive ``name``. ``dtypes``: those the
+    per-dtype properties run in (the real ones by default; complex ones for sets of complex tensors).
     """
 
     name: str
     build: Callable[[], ps.Transform]
     shape: tuple[int, ...] = (4, 5)
     registered: bool = True
+    dtypes: tuple[torch.dtype, ...] = REAL_DTYPES
 
     @property
     def id(self) -> str:
@@ -148,6 +153,21 @@ CASES: list[Case] = [
     Case("orthogonal", lambda: ps.Orthogonal(method="cayley"), shape=(2, 3, 5)),
     Case("orthogonal", lambda: ps.Orthogonal(method="thin"), shape=(9, 2)),
     Case("orthogonal", lambda: ps.Orthogonal(), shape=(2, 3, 12)),  # "auto": thin, wide, batched
+    Case("hermitian", lambda: ps.Hermitian(), shape=(3, 4, 4)),  # on real tensors: symmetric
+]
+
+#: Sets of complex tensors, on complex tensors: the contract's per-dtype properties run in complex64
+#: and complex128. Kept apart from :data:`CASES`, whose users (projection, membership, references)
+#: test in the real dtypes; ``tests/test_complex.py`` checks these against their references.
+COMPLEX_CASES: list[Case] = [
+    Case("unitary", lambda: ps.Unitary(), shape=(3, 4, 4), dtypes=COMPLEX_DTYPES),
+    Case("unitary", lambda: ps.Unitary(method="cayley"), shape=(6, 3), dtypes=COMPLEX_DTYPES),
+    Case("unitary", lambda: ps.Unitary(), shape=(2, 3, 12), dtypes=COMPLEX_DTYPES),  # thin, wide
+    Case("unitary", lambda: ps.Unitary(method="thin"), shape=(9, 2), dtypes=COMPLEX_DTYPES),
+    Case("hermitian", lambda: ps.Hermitian(), shape=(3, 4, 4), dtypes=COMPLEX_DTYPES),
+    Case("hermitian", lambda: ps.Hermitian(), shape=(6, 6), dtypes=COMPLEX_DTYPES),
+    Case("unit_norm", lambda: ps.UnitNorm(), dtypes=COMPLEX_DTYPES),
+    Case("unit_norm", lambda: ps.UnitNorm(dim=0), shape=(3, 40), dtypes=COMPLEX_DTYPES),
 ]
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
@@ -156,4 +176,15 @@ DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 def case_params() -> list:
     import pytest
 
-    return [pytest.param(case, id=case.id) for case in CASES]
+    return [pytest.param(case, id=case.id) for case in CASES + COMPLEX_CASES]
+
+
+def case_dtype_params() -> list:
+    """``(case, dtype)`` for every case and each of its dtypes, with ids ``dtype-case``."""
+    import pytest
+
+    return [
+        pytest.param(case, dtype, id=f"{str(dtype).removeprefix('torch.')}-{case.id}")
+        for case in CASES + COMPLEX_CASES
+        for dtype in case.dtypes
+    ]

@@ -13,6 +13,7 @@ from paramshape.attach.planning import Plan
 from paramshape.attach.reinit import install_init_support
 from paramshape.attach.rollback import rollback_on_failure
 from paramshape.lookup.modules import TensorRef, fast_read, paramshape_transform
+from paramshape.strategies.folded import FoldedValue, group_folded
 from paramshape.strategies.methods import plain_entry
 from paramshape.strategies.saturation import watch
 from paramshape.strategies.state import discard_state_if_empty, state_of
@@ -29,6 +30,7 @@ def apply_plans(root: nn.Module, plans: list[Plan]) -> None:
     try:
         for plan in plans:
             _apply_one(root, plan)
+        group_folded([p.ref.owner.parametrizations[p.ref.name]._paramshape_folded for p in plans if p.fold])
     except BaseException:
         rollback.restore()
         raise
@@ -41,6 +43,11 @@ def _apply_one(root: nn.Module, plan: Plan) -> None:
         if state is not None and state.pop_plain(ref.name) is not None:
             discard_state_if_empty(ref.owner)
         _attach(ref, plan.transform, plan.target, plan.raw)
+        chain = ref.owner.parametrizations[ref.name]
+        if plan.fold:
+            chain._paramshape_folded = FoldedValue(chain.original, plan.transform)
+        else:  # a new constraint on a folded tensor replaces the fold too
+            chain.__dict__.pop("_paramshape_folded", None)
         install_module_support(root, ref.owner)
         install_init_support(ref.owner)
         install_move_check(ref.owner)

@@ -229,7 +229,9 @@ def _tensor_entry(state_dict: Mapping[str, Any], key: str, like: Tensor, shape: 
             f"Checkpoint key '{key}' has shape {format_shape(value.shape)}; the tensor it loads into "
             f"needs {format_shape(shape)}. Nothing was loaded."
         )
-    if value.is_floating_point() and like.is_floating_point():
+    if like.is_floating_point() or (value.is_complex() and like.is_complex()):
+        # An integer or boolean checkpoint tensor too: load_state_dict's copy_ casts it, so it is
+        # checked as the value it becomes (the membership tolerance needs a floating dtype).
         return value.detach().to(device=like.device, dtype=like.dtype)
     return value.detach()
 

@@ -26,6 +26,7 @@ from paramshape.lookup.modules import (
 )
 from paramshape.lookup.patterns import expand_targets, is_pattern, match_names
 from paramshape.spec.resolve import Spec
+from paramshape.strategies.folded import check_foldable
 from paramshape.strategies.lagrangian import LagrangianConstraint
 from paramshape.strategies.methods import ConstraintInfo, ConstraintMethod
 from paramshape.strategies.state import discard_state_if_empty, module_states, state_of
@@ -46,6 +47,7 @@ def constrain(
     init: InitPolicy = "keep",
     method: ConstraintMethod = "reparam",
     weight: float | None = None,
+    fold: bool = False,
 ) -> nn.Module:
     r"""Constrain the tensor ``name`` of ``module`` to the transform's set, by one of three strategies.
 
@@ -119,6 +121,18 @@ def constrain(
         weight: the weight of this constraint in :func:`~paramshape.penalty`, a finite number
             :math:`\ge 0`; only with ``method="penalty"`` (default 1) and ``method="lagrangian"``
             (:math:`\rho`, default 1, must be :math:`> 0`).
+        fold: with ``method="reparam"``, compute each constrained value once per change of its
+            stored tensor (in practice once per optimizer step) instead of at every read: a read
+            returns a cached value, and each ``backward()`` turns the gradient reaching it into the
+            stored tensor's, :math:`\nabla_u = \nabla_\theta \, f'(u)`, so ``u.grad``, gradient
+            accumulation, ``zero_grad`` and clipping behave as by default (same values and gradients
+            to a few ulps). It pays on small models, where the map's fixed cost per read dominates
+            (docs/performance.md). Elementwise transforms only; under ``parametrize.cached()``,
+            hooks, ``torch.compile``, ``torch.func`` and ``functional_call`` reads compute the map
+            as by default. Refused: ``backward(create_graph=True)`` through a folded value
+            (:class:`~paramshape.TransformError`) and a running ``torch.distributed`` process group
+            (:class:`~paramshape.UnsupportedTensorError`). ``torch.autograd.grad`` with respect to the
+            stored tensor does not see it; differentiate with respect to the value instead.
 
     Returns:
         ``module``, for chaining.
@@ -138,7 +152,7 @@ def constrain(
         SpecError: the spec, ``init``, ``method`` or ``weight`` is invalid, or two patterns match
             the same tensor.
         UnsupportedTensorError: the tensor is not real floating point, or is a buffer and ``method``
-            is not ``"reparam"``.
+            is not ``"reparam"``, or ``fold=True`` and the transform is not elementwise.
         ShapeMismatchError: the transform's settings do not fit the tensor's shape.
         InfeasibleValueError: ``init="keep"`` and the value lies outside the set (or is not finite).
         ProjectionUnavailableError: ``method="project"`` or ``"lagrangian"`` and the transform
@@ -166,12 +180,20 @@ def constrain(
     if init not in _POLICIES:
         raise SpecError(f"init must be one of {list(_POLICIES)}; got {init!r}.")
     weight = check_method(method, weight)
+    if not isinstance(fold, bool):
+        raise SpecError(f"fold must be True or False; got {fold!r}.")
+    if fold and method != "reparam":
+        raise SpecError(f"fold=True applies to method='reparam' only; got method={method!r}.")
     targets = expand_targets(module, name, spec, method)
     aliases = AliasIndex(module)  # one walk of the tree for all the tensors, not one per tensor
     plans = [
         plan(module, dotted, target_spec, init, method, weight, aliases) for dotted, target_spec in targets
     ]
     check_distinct(plans)
+    for planned in plans if fold else ():
+        label = f"'{planned.ref.path}' of {type_name(module)}"
+        check_foldable(planned.transform, planned.ref.storage().shape, label)
+        planned.fold = True
     record_names(module)  # the names before this call, for the optimizer-resume check
     apply_plans(module, plans)
     for planned in plans:

@@ -60,6 +60,8 @@ class Plan:
     target: Tensor
     raw: Tensor | None
     moved: str | None
+    #: ``constrain(..., fold=True)``: reads served from a value cached per change of the stored tensor.
+    fold: bool = False
 
 
 def check_method(method: str, weight: float | None) -> float | None:
@@ -106,9 +108,12 @@ def plan(
         # No copy: the plan only reads the values (the rollback keeps its own backup), and a copy
         # of a large tensor is one more tensor at the peak of constrain.
         current = getattr(ref.owner, ref.name).detach()
-    _check_tensor(ref, current, root, method, aliases)
+    _check_tensor(ref, current, root, method, aliases, transform)
     if not _already_on(transform, current):  # .to() re-runs the bounds' checks even when a no-op
-        transform = transform.to(device=current.device, dtype=current.dtype)
+        # A complex tensor moves the transform to its real precision: Module.to(complex) warns, and
+        # a set of complex tensors keeps its complex buffers complex (Transform._apply).
+        dtype = current.dtype.to_real() if current.is_complex() else current.dtype
+        transform = transform.to(device=current.device, dtype=dtype)
     transform._bind(f"'{ref.path}' of {type_name(root)}", current)
     transform._init_policy = init  # how reset_parameters() and apply() re-initialise it
     transform.check_shape(current.shape)
@@ -122,6 +127,11 @@ def plan(
         return Plan(ref, transform, method, weight, target, raw, moved)
     if method == "riemannian":
         _check_manifold(transform)
+        if current.is_complex():  # the Riemannian steps' inner products are written for reals
+            raise ManifoldUnavailableError(
+                f"{transform._target}: method='riemannian' is not available for complex tensors yet; "
+                "use method='reparam' or method='project'."
+            )
     exact = _projection_works(transform, current, required=method in ("project", "lagrangian"))
     # Riemannian steps start strictly inside (a singular covariance has no affine-invariant metric).
     exact = exact and method != "riemannian"
@@ -168,7 +178,7 @@ def _already_on(transform: Transform, like: Tensor) -> bool:
         t.dtype == like.dtype and t.device == like.device
         for tensors in (transform.parameters(), transform.buffers())
         for t in tensors
-        if t.is_floating_point()
+        if t.is_floating_point() or t.is_complex()
     )
 
 
@@ -178,8 +188,12 @@ def _check_tensor(
     root: nn.Module,
     method: str = "reparam",
     aliases: AliasIndex | None = None,
+    transform: Transform | None = None,
 ) -> None:
-    if not current.is_floating_point():
+    if transform is not None:
+        # Real sets refuse complex tensors (and complex-only sets real ones), naming both.
+        transform.check_dtype(current.dtype, f"'{ref.path}' of {type_name(root)}")
+    elif not current.is_floating_point():
         raise UnsupportedTensorError(
             f"'{ref.path}' of {type_name(root)} has dtype {current.dtype}; only real floating "
             "point tensors can be constrained."
@@ -377,6 +391,8 @@ def _stored_scale(transform: Transform, value: Tensor) -> float:
         default=0.0,
     )
     own = 0.0
+    if value.is_complex():  # no order: the largest modulus (complex tensors are matrices, not huge)
+        value = value.detach().abs()
     if value.numel():
         # aminmax reads the tensor without the two full-size temporaries of abs().nan_to_num(),
         # which would sit at constrain's memory peak; non-finite entries take the careful path.
@@ -405,7 +421,9 @@ def _check_stored_values(
         return
     eps = torch.finfo(value.dtype).eps
     scale = _stored_scale(transform, value) if scale is None else scale
-    error = (constrained - value).abs_()
+    difference = constrained - value
+    # In place for real values; a complex difference's modulus is a new, real tensor.
+    error = difference.abs() if difference.is_complex() else difference.abs_()
     # At least two smallest normals: a value on a boundary at zero is stored one step inside, and
     # Positive's floor is the smallest normal itself (plus the rounding of its map there).
     allowed = value.abs().add_(scale).mul_(math.sqrt(eps)).clamp_min_(2 * torch.finfo(value.dtype).tiny)

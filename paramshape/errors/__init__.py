@@ -117,6 +117,7 @@ class ParamshapeWarning(UserWarning):
 
 
 class SaturationWarning(ParamshapeWarning):
-    """Most of a reparametrised tensor sits where its map is flat, so those values barely learn
-    (see :func:`~paramshape.saturation`); silenced by ``ps.set_saturation_warning(False)`` or a
+    """Most of a reparametrised tensor sits where its map is flat, or a fifth of it and growing, so
+    those values barely learn and the optimum likely lies on the bound (see
+    :func:`~paramshape.saturation`); silenced by ``ps.set_saturation_warning(False)`` or a
     ``warnings`` filter on this category."""

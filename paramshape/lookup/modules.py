@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import difflib
+import warnings
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn.modules import module as _module_hooks
 from torch.nn.utils import parametrize
 
-from paramshape.errors import CompiledRegionError, NotAModuleError, TensorNotFoundError
+from paramshape.errors import CompiledRegionError, NotAModuleError, ParamshapeWarning, TensorNotFoundError
 from paramshape.transforms.base import Transform
 
 __all__ = [
@@ -227,7 +230,39 @@ def type_name(module: nn.Module) -> str:
 
 
 # ------------------------------------------------------------------------------ reading a value
-def fast_read(owner: nn.Module, name: str) -> None:
+#: A value the fast getter returned is held (detached: its data, not its autograd graph) until the
+#: next read when it has at most this many elements, so that a write into it held nowhere else
+#: (``nn.init.uniform_(layer.weight)``) is still seen; a larger one is held weakly (a write is seen
+#: while the caller keeps the value, ``w = layer.weight``), so no large copy stays alive.
+HELD_ELEMENTS = 1 << 20
+_LAST_VALUE = "_paramshape_last_value"
+
+
+def check_lost_write(module: nn.Module, name: str, last: tuple[Any, int]) -> None:
+    """Warn if the value of ``module.name`` that the getter returned last was written in place since
+    (its version counter moved): a constrained value is recomputed at every read, so that write
+    (``nn.init.*_``, ``with torch.no_grad(): layer.weight.mul_(2)``) is lost. ``last`` is the held
+    value (or a weak reference to it, with its version stored as ``-1 - version``) and its version.
+    A write through ``.data`` bypasses version counters and cannot be seen (docs/pitfalls.md)."""
+    held, version = last
+    if version < 0:
+        held, version = held(), -1 - version
+    if held is None or held._version == version:
+        return
+    chain = module._modules["parametrizations"]._modules[name]
+    chain.__dict__.pop(_LAST_VALUE, None)
+    label = f"'{name}' of {type_name(module)} (shape {tuple(held.shape)}, {str(held.dtype).removeprefix('torch.')})"
+    warnings.warn(
+        f"{label}: a value read from it was written in place (an nn.init function, a no_grad in-place "
+        f"op), and the write was lost: a constrained tensor is recomputed from its stored tensor at "
+        f"every read. Assign instead (module.{name} = value, checked against the set), or use "
+        f"ps.init_(module, '{name}', ...); reset_parameters() and model.apply(init_fn) already do.",
+        ParamshapeWarning,
+        stacklevel=3,
+    )
+
+
+def fast_read(owner: nn.Module, name: str, *, watch_writes: bool = True) -> None:
     """Give ``owner.name`` (just parametrized) a getter that calls the transform directly.
 
     parametrize's getter reaches the transform through ``ParametrizationList.__call__`` and its
@@ -240,6 +275,9 @@ def fast_read(owner: nn.Module, name: str) -> None:
     should see parametrize's own code) it calls parametrize's getter. The setter stays parametrize's.
     The property lives on the class parametrize made for this module, so ``remove_parametrizations``
     deletes it like its own.
+
+    With ``watch_writes`` (the default), the getter also notices writes that would be lost
+    (:func:`check_lost_write`); ``False`` is for the benchmark that measures what that costs.
     """
     cls = type(owner)
     original = cls.__dict__.get(name)
@@ -269,7 +307,29 @@ def fast_read(owner: nn.Module, name: str) -> None:
         stored = chain._parameters.get("original")
         if stored is None:  # a parametrized buffer
             stored = chain._buffers["original"]
-        return chain._modules["0"](stored)  # type: ignore[misc]  # the chain holds one transform
+        transform: Transform = chain._modules["0"]  # type: ignore[assignment]  # the chain holds one
+        # constrain(..., fold=True): the value cached since the stored tensor last changed
+        # (paramshape.strategies.folded.FoldedValue, found by attribute: lookup sits below strategies).
+        # A write into a folded value is repaired at its next read, so it needs no watch here.
+        folded = chain.__dict__.get("_paramshape_folded")
+        if folded is not None and folded.serves(stored, transform):
+            return folded.read()
+        if not watch_writes:
+            return transform(stored)
+        last = chain.__dict__.get(_LAST_VALUE)
+        if last is not None:
+            check_lost_write(module, name, last)
+        value: Tensor = transform(stored)
+        if value.is_inference():  # inference tensors have no version counter
+            chain.__dict__.pop(_LAST_VALUE, None)
+            return value
+        chain.__dict__[_LAST_VALUE] = (
+            (value.detach(), value._version)
+            if value.numel() <= HELD_ELEMENTS
+            else (weakref.ref(value), -1 - value._version)
+        )
+        return value
 
     read._paramshape_fast = True  # type: ignore[attr-defined]
+    read._paramshape_slow = slow  # type: ignore[attr-defined]
     setattr(cls, name, property(read, original.fset, original.fdel, original.__doc__))

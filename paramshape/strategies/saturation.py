@@ -153,8 +153,11 @@ def saturation(model: nn.Module) -> SaturationReport:
     are measured (Box, UnitInterval, Positive, GreaterThan, LessThan, SoftClip); tensors kept by
     ``method="project"`` or ``"penalty"`` are not reparametrised and are not listed.
 
-    Mostly saturated tensors usually mean the optimum lies on the bound, which a smooth map never
-    reaches: ``method="project"`` reaches it exactly (see the strategies guide).
+    Mostly saturated tensors, or a saturated fraction that keeps growing over training, usually
+    mean the optimum lies on the bound, which a smooth map never reaches: ``method="project"``
+    reaches it exactly (see the strategies guide). During training a
+    :class:`~paramshape.SaturationWarning` reports either sign: more than half of a tensor
+    saturated, or at least a fifth and more at each of the last two checks.
 
     Args:
         model: any module.

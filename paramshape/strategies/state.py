@@ -69,9 +69,12 @@ class PlainConstraint:
     def transform_for(self, tensor: Tensor) -> Transform:
         """The transform, moved to ``tensor``'s dtype and device if the module was converted since
         (``module.to()`` does not reach it: it is not a submodule)."""
+        # A complex tensor's transform holds real settings at its precision (Module.to(complex)
+        # warns; a set of complex tensors keeps its complex buffers complex on its own).
+        dtype = tensor.dtype.to_real() if tensor.is_complex() else tensor.dtype
         bound = next((b for b in self.transform.buffers() if b.is_floating_point()), None)
-        if bound is not None and (bound.dtype != tensor.dtype or bound.device != tensor.device):
-            self.transform.to(device=tensor.device, dtype=tensor.dtype)
+        if bound is not None and (bound.dtype != dtype or bound.device != tensor.device):
+            self.transform.to(device=tensor.device, dtype=dtype)
         return self.transform
 
     def project_(self) -> None:
@@ -111,8 +114,10 @@ def squared_distance(transform: Transform, y: Tensor) -> Tensor:
         return gap.square().sum()
     with torch.no_grad():
         inside = transform.contains(y)
-    gap = (y.to(work) - target.to(work)).square()
-    return torch.where(inside, torch.zeros((), dtype=work, device=y.device), gap).sum()
+    difference = y.to(work) - target.to(work)
+    # |y - P(y)|^2: the modulus for a complex tensor (its square would be complex).
+    gap = difference.abs().square() if difference.is_complex() else difference.square()
+    return torch.where(inside, torch.zeros((), dtype=gap.dtype, device=y.device), gap).sum()
 
 
 class GradClip:

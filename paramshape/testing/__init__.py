@@ -57,6 +57,7 @@ from paramshape.transforms.base import Transform
 
 __all__ = [
     "BOUNDARY_DISTANCES",
+    "COMPLEX_DTYPES",
     "DTYPES",
     "EXTREMES",
     "INVERSE_ULPS",
@@ -90,6 +91,9 @@ __all__ = [
 
 #: The dtypes every transform supports (half precision is computed in float32 and cast back).
 DTYPES: tuple[torch.dtype, ...] = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+#: The dtypes of the sets of complex tensors (:attr:`~paramshape.Transform.supports_complex`): their
+#: tolerances are those of the real dtype of the same precision (float32 for ``complex64``).
+COMPLEX_DTYPES: tuple[torch.dtype, ...] = (torch.complex64, torch.complex128)
 
 #: Unconstrained inputs from -1e4 to 1e4, with 0 and values on both sides of each regime switch.
 EXTREMES: tuple[float, ...] = (
@@ -149,10 +153,35 @@ def _require(condition: bool | Tensor, message: str) -> None:
 
 
 def _prepared(transform: Transform, shape: Shape, dtype: torch.dtype) -> Transform:
-    """A copy of ``transform`` in ``dtype``, checked against the value shape."""
-    prepared = copy.deepcopy(transform).to(dtype)
+    """A copy of ``transform`` in ``dtype``, checked against the value shape. For a complex dtype
+    the copy moves to the real dtype of that precision (``Module.to(complex)`` warns; a set of
+    complex tensors keeps its complex buffers complex, see :attr:`Transform.supports_complex`)."""
+    prepared = copy.deepcopy(transform).to(_real(dtype))
     prepared.check_shape(torch.Size(shape))
     return prepared
+
+
+def _real(dtype: torch.dtype) -> torch.dtype:
+    """The real dtype of ``dtype``'s precision (``dtype`` itself when real)."""
+    return dtype.to_real() if dtype.is_complex else dtype
+
+
+def _wide(tensor: Tensor) -> Tensor:
+    """``tensor`` in float64, or complex128 when complex (``.double()`` drops the imaginary part)."""
+    return tensor.to(torch.complex128 if tensor.is_complex() else torch.float64)
+
+
+def _real_loss(value: Tensor) -> Tensor:
+    """A real scalar of ``value`` to call ``backward`` on: its sum, or the real part of its sum for
+    a complex value (torch's complex autograd differentiates real losses of complex tensors)."""
+    total = value.sum()
+    return total.real if total.is_complex() else total
+
+
+def _case_dtype(transform: Transform) -> torch.dtype:
+    """The dtype of the per-case (float64) properties: complex128 for a set of complex tensors, so
+    ``gradcheck`` checks the complex (Wirtinger) derivatives torch's autograd computes."""
+    return torch.complex128 if transform.supports_complex else torch.float64
 
 
 def _stored(transform: Transform, shape: Shape) -> torch.Size:
@@ -177,13 +206,15 @@ def extreme_inputs(transform: Transform, shape: Shape, dtype: torch.dtype) -> li
     cycled = torch.tensor(EXTREMES)[torch.arange(numel) % len(EXTREMES)].reshape(stored)
     shuffled = cycled.flatten()[torch.randperm(numel)].reshape(stored)
     tensors = (cycled, shuffled, torch.zeros(stored), torch.full(stored, 1e4), torch.full(stored, -1e4))
+    if dtype.is_complex:  # the same magnitudes in the imaginary parts, in another order
+        return [torch.complex(t, t.flip(-1)).to(dtype) for t in tensors]
     return [tensor.to(dtype) for tensor in tensors]
 
 
 def feasible_values(transform: Transform, shape: Shape, dtype: torch.dtype) -> Tensor:
     """Values inside the set: images of moderate inputs and of +-13.8, which land within about
     1e-6 (relative to the set's scale) of a bound."""
-    x = 3 * torch.randn(_stored(transform, shape))
+    x = 3 * torch.randn(_stored(transform, shape), dtype=torch.complex64 if dtype.is_complex else None)
     x.view(-1)[::3] = 13.8
     x.view(-1)[1::3] = -13.8
     with torch.no_grad():
@@ -204,11 +235,15 @@ def round_trip_tolerance(transform: Transform, y: Tensor, u: Tensor) -> Tensor:
     eps = torch.finfo(y.dtype).eps
     compute_eps = torch.finfo(torch.float32 if y.dtype in (torch.float16, torch.bfloat16) else y.dtype).eps
     bound_scale = max(
-        [float(b.double().abs().nan_to_num(posinf=0.0, neginf=0.0).max()) for b in transform.buffers()],
+        [
+            float(b.abs().double().nan_to_num(posinf=0.0, neginf=0.0).max())
+            for b in transform.buffers()
+            if b.numel()
+        ],
         default=0.0,
     )
     reference = copy.deepcopy(transform).to(torch.float64)
-    u64 = u.double()
+    u64 = _wide(u)
     signs = torch.where(torch.rand(u.shape) < 0.5, -1.0, 1.0).double()
     step = eps * u64.abs().clamp_min(torch.finfo(torch.float64).tiny) * signs
     with torch.no_grad():
@@ -217,7 +252,7 @@ def round_trip_tolerance(transform: Transform, y: Tensor, u: Tensor) -> Tensor:
     size_factor = max((y.shape[d] for d in dims), default=1)
     # Entries of one slice or matrix share its rounding (a normaliser, a cumulative sum): their
     # scale is the largest magnitude in it.
-    magnitude = y.double().abs()
+    magnitude = _wide(y).abs()
     if dims:
         magnitude = magnitude.amax(dim=dims, keepdim=True).expand(y.shape)
     # Half dtypes are computed in float32 and rounded once: an ulp of the value, plus float32's
@@ -257,7 +292,7 @@ def check_extreme_gradients(transform: Transform, shape: Shape, dtype: torch.dty
     for x in extreme_inputs(transform, shape, dtype):
         x = x.clone().requires_grad_(True)
         weights = torch.randn(shape).to(dtype)
-        (transform(x) * weights).sum().backward()
+        _real_loss(transform(x) * weights).backward()
         _require(torch.isfinite(x.grad).all(), "forward produced non-finite gradients")
     if transform.event_dim != 0 or not _elementwise_shapes(transform, shape):
         return
@@ -306,7 +341,7 @@ def check_round_trip(transform: Transform, shape: Shape, dtype: torch.dtype) -> 
     _require(u.dtype == dtype, f"right_inverse returned {u.dtype} for a {dtype} value")
     _require(u.shape == _stored(transform, shape), f"right_inverse returned shape {tuple(u.shape)}")
     _require(torch.isfinite(u).all(), "right_inverse returned non-finite values")
-    error = (transform(u).double() - y.double()).abs()
+    error = (_wide(transform(u)) - _wide(y)).abs()
     tolerance = round_trip_tolerance(transform, y, u)
     worst = int(torch.argmax(error - tolerance))
     _require(
@@ -330,7 +365,7 @@ def check_boundary_inverse(transform: Transform, shape: Shape, dtype: torch.dtyp
             back = transform(u)
         _require(torch.isfinite(u).all(), "right_inverse of a boundary value is not finite")
         _require(transform.contains(back).all(), "forward(right_inverse(y)) left the set")
-        error = (back.double() - y.double()).abs()
+        error = (_wide(back) - _wide(y)).abs()
         tolerance = round_trip_tolerance(transform, y, u)
         worst = int(torch.argmax(error - tolerance))
         _require(
@@ -398,7 +433,13 @@ def check_nan_and_inf_are_never_members(transform: Transform, shape: Shape, dtyp
 def check_settings_follow_dtype(transform: Transform, shape: Shape, dtype: torch.dtype) -> None:
     """After ``.to(dtype)`` every buffer has the dtype, and so has the forward map's output."""
     transform = _prepared(transform, shape, dtype)
-    _require(all(buffer.dtype == dtype for buffer in transform.buffers()), "a buffer kept its dtype")
+    # A complex dtype: complex buffers take it, real settings (bounds) its real precision.
+    _require(
+        all(
+            buffer.dtype == (dtype if buffer.is_complex() else _real(dtype)) for buffer in transform.buffers()
+        ),
+        "a buffer kept its dtype",
+    )
     x = torch.randn(_stored(transform, shape)).to(dtype)
     _require(transform(x).dtype == dtype, "forward changed the dtype")
 
@@ -459,7 +500,7 @@ def _push_outward(module: Any, attached: Transform, direction: Tensor, optimizer
     # module: the nn.Module holding ``value``; typed Any because Module.__getattr__ is Tensor | Module.
     for step in range(20):
         optimizer.zero_grad()
-        (-(module.value * direction).sum()).backward()
+        (-_real_loss(module.value * direction)).backward()
         optimizer.step()
         with torch.no_grad():
             value = module.value
@@ -507,13 +548,14 @@ def _check_refuses_jacobian(transform: Transform, shape: Shape, dtype: torch.dty
 def check_gradcheck(transform: Transform, shape: Shape) -> None:
     """``torch.autograd.gradcheck`` of the forward map at ``2 * N(0, 1)`` and of the inverse at
     values of :meth:`~paramshape.Transform.sample`, in float64."""
-    transform = _prepared(transform, shape, torch.float64)
-    x = (2 * torch.randn(_stored(transform, shape), dtype=torch.float64)).requires_grad_(True)
+    wide = _case_dtype(transform)
+    transform = _prepared(transform, shape, wide)
+    x = (2 * torch.randn(_stored(transform, shape), dtype=wide)).requires_grad_(True)
     _require(torch.autograd.gradcheck(transform, (x,)), "gradcheck of forward failed")
     # Typical values, not boundary ones: near a bound the inverse's curvature exceeds finite
     # differences' reach. sample() is the transform's own notion of typical (the map of N(0, 1) for
     # most; SoftClip, whose stored value is the value, draws around the middle of its box).
-    y = transform.sample(shape, dtype=torch.float64).requires_grad_(True)
+    y = transform.sample(shape, dtype=wide).requires_grad_(True)
     _require(torch.autograd.gradcheck(transform.inverse, (y,)), "gradcheck of inverse failed")
 
 
@@ -527,15 +569,16 @@ def check_torch_codomain(transform: Transform, shape: Shape) -> None:
     (event dimensions moved last, as torch expects), and :attr:`domain` accepts unconstrained
     tensors. For event transforms (vectors, matrices) every one of :data:`CODOMAIN_DRAWS` random
     draws at scales 1, 3 and 10 must pass, in float32 and float64."""
-    transform = _prepared(transform, shape, torch.float64)
+    wide = _case_dtype(transform)
+    transform = _prepared(transform, shape, wide)
     stored = _stored(transform, shape)
-    y = transform(2 * torch.randn(stored, dtype=torch.float64))
+    y = transform(2 * torch.randn(stored, dtype=wide))
     _require(transform.codomain.check(_events_last(transform, y)).all(), "codomain.check rejected a value")
     _require(transform.domain.check(torch.randn(stored, dtype=torch.float64)).all(), "domain.check failed")
     if transform.event_dim == 0:
         return
-    for dtype in (torch.float32, torch.float64):
-        typed = copy.deepcopy(transform).to(dtype)
+    for dtype in COMPLEX_DTYPES if wide.is_complex else (torch.float32, torch.float64):
+        typed = copy.deepcopy(transform).to(_real(dtype))
         for scale in (1.0, 3.0, 10.0):
             # One draw at a time: a leading batch dimension would shift a non-negative ``dim``.
             with torch.no_grad():
@@ -568,7 +611,7 @@ def check_compiles(transform: Transform, shape: Shape) -> None:
     from paramshape.attach.constrain import constrain
 
     transform.check_shape(torch.Size(shape))
-    module = _Holder(torch.zeros(shape))
+    module = _Holder(torch.zeros(shape, dtype=torch.complex64 if transform.supports_complex else None))
     constrain(module, "value", transform, init="sample")
     torch.compiler.reset()  # every call reuses this code object; start each from a clean cache
     compiled = torch.compile(lambda: module.value * 2, backend="aot_eager", fullgraph=True)
@@ -584,7 +627,7 @@ def check_log_abs_det_jacobian(transform: Transform, shape: Shape) -> None:
     must raise :class:`NotImplementedError` instead."""
     transform = _prepared(transform, shape, torch.float64)
     if not transform.bijective:
-        _check_refuses_jacobian(transform, shape, torch.float64)
+        _check_refuses_jacobian(transform, shape, _case_dtype(transform))
         return
     x = transform.inverse(transform.sample(shape, dtype=torch.float64))
     ldj = transform.log_abs_det_jacobian(x, transform(x))

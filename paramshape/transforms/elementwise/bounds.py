@@ -191,6 +191,23 @@ class BoundedTransform(Transform):
             return f"{self._target}: " if self._target else ""
         return f"{tensor_label(self._target, like.new_empty(self._value_shape, device='meta'))}: "
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> Transform:
+        # A copy's bounds are new tensors, whose version counters start afresh: bounds that were
+        # valid in the original are valid in the copy, so the copy does not check them again.
+        new = super().__deepcopy__(memo)
+        versions = self._bound_versions
+        buffers = self._buffers
+        if (
+            versions is not None
+            and isinstance(new, BoundedTransform)
+            and all(
+                buffers[n]._version == v  # type: ignore[union-attr]
+                for n, v in zip(self.bound_names, versions, strict=True)
+            )
+        ):
+            new._bounds_checked()
+        return new
+
     def _bounds_checked(self) -> None:
         """Remember the bounds' version counters: they are valid as they are now."""
         self.__dict__["_bound_versions"] = tuple(self._buffers[n]._version for n in self.bound_names)  # type: ignore[union-attr]
@@ -289,7 +306,10 @@ class BoundedTransform(Transform):
         return describe_bound_violation(y, index, self._low(), self._high())
 
     def check_shape(self, shape: torch.Size) -> None:
-        check_broadcast(self._bounds(), shape, repr(self))
+        bounds = self._bounds()
+        if all(bound.dim() == 0 or bound.shape == shape for bound in bounds.values()):
+            return  # the usual case, without building the repr the message would need
+        check_broadcast(bounds, shape, repr(self))
 
     def extra_repr(self) -> str:
         # On the meta device the values are kept aside (see _apply); show those.

@@ -30,6 +30,7 @@ __all__ = [
     "describe_asymmetry",
     "eye_mask",
     "finite_float64",
+    "finite_wide",
     "format_value",
     "log_softplus",
     "matrix_label",
@@ -106,6 +107,15 @@ def finite_float64(y: Tensor) -> Tensor:
     """``y`` in float64 with NaN and infinite entries read as 0."""
     y64 = y.double()
     return torch.where(torch.isfinite(y64), y64, 0.0)
+
+
+def finite_wide(y: Tensor) -> Tensor:
+    """:func:`finite_float64` that keeps complex values complex: ``y`` in complex128 for a complex
+    tensor (a non-finite real or imaginary part reads the entry as 0), in float64 otherwise."""
+    if not y.is_complex():
+        return finite_float64(y)
+    y128 = y.to(torch.complex128)
+    return torch.where(torch.isfinite(y128), y128, 0.0)
 
 
 def nonfinite_matrices(y: Tensor) -> Tensor:
@@ -186,10 +196,16 @@ def describe_asymmetry(y: Tensor, index: tuple[int, ...]) -> str | None:
     return f"{matrix_label(index)} is not symmetric: entries [{i}, {j}] = {first} and [{j}, {i}] = {second}"
 
 
-def format_value(value: float, dtype: torch.dtype) -> str:
+def format_value(value: complex, dtype: torch.dtype) -> str:
     """``value`` (computed in float64 from a tensor of ``dtype``) with the digits ``dtype`` holds:
     ``0.69``, not ``0.6899999891020274``, for a float32 matrix. Values beyond ``dtype``'s range keep
-    float64's digits."""
+    float64's digits. A complex ``dtype`` reads as its real counterpart (a modulus, a real or
+    imaginary part of a ``complex64`` matrix has float32's digits)."""
+    if dtype.is_complex:
+        dtype = dtype.to_real()
+    if isinstance(value, complex):  # an entry of a complex matrix: (0.5+0.25j), (nan+0j)
+        real, imag = format_value(value.real, dtype), format_value(abs(value.imag), dtype)
+        return f"({real}{'-' if math.copysign(1.0, value.imag) < 0 else '+'}{imag}j)"
     rounded = torch.tensor(value, dtype=torch.float64).to(dtype)
     if math.isfinite(value) and not bool(torch.isfinite(rounded)):
         return format_scalar(value)

@@ -15,7 +15,7 @@ from paramshape.transforms.base import Transform
 from paramshape.transforms.matrix.base import (
     MatrixSet,
     MatrixTransform,
-    finite_float64,
+    finite_wide,
     format_value,
     matrix_label,
     matrix_tolerance,
@@ -44,15 +44,15 @@ def _resolved(method: str, shape: torch.Size) -> str:
 
 def _tall(matrix: Tensor) -> Tensor:
     """``matrix`` with at least as many rows as columns (transposed if it is wide)."""
-    return matrix.mT if matrix.shape[-2] < matrix.shape[-1] else matrix
+    return matrix.mH if matrix.shape[-2] < matrix.shape[-1] else matrix
 
 
 def _deviation(y: Tensor) -> Tensor:
     r"""Per matrix, ``(*batch, 1, 1)`` float64: the spectral norm of :math:`Q^\top Q - I` (of
     :math:`Q Q^\top - I` for a wide matrix), the largest :math:`|\sigma_i^2 - 1|` over its singular
     values. NaN and infinite entries are read as 0 (the caller marks those matrices)."""
-    tall = _tall(finite_float64(y))
-    gram = tall.mT @ tall - torch.eye(tall.shape[-1], dtype=torch.float64, device=y.device)
+    tall = _tall(finite_wide(y))
+    gram = tall.mH @ tall - torch.eye(tall.shape[-1], dtype=tall.dtype, device=y.device)
     big = torch.finfo(torch.float64).max
     gram = torch.nan_to_num(gram, nan=0.0, posinf=big, neginf=-big)
     scale = gram.abs().amax((-2, -1), keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)
@@ -78,7 +78,7 @@ def _newton_schulz(rotation: Tensor) -> Tensor:
     r"""One Newton--Schulz step towards the orthogonal polar factor, :math:`R (3 I - R^\top R) / 2`:
     it squares the deviation from orthogonality, and leaves an exactly orthogonal :math:`I` as it is."""
     eye = torch.eye(rotation.shape[-1], dtype=rotation.dtype, device=rotation.device)
-    return rotation @ (1.5 * eye - 0.5 * (rotation.mT @ rotation))
+    return rotation @ (1.5 * eye - 0.5 * (rotation.mH @ rotation))
 
 
 @register("orthogonal")
@@ -197,22 +197,25 @@ class Orthogonal(MatrixTransform):
     def forward(self, x: Tensor) -> Tensor:
         work = x.to(compute_dtype(x.dtype))
         wide = x.shape[-2] < x.shape[-1]
-        tall = work.mT if wide else work
+        # conj_physical, not .mH: the gradient of a lazy conjugate is itself a lazy conjugate, which
+        # the optimizers cannot view as real (Adam: "view_as_real doesn't work on unresolved
+        # conjugated tensors"); for real tensors it is the plain transpose.
+        tall = work.mT.conj_physical() if wide and work.is_complex() else (work.mT if wide else work)
         rows, cols = tall.shape[-2:]
         if _resolved(self.method, x.shape) == "thin":
             base = self.base.to(work.dtype) if self.base.numel() else _identity_columns(tall)
             # Capped lower than the square maps (eps ** -1/4: 54 in float32, rotation angles up to
             # about 100 radians): beyond, the rank-2k formula's rounding outgrows the polish.
             value = _thin_rotation(_cap_norm(tall, 0.25), base)
-            return (value.mT.contiguous() if wide else value).to(x.dtype)
+            return (value.mH.contiguous() if wide else value).to(x.dtype)
         if cols < rows:
             tall = torch.cat([tall, tall.new_zeros(*tall.shape[:-1], rows - cols)], -1)
-        skew = tall * 0.5 - tall.mT * 0.5
+        skew = tall * 0.5 - tall.mH * 0.5
         rotation = self._rotation(_cap_norm(skew))
         value = rotation[..., :cols]
         if self.base.numel():
             value = self.base.to(work.dtype) @ value
-        return (value.mT.contiguous() if wide else value).to(x.dtype)
+        return (value.mH.contiguous() if wide else value).to(x.dtype)
 
     def _rotation(self, skew: Tensor) -> Tensor:
         if self.method == "cayley":
@@ -237,8 +240,8 @@ class Orthogonal(MatrixTransform):
         replaced in the base by its polar factor (a change within the tolerance), so that the values
         computed from the base stay inside the set.
         """
-        tall = _tall(y.double())
-        drifted = _deviation(y) > matrix_tolerance(y.dtype, tall.shape[-2]) / 2
+        tall = _tall(y.to(torch.complex128 if y.is_complex() else torch.float64))
+        drifted = _deviation(y.detach()) > matrix_tolerance(y.dtype, tall.shape[-2]) / 2
         if bool(drifted.any()):
             tall = torch.where(drifted, _polar(tall), tall)
         rows, cols = tall.shape[-2:]
@@ -274,7 +277,8 @@ class Orthogonal(MatrixTransform):
         broken = self._describe_nonfinite(y, index)
         if broken is not None:
             return broken
-        gram = "Q Q^T" if y.shape[-2] < y.shape[-1] else "Q^T Q"
+        adjoint = "^H" if y.is_complex() else "^T"
+        gram = f"Q Q{adjoint}" if y.shape[-2] < y.shape[-1] else f"Q{adjoint} Q"
         deviation = float(_deviation(y[index[:-2]]))
         tolerance = matrix_tolerance(y.dtype, max(y.shape[-2], y.shape[-1]))
         return (
@@ -283,16 +287,16 @@ class Orthogonal(MatrixTransform):
         )
 
     def to_interior(self, y: Tensor) -> Tensor:
-        return _polar(finite_float64(y)).to(y.dtype)
+        return _polar(finite_wide(y)).to(y.dtype)
 
     def riemannian_grad(self, point: Tensor, egrad: Tensor) -> Tensor:
         r"""The tangent part of ``egrad`` at ``Q`` for the Stiefel manifold's embedded metric:
         :math:`G - Q \operatorname{sym}(Q^\top G)` (rows instead of columns for a wide matrix)."""
         work = compute_dtype(point.dtype)
         q, g = _tall(point.to(work)), _tall(egrad.to(work))
-        inner = q.mT @ g
-        tangent = g - q @ (inner + inner.mT) * 0.5
-        return (tangent.mT if point.shape[-2] < point.shape[-1] else tangent).to(egrad.dtype)
+        inner = q.mH @ g
+        tangent = g - q @ (inner + inner.mH) * 0.5
+        return (tangent.mH if point.shape[-2] < point.shape[-1] else tangent).to(egrad.dtype)
 
     def retract(self, point: Tensor, tangent: Tensor) -> Tensor:
         r"""The polar retraction, :math:`R_Q(V) = U W^\top` for the thin SVD :math:`Q + V = U S W^\top`:
@@ -311,14 +315,15 @@ class Orthogonal(MatrixTransform):
         if (
             base.numel()
             and base.device.type != "meta"
-            and base.is_floating_point()
+            and (base.is_floating_point() or base.is_complex())
             and torch.finfo(base.dtype).eps < torch.finfo(before).eps
         ):
             # Moved to a finer dtype, the base holds the old dtype's rounding and is orthogonal only
             # to that precision (1e-7 after float32 -> float64), which the finer tolerance refuses.
             # Two Newton-Schulz steps in float64 square the deviation twice: a change within the
             # old rounding, and orthogonal to the new precision (a move rounds, never changes the map).
-            self.base = _newton_schulz(_newton_schulz(base.double())).to(base.dtype)
+            wide = torch.complex128 if base.is_complex() else torch.float64
+            self.base = _newton_schulz(_newton_schulz(base.to(wide))).to(base.dtype)
         return result
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
@@ -348,16 +353,16 @@ def _thin_rotation(z: Tensor, base: Tensor) -> Tensor:
     cols = z.shape[-1]
     eye = torch.eye(cols, dtype=z.dtype, device=z.device).expand(*z.shape[:-2], cols, cols)
     scale = torch.linalg.matrix_norm(z.detach()).clamp_min(1.0)[..., None, None]
-    across = base.mT @ z  # B^T Z
-    gram = z.mT @ z
-    small = torch.cat([torch.cat([across, scale * eye], -1), torch.cat([-gram / scale, -across.mT], -1)], -2)
+    across = base.mH @ z  # B^T Z
+    gram = z.mH @ z
+    small = torch.cat([torch.cat([across, scale * eye], -1), torch.cat([-gram / scale, -across.mH], -1)], -2)
     top = torch.cat([small, torch.eye(2 * cols, dtype=z.dtype, device=z.device).expand_as(small)], -1)
     phi = torch.matrix_exp(torch.cat([top, torch.zeros_like(top)], -2))[..., : 2 * cols, 2 * cols :]
-    right = torch.cat([scale * eye, -across.mT], -2)  # V^T B
+    right = torch.cat([scale * eye, -across.mH], -2)  # V^T B
     value = base + torch.cat([z / scale, base], -1) @ (phi @ right)
-    target = base.mT @ base
+    target = base.mH @ base
     for _ in range(2):
-        value = value - 0.5 * (value @ (value.mT @ value - target))
+        value = value - 0.5 * (value @ (value.mH @ value - target))
     return value
 
 

@@ -62,7 +62,8 @@ class VectorTransform(Transform):
         dim = self.dim % y.dim()
         where: list[int | slice] = list(index)
         where[dim] = slice(None)
-        return y.double()[tuple(where)], slice_label(index, dim)
+        wide = y.to(torch.complex128 if y.is_complex() else torch.float64)
+        return wide[tuple(where)], slice_label(index, dim)
 
     def _resize(self, shape: torch.Size, change: int) -> torch.Size:
         if change == 0 or len(shape) == 0:

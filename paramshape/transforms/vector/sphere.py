@@ -36,7 +36,12 @@ class UnitNorm(VectorTransform):
     magnitude before the norm is taken (the result does not depend on it), so neither ``1e-30`` nor
     ``1e30`` entries underflow or overflow the squares.
 
-    * Domain: :math:`\mathbb{R}^K` along ``dim``.
+    Complex tensors (``complex64``, ``complex128``) are accepted: the norm is
+    :math:`\sqrt{\sum_i |z_i|^2}`, so each slice is a unit vector of :math:`\mathbb{C}^K` (a quantum
+    state, a complex beamforming weight), with the tolerance of the real dtype of the same precision.
+    ``method="riemannian"`` is refused for them.
+
+    * Domain: :math:`\mathbb{R}^K` (or :math:`\mathbb{C}^K`) along ``dim``.
     * Codomain: the sphere :math:`\{y : \lVert y \rVert_2 = 1\}` along ``dim``; membership tolerates a
       norm off by 4 ulps plus ``2 K`` compute-dtype epsilons.
 
@@ -51,10 +56,14 @@ class UnitNorm(VectorTransform):
         True
         >>> ps.UnitNorm()(torch.zeros(4))
         tensor([0.5000, 0.5000, 0.5000, 0.5000])
+        >>> ps.UnitNorm()(torch.tensor([3j, 4.0]))  # complex: |3i|^2 + |4|^2 = 25
+        tensor([0.0000+0.6000j, 0.8000+0.0000j])
     """
 
     bijective = False
     manifold = True
+    # Complex vectors: the norm is that of the moduli, sqrt(sum |z_i|^2), and the map the same.
+    supports_complex = True
 
     def forward(self, x: Tensor) -> Tensor:
         work = self._last(x.to(compute_dtype(x.dtype)))
@@ -109,5 +118,7 @@ class UnitNorm(VectorTransform):
         return f"the slice {label} has norm {format_scalar(torch.linalg.vector_norm(row).item())}"
 
     def to_interior(self, y: Tensor) -> Tensor:
-        finite = torch.where(torch.isfinite(y), y.double(), 0.0)
+        finite = torch.where(
+            torch.isfinite(y), y.to(torch.complex128 if y.is_complex() else torch.float64), 0.0
+        )
         return self.forward(finite).to(y.dtype)

@@ -1,0 +1,212 @@
+"""``constrain(..., fold=True)``: values computed once per change of the stored tensor, the same
+values, gradients and training trajectory as the default mode; what it refuses, and where it falls
+back to the default computation."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import parametrize
+
+import paramshape as ps
+from paramshape.strategies.folded import FoldGroup
+from tests import module_snapshot
+
+BOX = (-0.01, 0.01)
+
+
+def _model(dtype: torch.dtype = torch.float32) -> nn.Sequential:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 1)).to(
+        dtype
+    )
+    with torch.no_grad():
+        for parameter in model.parameters():  # inside the box, some near its bounds
+            parameter.mul_(0.0099 / parameter.abs().max())
+    return model
+
+
+def _pair(
+    spec: object = None, dtype: torch.dtype = torch.float32, **options: object
+) -> tuple[nn.Module, nn.Module]:
+    spec = ps.Box(*BOX) if spec is None else spec
+    base = _model(dtype)
+    default = ps.constrain(copy.deepcopy(base), "*", spec, **options)
+    folded = ps.constrain(copy.deepcopy(base), "*", spec, fold=True, **options)
+    return default, folded
+
+
+def _loss(model: nn.Module, seed: int = 1) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    dtype = next(model.parameters()).dtype
+    x = torch.randn(32, 2, generator=generator, dtype=dtype)
+    return F.mse_loss(model(x), torch.sin(3 * x[:, :1]))
+
+
+def _grads(model: nn.Module) -> list[torch.Tensor]:
+    return [parameter.grad.clone() for parameter in model.parameters()]
+
+
+def test_groups_small_tensors_of_one_call() -> None:
+    _, folded = _pair()
+    folded_values = [
+        folded[i].parametrizations[n]._paramshape_folded for i in (0, 2, 4) for n in ("weight", "bias")
+    ]
+    groups = {id(value._group) for value in folded_values}
+    assert len(groups) == 1
+    assert isinstance(folded_values[0]._group, FoldGroup)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(
+    "spec",
+    [ps.Box(*BOX), ps.Box(torch.full((16, 1), -0.01), 0.01), ps.Positive(), ps.Box(-0.01, float("inf"))],
+    ids=["box", "box-tensor-bounds", "positive", "box-one-sided"],
+)
+def test_values_and_gradients_match_the_default(spec: ps.Transform, dtype: torch.dtype) -> None:
+    if isinstance(spec, ps.Box) and spec.low.dim():
+        base = _model(dtype)
+        default = ps.constrain(copy.deepcopy(base), "2.weight", spec)
+        folded = ps.constrain(copy.deepcopy(base), "2.weight", spec, fold=True)
+    else:
+        default, folded = _pair(spec, dtype, init="raw" if isinstance(spec, ps.Positive) else "keep")
+    for a, b in zip(default.parameters(), folded.parameters(), strict=True):
+        assert torch.equal(a, b)  # the same stored tensors
+    # Twice: gradients accumulate over two backward calls, as in the default mode.
+    for seed in (1, 2):
+        _loss(default, seed).backward()
+        _loss(folded, seed).backward()
+    for a, b in zip(default.state_dict().values(), folded.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b)
+    values = [(default[i].weight, folded[i].weight) for i in (0, 2, 4)]
+    for a, b in values:
+        torch.testing.assert_close(b, a, rtol=0, atol=2 * torch.finfo(dtype).eps * a.abs().max().item())
+    for a, b in zip(_grads(default), _grads(folded), strict=True):
+        torch.testing.assert_close(
+            b, a, rtol=8 * torch.finfo(dtype).eps, atol=8 * torch.finfo(dtype).eps * a.abs().max().item()
+        )
+
+
+def test_training_trajectory_matches_the_default() -> None:
+    default, folded = _pair()
+    optimizers = [torch.optim.Adam(m.parameters(), lr=1e-3) for m in (default, folded)]
+    for step in range(30):
+        for model, optimizer in zip((default, folded), optimizers, strict=True):
+            optimizer.zero_grad()
+            _loss(model, step).backward()
+            optimizer.step()
+    for a, b in zip(default.parameters(), folded.parameters(), strict=True):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-6)
+    for i in (0, 2, 4):
+        torch.testing.assert_close(folded[i].weight, default[i].weight, rtol=0, atol=1e-8)
+        assert folded[i].weight.abs().max() <= BOX[1]
+
+
+def test_zero_grad_and_a_second_optimizer_step_recompute() -> None:
+    _, folded = _pair()
+    optimizer = torch.optim.SGD(folded.parameters(), lr=10.0)
+    before = folded[2].weight.detach().clone()
+    _loss(folded).backward()
+    optimizer.zero_grad()  # the gradient reached the stored tensors, so zero_grad discards it
+    assert all(p.grad is None for p in folded.parameters())
+    _loss(folded).backward()
+    optimizer.step()
+    after = folded[2].weight
+    assert not torch.equal(after, before)
+    expected = ps.Box(*BOX)(folded[2].parametrizations.weight.original.detach())
+    torch.testing.assert_close(after.detach(), expected, rtol=0, atol=1e-9)
+
+
+def test_assignment_load_and_bound_changes_are_seen() -> None:
+    default, folded = _pair()
+    value = torch.full((16, 16), 0.005)
+    folded[2].weight = value
+    torch.testing.assert_close(folded[2].weight.detach(), value)
+    # load_state_dict writes the stored tensors (and the bounds) in place.
+    folded.load_state_dict(default.state_dict())
+    torch.testing.assert_close(folded[2].weight.detach(), default[2].weight.detach(), rtol=0, atol=1e-9)
+    state = folded.state_dict()
+    state["2.parametrizations.weight.0.high"] = torch.tensor(0.02)
+    folded.load_state_dict(state)
+    moved = folded[2].weight
+    expected = ps.Box(-0.01, 0.02)(folded[2].parametrizations.weight.original.detach())
+    torch.testing.assert_close(moved.detach(), expected, rtol=0, atol=4e-9)  # 2 ulps of the bound
+    assert folded[2].parametrizations.weight._paramshape_folded._group is None  # left its group
+    assert folded[0].weight.abs().max() <= 0.01  # the others keep their group and bounds
+
+
+def test_an_in_place_write_to_a_read_value_is_repaired() -> None:
+    _, folded = _pair()
+    with torch.no_grad():
+        folded[0].weight.fill_(1.0)  # outside the box: the cache must not serve it
+    assert folded[0].weight.abs().max() <= BOX[1]
+
+
+def test_no_grad_reads_and_frozen_tensors() -> None:
+    _, folded = _pair()
+    with torch.no_grad():
+        assert not folded[0].weight.requires_grad
+    folded[0].parametrizations.weight.original.requires_grad_(False)
+    assert not folded[0].weight.requires_grad
+    _loss(folded).backward()
+    assert folded[0].parametrizations.weight.original.grad is None
+    assert folded[2].parametrizations.weight.original.grad is not None
+
+
+def test_cached_and_functional_call_fall_back_to_the_default() -> None:
+    default, folded = _pair()
+    with parametrize.cached():
+        _loss(folded).backward()
+    _loss(default).backward()
+    for a, b in zip(_grads(default), _grads(folded), strict=True):
+        torch.testing.assert_close(b, a)
+    # A stored tensor swapped in by functional_call is differentiated through the map.
+    raw = folded[2].parametrizations.weight.original.detach().clone().requires_grad_()
+    x = torch.randn(4, 2)
+    out = torch.func.functional_call(folded, {"2.parametrizations.weight.original": raw}, (x,))
+    out.sum().backward()
+    assert raw.grad is not None
+    assert raw.grad.abs().sum() > 0
+
+
+def test_a_copy_trains_its_own_tensors() -> None:
+    _, folded = _pair()
+    folded[0].weight  # noqa: B018  # fill the cache before copying
+    twin = copy.deepcopy(folded)
+    _loss(twin).backward()
+    assert all(p.grad is None for p in folded.parameters())
+    assert all(p.grad is not None for p in twin.parameters())
+
+
+def test_double_backward_is_refused() -> None:
+    _, folded = _pair()
+    with pytest.raises(ps.TransformError, match="no second derivatives"):
+        _loss(folded).backward(create_graph=True)
+
+
+def test_refusals_name_the_tensor_and_leave_the_module_unchanged() -> None:
+    model = _model()
+    before = module_snapshot.take(model)
+    with pytest.raises(ps.SpecError, match="fold=True applies to method='reparam' only"):
+        ps.constrain(model, "*", ps.Box(*BOX), method="project", fold=True)
+    with pytest.raises(ps.SpecError, match="fold must be True or False"):
+        ps.constrain(model, "*", ps.Box(*BOX), fold="yes")  # type: ignore[arg-type]
+    with pytest.raises(
+        ps.UnsupportedTensorError,
+        match=r"'2\.weight' of Sequential: fold=True needs an elementwise transform",
+    ):
+        ps.constrain(
+            model, {"0.weight": ps.Box(*BOX), "2.weight": ps.UnitNorm(dim=-1)}, init="raw", fold=True
+        )
+    module_snapshot.assert_same(before, module_snapshot.take(model))
+
+
+def test_a_new_constraint_without_fold_replaces_the_fold() -> None:
+    _, folded = _pair()
+    ps.constrain(folded, "2.weight", ps.Box(-0.02, 0.02))
+    assert "_paramshape_folded" not in folded[2].parametrizations.weight.__dict__
+    assert folded[2].weight.grad_fn is not None  # computed at the read again
