@@ -52,7 +52,7 @@ test: lint
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .hypothesis site build dist
 
-# Mutation testing of the core modules (tests/mutation.py): not part of `make test`. JOBS mutants run
+# Mutation testing of the core modules (tests/mutation.py; scope in CONTRIBUTING.md): not part of `make test`. JOBS mutants run
 # in parallel, each in its own copy of the repository; SAMPLE=N tests a random sample of N. Writes
 # mutation-report.txt and prints the kill rate.
 JOBS ?= 2

@@ -12,7 +12,7 @@ an hour on 16 cores. Options (or the Makefile variables in capitals):
 * ``--jobs`` (``JOBS``): mutants run in parallel, each in its own copy (default 2);
 * ``--sample`` (``SAMPLE``): test a random sample of that many mutants (default: all);
 * ``--seed``: the sample's seed; ``--timeout`` (seconds per mutant);
-* ``--modules``: paths under ``paramshape/`` (default :data:`CORE`).
+* ``--modules``: paths under ``paramshape/`` (default :data:`DEFAULT`; ``--all``: every module of :data:`CORE`).
 
 Survivors are triaged in ``CONTRIBUTING.md`` ("Mutation testing"): a test is added, or the mutant is
 shown to be equivalent (it changes no behaviour the documentation promises).

@@ -73,8 +73,12 @@ def test_every_section_reports(results, capsys):
     assert {r["variant"] for r in results["small"]} == {
         "unconstrained", "peer: clamp_ after step (by hand)", 'paramshape method="project"',
         "paramshape reparam (default)", "paramshape reparam, saturation check off",
+        "paramshape reparam, fold=True",
         "peer: plain register_parametrization, low + w sigmoid(x)", "peer: GPyTorch-style raw parameter",
     }  # fmt: skip
+    assert "paramshape fold=True" in variants
+    assert results["registration_vs_bare"]["tensors"] == 20
+    assert math.isfinite(results["registration_vs_bare"]["ratio"])
     assert {r["size"] for r in results["sweep"]} == {64, 256}
     assert [r["tensors"] for r in results["registration_table"]] == [4, 8, 1]
     assert results["machine"]["device"] == "cpu"

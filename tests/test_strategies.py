@@ -9,6 +9,7 @@ import re
 import sys
 import warnings
 import weakref
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -663,3 +664,36 @@ def test_projection_after_a_dtype_move_uses_the_bounds_at_the_new_precision():
     ps.project_(layer)
     assert layer.weight.dtype == torch.float64
     assert layer.weight.tolist() == [[0.1, -0.1], [0.05, 0.0]]
+
+
+def _outward_steps(box: ps.Transform) -> tuple[nn.Module, Callable[[], None]]:
+    layer = ps.constrain(nn.Linear(2, 2, bias=False), "weight", box, method="project", init="sample")
+    optimizer = torch.optim.SGD(layer.parameters(), lr=1.0)
+
+    def step() -> None:
+        optimizer.zero_grad()
+        layer.weight.grad = -100 * torch.ones_like(layer.weight)
+        optimizer.step()
+
+    return layer, step
+
+
+def test_the_project_step_follows_bounds_changed_in_place_and_dtype_moves():
+    """The step hook caches its plan (which tensors, which bounds) between steps: a bound written in
+    place, or the module moved to another dtype, must rebuild it, not clamp at the old bound."""
+    layer, step = _outward_steps(ps.Box(-1.0, 1.0))
+    high = ps.constraints(layer)["weight"].high  # read before the steps: no walk over the module after
+    step()
+    assert layer.weight.max().item() == 1.0
+    with torch.no_grad():
+        high.fill_(0.5)  # in place: only the buffer's version counter tells
+    step()
+    assert layer.weight.max().item() == 0.5, "the step clamped at the bound before the in-place write"
+
+    layer, step = _outward_steps(ps.Box(-0.1, 0.1))  # Python numbers: 0.1 at the tensor's precision
+    step()
+    assert layer.weight.max().item() == torch.tensor(0.1).item()  # float32's 0.100000001
+    layer.double()
+    step()
+    assert layer.weight.dtype == torch.float64
+    assert layer.weight.max().item() == 0.1, "the step clamped at float32's 0.1 after module.double()"

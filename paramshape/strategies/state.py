@@ -338,7 +338,9 @@ class _ProjectionPlan:
                     # the tensor it holds is the one to project.
                     name = next(key for key, value in state.plain.items() if value is entry)
                     self.owned.append((state._owner, name, param))
-                bounds = entry.transform.clamp_bounds()
+                # At the tensor's dtype and device (module.to() does not reach the transform), as
+                # project_() sees it: Box(-0.1, 0.1) clamps a float64 tensor at float64's 0.1.
+                bounds = entry.transform_for(param).clamp_bounds()
                 if bounds is None or not param.is_floating_point():
                     self.others.append(entry)
                     continue
