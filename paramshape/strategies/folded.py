@@ -22,12 +22,13 @@ stored tensor's own gradient hooks, which a folded tensor bypasses).
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from paramshape.errors import TransformError, UnsupportedTensorError
+from paramshape.errors import ParamshapeWarning, TransformError, UnsupportedTensorError
 
 __all__ = [
     "GROUP_MAX_ELEMENTS",
@@ -137,6 +138,8 @@ class FoldedValue:
 
     def read(self) -> Tensor:
         value = self._value
+        if value is not None and value._version != self._value_version:
+            _warn_lost_write(self)
         if value is None or value._version != self._value_version or self._current_key() != self._key:
             group = self._group
             # The group recomputes its members; one that just left it recomputes alone.
@@ -304,6 +307,22 @@ def _chain_rule(raw: Tensor, slope: Tensor) -> Any:
             raw.grad.addcmul_(grad, slope)
 
     return hook
+
+
+def _warn_lost_write(folded: FoldedValue) -> None:
+    """Warn that a cached value was written in place: the cache is recomputed from the stored tensor,
+    so that write (``nn.init.*_``, a ``no_grad`` in-place op) is lost, as in the default mode
+    (:func:`paramshape.lookup.modules.check_lost_write`). The values of a group are views of one
+    flat tensor and share its version counter, so a write is seen, but not told apart, from any member."""
+    label = _label(folded._transform)
+    where = f"{label} (or a tensor folded together with it)" if folded._group is not None else label
+    warnings.warn(
+        f"{where}: a value read from it was written in place, and the write was lost: a constrained "
+        "tensor's value is recomputed from its stored tensor. Assign instead (module.name = value, "
+        "checked against the set), or use ps.init_.",
+        ParamshapeWarning,
+        stacklevel=4,
+    )
 
 
 def _label(transform: nn.Module) -> str:
