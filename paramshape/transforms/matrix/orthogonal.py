@@ -204,7 +204,7 @@ class Orthogonal(MatrixTransform):
         rows, cols = tall.shape[-2:]
         if _resolved(self.method, x.shape) == "thin":
             base = self.base.to(work.dtype) if self.base.numel() else _identity_columns(tall)
-            # Capped lower than the square maps (float32's eps ** -1/4 = 54, rotation angles up to
+            # Capped lower than the square maps (float32's eps ** -1/4 = 53.8, rotation angles up to
             # about 100 radians): beyond, the rank-2k formula's rounding (which grows as |Z|^2 eps)
             # outgrows the polish. One cap for every dtype, float64's included (its own eps ** -1/4,
             # 8192, left errors of 2e-9 there), so that a move between dtypes rounds, never changes, the map.
