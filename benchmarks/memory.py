@@ -49,6 +49,8 @@ def _child(operation: str, megabytes: int, spec: str) -> dict[str, float]:
         layer = nn.Linear(cols, rows, bias=False)
         with torch.no_grad():
             layer.weight.uniform_(-0.5, 0.5)
+            # A value inside the set (init="keep" checks it): vector sets need more than a box.
+            layer.weight.copy_(ps.resolve(spec).to_interior(layer.weight))
         return layer
 
     def run(layer: nn.Linear, incoming: torch.Tensor, plain: dict[str, torch.Tensor]) -> None:
@@ -64,7 +66,7 @@ def _child(operation: str, megabytes: int, spec: str) -> dict[str, float]:
     for size in ((8, 16), (rows, cols)):  # the tiny one first: imports and first-call caches
         layer = build(*size)
         plain = {"weight": layer.weight.detach().clone()}
-        incoming = (layer.weight.detach() * 0.5).clone()
+        incoming = ps.resolve(spec).to_interior(layer.weight.detach() * 0.5)
         if operation != "constrain":
             ps.constrain(layer, "weight", spec)
         if size != (rows, cols):

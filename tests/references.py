@@ -239,8 +239,23 @@ def affine_inverse(transform: object, y: Tensor, dtype: torch.dtype = F64) -> Te
 
 # ----------------------------------------------------------------------------------- vectors
 def simplex(transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor:
-    """softmax(x) along dim; with method="ilr", softmax(V x) with V the Helmert basis."""
+    """softmax(x) along dim; with method="ilr", softmax(V x) with V the Helmert basis; with
+    "stick_breaking", z_i = sigmoid(x_i - log(K - 1 - i)), y_i = z_i prod_{j<i} (1 - z_j), the last
+    entry prod_j (1 - z_j), each factor written as exp(log-sigmoid) so that products of thousands of
+    factors neither underflow early nor round 1 - z."""
     z = _move(x, transform)
+    if transform.method == "stick_breaking":
+        offsets = torch.log(torch.arange(z.shape[-1], 0, -1, dtype=F64))
+        t = z - offsets
+        log_z = -torch.log1p(torch.exp(-t.abs())) + t.clamp_max(0.0)  # log sigmoid(t)
+        log_rest = -torch.log1p(torch.exp(-t.abs())) - t.clamp_min(0.0)  # log sigmoid(-t)
+        logs = []
+        remaining = torch.zeros_like(z[..., 0])
+        for i in range(z.shape[-1]):
+            logs.append(log_z[..., i] + remaining)
+            remaining = remaining + log_rest[..., i]
+        logs.append(remaining)
+        return _back(torch.exp(torch.stack(logs, -1)), transform)
     if transform.method == "ilr":
         z = z @ _helmert(z.shape[-1] + 1).T
     shifted = z - z.amax(-1, keepdim=True)
@@ -251,6 +266,13 @@ def simplex(transform: object, x: Tensor, dtype: torch.dtype = F64) -> Tensor:
 def simplex_inverse(transform: object, y: Tensor, dtype: torch.dtype = F64) -> Tensor:
     """Centred logs (softmax) or V^T log y (ilr); an entry of 0 is read as the compute dtype's tiny."""
     logs = torch.log(_move(y, transform).clamp_min(_tiny(_compute(dtype))))
+    if transform.method == "stick_breaking":
+        # logit(z_i) + log(K - 1 - i), z_i = y_i / (y_i + ... + y_(K-1)): the stick left, from the tail.
+        pieces = torch.exp(logs)
+        count = pieces.shape[-1] - 1
+        tails = torch.stack([pieces[..., i:].sum(-1) for i in range(count + 1)], -1)
+        offsets = torch.log(torch.arange(count, 0, -1, dtype=F64))
+        return _back(logs[..., :-1] - torch.log(tails[..., 1:]) + offsets, transform)
     if transform.method == "ilr":
         return _back(logs @ _helmert(logs.shape[-1]), transform)
     return _back(logs - logs.mean(-1, keepdim=True), transform)
@@ -558,10 +580,10 @@ def _thin(transform: object, shape: torch.Size) -> bool:
 
 def _thin_skew(transform: object, tall: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     """The thin map's n x n skew matrix A = Z B^T - B Z^T, for Z the stored tensor with its Frobenius
-    norm capped at eps(compute dtype) ** -1/4, and its base B (the first k columns of I before any
-    assignment)."""
+    norm capped at 54, float32's eps ** -1/4, in every dtype (the documented cap), and its base B (the
+    first k columns of I before any assignment)."""
     rows, cols = tall.shape[-2:]
-    limit = _compute_eps(dtype) ** -0.25
+    limit = torch.finfo(torch.float32).eps ** -0.25
     norm = torch.linalg.matrix_norm(tall)[..., None, None]
     z = tall / (norm / limit).clamp_min(1.0)
     base = transform.base.detach().to(F64)

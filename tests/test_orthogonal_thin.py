@@ -100,3 +100,20 @@ def test_square_maps_differentiate_the_rotation_and_polish_outside_autograd(meth
     )
     (rotation * weights).sum().backward()
     torch.testing.assert_close(x.grad, reference.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_the_thin_cap_is_one_number_in_every_dtype():
+    """Beyond the cap (Frobenius norm 53.8, float32's eps ** -1/4) the stored tensor is scaled down to
+    it in every dtype: a float32 and a float64 copy of one stored tensor give one rotation (to
+    float32's rounding), so a dtype move rounds the value and never changes the map. With a cap of
+    float64's own eps ** -1/4 (8192) the two differ by O(1) at a norm of 200."""
+    torch.manual_seed(0)
+    stored = torch.randn(40, 4, dtype=torch.float64)
+    stored *= 200 / torch.linalg.matrix_norm(stored)
+    transform = ps.Orthogonal(method="thin")
+    single = transform(stored.float()).double()
+    double = transform.double()(stored)
+    assert (single - double).abs().max() < 1e-4
+    # 54 is just above the cap (53.8): scaled to the same tensor; 40 is below it: another rotation.
+    assert (transform(stored * (54.0 / 200)) - double).abs().max() < 1e-12
+    assert (transform(stored * (40.0 / 200)) - double).abs().max() > 0.1

@@ -19,7 +19,6 @@ import paramshape as ps
 from paramshape.testing import extreme_inputs
 from paramshape.testing.reference import check_against_reference, check_boundary_round_trip
 
-from . import references
 from .references import REFERENCES
 from .transform_cases import CASES, DTYPES, Case
 
@@ -68,24 +67,10 @@ def _condition(case: Case, transform: ps.Transform, dtype: torch.dtype):
     return None if condition is None else functools.partial(condition, transform, dtype=dtype)
 
 
-#: Found by the thin map's reference: in float64, at inputs of 1e4 (the stored tensor capped at
-#: Frobenius norm eps ** -1/4 = 8192), Orthogonal's thin map is 2e-10 to 2e-9 off e^A B (the n x n
-#: exponential, which an eigendecomposition of A confirms to 3e-12), beyond the documented 8 ulps of
-#: |A|_F (2e-11); below the cap (inputs up to 40) it is within 1e-13, and float32 (cap 54) and the
-#: half types pass. Open; strict, so a fix is noticed.
-THIN_LOSS = "Orthogonal's thin map loses accuracy at its float64 norm cap (tests/test_references.py)"
-
-
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("case", REGISTERED)
-def test_forward_and_inverse_match_the_reference(case, dtype, request):
+def test_forward_and_inverse_match_the_reference(case, dtype):
     transform, forward, inverse = _bound(case, dtype)
-    if (
-        case.name in ("orthogonal", "grassmannian")
-        and dtype == torch.float64
-        and references._thin(transform, case.shape)
-    ):
-        request.applymarker(pytest.mark.xfail(strict=True, reason=THIN_LOSS))
     check_against_reference(
         transform,
         case.shape,

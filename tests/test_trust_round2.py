@@ -8,6 +8,8 @@ transform's back (class 8); writes into a freshly computed value that would be l
 from __future__ import annotations
 
 import copy
+import io
+import pickle
 import warnings
 
 import pytest
@@ -241,3 +243,162 @@ def test_reads_training_and_reinit_do_not_warn() -> None:
         with torch.inference_mode():
             layer(torch.ones(1, 3))
         layer(torch.ones(1, 3))
+
+
+# ------------------------------------------------------------------- a fresh hostile round
+def test_copies_and_pickles_of_a_read_model_do_not_warn_and_still_watch_writes() -> None:
+    layer = _box_layer()
+    layer(torch.ones(1, 3))  # the getter now holds a value
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ps.ParamshapeWarning)
+        clones = [copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))]
+        buffer = io.BytesIO()
+        torch.save(layer, buffer)
+        buffer.seek(0)
+        clones.append(torch.load(buffer, weights_only=False))
+        for clone in clones:
+            torch.testing.assert_close(clone.weight, layer.weight)  # reference: the original's value
+    for clone in clones:
+        nn.init.zeros_(clone.weight)
+        with pytest.warns(ps.ParamshapeWarning, match="lost"):
+            clone.weight  # noqa: B018
+
+
+def test_an_inference_tensor_is_refused_by_constrain_and_changes_nothing() -> None:
+    with torch.inference_mode():
+        model = nn.Sequential(nn.Linear(3, 2))
+    before = take(model)
+    with pytest.raises(
+        ps.UnsupportedTensorError,
+        match=r"'0\.weight' of Sequential \(shape \(2, 3\), float32\) is an inference tensor",
+    ):
+        ps.constrain(model, "*.weight", "box(-1, 1)", init="project")
+    assert_same(before, take(model))
+
+
+def test_a_checkpoint_loads_under_inference_mode() -> None:
+    layer = _box_layer()
+    state = {key: value.clone() for key, value in layer.state_dict().items()}
+    expected = layer.weight.detach().clone()
+    layer.weight = torch.zeros(2, 3)
+    with torch.inference_mode():
+        layer.load_state_dict(state)
+    torch.testing.assert_close(layer.weight.detach(), expected)
+
+
+def test_a_move_to_a_complex_dtype_is_refused_before_any_constrained_module_converts() -> None:
+    layer = _box_layer()
+    before = take(layer)
+    with warnings.catch_warnings():  # torch: "Complex modules are a new feature ..."
+        warnings.simplefilter("ignore", UserWarning)
+        with pytest.raises(
+            ps.UnsupportedTensorError, match=r"'weight' of Linear: the move would make .*complex64"
+        ):
+            layer.to(torch.complex64)
+    assert_same(before, take(layer))
+
+
+def test_a_refused_move_names_the_plain_modules_torch_already_converted() -> None:
+    constrained = ps.constrain(nn.Linear(2, 2), "weight", ps.Box(0.0, 1e5), init="sample")
+    model = nn.Sequential(nn.Linear(2, 2), nn.Sequential(nn.ReLU(), nn.Linear(2, 2)), constrained)
+    with pytest.raises(
+        ps.SpecError, match=r"No constrained module was converted\. .*'0' \(Linear\), '1\.1' \(Linear\)"
+    ):
+        model.half()
+    # What the message says, checked against the tensors themselves.
+    assert model[0].weight.dtype == torch.float16
+    assert model[1][1].weight.dtype == torch.float16
+    assert constrained.parametrizations.weight.original.dtype == torch.float32
+
+
+def test_a_refused_load_names_the_plain_modules_torch_already_loaded() -> None:
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    ps.constrain(model[1], "weight", "box(-1, 1)", init="sample")  # layer by layer: not from the root
+    state = ps.plain_state_dict(model)
+    state["0.weight"] = torch.full((2, 2), 7.0)
+    state["1.weight"] = torch.full((2, 2), 5.0)
+    with pytest.raises(
+        ps.InfeasibleValueError,
+        match=r"No constrained tensor was loaded\. .*: '0' \(Linear\); constrain from the root",
+    ):
+        model.load_state_dict(state)
+    assert bool((model[1].weight.abs() <= 1).all())
+    assert torch.equal(model[0].weight.detach(), torch.full((2, 2), 7.0))  # what the message says
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (torch.full((3, 2), 0.5).t(), 0.5),  # non-contiguous
+        (torch.tensor(0.25).expand(2, 3), 0.25),  # expanded (stride 0)
+        (torch.full((2, 3), 0.75, dtype=torch.float64), 0.75),  # another dtype: converted
+        (nn.Parameter(torch.full((2, 3), -0.5), requires_grad=False), -0.5),  # a frozen Parameter
+    ],
+)
+def test_odd_layouts_assign_like_a_contiguous_tensor(value: torch.Tensor, expected: float) -> None:
+    layer = _box_layer()
+    layer.weight = value
+    torch.testing.assert_close(layer.weight.detach(), torch.full((2, 3), expected), rtol=0, atol=1e-6)
+    assert layer.weight.dtype == torch.float32
+
+
+def test_channels_last_conv_weight_reads_and_assigns() -> None:
+    conv = nn.Conv2d(3, 4, 3).to(memory_format=torch.channels_last)
+    ps.constrain(conv, "weight", "box(-1, 1)", init="project")
+    value = torch.full((4, 3, 3, 3), 0.5).to(memory_format=torch.channels_last)
+    conv.weight = value
+    reference = nn.functional.conv2d(torch.ones(1, 3, 5, 5), torch.full((4, 3, 3, 3), 0.5), conv.bias)
+    torch.testing.assert_close(conv(torch.ones(1, 3, 5, 5)), reference)
+
+
+def test_zero_size_tensors_constrain_assign_and_move() -> None:
+    with warnings.catch_warnings():  # torch: "Initializing zero-element tensors is a no-op"
+        warnings.simplefilter("ignore", UserWarning)
+        layer = ps.constrain(nn.Linear(0, 2), "weight", "box(-1, 1)")
+    layer.weight = torch.zeros(2, 0)
+    layer.half()
+    assert layer.weight.shape == (2, 0)
+    holder = nn.Module()
+    holder.w = nn.Parameter(torch.zeros(0, 3))
+    ps.constrain(holder, "w", "simplex", init="sample")
+    assert holder.w.shape == (0, 3)
+
+
+def test_functional_call_with_a_plain_value_outside_the_set_is_refused() -> None:
+    layer = _box_layer()
+    before = take(layer)
+    with pytest.raises(ps.InfeasibleValueError, match=r"'weight' of Linear .*value 5\.0"):
+        torch.func.functional_call(layer, {"weight": torch.full((2, 3), 5.0)}, (torch.ones(3),))
+    assert_same(before, take(layer))
+
+
+# -------------------------------------------- 14. vector sets are checked a block of rows at a time
+VECTOR_BLOCKED = [
+    lambda: ps.Simplex(),
+    lambda: ps.Simplex(method="ilr"),
+    lambda: ps.UnitNorm(),
+    lambda: ps.Ordered(),
+    lambda: ps.SumToZero(),
+    lambda: ps.Simplex(dim=1),
+]
+
+
+@pytest.mark.parametrize("build", VECTOR_BLOCKED)
+def test_vector_checks_and_inverse_in_blocks_equal_the_whole_tensor_ones(build, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from paramshape.transforms import base
+
+    monkeypatch.setattr(base, "_BLOCK_ELEMENTS", 16)  # small tensors take the path of large ones
+    transform = build()
+    torch.manual_seed(0)
+    inside = transform.to_interior(torch.randn(37, 5, dtype=torch.float64))
+    y = inside.clone()
+    y[4, 2] = float("nan")
+    y[30] = torch.linspace(3.0, -2.0, 5)  # outside every one of these sets
+    # The reference: the transform's own per-slice excess of the whole tensor, in one go.
+    reference = (transform._finite_excess(y) == 0).reshape(37)
+    assert len(list(transform._row_blocks(y))) > 1
+    assert torch.equal(transform.contains(y).reshape(37, -1).all(-1), reference)
+    assert reference.nonzero().flatten().tolist() == [i for i in range(37) if i not in (4, 30)]
+    with pytest.raises(ps.InfeasibleValueError, match=r"2 of 37 slices lie outside.*\[4, :\]"):
+        transform.validate(y)
+    assert torch.equal(transform.inverse_in_blocks(inside), transform.inverse(inside))

@@ -70,6 +70,8 @@ CASES: list[Case] = [
     Case("simplex", lambda: ps.Simplex(dim=0)),
     Case("simplex", lambda: ps.Simplex(dim=-1), shape=(2, 3, 50)),
     Case("simplex", lambda: ps.Simplex(method="ilr")),
+    Case("simplex", lambda: ps.Simplex(method="stick_breaking")),
+    Case("simplex", lambda: ps.Simplex(dim=0, method="stick_breaking"), shape=(30, 2)),
     Case("simplex", lambda: ps.Simplex(dim=0, method="ilr")),
     Case("simplex", lambda: ps.Simplex(dim=1, method="ilr"), shape=(2, 50, 3)),
     Case("soft_clip", lambda: ps.SoftClip(-1.0, 1.0)),

@@ -26,11 +26,12 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from paramshape.attach.assign import install_parameter_assignment
 from paramshape.attach.moves import install_move_check
 from paramshape.attach.reinit import install_init_support
-from paramshape.errors import InfeasibleValueError, ShapeMismatchError, SpecError
+from paramshape.errors import InfeasibleValueError, ParamshapeError, ShapeMismatchError, SpecError
 from paramshape.errors.report import format_shape, tensor_label
-from paramshape.lookup.modules import constrained_tensors, paramshape_transform, type_name
+from paramshape.lookup.modules import constrained_tensors, fast_read, paramshape_transform, type_name
 from paramshape.strategies.state import state_of
 from paramshape.transforms.base import Transform
 
@@ -98,7 +99,18 @@ def _load_plain_keys(module: nn.Module, state_dict: dict[str, Any], prefix: str,
     every paramshape tensor under ``module``."""
     root, whole, root_prefix = _outermost_load(module, state_dict, prefix)
     if not getattr(whole, _CHECKED, False):
-        check_checkpoint(root, whole, root_prefix)
+        try:
+            check_checkpoint(root, whole, root_prefix)
+        except ParamshapeError as error:
+            loaded = _loaded_before(root, module, whole)
+            if not loaded:
+                raise
+            message = str(error).replace("Nothing was loaded.", "No constrained tensor was loaded.")
+            raise type(error)(
+                f"{message} torch loaded these modules before the check could run (load_state_dict "
+                f"has no hook before it starts): {', '.join(loaded)}; constrain from the root module "
+                "(ps.constrain(model, 'path.to.weight', ...)) so that its check runs first."
+            ) from None
         with contextlib.suppress(AttributeError):  # a plain dict (no outer load_state_dict frame)
             setattr(whole, _CHECKED, True)
     converted: dict[str, Tensor] = {}
@@ -124,6 +136,23 @@ def _load_plain_keys(module: nn.Module, state_dict: dict[str, Any], prefix: str,
             del state_dict[key]
         else:
             state_dict.setdefault(key, value)
+
+
+def _loaded_before(root: nn.Module, current: nn.Module, whole: Mapping[str, Any]) -> list[str]:
+    """The modules ``root``'s ``load_state_dict`` wrote before reaching ``current``'s pre-hook: torch
+    loads in pre-order, each module its own tensors, so every module before ``current`` (ancestors
+    included) with a key of its own in the checkpoint."""
+    loaded: list[str] = []
+    for name, module in root.named_modules():
+        if module is current:
+            return loaded
+        prefix = f"{name}." if name else ""
+        own = [*module._parameters, *module._buffers]
+        if any(prefix + key in whole for key in own):
+            loaded.append(
+                f"'{name}' ({type(module).__name__})" if name else f"the root ({type(module).__name__})"
+            )
+    return []
 
 
 #: Set on the state dict of a ``load_state_dict`` call once it has been checked as a whole.
@@ -295,4 +324,8 @@ def _rebuild_parametrized(base: type[nn.Module], state: dict[str, Any], entries:
         install_module_support(module, module)
         install_init_support(module)
         install_move_check(module)
+        install_parameter_assignment(module)
+        for name, *_ in entries:
+            if paramshape_transform(module, name) is not None:
+                fast_read(module, name)  # the same getter (and lost-write check) as before pickling
     return module

@@ -16,10 +16,11 @@ import contextlib
 import sys
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from paramshape.errors import SpecError
+from paramshape.errors import SpecError, UnsupportedTensorError
+from paramshape.transforms.base import Transform
 from paramshape.transforms.elementwise.bounds import BoundedTransform
 
 __all__ = ["check_move", "install_move_check"]
@@ -39,7 +40,18 @@ def install_move_check(owner: nn.Module) -> None:
     def _apply(self: nn.Module, fn: Any, recurse: bool = True) -> nn.Module:
         # Once per move: the function is the same object for every module of one .half() call.
         if not getattr(fn, _CHECKED, False):
-            check_move(_outermost_apply(self), fn)
+            root = _outermost_apply(self)
+            try:
+                check_move(root, fn)
+            except (SpecError, UnsupportedTensorError) as error:
+                converted = _converted_before(root, self)
+                if not converted:
+                    raise
+                raise type(error)(
+                    f"{error} torch converted these modules before the check could run (Module._apply "
+                    f"has no hook before it starts): {', '.join(converted)}; move them back (for "
+                    "example model.float()) or convert the model in parts."
+                ) from None
             with contextlib.suppress(AttributeError, TypeError):
                 setattr(fn, _CHECKED, True)
         return base_apply(self, fn, recurse)
@@ -50,12 +62,55 @@ def install_move_check(owner: nn.Module) -> None:
 def check_move(root: nn.Module, fn: Any) -> None:
     """Raise if ``fn`` would leave any transform under ``root`` with invalid bounds; changes nothing."""
     for module in root.modules():
+        like = getattr(module, "_value_like", None) if isinstance(module, Transform) else None
+        if like is not None and like.device.type != "meta":
+            converted = fn(like)
+            if isinstance(converted, Tensor) and (
+                not (converted.is_floating_point() or converted.is_complex())
+                or (converted.is_complex() and not module.supports_complex)
+                or (not converted.is_complex() and module.complex_only)
+            ):
+                where = module._target or repr(module)
+                kind = "complex" if module.complex_only else "real floating point"
+                raise UnsupportedTensorError(
+                    f"{where}: the move would make the constrained tensor {converted.dtype}; {module!r} "
+                    f"constrains {kind} tensors only. No constrained module was converted. "
+                    "Call ps.unconstrain first, or move to a dtype the set takes."
+                )
         if isinstance(module, BoundedTransform):
             try:
                 module.check_conversion(fn)
             except SpecError as error:
                 where = module._target or repr(module)
                 raise SpecError(f"{where}: {error} No constrained module was converted.") from None
+
+
+def _converted_before(root: nn.Module, current: nn.Module) -> list[str]:
+    """The modules with tensors of their own that ``root``'s ``_apply`` converted before reaching
+    ``current``: torch converts children first, so every module before ``current`` in pre-order,
+    except ``current``'s ancestors (which convert their own tensors after their children)."""
+    ancestors = {id(root)}
+    for name, module in root.named_modules():
+        if module is current:
+            parts = name.split(".") if name else []
+            node = root
+            for part in parts[:-1]:
+                node = node._modules[part]  # type: ignore[assignment]
+                ancestors.add(id(node))
+            break
+    else:
+        return []
+    converted: list[str] = []
+    for name, module in root.named_modules():
+        if module is current:
+            break
+        if id(module) in ancestors:
+            continue
+        if any(True for _ in module.parameters(recurse=False)) or any(
+            True for _ in module.buffers(recurse=False)
+        ):
+            converted.append(f"'{name}' ({type(module).__name__})")
+    return converted
 
 
 def _outermost_apply(module: nn.Module) -> nn.Module:

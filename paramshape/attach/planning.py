@@ -217,6 +217,14 @@ def _check_tensor(
             f"'{ref.path}' of {type_name(root)} has dtype {current.dtype}; only real floating "
             "point tensors can be constrained."
         )
+    if ref.storage().is_inference():
+        dtype = str(current.dtype).removeprefix("torch.")
+        raise UnsupportedTensorError(
+            f"'{ref.path}' of {type_name(root)} (shape {tuple(current.shape)}, {dtype}) is an inference "
+            "tensor (made under torch.inference_mode()), which nothing can write into or track outside "
+            "it. Build the module outside inference mode, or replace the tensor by a normal copy first: "
+            f"module.{ref.name} = nn.Parameter(module.{ref.name}.clone())."
+        )
     if method != "reparam":
         _check_plain_target(ref, root, method)
         return

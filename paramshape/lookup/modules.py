@@ -238,19 +238,35 @@ HELD_ELEMENTS = 1 << 20
 _LAST_VALUE = "_paramshape_last_value"
 
 
-def check_lost_write(module: nn.Module, name: str, last: tuple[Any, int]) -> None:
+class LastValue:
+    """The value a constrained tensor's getter returned last (detached, or a weak reference to it
+    with its version stored as ``-1 - version``) and its version counter then. Copies and pickles of
+    the module do not carry it (a copy's tensors start with other version counters)."""
+
+    __slots__ = ("value", "version")
+
+    def __init__(self) -> None:
+        self.value: Any = None
+        self.version = 0
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> None:
+        return None
+
+    def __reduce__(self) -> tuple[type[None], tuple[()]]:
+        return (type(None), ())
+
+
+def check_lost_write(module: nn.Module, name: str, last: LastValue) -> None:
     """Warn if the value of ``module.name`` that the getter returned last was written in place since
     (its version counter moved): a constrained value is recomputed at every read, so that write
-    (``nn.init.*_``, ``with torch.no_grad(): layer.weight.mul_(2)``) is lost. ``last`` is the held
-    value (or a weak reference to it, with its version stored as ``-1 - version``) and its version.
-    A write through ``.data`` bypasses version counters and cannot be seen (docs/pitfalls.md)."""
-    held, version = last
+    (``nn.init.*_``, ``with torch.no_grad(): layer.weight.mul_(2)``) is lost. A write through
+    ``.data`` bypasses version counters and cannot be seen (docs/pitfalls.md)."""
+    held, version = last.value, last.version
     if version < 0:
         held, version = held(), -1 - version
     if held is None or held._version == version:
         return
-    chain = module._modules["parametrizations"]._modules[name]
-    chain.__dict__.pop(_LAST_VALUE, None)
+    last.value = None
     label = f"'{name}' of {type_name(module)} (shape {tuple(held.shape)}, {str(held.dtype).removeprefix('torch.')})"
     warnings.warn(
         f"{label}: a value read from it was written in place (an nn.init function, a no_grad in-place "
@@ -317,17 +333,17 @@ def fast_read(owner: nn.Module, name: str, *, watch_writes: bool = True) -> None
         if not watch_writes:
             return transform(stored)
         last = chain.__dict__.get(_LAST_VALUE)
-        if last is not None:
+        if last is None:
+            last = chain.__dict__[_LAST_VALUE] = LastValue()
+        elif last.value is not None:
             check_lost_write(module, name, last)
         value: Tensor = transform(stored)
         if value.is_inference():  # inference tensors have no version counter
-            chain.__dict__.pop(_LAST_VALUE, None)
-            return value
-        chain.__dict__[_LAST_VALUE] = (
-            (value.detach(), value._version)
-            if value.numel() <= HELD_ELEMENTS
-            else (weakref.ref(value), -1 - value._version)
-        )
+            last.value = None
+        elif value.numel() <= HELD_ELEMENTS:
+            last.value, last.version = value.detach(), value._version
+        else:
+            last.value, last.version = weakref.ref(value), -1 - value._version
         return value
 
     read._paramshape_fast = True  # type: ignore[attr-defined]

@@ -99,6 +99,10 @@ class Transform(nn.Module, abc.ABC):
     #: :meth:`riemannian_grad`, :meth:`retract` (and may override :meth:`transport`), which
     #: ``ps.constrain(..., method="riemannian")`` uses to step on the set itself.
     manifold: ClassVar[bool] = False
+    #: Whether the map acts on each event (a slice along :meth:`event_dims`) on its own, with no
+    #: state shared across events: then membership checks and the inverse run a block of rows at a
+    #: time (:meth:`_row_blocks`). Vector transforms set it; elementwise ones need not.
+    slices_independent: ClassVar[bool] = False
     #: Whether the set is one of complex tensors: :func:`~paramshape.constrain` admits a complex
     #: tensor only for such a transform (:meth:`check_dtype`), and assigned complex values pass
     #: :meth:`admit`. Every transform of real sets leaves it False, so a complex tensor is refused
@@ -258,7 +262,7 @@ class Transform(nn.Module, abc.ABC):
         first = transform.inverse(part)
         if start is None:
             return first
-        out = first.new_empty(value.shape)
+        out = first.new_empty((value.shape[0], *first.shape[1:]))  # a shape-changing inverse (ILR)
         out[: first.shape[0]] = first
         del first
         for start, part, transform in blocks:
@@ -725,8 +729,13 @@ class Transform(nn.Module, abc.ABC):
         its own buffers, of at most ``value``'s rank."""
         rows = value.shape[0] if value.dim() else 0
         buffers = {name: b for name, b in self._buffers.items() if b is not None}
+        # A vector transform acts on each slice along its dim on its own: blocks of rows along
+        # another dimension give the same numbers.
+        rows_apart = self.event_dim == 0 or (
+            self.slices_independent and bool(buffers) is False and 0 not in self.event_dims(value.dim())
+        )
         if (
-            self.event_dim != 0
+            not rows_apart
             or value.numel() <= _BLOCK_ELEMENTS
             or rows < 2
             or any(True for _ in self.children())

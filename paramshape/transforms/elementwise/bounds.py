@@ -166,7 +166,7 @@ class BoundedTransform(Transform):
     _bound_versions: tuple[int, ...] | None = None
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name in self.bound_names and self._bound_versions is not None:
+        if name in self.bound_names and "_layout" in self.__dict__:
             self._assign_bound(name, value)
             return
         super().__setattr__(name, value)
@@ -258,7 +258,10 @@ class BoundedTransform(Transform):
     def _bounds_checked(self, *, same_shapes: bool = False) -> None:
         """Remember the bounds' version counters: they are valid as they are now. ``same_shapes``:
         their shapes cannot have changed (written in place), so the shapes checked still hold."""
-        self.__dict__["_bound_versions"] = tuple(t._version for t in self._store().values())
+        stored = list(self._store().values())
+        # Inference tensors (made under torch.inference_mode) have no version counter: not watched.
+        watched = not any(t is None or t.is_inference() for t in stored)
+        self.__dict__["_bound_versions"] = tuple(t._version for t in stored) if watched else None
         if not same_shapes:
             self.__dict__.pop("_shapes_checked", None)
 

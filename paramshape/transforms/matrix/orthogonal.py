@@ -131,8 +131,8 @@ class Orthogonal(MatrixTransform):
     epsilons (``torch.matrix_exp`` of a skew matrix of norm 100 is off by 1e-4 in float32); and
     :math:`\operatorname{skew}(X)` is scaled down to Frobenius norm :math:`1/\sqrt{\epsilon}` (2896 in
     float32) where it is larger, beyond which the exponential's squaring steps lose orthogonality
-    faster than the polish restores it (``"thin"``: :math:`Z` to :math:`\epsilon^{-1/4}`, 54 in
-    float32, whose rank-``2k`` formula rounds sooner; rotation angles still reach about 100
+    faster than the polish restores it (``"thin"``: :math:`Z` to float32's :math:`\epsilon^{-1/4}`, 54, in every
+    dtype, whose rank-``2k`` formula rounds sooner; rotation angles still reach about 100
     radians). That only happens for entries far beyond any training trajectory.
 
     ``init="raw"`` is refused (:class:`~paramshape.SpecError`): the stored tensor is a rotation of the
@@ -204,9 +204,11 @@ class Orthogonal(MatrixTransform):
         rows, cols = tall.shape[-2:]
         if _resolved(self.method, x.shape) == "thin":
             base = self.base.to(work.dtype) if self.base.numel() else _identity_columns(tall)
-            # Capped lower than the square maps (eps ** -1/4: 54 in float32, rotation angles up to
-            # about 100 radians): beyond, the rank-2k formula's rounding outgrows the polish.
-            value = _thin_rotation(_cap_norm(tall, 0.25), base)
+            # Capped lower than the square maps (float32's eps ** -1/4 = 53.8, rotation angles up to
+            # about 100 radians): beyond, the rank-2k formula's rounding (which grows as |Z|^2 eps)
+            # outgrows the polish. One cap for every dtype, float64's included (its own eps ** -1/4,
+            # 8192, left errors of 2e-9 there), so that a move between dtypes rounds, never changes, the map.
+            value = _thin_rotation(_cap_norm(tall, 0.25, torch.float32), base)
             return (value.mH.contiguous() if wide else value).to(x.dtype)
         if cols < rows:
             tall = torch.cat([tall, tall.new_zeros(*tall.shape[:-1], rows - cols)], -1)
@@ -366,13 +368,14 @@ def _thin_rotation(z: Tensor, base: Tensor) -> Tensor:
     return value
 
 
-def _cap_norm(skew: Tensor, power: float = 0.5) -> Tensor:
-    """``skew`` scaled down to Frobenius norm ``eps ** -power`` (default ``1 / sqrt(eps)``) where it
+def _cap_norm(skew: Tensor, power: float = 0.5, eps_of: torch.dtype | None = None) -> Tensor:
+    """``skew`` scaled down to Frobenius norm ``eps ** -power`` (default ``1 / sqrt(eps)``; ``eps``
+    of ``eps_of``, default ``skew``'s own dtype) where it
     is larger; exactly itself elsewhere. The norm is taken of a copy divided by its largest entry, so it cannot overflow, and
     the reciprocal is taken after the clamp, so no infinity reaches the gradient of a zero matrix."""
     largest = skew.detach().abs().amax((-2, -1), keepdim=True).clamp_min(torch.finfo(skew.dtype).tiny)
     norm = torch.linalg.vector_norm(skew / largest, dim=(-2, -1), keepdim=True)
-    limit = torch.finfo(skew.dtype).eps ** -power
+    limit = torch.finfo(eps_of or skew.dtype).eps ** -power
     return skew / ((largest / limit) * norm).clamp_min(1.0)
 
 

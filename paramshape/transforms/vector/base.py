@@ -36,6 +36,7 @@ class VectorTransform(Transform):
 
     event_dim = 1
     element_noun = "slices"
+    slices_independent = True
     #: The smallest length along ``dim`` of the *value* the transform accepts.
     min_size: ClassVar[int] = 1
     #: Stored length along ``dim`` minus the value's length.
