@@ -395,3 +395,15 @@ def test_compiled_reads_train_the_bounds_as_eager_ones():
     assert float(low) != -1.0
     torch.testing.assert_close(ps.constraints(compiled_module)["weight"].low.detach(), low)
     torch.testing.assert_close(compiled_module.weight.detach(), eager.weight.detach())
+
+
+def test_a_learnable_box_as_an_output_layer_trains_its_bounds():
+    model = nn.Sequential(nn.Linear(4, 2), ps.Box(-2.0, 3.0, learnable=True))
+    assert [name for name, _ in model.named_parameters()] == ["0.weight", "0.bias", "1.centre", "1.spread"]
+    model(torch.randn(3, 4)).sum().backward()
+    assert float(model[1].centre.grad) == pytest.approx(6.0)  # d(sum of 6 outputs)/dc: 1 each
+    bounded = ps.bound_output(nn.Linear(4, 2), ps.Box(-1.0, 1.0, learnable=True))
+    assert [name for name, _ in bounded.named_parameters()][-2:] == [
+        "output_bound.centre",
+        "output_bound.spread",
+    ]
