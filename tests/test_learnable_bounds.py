@@ -407,3 +407,30 @@ def test_a_learnable_box_as_an_output_layer_trains_its_bounds():
         "output_bound.centre",
         "output_bound.spread",
     ]
+
+
+def test_an_optimizer_resumes_with_learnable_bounds():
+    """The optimizer-resume check names the bounds' parameters apart from the tensor they bound
+    (``weight.0.centre``, not ``weight``), and a resumed run steps without a false alarm."""
+
+    def start():
+        torch.manual_seed(0)
+        module = ps.constrain(nn.Linear(4, 3), "weight", ps.Box(-1.0, 1.0, learnable=True))
+        return module, torch.optim.Adam(module.parameters(), lr=0.1)
+
+    def step(module, optimizer):
+        optimizer.zero_grad()
+        module(torch.ones(2, 4)).square().sum().backward()
+        optimizer.step()
+
+    module, optimizer = start()
+    step(module, optimizer)
+    saved_module, saved_optimizer = copy.deepcopy(module.state_dict()), copy.deepcopy(optimizer.state_dict())
+    step(module, optimizer)
+    resumed, resumed_optimizer = start()
+    resumed.load_state_dict(saved_module)
+    resumed_optimizer.load_state_dict(saved_optimizer)
+    step(resumed, resumed_optimizer)
+    torch.testing.assert_close(resumed.weight, module.weight)
+    box, resumed_box = ps.constraints(module)["weight"], ps.constraints(resumed)["weight"]
+    torch.testing.assert_close(resumed_box.low.detach(), box.low.detach())

@@ -66,6 +66,10 @@ def _public(name: str) -> str:
     parts = name.split(".")
     if "parametrizations" in parts:
         i = parts.index("parametrizations")
+        if i + 2 < len(parts) and not parts[i + 2].startswith("original"):
+            # A parameter of the transform itself (a learnable bound): ``weight.0.centre``, not the
+            # tensor's own name.
+            return ".".join(parts[:i] + parts[i + 1 :])
         return ".".join(parts[:i] + parts[i + 1 : i + 2])
     return name
 
