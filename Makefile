@@ -44,8 +44,11 @@ chromium:
 site-check: $(STAMP) chromium
 	$(BIN)/python -m pytest -m site tests/test_site.py
 
+# The suite runs on every core (pytest-xdist; at most 8 workers, each test in one of them), one
+# thread per worker: the tests' tensors are small, and workers that each spin a thread per core
+# slow one another down.
 test: lint
-	$(BIN)/python -m pytest -m "not site"
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -m "not site" -n auto --maxprocesses=8
 	$(MAKE) docs
 	$(MAKE) site-check
 
