@@ -215,3 +215,21 @@ def test_a_new_constraint_without_fold_replaces_the_fold() -> None:
     ps.constrain(folded, "2.weight", ps.Box(-0.02, 0.02))
     assert "_paramshape_folded" not in folded[2].parametrizations.weight.__dict__
     assert folded[2].weight.grad_fn is not None  # computed at the read again
+
+
+def test_a_graph_built_before_a_step_keeps_the_slopes_it_used() -> None:
+    """A group refresh allocates new values and slopes: a loss built before the stored tensors
+    change, differentiated after a read that refreshed the group, gets the gradient the default
+    mode gives (the slope at the time of the read), not one from the new slopes."""
+    default, folded = _pair()
+    losses = [_loss(default), _loss(folded)]
+    with torch.no_grad():
+        for model in (default, folded):
+            for layer in model:
+                if hasattr(layer, "parametrizations"):
+                    layer.parametrizations.weight.original.add_(3.0)  # far into the tails
+    _ = [layer.weight for layer in folded if hasattr(layer, "parametrizations")]  # refresh the group
+    for loss in losses:
+        loss.backward()
+    for a, b in zip(default.parameters(), folded.parameters(), strict=True):
+        torch.testing.assert_close(b.grad, a.grad)

@@ -86,3 +86,16 @@ def test_state_dict_of_the_factors_loads_into_a_fresh_model():
 
 def test_spec_string():
     assert repr(ps.resolve("low_rank(rank=3)")) == "LowRank(rank=3)"
+
+
+def test_a_zero_weight_is_not_a_saddle():
+    """A weight of rank below r (zero here) keeps a unit left column for each missing direction,
+    so its gradient is not zero and training can grow its rank."""
+    layer = nn.Linear(4, 5, bias=False)
+    with torch.no_grad():
+        layer.weight.zero_()
+    ps.constrain(layer, "weight", ps.LowRank(rank=2))
+    assert torch.equal(layer.weight.detach(), torch.zeros(5, 4))
+    target = torch.randn(5, 4)
+    ((layer.weight - target) ** 2).sum().backward()
+    assert layer.parametrizations.weight.original.grad.abs().max() > 0.1

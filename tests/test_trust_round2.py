@@ -402,3 +402,64 @@ def test_vector_checks_and_inverse_in_blocks_equal_the_whole_tensor_ones(build, 
     with pytest.raises(ps.InfeasibleValueError, match=r"2 of 37 slices lie outside.*\[4, :\]"):
         transform.validate(y)
     assert torch.equal(transform.inverse_in_blocks(inside), transform.inverse(inside))
+
+
+# --- Found by the review of round 2: settings, bound overflow and complex moves --------------------
+
+
+@pytest.mark.parametrize(
+    ("spec", "setting", "value"),
+    [
+        (ps.Box(-1, 1), "slope", 5.0),
+        (ps.GreaterThan(0.0), "softness", 2.0),
+        (ps.Simplex(), "method", "softmax"),
+    ],
+)
+def test_a_constrained_transforms_settings_are_fixed(spec, setting, value):
+    """Rewriting a plain setting of a constrained transform would change every value read (and
+    leave a fold=True cache stale): refused, the values unchanged."""
+    layer = ps.constrain(nn.Linear(3, 3), "weight", spec, init="sample")
+    before = layer.weight.detach().clone()
+    transform = layer.parametrizations.weight[0]
+    with pytest.raises(
+        ps.SpecError, match=f"the setting '{setting}' .* is fixed once the transform is constrained"
+    ):
+        setattr(transform, setting, value)
+    assert torch.equal(layer.weight.detach(), before)
+    layer.eval()  # nn.Module's own attributes (training) are not settings
+    assert not transform.training
+
+
+def test_assigning_a_bound_that_overflows_its_dtype_is_refused():
+    layer = ps.constrain(nn.Linear(2, 2), "weight", ps.Box(-1, 1), init="project")
+    transform = layer.parametrizations.weight[0]
+    snapshot = take(layer)
+    with pytest.raises(ps.SpecError, match=r"high overflows float32.*The bound is unchanged"):
+        transform.high = 1e39  # would become inf in float32 and make the box one-sided
+    assert_same(snapshot, take(layer))
+    assert float(transform.high) == 1.0
+
+
+def test_a_move_of_a_complex_constrained_tensor_to_a_real_dtype_is_refused():
+    """torch's Module.to(float64) casts complex parameters to real (dropping the imaginary part)
+    while the transform keeps its complex buffers: refused before anything converts."""
+    layer = nn.Linear(3, 3, dtype=torch.complex64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ps.ParamshapeWarning)  # init='project' says it moved values
+        ps.constrain(layer, "weight", ps.Hermitian(), init="project")
+    snapshot = take(layer)
+    with pytest.raises(
+        ps.UnsupportedTensorError, match=r"dropping its imaginary part.*No constrained module"
+    ):
+        layer.to(torch.float64)
+    assert_same(snapshot, take(layer))
+
+
+def test_a_complex_checkpoint_entry_for_a_real_constrained_tensor_loads_nothing():
+    layer = ps.constrain(nn.Linear(2, 2), "weight", ps.Box(-1, 1), init="project")
+    state = ps.plain_state_dict(layer)
+    state["weight"] = state["weight"].to(torch.complex64) * (0.5 + 0.5j)
+    snapshot = take(layer)
+    with pytest.raises(ps.UnsupportedTensorError, match=r"holds a complex value.*Nothing was loaded"):
+        layer.load_state_dict(state)
+    assert_same(snapshot, take(layer))

@@ -29,7 +29,13 @@ from torch.nn.utils import parametrize
 from paramshape.attach.assign import install_parameter_assignment
 from paramshape.attach.moves import install_move_check
 from paramshape.attach.reinit import install_init_support
-from paramshape.errors import InfeasibleValueError, ParamshapeError, ShapeMismatchError, SpecError
+from paramshape.errors import (
+    InfeasibleValueError,
+    ParamshapeError,
+    ShapeMismatchError,
+    SpecError,
+    UnsupportedTensorError,
+)
 from paramshape.errors.report import format_shape, tensor_label
 from paramshape.lookup.modules import constrained_tensors, fast_read, paramshape_transform, type_name
 from paramshape.strategies.state import state_of
@@ -258,6 +264,12 @@ def _tensor_entry(state_dict: Mapping[str, Any], key: str, like: Tensor, shape: 
         raise ShapeMismatchError(
             f"Checkpoint key '{key}' has shape {format_shape(value.shape)}; the tensor it loads into "
             f"needs {format_shape(shape)}. Nothing was loaded."
+        )
+    if value.is_complex() and not like.is_complex():
+        # load_state_dict's copy_ would drop the imaginary part (torch only warns).
+        raise UnsupportedTensorError(
+            f"Checkpoint key '{key}' holds a complex value ({value.dtype}) for a real constrained tensor "
+            f"({like.dtype}); save or convert real values. Nothing was loaded."
         )
     if like.is_floating_point() or (value.is_complex() and like.is_complex()):
         # An integer or boolean checkpoint tensor too: load_state_dict's copy_ casts it, so it is

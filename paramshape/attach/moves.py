@@ -65,6 +65,14 @@ def check_move(root: nn.Module, fn: Any) -> None:
         like = getattr(module, "_value_like", None) if isinstance(module, Transform) else None
         if like is not None and like.device.type != "meta":
             converted = fn(like)
+            if isinstance(converted, Tensor) and like.is_complex() and not converted.is_complex():
+                # torch's Module.to(float64) casts a complex parameter to real, dropping its
+                # imaginary part, while the transform keeps its complex buffers (half a move).
+                raise UnsupportedTensorError(
+                    f"{module._target or repr(module)}: the move would make the complex constrained "
+                    f"tensor {converted.dtype}, dropping its imaginary part. No constrained module was "
+                    "converted. Move complex models with .to(torch.complex128) (or complex64)."
+                )
             if isinstance(converted, Tensor) and (
                 not (converted.is_floating_point() or converted.is_complex())
                 or (converted.is_complex() and not module.supports_complex)

@@ -133,10 +133,17 @@ class FoldedValue:
     def _current_key(self) -> tuple[Any, ...]:
         raw = self._raw
         # The buffers are looked up afresh (load_state_dict may replace a bound rather than write it).
-        settings = [(id(b), b._version) for table in self._tables for b in table.values() if b is not None]
+        settings = [
+            (id(b), b.data_ptr(), b._version)
+            for table in self._tables
+            for b in table.values()
+            if b is not None
+        ]
         return (raw._version, raw.data_ptr(), raw.dtype, raw.requires_grad, *settings)
 
     def read(self) -> Tensor:
+        """The cached value, recomputed first if the stored tensor, a bound or the value itself
+        changed since (a write into the value warns: it is lost)."""
         value = self._value
         if value is not None and value._version != self._value_version:
             _warn_lost_write(self)
@@ -173,8 +180,8 @@ class FoldGroup:
     """Folded tensors of one ``constrain`` call that share a transform's settings (the same class,
     scalar settings, dtype and device) and are small (:data:`GROUP_MAX_ELEMENTS`): recomputed
     together, as one flat tensor, whenever one of them is read stale. Their cached values are views
-    of one flat value, updated in place (like a parameter by its optimizer) while the members'
-    shapes, dtypes and ``requires_grad`` stay; a member whose transform's settings change leaves the
+    of one flat value, allocated anew at each refresh (so that a graph built before keeps what it
+    used); a member whose transform's settings change leaves the
     group and is recomputed on its own from then on."""
 
     def __init__(self, members: list[FoldedValue], key: tuple[Any, ...]) -> None:
@@ -214,41 +221,18 @@ class FoldGroup:
         self.members = members
         refuse_distributed(_label(members[0]._transform))
         raws = [member._raw.detach() for member in members]
-        flat = self._flat
-        if flat is None or not _fits(flat, members, raws):
-            flat = self._flat = _allocate(members, raws)
-            rebuild = True
-        else:
-            rebuild = False
-        stored, value, slope, views = flat
+        # New tensors at every refresh, never an in-place update: a graph built from the previous
+        # values (read before a step, differentiated after it) keeps the values and slopes it used.
+        stored, value, slope, views = self._flat = _allocate(members, raws)
         with torch.no_grad():
             torch._foreach_copy_(views, raws)
             members[0]._transform.value_and_slope(stored, (value, slope))  # type: ignore[operator]
         offset = 0
         for member, raw in zip(members, raws, strict=True):
-            if rebuild:
-                end = offset + raw.numel()
-                member._set(value[offset:end].view(raw.shape), slope[offset:end].view(raw.shape))
-                offset = end
-            else:
-                member._key = member._current_key()
-                member._value_version = member._value._version  # type: ignore[union-attr]
+            end = offset + raw.numel()
+            member._set(value[offset:end].view(raw.shape), slope[offset:end].view(raw.shape))
+            offset = end
         return True
-
-
-def _fits(
-    flat: tuple[Tensor, Tensor, Tensor, list[Tensor]], members: list[FoldedValue], raws: list[Tensor]
-) -> bool:
-    """Whether the group's flat tensors still fit its members (shapes, dtype, device, grad flags)."""
-    stored, views = flat[0], flat[3]
-    return all(
-        view.shape == raw.shape
-        and raw.dtype == stored.dtype
-        and raw.device == stored.device
-        and member._value is not None
-        and member._value.requires_grad == member._raw.requires_grad
-        for member, raw, view in zip(members, raws, views, strict=False)
-    ) and len(views) == len(raws)
 
 
 def _allocate(members: list[FoldedValue], raws: list[Tensor]) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:

@@ -295,7 +295,7 @@ def _check(entry: _Watch, stored: Tensor, step: int) -> None:
         f"paramshape: {fraction:.0%} of {entry.label} (shape {tuple(stored.shape)}, {stored.dtype}) sits "
         f"where the map of {transform!r} has less than {SATURATED_SLOPE:.0%} of its largest slope{trend}, "
         "so those values barely move. If the optimum lies on the bound (clipped weights, exact zeros), "
-        f"{exact}; if it lies inside, a smaller slope (ps.Box(low, high, slope=...)) or learning rate keeps values out of the flat "
+        f"{exact}; if it lies inside, a smaller slope (Box's slope=, the one-sided sets' softness=) or learning rate keeps values out of the flat "
         "tails, and so do initial values inside the set (ps.saturation(model) measures every tensor). "
         "ps.set_saturation_warning(False) silences this check.",
         SaturationWarning,

@@ -20,6 +20,7 @@ from paramshape.errors import (
     ParamshapeWarning,
     ProjectionUnavailableError,
     ShapeMismatchError,
+    SpecError,
     TransformError,
     UnsupportedTensorError,
 )
@@ -34,6 +35,10 @@ _MAX_SHAPES_CHECKED = 32
 #: Entries per block when an elementwise membership check runs a block of rows at a time: 2 MB of
 #: float64 per temporary, so a check needs a few MB beyond the tensor whatever its size.
 _BLOCK_ELEMENTS = 1 << 18
+
+
+#: nn.Module's own public instance attributes (``training``, set by ``train()``/``eval()``): not settings.
+_MODULE_ATTRIBUTES = frozenset(name for name in vars(nn.Module()) if not name.startswith("_"))
 
 
 class Transform(nn.Module, abc.ABC):
@@ -135,6 +140,23 @@ class Transform(nn.Module, abc.ABC):
         # _bind; None for a transform used on its own.
         self._value_shape: torch.Size | None = None
         self._value_like: Tensor | None = None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # A constrained transform's settings (slope, softness, method, rank, ...) are plain
+        # attributes the map reads at every call: rewriting one would silently change every value
+        # (and leave fold=True's cache stale). Bounds are tensors, checked on assignment instead.
+        if (
+            not name.startswith("_")
+            and name not in _MODULE_ATTRIBUTES
+            and self.__dict__.get("_target") is not None
+            and name in self.__dict__
+        ):
+            raise SpecError(
+                f"{self._target}: the setting '{name}' of {self!r} is fixed once the transform is "
+                f"constrained (it would change every value read). Constrain the tensor again with a new "
+                f"transform: ps.constrain(module, name, {type(self).__name__}(..., {name}={value!r}))."
+            )
+        super().__setattr__(name, value)
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Transform:
         """A deep copy, as ``copy.deepcopy`` makes one of any module, minus its slow part: a module

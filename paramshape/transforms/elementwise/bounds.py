@@ -221,6 +221,12 @@ class BoundedTransform(Transform):
         try:
             exact = as_bound(value, name, type(self).__name__, exact=True)
             bound = exact.to(dtype=current.dtype, device=current.device)
+            if _overflows(exact, bound):
+                raise SpecError(
+                    f"{name} overflows {str(current.dtype).removeprefix('torch.')}, the dtype of the bound "
+                    f"it replaces (largest {format_scalar(torch.finfo(current.dtype).max)}): it would "
+                    "become infinite."
+                )
             bounds = {**self._bounds(), name: bound}
             if self._value_shape is not None:
                 check_broadcast(bounds, self._value_shape, repr(self))

@@ -29,7 +29,13 @@ from paramshape.transforms.matrix.base import (
 )
 from paramshape.transforms.registry import register
 
-__all__ = ["PositiveDeterminant", "SpecialLinear", "positive_determinant", "special_linear"]
+__all__ = [
+    "PositiveDeterminant",
+    "SpecialLinear",
+    "positive_determinant",
+    "special_linear",
+    "special_linear_tolerance",
+]
 
 
 def _generator_limit(dtype: torch.dtype) -> float:

@@ -38,9 +38,10 @@ def _hermitian_excess(y: Tensor) -> Tensor:
     return torch.where(nonfinite_matrices(y), torch.inf, excess)
 
 
-def _clamp_modulus(y: Tensor) -> Tensor:
-    """``y`` with the real (and imaginary) parts clamped to the dtype's range."""
-    big = torch.finfo(y.dtype).max
+def _clamp_modulus(y: Tensor, dtype: torch.dtype) -> Tensor:
+    """``y`` (computed in a wider dtype) with its real and imaginary parts clamped to the range of
+    ``dtype``, the value's own, so that rounding it to ``dtype`` gives no infinity."""
+    big = torch.finfo(dtype).max
     if not y.is_complex():
         return y.clamp(-big, big)
     return torch.complex(y.real.clamp(-big, big), y.imag.clamp(-big, big))
@@ -129,7 +130,7 @@ class Hermitian(MatrixTransform):
         return _hermitian_part(y)
 
     def to_interior(self, y: Tensor) -> Tensor:
-        return _clamp_modulus(_hermitian_part(finite_wide(y))).to(y.dtype)
+        return _clamp_modulus(_hermitian_part(finite_wide(y)), y.dtype).to(y.dtype)
 
 
 #: Hermitian matrices as a :class:`torch.distributions.constraints.Constraint` (event_dim 2) with

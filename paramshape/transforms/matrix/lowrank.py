@@ -196,7 +196,11 @@ class LowRank(MatrixTransform):
         self._learn_rows(y.shape)
         u, s, vh, scale = _scaled_svd(y)
         root = (s[..., : self.rank] * scale[..., 0]).sqrt()[..., None, :]
-        factors = torch.cat([u[..., :, : self.rank] * root, vh[..., : self.rank, :].mT * root], -2)
+        # A direction with singular value 0 (a zero weight, or rank below r) keeps its unit column
+        # on the left and 0 on the right: the product is the same, and the gradient of the right
+        # column, G^T u, can grow it. Zero on both sides would be a saddle it never leaves.
+        left = u[..., :, : self.rank] * torch.where(root == 0, 1.0, root)
+        factors = torch.cat([left, vh[..., : self.rank, :].mT * root], -2)
         return factors.to(y.dtype)
 
     @property

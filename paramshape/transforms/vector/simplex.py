@@ -218,7 +218,7 @@ class Simplex(VectorTransform):
         return to_dtype(logs.sum(-1) + 0.5 * math.log(work.shape[-1] + 1), x.dtype)
 
     def codomain_coordinates(self, y: Tensor) -> Tensor:
-        """With ``method="ilr"``, the first ``K - 1`` probabilities of each slice (the last is one
+        """With a bijective method (``"ilr"``, ``"stick_breaking"``), the first ``K - 1`` probabilities of each slice (the last is one
         minus their sum); with ``"softmax"``, all ``K``."""
         moved = self._last(y)
         return moved if self.method == "softmax" else moved[..., :-1]
