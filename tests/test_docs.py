@@ -297,3 +297,22 @@ def test_code_in_the_pages_runs(page, tmp_path):
     assert result.returncode == 0, (
         f"{page.relative_to(ROOT)}:\n{result.stdout[-6000:]}\n{result.stderr[-2000:]}"
     )
+
+
+def test_no_text_file_holds_control_characters():
+    """A Python string written without r'' turns TeX's \\bigl and \\tfrac into a backspace and a tab
+    (it happened in docs/transforms.md): the page then shows raw TeX. Sources, pages and notebooks
+    hold printable text, newlines and nothing else."""
+    files = [
+        path
+        for folder in ("docs", "notebooks", "paramshape", "benchmarks", "tests")
+        for path in (ROOT / folder).rglob("*")
+        if path.suffix in {".md", ".py", ".yml"} and ".ipynb_checkpoints" not in path.parts
+    ] + [ROOT / "README.md", ROOT / "CONTRIBUTING.md", ROOT / "CHANGELOG.md"]
+    bad = {
+        str(path.relative_to(ROOT)): sorted({hex(ord(c)) for c in text if ord(c) < 32 and c not in "\n"})
+        for path in files
+        for text in [path.read_text(encoding="utf-8")]
+        if any(ord(c) < 32 and c not in "\n" for c in text)
+    }
+    assert not bad, f"control characters in {bad}"
