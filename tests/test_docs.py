@@ -316,3 +316,16 @@ def test_no_text_file_holds_control_characters():
         if any(ord(c) < 32 and c not in "\n" for c in text)
     }
     assert not bad, f"control characters in {bad}"
+
+
+def test_display_math_starts_at_the_margin():
+    """The site's math extension finds a ``$$`` block only at the start of a line: one indented into
+    a list item is left as raw TeX (found by the browser check on docs/transforms.md). This is the
+    fast check of that class; tests/test_site.py still reads the rendered pages."""
+    indented = [
+        f"{path.relative_to(ROOT)}:{number}"
+        for path in sorted((ROOT / "docs").rglob("*.md"))
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if line.strip() == "$$" and line != "$$"
+    ]
+    assert not indented, f"indented $$ blocks: {indented}"
