@@ -6,8 +6,7 @@ import torch
 from torch import Tensor
 
 from paramshape.numerics.precision import compute_dtype
-from paramshape.transforms.matrix.base import finite_float64, nonfinite_matrices
-from paramshape.transforms.matrix.orthogonal import Orthogonal, _polar, _tall
+from paramshape.transforms.matrix.orthogonal import Orthogonal, _tall, polar_projection
 from paramshape.transforms.registry import register
 
 __all__ = ["Grassmannian"]
@@ -85,8 +84,7 @@ class Grassmannian(Orthogonal):
     def project(self, y: Tensor) -> Tensor:
         r"""The nearest orthonormal basis in the Frobenius norm, :math:`U V^\top` from the thin SVD
         (rows for a wide matrix). Matrices holding NaN or infinity become NaN."""
-        projected = _polar(finite_float64(y))
-        return torch.where(nonfinite_matrices(y), torch.nan, projected).to(y.dtype)
+        return polar_projection(y)
 
     def sample(
         self,

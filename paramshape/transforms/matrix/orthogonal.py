@@ -23,7 +23,7 @@ from paramshape.transforms.matrix.base import (
 )
 from paramshape.transforms.registry import register
 
-__all__ = ["Orthogonal", "OrthogonalMethod", "orthogonal"]
+__all__ = ["Orthogonal", "OrthogonalMethod", "orthogonal", "polar_projection"]
 
 #: The maps from skew-symmetric matrices onto rotations that :class:`Orthogonal` offers.
 OrthogonalMethod = Literal["auto", "matrix_exp", "cayley", "thin"]
@@ -65,6 +65,14 @@ def _orthogonal_excess(y: Tensor) -> Tensor:
     tolerance = matrix_tolerance(y.dtype, max(y.shape[-2], y.shape[-1]))
     excess = (_deviation(y) - tolerance).clamp_min(0.0)
     return torch.where(nonfinite_matrices(y), torch.inf, excess)
+
+
+def polar_projection(y: Tensor) -> Tensor:
+    """The polar factor of each matrix of ``y`` (the nearest one with orthonormal columns, rows if
+    wide, in the Frobenius norm; conjugate transposes for complex ``y``), computed in float64 or
+    complex128 and rounded to ``y``'s dtype; a matrix holding NaN or infinity becomes NaN. The
+    projection of :class:`Grassmannian` and :class:`Unitary`."""
+    return torch.where(nonfinite_matrices(y), torch.nan, _polar(finite_wide(y))).to(y.dtype)
 
 
 def _polar(y64: Tensor) -> Tensor:

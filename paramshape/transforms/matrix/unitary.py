@@ -6,8 +6,8 @@ import torch
 from torch import Tensor
 from torch.distributions import constraints
 
-from paramshape.transforms.matrix.base import MatrixSet, finite_wide, nonfinite_matrices
-from paramshape.transforms.matrix.orthogonal import Orthogonal, _orthogonal_excess, _polar
+from paramshape.transforms.matrix.base import MatrixSet
+from paramshape.transforms.matrix.orthogonal import Orthogonal, _orthogonal_excess, polar_projection
 from paramshape.transforms.registry import register
 
 __all__ = ["Unitary", "unitary"]
@@ -82,8 +82,7 @@ class Unitary(Orthogonal):
         r"""The polar factor :math:`P V^{H}` of the thin SVD :math:`Y = P S V^{H}` (rows if wide): the
         nearest matrix with orthonormal columns in the Frobenius norm. A matrix holding NaN or
         infinity stays NaN."""
-        polar = _polar(finite_wide(y)).to(y.dtype)
-        return torch.where(nonfinite_matrices(y), torch.nan, polar)
+        return polar_projection(y)
 
     def sample(
         self,
