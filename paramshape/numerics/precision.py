@@ -20,6 +20,7 @@ __all__ = [
     "excess_above",
     "excess_below",
     "interior_distance",
+    "widest",
     "interior_margin",
     "membership_tolerance",
     "softplus_inverse",
@@ -114,3 +115,9 @@ def softplus_inverse(y: Tensor) -> Tensor:
     middle = safe + torch.log(-torch.expm1(-safe))
     small = torch.log(torch.where(is_small, y, torch.ones_like(y)))
     return torch.where(is_small, small, torch.where(is_large, y, middle))
+
+
+def widest(tensor: Tensor) -> Tensor:
+    """``tensor`` in float64, or in complex128 when it is complex (``.double()`` would drop the
+    imaginary part): the dtype membership checks and references compute in."""
+    return tensor.to(torch.complex128 if tensor.is_complex() else torch.float64)

@@ -45,6 +45,7 @@ import torch
 from torch import Tensor, nn
 
 from paramshape.errors import ContractViolation, InfeasibleValueError, SaturationWarning
+from paramshape.numerics.precision import widest
 from paramshape.testing.reference import (
     BOUNDARY_DISTANCES,
     INVERSE_ULPS,
@@ -167,11 +168,6 @@ def _real(dtype: torch.dtype) -> torch.dtype:
     return dtype.to_real() if dtype.is_complex else dtype
 
 
-def _wide(tensor: Tensor) -> Tensor:
-    """``tensor`` in float64, or complex128 when complex (``.double()`` drops the imaginary part)."""
-    return tensor.to(torch.complex128 if tensor.is_complex() else torch.float64)
-
-
 def _real_loss(value: Tensor) -> Tensor:
     """A real scalar of ``value`` to call ``backward`` on: its sum, or the real part of its sum for
     a complex value (torch's complex autograd differentiates real losses of complex tensors)."""
@@ -244,7 +240,7 @@ def round_trip_tolerance(transform: Transform, y: Tensor, u: Tensor) -> Tensor:
         default=0.0,
     )
     reference = copy.deepcopy(transform).to(torch.float64)
-    u64 = _wide(u)
+    u64 = widest(u)
     signs = torch.where(torch.rand(u.shape) < 0.5, -1.0, 1.0).double()
     step = eps * u64.abs().clamp_min(torch.finfo(torch.float64).tiny) * signs
     with torch.no_grad():
@@ -253,7 +249,7 @@ def round_trip_tolerance(transform: Transform, y: Tensor, u: Tensor) -> Tensor:
     size_factor = max((y.shape[d] for d in dims), default=1)
     # Entries of one slice or matrix share its rounding (a normaliser, a cumulative sum): their
     # scale is the largest magnitude in it.
-    magnitude = _wide(y).abs()
+    magnitude = widest(y).abs()
     if dims:
         magnitude = magnitude.amax(dim=dims, keepdim=True).expand(y.shape)
     # Half dtypes are computed in float32 and rounded once: an ulp of the value, plus float32's
@@ -342,7 +338,7 @@ def check_round_trip(transform: Transform, shape: Shape, dtype: torch.dtype) -> 
     _require(u.dtype == dtype, f"right_inverse returned {u.dtype} for a {dtype} value")
     _require(u.shape == _stored(transform, shape), f"right_inverse returned shape {tuple(u.shape)}")
     _require(torch.isfinite(u).all(), "right_inverse returned non-finite values")
-    error = (_wide(transform(u)) - _wide(y)).abs()
+    error = (widest(transform(u)) - widest(y)).abs()
     tolerance = round_trip_tolerance(transform, y, u)
     worst = int(torch.argmax(error - tolerance))
     _require(
@@ -366,7 +362,7 @@ def check_boundary_inverse(transform: Transform, shape: Shape, dtype: torch.dtyp
             back = transform(u)
         _require(torch.isfinite(u).all(), "right_inverse of a boundary value is not finite")
         _require(transform.contains(back).all(), "forward(right_inverse(y)) left the set")
-        error = (_wide(back) - _wide(y)).abs()
+        error = (widest(back) - widest(y)).abs()
         tolerance = round_trip_tolerance(transform, y, u)
         worst = int(torch.argmax(error - tolerance))
         _require(

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 from torch.distributions import constraints
 
-from paramshape.numerics.precision import compute_dtype, membership_tolerance
+from paramshape.numerics.precision import compute_dtype, membership_tolerance, widest
 
 __all__ = [
     "ordered_excess",
@@ -50,9 +50,7 @@ def ordered_excess(y: Tensor, dim: int, positive: bool = False) -> Tensor:
 def sphere_excess(y: Tensor, dim: int) -> Tensor:
     """How far the Euclidean norm of each slice along ``dim`` is from 1, beyond the slice tolerance."""
     # |z| for complex entries: the norm of a complex128 copy (double() would drop the imaginary part).
-    norm = torch.linalg.vector_norm(
-        y.to(torch.complex128 if y.is_complex() else torch.float64), dim=dim, keepdim=True
-    )
+    norm = torch.linalg.vector_norm(widest(y), dim=dim, keepdim=True)
     excess = ((norm - 1.0).abs() - slice_tolerance(y.dtype, y.shape[dim])).clamp_min(0.0)
     return torch.nan_to_num(excess, nan=torch.inf)
 

@@ -19,7 +19,7 @@ from torch.distributions import constraints
 
 from paramshape.errors import ShapeMismatchError
 from paramshape.errors.report import format_index, format_scalar, format_shape
-from paramshape.numerics.precision import compute_dtype
+from paramshape.numerics.precision import compute_dtype, widest
 from paramshape.transforms.base import Transform
 
 __all__ = [
@@ -114,8 +114,8 @@ def finite_wide(y: Tensor) -> Tensor:
     tensor (a non-finite real or imaginary part reads the entry as 0), in float64 otherwise."""
     if not y.is_complex():
         return finite_float64(y)
-    y128 = y.to(torch.complex128)
-    return torch.where(torch.isfinite(y128), y128, 0.0)
+    wide = widest(y)
+    return torch.where(torch.isfinite(wide), wide, 0.0)
 
 
 def nonfinite_matrices(y: Tensor) -> Tensor:

@@ -9,6 +9,7 @@ from torch import Tensor
 
 from paramshape.errors import ShapeMismatchError, SpecError
 from paramshape.errors.report import format_index, format_shape
+from paramshape.numerics.precision import widest
 from paramshape.transforms.base import Transform
 
 __all__ = ["VectorTransform", "check_dim", "slice_label"]
@@ -63,8 +64,7 @@ class VectorTransform(Transform):
         dim = self.dim % y.dim()
         where: list[int | slice] = list(index)
         where[dim] = slice(None)
-        wide = y.to(torch.complex128 if y.is_complex() else torch.float64)
-        return wide[tuple(where)], slice_label(index, dim)
+        return widest(y)[tuple(where)], slice_label(index, dim)
 
     def _resize(self, shape: torch.Size, change: int) -> torch.Size:
         if change == 0 or len(shape) == 0:

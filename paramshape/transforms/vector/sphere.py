@@ -9,7 +9,7 @@ from torch import Tensor
 from torch.distributions import constraints
 
 from paramshape.errors.report import format_scalar
-from paramshape.numerics.precision import compute_dtype
+from paramshape.numerics.precision import compute_dtype, widest
 from paramshape.transforms import sets as _constraints
 from paramshape.transforms.registry import register
 from paramshape.transforms.vector.base import VectorTransform
@@ -118,7 +118,5 @@ class UnitNorm(VectorTransform):
         return f"the slice {label} has norm {format_scalar(torch.linalg.vector_norm(row).item())}"
 
     def to_interior(self, y: Tensor) -> Tensor:
-        finite = torch.where(
-            torch.isfinite(y), y.to(torch.complex128 if y.is_complex() else torch.float64), 0.0
-        )
+        finite = torch.where(torch.isfinite(y), widest(y), 0.0)
         return self.forward(finite).to(y.dtype)
