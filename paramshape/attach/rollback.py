@@ -17,7 +17,13 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from paramshape.strategies.state import STATE_ATTRIBUTE, discard_state_if_empty, state_of
+from paramshape.strategies.state import (
+    STATE_ATTRIBUTE,
+    ModuleState,
+    PlainConstraint,
+    discard_state_if_empty,
+    state_of,
+)
 
 __all__ = ["ModuleRollback", "rollback_on_failure"]
 
@@ -76,7 +82,7 @@ class ModuleRollback:
 
     def __init__(self, modules: Iterable[nn.Module], tensors: Iterable[Tensor] = ()) -> None:
         self._contents: list[_Contents] = []
-        self._states: list[tuple[nn.Module, object, dict | None]] = []
+        self._states: list[tuple[nn.Module, ModuleState | None, dict[str, PlainConstraint] | None]] = []
         seen: set[int] = set()
         for module in modules:
             for part in _with_parametrizations(module):
@@ -97,7 +103,7 @@ class ModuleRollback:
             for contents in reversed(self._contents):
                 contents.restore()
             for tensor, backup in self._data:
-                tensor.set_(backup)
+                tensor.set_(backup)  # type: ignore[call-overload]  # torch's stubs lack set_(Tensor)
         for module, state, plain in self._states:
             current = state_of(module)
             if current is not None:
@@ -105,10 +111,10 @@ class ModuleRollback:
                     current.pop_plain(name)
             if state is not None:
                 module.__dict__[STATE_ATTRIBUTE] = state
-                for name in list(state.plain):  # type: ignore[attr-defined]
-                    state.pop_plain(name)  # type: ignore[attr-defined]
+                for name in list(state.plain):
+                    state.pop_plain(name)
                 for name, entry in (plain or {}).items():
-                    state.put_plain(name, entry)  # type: ignore[attr-defined]
+                    state.put_plain(name, entry)
             discard_state_if_empty(module)
 
 
@@ -121,6 +127,7 @@ def _with_parametrizations(module: nn.Module) -> list[nn.Module]:
     parts = [module]
     if parametrize.is_parametrized(module):
         holder = module._modules["parametrizations"]
+        assert holder is not None  # is_parametrized(module): parametrize put the ModuleDict there
         parts.append(holder)
-        parts.extend(holder._modules.values())
+        parts.extend(part for part in holder._modules.values() if part is not None)
     return parts

@@ -13,6 +13,7 @@ from paramshape.errors import SpecError
 from paramshape.fusion.compiled import Fusable
 from paramshape.numerics import maps as _maps
 from paramshape.numerics import slopes as _slopes
+from paramshape.numerics import torch_typed
 from paramshape.numerics.maps import DEFAULT_SOFTNESS, PositiveMethod
 from paramshape.numerics.precision import INTERIOR_SLOPE, compute_dtype, interior_distance
 from paramshape.transforms.base import Transform
@@ -134,7 +135,8 @@ class Positive(Transform):
         zero = y.new_zeros((), dtype=torch.float64)
         floor = interior_distance(y.dtype, zero + _interior_distance(self.method, self.softness), zero)
         start = torch.where(torch.isfinite(y), y.double(), 0.0)
-        return start.clamp(min=floor, max=torch.finfo(y.dtype).max).to(y.dtype)
+        # Two clamps: torch's stubs type clamp's bounds as both tensors or both numbers.
+        return start.clamp(min=floor).clamp(max=torch.finfo(y.dtype).max).to(y.dtype)
 
     def sample(
         self,
@@ -194,8 +196,8 @@ class _OneSided(BoundedTransform):
     def codomain(self) -> constraints.Constraint:
         """torch's ``constraints.greater_than(low)`` or ``constraints.less_than(high)``."""
         if self._side > 0:
-            return constraints.greater_than(self._bound())
-        return constraints.less_than(self._bound())
+            return torch_typed.greater_than(self._bound())
+        return torch_typed.less_than(self._bound())
 
     def to_interior(self, y: Tensor) -> Tensor:
         r"""Move ``y`` at least :math:`s \log(4/3)` inside the bound (``exp``: 0.25), where the slope
