@@ -34,11 +34,13 @@ def apply_plans(root: nn.Module, plans: list[Plan]) -> None:
         storage = plan.ref.storage()
         if storage is not None and sole_owner(storage, _aliases(storage, plan)):
             swapped[id(storage)] = storage
-    copied = [plan.ref.storage() for plan in plans if id(plan.ref.storage()) not in swapped]
+    for plan in plans:
+        plan.swap = id(plan.ref.storage()) in swapped
+    copied = [plan.ref.storage() for plan in plans if not plan.swap]
     rollback = rollback_on_failure(owners, copied, swapped.values())
     try:
         for plan in plans:
-            _apply_one(root, plan, id(plan.ref.storage()) in swapped)
+            _apply_one(root, plan)
         group_folded([p.ref.owner.parametrizations[p.ref.name]._paramshape_folded for p in plans if p.fold])
     except BaseException:
         rollback.restore()
@@ -57,13 +59,13 @@ def _aliases(storage: Tensor, plan: Plan) -> int:
     )
 
 
-def _apply_one(root: nn.Module, plan: Plan, swap: bool) -> None:
+def _apply_one(root: nn.Module, plan: Plan) -> None:
     ref = plan.ref
     state = state_of(ref.owner)
     if plan.method == "reparam":
         if state is not None and state.pop_plain(ref.name) is not None:
             discard_state_if_empty(ref.owner)
-        _attach(ref, plan.transform, plan.target, plan.raw, swap)
+        _attach(ref, plan.transform, plan.target, plan.raw, plan.swap)
         chain = ref.owner.parametrizations[ref.name]
         if plan.fold:
             chain._paramshape_folded = FoldedValue(chain.original, plan.transform)
@@ -79,14 +81,16 @@ def _apply_one(root: nn.Module, plan: Plan, swap: bool) -> None:
         # The same Parameter object stays, now holding the constrained value.
         parametrize.remove_parametrizations(ref.owner, ref.name, leave_parametrized=True)
     storage = ref.owner._parameters[ref.name]
-    replace_data(storage, plan.target, swap)
+    replace_data(storage, plan.target, plan.swap)
     entry = plain_entry(plan.transform, plan.method, plan.weight, storage)
     state_of(ref.owner, create=True).put_plain(ref.name, entry)  # type: ignore[union-attr]
     install_module_support(root, ref.owner)  # checkpoints are checked against the set too
     install_plain_assignment_check()  # and a Parameter assigned in its place
 
 
-def _attach(ref: TensorRef, transform: Transform, target: Tensor, raw: Tensor | None, swap: bool) -> None:
+def _attach(
+    ref: TensorRef, transform: Transform, target: Tensor, raw: Tensor | None, swap: bool = False
+) -> None:
     """Register ``transform`` on ``ref`` holding ``target`` (or exactly ``raw``). On failure the
     caller's rollback puts everything back."""
     # parametrize refuses a stored tensor of another shape unless told it is intended; the plan's
