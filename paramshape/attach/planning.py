@@ -63,6 +63,9 @@ class Plan:
     moved: str | None
     #: ``constrain(..., fold=True)``: reads served from a value cached per change of the stored tensor.
     fold: bool = False
+    #: Set when applied: the stored tensor is alone on its storage, so it gets new data by ``set_``
+    #: and the rollback keeps the old storage instead of a copy (attach.rollback.replace_data).
+    swap: bool = False
 
 
 def check_method(method: str, weight: float | None) -> float | None:

@@ -247,6 +247,9 @@ class MatrixTransform(Transform):
 
     event_dim = 2
     element_noun = "matrices"
+    # Each matrix of a batch is mapped and checked on its own: membership checks (and the inverse,
+    # for transforms without state such as Orthogonal's base) run a block of matrices at a time.
+    slices_independent = True
     #: Whether the matrices must be square.
     square: ClassVar[bool] = True
     #: Lower triangle of the stored tensor that the forward map reads (``None``: every entry).
