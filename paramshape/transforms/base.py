@@ -130,7 +130,7 @@ class Transform(nn.Module, abc.ABC):
             cls.fusable = None
         # Likewise, inherited clamp bounds would silently replace the subclass's own projection.
         if "project" in cls.__dict__ and "clamp_bounds" not in cls.__dict__:
-            cls.clamp_bounds = Transform.clamp_bounds  # type: ignore[method-assign]
+            cls.clamp_bounds = Transform.clamp_bounds  # type: ignore[method-assign]  # on purpose, see above
 
     def __init__(self) -> None:
         super().__init__()
@@ -171,7 +171,7 @@ class Transform(nn.Module, abc.ABC):
             or cls.__setstate__ is not nn.Module.__setstate__
             or cls.__reduce_ex__ is not object.__reduce_ex__
         ):
-            return _plain_deepcopy(self, memo)  # type: ignore[no-any-return]
+            return _plain_deepcopy(self, memo)  # type: ignore[no-any-return]  # a copy of self: a Transform
         new = cls.__new__(cls)
         memo[id(self)] = new
         state = new.__dict__
@@ -908,7 +908,7 @@ def _complex_kept(fn: Any) -> Any:
 
     def convert(tensor: Tensor) -> Tensor:
         if not tensor.is_complex():
-            return fn(tensor)  # type: ignore[no-any-return]
+            return fn(tensor)  # type: ignore[no-any-return]  # Module._apply functions map tensors to tensors
         # What fn does to an empty complex tensor: .double() and .half() leave it, .to(complex128)
         # converts it, .to(torch.float64) casts it to real (and warns, which the probe silences).
         with warnings.catch_warnings():
@@ -953,4 +953,4 @@ _EMPTY_COPYABLE = (dict, OrderedDict, set, list)
 def _plain_deepcopy(module: nn.Module, memo: dict[int, Any]) -> Any:
     """``copy.deepcopy``'s own path for an object whose class defines ``__deepcopy__``."""
     reducer = module.__reduce_ex__(4)
-    return copy._reconstruct(module, memo, *reducer)  # type: ignore[attr-defined]
+    return copy._reconstruct(module, memo, *reducer)  # type: ignore[attr-defined]  # private, not in typeshed

@@ -181,6 +181,7 @@ class BoundedTransform(Transform):
     def _store(self) -> dict[str, Tensor]:
         """The tensors the bounds are stored in: the bound buffers, or the learnable parameters."""
         if self.learnable:
+            # The ignores here: registered names always hold a tensor (torch types the slots Optional).
             return {name: self._parameters[name] for name in self._learnable_names}  # type: ignore[misc]
         return {name: self._buffers[name] for name in self.bound_names}  # type: ignore[misc]
 
