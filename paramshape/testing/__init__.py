@@ -43,6 +43,7 @@ from typing import Any, TypeVar, cast
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.gradcheck import GradcheckError
 
 from paramshape.errors import ContractViolation, InfeasibleValueError, SaturationWarning
 from paramshape.numerics import torch_typed
@@ -562,16 +563,34 @@ def _check_refuses_jacobian(transform: Transform, shape: Shape, dtype: torch.dty
 @_property("gradcheck")
 def check_gradcheck(transform: Transform, shape: Shape) -> None:
     """``torch.autograd.gradcheck`` of the forward map at ``2 * N(0, 1)`` and of the inverse at
-    values of :meth:`~paramshape.Transform.sample`, in float64."""
-    wide = _case_dtype(transform)
-    transform = _prepared(transform, shape, wide)
-    x = (2 * torch.randn(_stored(transform, shape), dtype=wide)).requires_grad_(True)
-    _require(torch.autograd.gradcheck(transform, (x,)), "gradcheck of forward failed")
-    # Typical values, not boundary ones: near a bound the inverse's curvature exceeds finite
-    # differences' reach. sample() is the transform's own notion of typical (the map of N(0, 1) for
-    # most; SoftClip, whose stored value is the value, draws around the middle of its box).
-    y = transform.sample(torch.Size(shape), dtype=wide).requires_grad_(True)
-    _require(torch.autograd.gradcheck(transform.inverse, (y,)), "gradcheck of inverse failed")
+    values of :meth:`~paramshape.Transform.sample`, in float64 and, for a set of complex tensors
+    (:attr:`~paramshape.Transform.supports_complex`), in complex128 too: the complex (Wirtinger)
+    derivatives do not vouch for the real ones, which take other code paths (``UnitNorm``'s real
+    norm, ``Hermitian``'s real transpose). A complex-only set is checked in complex128 alone."""
+    for wide in _gradcheck_dtypes(transform):
+        prepared = _prepared(transform, shape, wide)
+        x = (2 * torch.randn(_stored(prepared, shape), dtype=wide)).requires_grad_(True)
+        _gradcheck(prepared, x, f"forward in {wide}")
+        # Typical values, not boundary ones: near a bound the inverse's curvature exceeds finite
+        # differences' reach. sample() is the transform's own notion of typical (the map of N(0, 1)
+        # for most; SoftClip, whose stored value is the value, draws around the middle of its box).
+        y = prepared.sample(torch.Size(shape), dtype=wide).requires_grad_(True)
+        _gradcheck(prepared.inverse, y, f"inverse in {wide}")
+
+
+def _gradcheck(function: Callable[[Tensor], Tensor], value: Tensor, what: str) -> None:
+    """torch's gradcheck, its failure named by what was checked (which map, which dtype)."""
+    try:
+        passed = torch.autograd.gradcheck(function, (value,))
+    except GradcheckError as error:
+        raise AssertionError(f"gradcheck of the {what} failed: {error}") from error
+    _require(passed, f"gradcheck of the {what} failed")
+
+
+def _gradcheck_dtypes(transform: Transform) -> list[torch.dtype]:
+    """float64 unless the set is complex only; complex128 as well for a set of complex tensors."""
+    real = [] if transform.complex_only else [torch.float64]
+    return real + ([torch.complex128] if transform.supports_complex else [])
 
 
 #: How many random draws :func:`check_torch_codomain` checks per dtype and scale, for event transforms.
