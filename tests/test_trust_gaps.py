@@ -12,6 +12,8 @@ import torch
 from torch import nn
 
 import paramshape as ps
+from paramshape.attach import applying
+from paramshape.attach.planning import Plan
 from paramshape.transforms import base as transform_base
 from tests.module_snapshot import assert_same, take
 
@@ -317,3 +319,26 @@ def test_root_checks_survive_deepcopy_and_pickle() -> None:
         clone.double()  # a valid move converts the clone, not the original
         assert clone[0].weight.dtype == torch.float64
         assert model[0].weight.dtype == torch.float32
+
+
+def test_a_refused_constrain_leaves_no_root_checks_behind(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    real = applying._apply_one
+
+    def interrupted(root: nn.Module, plan: Plan) -> None:
+        real(root, plan)  # installs the root's checks, then the call is interrupted
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(applying, "_apply_one", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        ps.constrain(model, "1.weight", ps.Box(-1, 1))
+    monkeypatch.setattr(applying, "_apply_one", real)
+    assert "_apply" not in model.__dict__ and "_paramshape_root" not in model.__dict__
+    assert not model._load_state_dict_pre_hooks
+    # A later constrain installs them all again.
+    ps.constrain(model, "1.weight", ps.Box(0, 1e5), init="sample")
+    assert model._load_state_dict_pre_hooks and "_apply" in model.__dict__
+    before = take(model)
+    with pytest.raises(ps.SpecError):
+        model.half()
+    assert_same(before, take(model))
