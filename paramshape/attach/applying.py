@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
@@ -12,7 +14,7 @@ from paramshape.attach.moves import install_move_check
 from paramshape.attach.planning import Plan
 from paramshape.attach.reinit import install_init_support
 from paramshape.attach.rollback import replace_data, rollback_on_failure, sole_owner
-from paramshape.lookup.modules import TensorRef, fast_read, paramshape_transform
+from paramshape.lookup.modules import TensorRef, fast_read, parametrization_chain, paramshape_transform
 from paramshape.strategies.folded import FoldedValue, group_folded
 from paramshape.strategies.methods import plain_entry
 from paramshape.strategies.saturation import watch
@@ -41,10 +43,16 @@ def apply_plans(root: nn.Module, plans: list[Plan]) -> None:
     try:
         for plan in plans:
             _apply_one(root, plan)
-        group_folded([p.ref.owner.parametrizations[p.ref.name]._paramshape_folded for p in plans if p.fold])
+        group_folded(
+            [cast(FoldedValue, _chain(p)._paramshape_folded) for p in plans if p.fold]  # set by _apply_one
+        )
     except BaseException:
         rollback.restore()
         raise
+
+
+def _chain(plan: Plan) -> parametrize.ParametrizationList:
+    return parametrization_chain(plan.ref.owner, plan.ref.name)
 
 
 def _aliases(storage: Tensor, plan: Plan) -> int:
@@ -66,9 +74,10 @@ def _apply_one(root: nn.Module, plan: Plan) -> None:
         if state is not None and state.pop_plain(ref.name) is not None:
             discard_state_if_empty(ref.owner)
         _attach(ref, plan.transform, plan.target, plan.raw, plan.swap)
-        chain = ref.owner.parametrizations[ref.name]
+        chain = parametrization_chain(ref.owner, ref.name)
         if plan.fold:
-            chain._paramshape_folded = FoldedValue(chain.original, plan.transform)
+            # A plain attribute (neither tensor nor module), which Module.__setattr__ would store here too.
+            chain.__dict__["_paramshape_folded"] = FoldedValue(chain.original, plan.transform)
         else:  # a new constraint on a folded tensor replaces the fold too
             chain.__dict__.pop("_paramshape_folded", None)
         install_module_support(root, ref.owner)
@@ -80,10 +89,10 @@ def _apply_one(root: nn.Module, plan: Plan) -> None:
     if paramshape_transform(ref.owner, ref.name) is not None:
         # The same Parameter object stays, now holding the constrained value.
         parametrize.remove_parametrizations(ref.owner, ref.name, leave_parametrized=True)
-    storage = ref.owner._parameters[ref.name]
+    storage = cast(nn.Parameter, ref.owner._parameters[ref.name])  # planning: only Parameters go plain
     replace_data(storage, plan.target, plan.swap)
     entry = plain_entry(plan.transform, plan.method, plan.weight, storage)
-    state_of(ref.owner, create=True).put_plain(ref.name, entry)  # type: ignore[union-attr]
+    state_of(ref.owner, create=True).put_plain(ref.name, entry)  # type: ignore[union-attr]  # create=True: never None
     install_module_support(root, ref.owner)  # checkpoints are checked against the set too
     install_plain_assignment_check()  # and a Parameter assigned in its place
 
@@ -106,17 +115,17 @@ def _attach(
             # (one more copy at the peak): the dry run checked shape and dtype, and every later
             # assignment is held to the shape by Transform.admit.
             parametrize.register_parametrization(ref.owner, ref.name, transform, unsafe=True)
-            ref.owner.parametrizations[ref.name].unsafe = reshapes
+            parametrization_chain(ref.owner, ref.name).unsafe = reshapes
             fast_read(ref.owner, ref.name)
             if non_persistent:
                 # parametrize re-registers the buffer as a persistent 'original'; a buffer the
                 # user kept out of state_dict stays out, and so do its transform's settings.
-                chain = ref.owner.parametrizations[ref.name]
+                chain = parametrization_chain(ref.owner, ref.name)
                 chain._non_persistent_buffers_set.add("original")
                 transform._non_persistent_buffers_set.update(name for name, _ in transform.named_buffers())
         else:
             # Replace in place: the module keeps its parametrized class and the same Parameter.
-            chain = ref.owner.parametrizations[ref.name]
+            chain = parametrization_chain(ref.owner, ref.name)
             transform.train(ref.owner.training)
             chain[0] = transform
             chain.unsafe = reshapes

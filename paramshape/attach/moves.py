@@ -18,7 +18,9 @@ from __future__ import annotations
 import contextlib
 import sys
 import weakref
-from typing import Any
+from collections.abc import Callable
+from types import FrameType
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -40,7 +42,9 @@ def install_move_check(owner: nn.Module) -> None:
     cls = type(owner)
     if "_apply" in cls.__dict__:
         return
-    base_apply = parametrize.type_before_parametrizations(owner)._apply
+    # torch types type_before_parametrizations as a plain type and leaves Module._apply unannotated.
+    base = cast("type[nn.Module]", parametrize.type_before_parametrizations(owner))
+    base_apply: Callable[[nn.Module, Any, bool], nn.Module] = base._apply
 
     def _apply(self: nn.Module, fn: Any, recurse: bool = True) -> nn.Module:
         _check_once(_outermost_apply(self), self, fn)
@@ -184,7 +188,7 @@ def _converted_before(root: nn.Module, current: nn.Module) -> list[str]:
 def _outermost_apply(module: nn.Module) -> nn.Module:
     """The module the move was called on: the outermost ``_apply`` frame's ``self`` (``module``
     itself when none is above it)."""
-    frame = sys._getframe(2)
+    frame: FrameType | None = sys._getframe(2)
     outer = module
     while frame is not None:
         if frame.f_code.co_name == "_apply":

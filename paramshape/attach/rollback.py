@@ -18,7 +18,13 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from paramshape.strategies.state import STATE_ATTRIBUTE, discard_state_if_empty, state_of
+from paramshape.strategies.state import (
+    STATE_ATTRIBUTE,
+    ModuleState,
+    PlainConstraint,
+    discard_state_if_empty,
+    state_of,
+)
 
 __all__ = ["ModuleRollback", "replace_data", "rollback_on_failure", "sole_owner"]
 
@@ -89,7 +95,7 @@ class ModuleRollback:
         self, modules: Iterable[nn.Module], tensors: Iterable[Tensor] = (), swapped: Iterable[Tensor] = ()
     ) -> None:
         self._contents: list[_Contents] = []
-        self._states: list[tuple[nn.Module, object, dict | None]] = []
+        self._states: list[tuple[nn.Module, ModuleState | None, dict[str, PlainConstraint] | None]] = []
         seen: set[int] = set()
         for module in modules:
             for part in _with_parametrizations(module):
@@ -116,7 +122,7 @@ class ModuleRollback:
             for contents in reversed(self._contents):
                 contents.restore()
             for tensor, backup in self._data:
-                tensor.set_(backup)
+                tensor.set_(backup)  # type: ignore[call-overload]  # torch's stubs lack set_(Tensor)
         for module, state, plain in self._states:
             current = state_of(module)
             if current is not None:
@@ -124,10 +130,10 @@ class ModuleRollback:
                     current.pop_plain(name)
             if state is not None:
                 module.__dict__[STATE_ATTRIBUTE] = state
-                for name in list(state.plain):  # type: ignore[attr-defined]
-                    state.pop_plain(name)  # type: ignore[attr-defined]
+                for name in list(state.plain):
+                    state.pop_plain(name)
                 for name, entry in (plain or {}).items():
-                    state.put_plain(name, entry)  # type: ignore[attr-defined]
+                    state.put_plain(name, entry)
             discard_state_if_empty(module)
 
 
@@ -162,7 +168,7 @@ def replace_data(tensor: Tensor, value: Tensor, swap: bool) -> None:
         ):
             return
         if swap:
-            tensor.set_(value)
+            tensor.set_(value)  # type: ignore[call-overload]  # torch's stubs lack set_(Tensor)
         else:
             tensor.copy_(value)
 
@@ -171,6 +177,7 @@ def _with_parametrizations(module: nn.Module) -> list[nn.Module]:
     parts = [module]
     if parametrize.is_parametrized(module):
         holder = module._modules["parametrizations"]
+        assert holder is not None  # is_parametrized(module): parametrize put the ModuleDict there
         parts.append(holder)
-        parts.extend(holder._modules.values())
+        parts.extend(part for part in holder._modules.values() if part is not None)
     return parts

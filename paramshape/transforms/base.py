@@ -26,6 +26,7 @@ from paramshape.errors import (
 )
 from paramshape.errors.report import format_index, format_scalar, format_shape, tensor_label
 from paramshape.fusion.compiled import Fusable, dispatch
+from paramshape.numerics import torch_typed
 
 __all__ = ["Transform", "coerce_value"]
 
@@ -209,7 +210,7 @@ class Transform(nn.Module, abc.ABC):
             fn = _complex_kept(fn)
         like = getattr(self, "_value_like", None)
         converted = fn(like) if like is not None else None
-        result: Transform = super()._apply(fn, recurse)
+        result: Transform = super()._apply(fn, recurse)  # type: ignore[no-untyped-call]  # unannotated in torch
         if converted is not None:
             self._value_like = converted
         return result
@@ -358,7 +359,7 @@ class Transform(nn.Module, abc.ABC):
         """The unconstrained space: the real numbers (or real vectors for event transforms)."""
         if self.event_dim == 0:
             return constraints.real
-        return constraints.independent(constraints.real, self.event_dim)
+        return torch_typed.independent(constraints.real, self.event_dim)
 
     @abc.abstractmethod
     def _excess(self, y: Tensor) -> Tensor:
@@ -815,7 +816,7 @@ class Transform(nn.Module, abc.ABC):
 
     def _describe_worst(self, y: Tensor, index: tuple[int, ...]) -> str:
         if self.event_dim == 0:
-            element = y.broadcast_to(torch.broadcast_shapes(y.shape, self._finite_excess(y).shape))
+            element = y.broadcast_to(torch_typed.broadcast_shapes(y.shape, self._finite_excess(y).shape))
             value = element[index].item()
             if not math.isfinite(value):
                 return f"value {format_scalar(value)} at {format_index(index)} is not finite"
@@ -883,7 +884,7 @@ def coerce_value(
         value = value.to(dtype=dtype or value.dtype, device=device or value.device)
     if shape is not None and value.shape != shape:
         try:
-            fits = broadcast and torch.broadcast_shapes(value.shape, shape) == shape
+            fits = broadcast and torch_typed.broadcast_shapes(value.shape, shape) == shape
         except RuntimeError:
             fits = False
         if not fits:

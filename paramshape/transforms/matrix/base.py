@@ -286,6 +286,17 @@ class MatrixTransform(Transform):
             return super().codomain_coordinates(y)
         return tril_entries(y, self.codomain_offset)
 
+    def _describe(self, y: Tensor, index: tuple[int, ...]) -> str:
+        # A matrix holding NaN or infinity is named by that entry: the family's own measure of how
+        # far it is from the set (a deviation, an eigenvalue) would read NaN.
+        broken = self._describe_nonfinite(y, index)
+        return broken if broken is not None else self._describe_finite(y, index)
+
+    def _describe_finite(self, y: Tensor, index: tuple[int, ...]) -> str:
+        """How the finite matrix of ``y`` at ``index[:-2]`` breaks the set (:meth:`_describe` has
+        named any non-finite entry already). Each family that keeps :meth:`_describe` says this."""
+        raise NotImplementedError(f"{type(self).__name__} does not describe a finite matrix outside its set")
+
     def _describe_nonfinite(self, y: Tensor, index: tuple[int, ...]) -> str | None:
         """The sentence for a matrix holding NaN or infinity, or ``None`` if it holds none."""
         matrix = y[index[:-2]]

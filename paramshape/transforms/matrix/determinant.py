@@ -243,10 +243,7 @@ class PositiveDeterminant(_Trivialized):
     def codomain(self) -> constraints.Constraint:
         return positive_determinant
 
-    def _describe(self, y: Tensor, index: tuple[int, ...]) -> str:
-        broken = self._describe_nonfinite(y, index)
-        if broken is not None:
-            return broken
+    def _describe_finite(self, y: Tensor, index: tuple[int, ...]) -> str:
         det = float(torch.linalg.det(y.double()[index[:-2]]))
         return f"{matrix_label(index)} has determinant {format_value(det, y.dtype)}"
 
@@ -378,10 +375,7 @@ class SpecialLinear(_Trivialized):
     def codomain(self) -> constraints.Constraint:
         return special_linear
 
-    def _describe(self, y: Tensor, index: tuple[int, ...]) -> str:
-        broken = self._describe_nonfinite(y, index)
-        if broken is not None:
-            return broken
+    def _describe_finite(self, y: Tensor, index: tuple[int, ...]) -> str:
         matrix = y[index[:-2]]
         det = float(torch.linalg.det(matrix.double()))
         allowed = float(special_linear_tolerance(matrix))
