@@ -63,12 +63,22 @@ def test_blockwise_matrix_inverse_equals_whole(family: type, monkeypatch: pytest
     torch.testing.assert_close(blocked, whole, rtol=0, atol=1e-12)
 
 
-def test_orthogonal_inverse_stays_whole(small_blocks: None) -> None:
-    # Its inverse sets the base (state): never cut, or later blocks would overwrite it.
-    transform = ps.Orthogonal()
-    value = transform.sample((12, 3, 3))
-    assert len(list(transform._row_blocks(value))) == 1
-    assert len(list(transform._row_blocks(value, membership=True))) > 1
+@pytest.mark.parametrize("family", [ps.Orthogonal, ps.PositiveDeterminant, ps.SpecialLinear, ps.Grassmannian])
+def test_state_setting_inverse_runs_in_blocks(family: type, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The inverse sets a base per matrix: each block on a copy, the bases gathered at the end.
+    torch.manual_seed(4)
+    value = family().sample((10, 3, 3), dtype=torch.float64)
+    monkeypatch.setattr(transform_base, "_BLOCK_ELEMENTS", 32)
+    blocked = family()
+    assert len(list(blocked._row_blocks(value))) > 1
+    stored = blocked.inverse_in_blocks(value)
+    _whole(monkeypatch)
+    whole = family()
+    expected = whole.inverse_in_blocks(value)
+    assert torch.equal(stored, expected)
+    assert blocked.base.shape == whole.base.shape
+    torch.testing.assert_close(blocked.base, whole.base, rtol=0, atol=1e-12)
+    torch.testing.assert_close(blocked(stored), value, rtol=0, atol=1e-12)
 
 
 def test_max_norm_dim0_checked_in_blocks_of_columns(small_blocks: None) -> None:

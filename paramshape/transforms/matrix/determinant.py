@@ -109,6 +109,8 @@ class _Trivialized(MatrixTransform):
     supports_raw_init = False  # the inverse sets the base; a raw stored tensor would move it twice
     bijective = False
     base: Tensor
+    # One base matrix per stored matrix: a batch is inverted a block of matrices at a time.
+    block_state = ("base",)
     _unit_determinant = False
 
     def __init__(self) -> None:
