@@ -145,7 +145,7 @@ def _check_stored(chain: parametrize.ParametrizationList, fn: Any) -> None:
     """Let a transform whose map depends on the stored tensor's dtype (PositiveDeterminant's cap)
     refuse a move that would change its value, before anything converts."""
     transform = chain[0] if len(chain) else None
-    check = getattr(transform, "check_stored_move", None)
+    check = getattr(transform, "_check_stored_move", None)
     original = chain._parameters.get("original")
     if check is None or original is None:
         return

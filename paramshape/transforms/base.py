@@ -109,6 +109,10 @@ class Transform(nn.Module, abc.ABC):
     #: state shared across events: then membership checks and the inverse run a block of rows at a
     #: time (:meth:`_row_blocks`). Vector transforms set it; elementwise ones need not.
     slices_independent: ClassVar[bool] = False
+    #: Buffers that :meth:`inverse` sets, one slice per event along the block axis (Orthogonal's
+    #: base): the inverse of a batch then runs a block at a time too, each block on a copy of the
+    #: transform, and the blocks' buffers are gathered into the transform's own at the end.
+    block_state: ClassVar[tuple[str, ...]] = ()
     #: Whether the set is one of complex tensors: :func:`~paramshape.constrain` admits a complex
     #: tensor only for such a transform (:meth:`check_dtype`), and assigned complex values pass
     #: :meth:`admit`. Every transform of real sets leaves it False, so a complex tensor is refused
@@ -291,10 +295,33 @@ class Transform(nn.Module, abc.ABC):
         out = first.new_empty(shape)
         out.narrow(axis, 0, first.shape[axis]).copy_(first)
         del first
+        state: dict[str, Tensor] = {}
+        self._gather_state(state, transform, 0, value.shape[axis], axis)
         for start, part, transform in blocks:
             assert start is not None  # only a single block has no start, returned above
             out.narrow(axis, start, part.shape[axis]).copy_(transform.inverse(part))
+            self._gather_state(state, transform, start, value.shape[axis], axis)
+        for name, tensor in state.items():
+            setattr(self, name, tensor)
+        if state:
+            self.__dict__.pop("_shapes_checked", None)  # the shapes the map accepts follow the state
         return out
+
+    def _gather_state(
+        self, state: dict[str, Tensor], block: Transform, start: int, rows: int, axis: int
+    ) -> None:
+        """Copy the :attr:`block_state` buffers ``block``'s inverse set into ``state``'s full-size
+        tensors, at the block's rows."""
+        for name in self.block_state:
+            piece = block._buffers.get(name)
+            if piece is None:
+                continue
+            full = state.get(name)
+            if full is None:
+                shape = list(piece.shape)
+                shape[axis] = rows
+                full = state[name] = piece.new_empty(shape)
+            full.narrow(axis, start, piece.shape[axis]).copy_(piece)
 
     def admit(self, value: Any, *, hint: str | None = None, broadcast: bool = True) -> Tensor:
         """``value`` as a tensor of the constrained tensor's shape, dtype and device, checked to lie
@@ -778,8 +805,10 @@ class Transform(nn.Module, abc.ABC):
         axis = self._block_axis(value)
         rows = value.shape[axis] if value.dim() else 0
         # A vector or matrix transform acts on each event on its own: blocks along a dimension
-        # outside the events give the same numbers.
-        stateless = not buffers or (membership and self.event_dim > 0)
+        # outside the events give the same numbers. State its inverse sets per event (block_state)
+        # is set on a copy per block and gathered by inverse_in_blocks.
+        per_event = self.event_dim > 0 and (membership or set(buffers) <= set(self.block_state))
+        stateless = not buffers or per_event
         rows_apart = self.event_dim == 0 or (
             self.slices_independent and stateless and axis not in self.event_dims(value.dim())
         )
@@ -802,8 +831,9 @@ class Transform(nn.Module, abc.ABC):
                 if self.event_dim == 0 and b.dim() == value.dim() and b.shape[0] != 1
             }
             transform = self
-            if sliced:
-                # A shallow copy that reads the rows' bounds: no tensor is copied.
+            if sliced or (self.block_state and not membership):
+                # A shallow copy that reads the rows' bounds, or whose inverse sets its own state:
+                # no tensor is copied.
                 transform = copy.copy(self)
                 transform.__dict__["_buffers"] = {**self._buffers, **sliced}
             yield start, value.narrow(axis, start, stop - start), transform
