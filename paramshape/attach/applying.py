@@ -10,7 +10,7 @@ from paramshape.attach.assign import install_parameter_assignment
 from paramshape.attach.checkpoint import install_module_support
 from paramshape.attach.moves import install_move_check
 from paramshape.attach.planning import Plan
-from paramshape.attach.reinit import install_init_support
+from paramshape.attach.reinit import install_init_support, install_plain_init_support
 from paramshape.attach.rollback import rollback_on_failure
 from paramshape.lookup.modules import TensorRef, fast_read, paramshape_transform
 from paramshape.strategies.folded import FoldedValue, group_folded
@@ -63,6 +63,7 @@ def _apply_one(root: nn.Module, plan: Plan) -> None:
     entry = plain_entry(plan.transform, plan.method, plan.weight, storage)
     state_of(ref.owner, create=True).put_plain(ref.name, entry)  # type: ignore[union-attr]
     install_module_support(root, ref.owner)  # checkpoints are checked against the set too
+    install_plain_init_support(ref.owner)  # reset_parameters()/apply(init_fn) keep it in the set
 
 
 def _attach(ref: TensorRef, transform: Transform, target: Tensor, raw: Tensor | None) -> None:
