@@ -20,6 +20,8 @@ from paramshape.lookup.modules import (
     AliasIndex,
     constrained_tensors,
     locate,
+    parametrization_chain,
+    parametrized_names,
     paramshape_transform,
     refuse_inside_compile,
     type_name,
@@ -280,7 +282,7 @@ def unconstrain(module: nn.Module, name: str | None = None) -> nn.Module:
     # All or nothing: a failure (a KeyboardInterrupt, a foreign parametrization that cannot read its
     # new stored value) puts back every tensor already given back.
     owners = [module, *(owner for owner, _, _ in targets)]
-    stored = [owner.parametrizations[tensor].original for owner, tensor, reparam in targets if reparam]
+    stored = [parametrization_chain(owner, tensor).original for owner, tensor, reparam in targets if reparam]
     rollback = rollback_on_failure(owners, stored)
     try:
         for owner, tensor_name, reparam in targets:
@@ -302,8 +304,8 @@ def _unconstrain_targets(module: nn.Module, name: str | None) -> list[tuple[nn.M
     removes, found before anything changes; raises as :func:`unconstrain` documents."""
     if name is None:
         targets = [(owner, tensor, True) for _, owner, tensor, _ in constrained_tensors(module, stacked=True)]
-        for _, owner, state in module_states(module):
-            targets.extend((owner, tensor, False) for tensor in state.plain)
+        for _, owner, owned in module_states(module):
+            targets.extend((owner, tensor, False) for tensor in owned.plain)
         return targets
     if is_pattern(name):
         found: list[tuple[nn.Module, str, bool]] = []
@@ -328,7 +330,7 @@ def _entries(root: nn.Module) -> Iterator[tuple[str, ConstraintInfo]]:
     """Every constrained tensor under ``root``, module by module: parametrized ones, then plain ones."""
     for prefix, module in root.named_modules():
         if parametrize.is_parametrized(module):
-            for name in list(module.parametrizations.keys()):
+            for name in parametrized_names(module):
                 transform = paramshape_transform(module, name, stacked=True)
                 if transform is not None:
                     yield _join(prefix, name), ConstraintInfo(transform)
@@ -348,7 +350,7 @@ def _remove_transform(owner: nn.Module, name: str) -> None:
     """Remove paramshape's transform from ``owner.name``, keeping the constrained value; foreign
     parametrizations stacked on top of it (``spectral_norm``, ``weight_norm``) stay, now reading the
     constrained value as their stored tensor."""
-    chain = owner.parametrizations[name]
+    chain = parametrization_chain(owner, name)
     if len(chain) == 1:
         parametrize.remove_parametrizations(owner, name, leave_parametrized=True)
         return

@@ -25,7 +25,7 @@ import copy
 import warnings
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -33,8 +33,15 @@ from torch.nn.utils import parametrize
 
 from paramshape.errors import InfeasibleValueError, ParamshapeWarning, SpecError
 from paramshape.errors.report import tensor_label
-from paramshape.lookup.modules import paramshape_transform, type_name
+from paramshape.lookup.modules import (
+    parametrization_chain,
+    parametrized_names,
+    paramshape_transform,
+    type_name,
+)
 from paramshape.strategies.state import state_of
+from paramshape.transforms.base import Transform
+from paramshape.transforms.elementwise.bounds import BoundedTransform
 
 __all__ = ["ProjectingInit", "install_init_support", "install_plain_init_support", "project_plain"]
 
@@ -50,7 +57,8 @@ def install_init_support(owner: nn.Module) -> None:
     if not parametrize.is_parametrized(owner):
         return
     cls = type(owner)
-    base = parametrize.type_before_parametrizations(owner)
+    # torch types type_before_parametrizations as a plain type.
+    base = cast("type[nn.Module]", parametrize.type_before_parametrizations(owner))
     for method in _RESETTERS:
         original = getattr(base, method, None)
         if callable(original) and method not in cls.__dict__:
@@ -143,18 +151,14 @@ def run_capturing_writes(module: nn.Module, call: Callable[[], Any], *, keep_sto
         # to tell a write; an initialisation changes the model anyway, so run it outside.
         with torch.inference_mode(False):
             return run_capturing_writes(module, call, keep_stored=keep_stored)
-    names = [
-        name
-        for name in module.parametrizations  # type: ignore[union-attr]
-        if paramshape_transform(module, name) is not None
-    ]
+    names = [name for name in parametrized_names(module) if paramshape_transform(module, name) is not None]
     # The settings: fixed bounds (buffers) and learnable ones (the transform's parameters).
     bounds = {
         name: [
             (b, b.detach().clone(), b._version)
             for b in [
-                *module.parametrizations[name][0].buffers(),
-                *module.parametrizations[name][0].parameters(),
+                *parametrization_chain(module, name)[0].buffers(),
+                *parametrization_chain(module, name)[0].parameters(),
             ]
         ]
         for name in names
@@ -164,7 +168,7 @@ def run_capturing_writes(module: nn.Module, call: Callable[[], Any], *, keep_sto
         if keep_stored
         else [(original, None, original._version)]
         for name in names
-        for original in [module.parametrizations[name].original]
+        for original in [parametrization_chain(module, name).original]
     }
     with parametrize.cached():
         with torch.no_grad():
@@ -202,26 +206,23 @@ def run_capturing_writes(module: nn.Module, call: Callable[[], Any], *, keep_sto
 
 
 def _check_bounds(module: nn.Module, name: str, saved: list[tuple[Tensor, Tensor, int]]) -> None:
-    transform = module.parametrizations[name][0]
+    transform = parametrization_chain(module, name)[0]
     if all(buffer._version == version for buffer, _, version in saved):
         return
     problem = None
     for buffer, before, _ in saved:
         if buffer.is_floating_point() and not torch.equal(torch.isfinite(buffer), torch.isfinite(before)):
             problem = "a bound became NaN or infinite"
-    if problem is None and getattr(transform, "learnable", False):
+    if problem is None and hasattr(transform, "_analyse_bounds"):
+        bounded = cast(BoundedTransform, transform)  # the hook is BoundedTransform's
         try:
             with torch.no_grad():
-                transform._layout = transform._check_learned(transform._learned_bounds(transform._store()))
+                if bounded.learnable:  # learnable bounds: computed from the parameters, finite
+                    bounded._layout = bounded._check_learned(bounded._learned_bounds(bounded._store()))
+                else:
+                    bounded._layout = bounded._analyse_bounds(bounded._bounds())
         except SpecError as error:
             problem = str(error)
-    elif problem is None and hasattr(transform, "_analyse_bounds"):
-        try:
-            layout = transform._analyse_bounds(transform._bounds())
-        except SpecError as error:
-            problem = str(error)
-        else:
-            transform._layout = layout
     if problem is None:
         return
     with torch.no_grad():
@@ -236,9 +237,9 @@ def _check_bounds(module: nn.Module, name: str, saved: list[tuple[Tensor, Tensor
 
 
 def _store(module: nn.Module, name: str, value: Tensor) -> None:
-    transform = module.parametrizations[name][0]
+    chain = parametrization_chain(module, name)
+    transform = cast(Transform, chain[0])  # run_capturing_writes kept the names paramshape constrains
     policy = getattr(transform, "_init_policy", "keep")
-    chain = module.parametrizations[name]
     with torch.no_grad():
         if policy == "raw" and transform.supports_raw_init and chain.original.shape == value.shape:
             chain.original.copy_(torch.nan_to_num(value, nan=0.0, posinf=0.0, neginf=0.0))
