@@ -284,6 +284,10 @@ class Transform(nn.Module, abc.ABC):
         """:meth:`inverse`, computed a block of rows at a time for an elementwise transform, so its
         temporaries cost a few MB instead of several times the tensor (the same numbers: the map is
         elementwise). What storing a value (assignment, checkpoint, ``constrain``) runs."""
+        if value.device.type == "meta":
+            # No values to invert (deferred initialisation), only a shape: matrix inverses read
+            # scalars (a norm, a determinant's sign) that meta tensors cannot give.
+            return value.new_empty(self.inverse_shape(value.shape))
         blocks = iter(self._row_blocks(value))
         start, part, transform = next(blocks)
         first = transform.inverse(part)
@@ -879,6 +883,8 @@ def coerce_value(
         )
     if isinstance(value, nn.Parameter):
         value = value.detach()
+    if _other_number(value):
+        value = float(value)  # Fraction, Decimal, NumPy-free exact numbers: their nearest float
     if not isinstance(value, Tensor):
         if isinstance(value, (bool, str, bytes)) or not _array_like(value):
             raise UnsupportedTensorError(
@@ -896,6 +902,7 @@ def coerce_value(
             raise UnsupportedTensorError(
                 f"{where}: cannot convert the {type(value).__name__} assigned to a tensor ({error})."
             ) from None
+    value = _dense_values(value, where, device)
     complex_target = complex_ok and (dtype is None or dtype.is_complex)
     if value.dtype == torch.bool or (value.is_complex() and not complex_target):
         kind = "boolean" if value.dtype == torch.bool else "complex"
@@ -952,6 +959,40 @@ def _complex_kept(fn: Any) -> Any:
         return tensor.to(device=probe.device, dtype=dtype)
 
     return convert
+
+
+def _other_number(value: Any) -> bool:
+    """Whether ``value`` is a real number torch cannot convert itself (``Fraction``, ``Decimal``)."""
+    from numbers import Number
+
+    return (
+        isinstance(value, Number)
+        and not isinstance(value, (bool, int, float, complex))
+        and not hasattr(value, "__array__")
+        and hasattr(value, "__float__")
+        and not isinstance(value, Tensor)
+    )
+
+
+def _dense_values(value: Tensor, where: str, device: torch.device | None) -> Tensor:
+    """``value`` as an ordinary strided tensor holding its numbers: sparse and quantized tensors are
+    converted; a ``meta`` tensor (no values) is refused unless the target is on ``meta`` too."""
+    if value.device.type == "meta" and (device is None or device.type != "meta"):
+        raise UnsupportedTensorError(
+            f"{where}: the value assigned is on the meta device, which holds no values; assign a tensor "
+            "with values (for a model built on meta, call to_empty() first, then initialise it)."
+        )
+    try:
+        if value.is_quantized:
+            return value.dequantize()
+        if value.layout != torch.strided:
+            return value.to_dense()
+    except (RuntimeError, TypeError, NotImplementedError) as error:
+        raise UnsupportedTensorError(
+            f"{where}: cannot read the values of the {value.layout} tensor assigned ({error}); assign a "
+            "dense tensor."
+        ) from None
+    return value
 
 
 def _array_like(value: Any) -> bool:
