@@ -1,7 +1,8 @@
 """What issue 10's state checks cost, as ratios measured side by side in one process.
 
-* ``step``: an Adam step of a small constrained MLP with paramshape's optimizer-resume hooks
-  installed, against the same step with them removed (interleaved rounds, median of each).
+* ``step``: an Adam step of a small constrained MLP with paramshape's optimizer step hooks (the
+  dispatcher's, which run the resume check and the saturation check) installed, against the same
+  step with them removed (interleaved rounds, median of each).
 * ``apply``: ``model.apply(fn)`` on the constrained model (which reads every constrained value once
   to catch init writes) against ``apply`` on the same architecture unconstrained, and against one
   forward pass of the constrained model (for scale).
@@ -23,8 +24,8 @@ import torch.optim.optimizer as optimizer_module
 from torch import nn
 
 import paramshape as ps
-from paramshape.attach import resume
 from paramshape.lookup.modules import fast_read
+from paramshape.strategies import dispatch
 
 
 def small_model(watch_writes: bool) -> nn.Module:
@@ -69,7 +70,7 @@ def main() -> None:
         model(x).square().mean().backward()
         opt.step()
 
-    hooks = list(resume._HOOKS)
+    hooks = list(dispatch._HOOKS)  # the step dispatcher's two global hooks (resume check, saturation)
     pre, post = optimizer_module._global_optimizer_pre_hooks, optimizer_module._global_optimizer_post_hooks
     saved = {h.id: (pre.get(h.id), post.get(h.id)) for h in hooks}
 
