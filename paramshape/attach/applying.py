@@ -17,7 +17,7 @@ from paramshape.strategies.folded import FoldedValue, group_folded
 from paramshape.strategies.methods import plain_entry
 from paramshape.strategies.saturation import watch
 from paramshape.strategies.state import discard_state_if_empty, state_of
-from paramshape.transforms.base import Transform
+from paramshape.transforms.base import Transform, registering
 
 __all__ = ["apply_plans"]
 
@@ -42,7 +42,7 @@ def _apply_one(root: nn.Module, plan: Plan) -> None:
     if plan.method == "reparam":
         if state is not None and state.pop_plain(ref.name) is not None:
             discard_state_if_empty(ref.owner)
-        _attach(ref, plan.transform, plan.target, plan.raw)
+        _attach(ref, plan.transform, plan.target, plan.raw, plan.stored)
         chain = ref.owner.parametrizations[ref.name]
         if plan.fold:
             chain._paramshape_folded = FoldedValue(chain.original, plan.transform)
@@ -65,9 +65,12 @@ def _apply_one(root: nn.Module, plan: Plan) -> None:
     install_module_support(root, ref.owner)  # checkpoints are checked against the set too
 
 
-def _attach(ref: TensorRef, transform: Transform, target: Tensor, raw: Tensor | None) -> None:
-    """Register ``transform`` on ``ref`` holding ``target`` (or exactly ``raw``). On failure the
-    caller's rollback puts everything back."""
+def _attach(
+    ref: TensorRef, transform: Transform, target: Tensor, raw: Tensor | None, stored: Tensor | None = None
+) -> None:
+    """Register ``transform`` on ``ref`` holding ``target`` (or exactly ``raw``); ``stored``: the
+    stored tensor for ``target`` if the plan computed it. On failure the caller's rollback puts
+    everything back."""
     # parametrize refuses a stored tensor of another shape unless told it is intended; the plan's
     # dry run has already checked both shapes.
     reshapes = transform.inverse_shape(target.shape) != target.shape
@@ -80,7 +83,8 @@ def _attach(ref: TensorRef, transform: Transform, target: Tensor, raw: Tensor | 
             # unsafe=True skips parametrize's own consistency check, a forward of the whole tensor
             # (one more copy at the peak): the dry run checked shape and dtype, and every later
             # assignment is held to the shape by Transform.admit.
-            parametrize.register_parametrization(ref.owner, ref.name, transform, unsafe=True)
+            with registering(storage, stored):
+                parametrize.register_parametrization(ref.owner, ref.name, transform, unsafe=True)
             ref.owner.parametrizations[ref.name].unsafe = reshapes
             fast_read(ref.owner, ref.name)
             if non_persistent:
