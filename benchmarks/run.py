@@ -49,6 +49,7 @@ import math
 import os
 import platform
 import statistics
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -64,6 +65,10 @@ from torch.nn.utils import parametrize
 
 import paramshape as ps
 from paramshape.fusion.compiled import AUTO_MIN_ELEMENTS, _backend
+
+# A sibling file, not a package: this script runs by path (see _tables.py).
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _tables import markdown_table
 
 HERE = Path(__file__).resolve().parent
 
@@ -758,10 +763,7 @@ def machine() -> dict[str, Any]:
     }
 
 
-def table(headers: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
+table = markdown_table
 
 
 def _ratio(value: float) -> str:

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from paramshape.attach.assign import install_parameter_assignment
-from paramshape.attach.moves import install_move_check
+from paramshape.attach.moves import install_move_check, install_root_move_check
 from paramshape.attach.reinit import install_init_support
 from paramshape.errors import (
     InfeasibleValueError,
@@ -85,17 +85,49 @@ def plain_state_dict(module: nn.Module) -> dict[str, Tensor]:
 
 def install_module_support(root: nn.Module, owner: nn.Module) -> None:
     """Called by :func:`~paramshape.constrain` after attaching a transform to a tensor of ``owner``:
-    make plain-key checkpoints load into ``owner`` (and, validated all at once, into ``root``) and
-    make ``owner`` picklable. Idempotent."""
+    make plain-key checkpoints load into ``owner`` (and, validated all at once, into ``root``),
+    check loads and moves of ``root`` as a whole before any child changes, and make ``owner``
+    picklable. Idempotent."""
     for module in {id(root): root, id(owner): owner}.values():
-        if not any(
-            getattr(hook, "hook", hook) is _load_plain_keys
-            for hook in module._load_state_dict_pre_hooks.values()
-        ):
-            module._register_load_state_dict_pre_hook(_load_plain_keys, with_module=True)
+        _install_load_check(module)
+    install_root_checks(root)
     cls = type(owner)
     if parametrize.is_parametrized(owner) and cls.__dict__.get("__reduce_ex__") is not _reduce_parametrized:
         cls.__reduce_ex__ = _reduce_parametrized  # the dynamic Parametrized<Cls> class only
+
+
+def _install_load_check(module: nn.Module) -> None:
+    if not any(
+        getattr(hook, "hook", hook) is _load_plain_keys for hook in module._load_state_dict_pre_hooks.values()
+    ):
+        module._register_load_state_dict_pre_hook(_load_plain_keys, with_module=True)
+
+
+#: Set in the ``__dict__`` of a module whose loads and moves are checked as a whole (a root).
+_ROOT = "_paramshape_root"
+_registration_hook: Any = None
+
+
+def install_root_checks(root: nn.Module) -> None:
+    """Make ``root.load_state_dict`` and ``root.half()`` (any ``_apply``) check every constrained
+    tensor under it before any child is loaded or converted, and do the same for every module
+    ``root`` is registered under later (torch's global module-registration hook; it is not
+    retroactive, so parents that already hold ``root`` are not reached). Idempotent."""
+    global _registration_hook
+    if root.__dict__.get(_ROOT):
+        return
+    _install_load_check(root)
+    install_root_move_check(root)
+    root.__dict__[_ROOT] = True
+    if _registration_hook is None:
+        _registration_hook = nn.modules.module.register_module_module_registration_hook(_on_registration)
+
+
+def _on_registration(parent: nn.Module, name: str, child: Any) -> None:
+    """torch's hook for ``parent.name = child`` and ``add_module``: a parent of a checked root is
+    checked as a whole too, so its plain children are not loaded or converted before a refusal."""
+    if isinstance(child, nn.Module) and child.__dict__.get(_ROOT) and not parent.__dict__.get(_ROOT):
+        install_root_checks(parent)
 
 
 # ------------------------------------------------------------------------ plain-key checkpoints

@@ -19,6 +19,8 @@ from paramshape.lookup.modules import (
     AliasIndex,
     constrained_tensors,
     locate,
+    parametrization_chain,
+    parametrized_names,
     paramshape_transform,
     refuse_inside_compile,
     type_name,
@@ -277,9 +279,9 @@ def unconstrain(module: nn.Module, name: str | None = None) -> nn.Module:
     if name is None:
         for _, owner, tensor_name, _ in list(constrained_tensors(module, stacked=True)):
             _remove_transform(owner, tensor_name)
-        for _, owner, state in list(module_states(module)):
-            for tensor_name in list(state.plain):
-                state.pop_plain(tensor_name)
+        for _, owner, owned in list(module_states(module)):
+            for tensor_name in list(owned.plain):
+                owned.pop_plain(tensor_name)
             discard_state_if_empty(owner)
         return module
     if is_pattern(name):
@@ -305,7 +307,7 @@ def _entries(root: nn.Module) -> Iterator[tuple[str, ConstraintInfo]]:
     """Every constrained tensor under ``root``, module by module: parametrized ones, then plain ones."""
     for prefix, module in root.named_modules():
         if parametrize.is_parametrized(module):
-            for name in list(module.parametrizations.keys()):
+            for name in parametrized_names(module):
                 transform = paramshape_transform(module, name, stacked=True)
                 if transform is not None:
                     yield _join(prefix, name), ConstraintInfo(transform)
@@ -325,7 +327,7 @@ def _remove_transform(owner: nn.Module, name: str) -> None:
     """Remove paramshape's transform from ``owner.name``, keeping the constrained value; foreign
     parametrizations stacked on top of it (``spectral_norm``, ``weight_norm``) stay, now reading the
     constrained value as their stored tensor."""
-    chain = owner.parametrizations[name]
+    chain = parametrization_chain(owner, name)
     if len(chain) == 1:
         parametrize.remove_parametrizations(owner, name, leave_parametrized=True)
         return

@@ -28,6 +28,7 @@ from paramshape.lookup.modules import (
     TensorRef,
     locate,
     memory_span,
+    parametrization_chain,
     paramshape_transform,
     spans_overlap,
     type_name,
@@ -65,6 +66,9 @@ class Plan:
     #: The stored (unconstrained) tensor the dry run computed for ``target``, kept for small tensors
     #: so that registering does not compute it again; ``None``: computed when registering.
     stored: Tensor | None = None
+    #: Set when applied: the stored tensor is alone on its storage, so it gets new data by ``set_``
+    #: and the rollback keeps the old storage instead of a copy (attach.rollback.replace_data).
+    swap: bool = False
 
 
 def check_method(method: str, weight: float | None) -> float | None:
@@ -251,7 +255,7 @@ def _check_tensor(
 def _check_foreign(ref: TensorRef, root: nn.Module) -> None:
     existing = parametrize.is_parametrized(ref.owner, ref.name)
     if existing and paramshape_transform(ref.owner, ref.name) is None:
-        chain = ", ".join(type(p).__name__ for p in ref.owner.parametrizations[ref.name])
+        chain = ", ".join(type(p).__name__ for p in parametrization_chain(ref.owner, ref.name))
         raise ConstraintConflictError(
             f"'{ref.path}' of {type_name(root)} already carries parametrizations paramshape did "
             f"not attach ({chain}). Remove them with torch.nn.utils.parametrize."

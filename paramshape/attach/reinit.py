@@ -23,14 +23,21 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from paramshape.errors import ParamshapeWarning, SpecError
-from paramshape.lookup.modules import paramshape_transform, type_name
+from paramshape.lookup.modules import (
+    parametrization_chain,
+    parametrized_names,
+    paramshape_transform,
+    type_name,
+)
+from paramshape.transforms.base import Transform
+from paramshape.transforms.elementwise.bounds import BoundedTransform
 
 __all__ = ["install_init_support"]
 
@@ -43,7 +50,8 @@ def install_init_support(owner: nn.Module) -> None:
     if not parametrize.is_parametrized(owner):
         return
     cls = type(owner)
-    base = parametrize.type_before_parametrizations(owner)
+    # torch types type_before_parametrizations as a plain type.
+    base = cast("type[nn.Module]", parametrize.type_before_parametrizations(owner))
     for method in _RESETTERS:
         original = getattr(base, method, None)
         if callable(original) and method not in cls.__dict__:
@@ -63,13 +71,9 @@ def _capturing(original: Callable[..., Any]) -> Callable[..., Any]:
 
 def run_capturing_writes(module: nn.Module, call: Callable[[], Any]) -> Any:
     """Run ``call`` so that in-place writes into ``module``'s constrained tensors take effect."""
-    names = [
-        name
-        for name in module.parametrizations  # type: ignore[union-attr]
-        if paramshape_transform(module, name) is not None
-    ]
+    names = [name for name in parametrized_names(module) if paramshape_transform(module, name) is not None]
     bounds = {
-        name: [(b, b.detach().clone(), b._version) for b in module.parametrizations[name][0].buffers()]
+        name: [(b, b.detach().clone(), b._version) for b in parametrization_chain(module, name)[0].buffers()]
         for name in names
     }
     with parametrize.cached():
@@ -88,7 +92,7 @@ def run_capturing_writes(module: nn.Module, call: Callable[[], Any]) -> Any:
 
 
 def _check_bounds(module: nn.Module, name: str, saved: list[tuple[Tensor, Tensor, int]]) -> None:
-    transform = module.parametrizations[name][0]
+    transform = parametrization_chain(module, name)[0]
     if all(buffer._version == version for buffer, _, version in saved):
         return
     problem = None
@@ -96,12 +100,13 @@ def _check_bounds(module: nn.Module, name: str, saved: list[tuple[Tensor, Tensor
         if buffer.is_floating_point() and not torch.equal(torch.isfinite(buffer), torch.isfinite(before)):
             problem = "a bound became NaN or infinite"
     if problem is None and hasattr(transform, "_analyse_bounds"):
+        bounded = cast(BoundedTransform, transform)  # the hook is BoundedTransform's
         try:
-            layout = transform._analyse_bounds(transform._bounds())
+            layout = bounded._analyse_bounds(bounded._bounds())
         except SpecError as error:
             problem = str(error)
         else:
-            transform._layout = layout
+            bounded._layout = layout
     if problem is None:
         return
     with torch.no_grad():
@@ -116,9 +121,9 @@ def _check_bounds(module: nn.Module, name: str, saved: list[tuple[Tensor, Tensor
 
 
 def _store(module: nn.Module, name: str, value: Tensor) -> None:
-    transform = module.parametrizations[name][0]
+    chain = parametrization_chain(module, name)
+    transform = cast(Transform, chain[0])  # run_capturing_writes kept the names paramshape constrains
     policy = getattr(transform, "_init_policy", "keep")
-    chain = module.parametrizations[name]
     with torch.no_grad():
         if policy == "raw" and transform.supports_raw_init and chain.original.shape == value.shape:
             chain.original.copy_(torch.nan_to_num(value, nan=0.0, posinf=0.0, neginf=0.0))

@@ -7,7 +7,7 @@ import warnings
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -25,6 +25,8 @@ __all__ = [
     "fast_read",
     "locate",
     "memory_span",
+    "parametrization_chain",
+    "parametrized_names",
     "paramshape_transform",
     "refuse_inside_compile",
     "shares_memory",
@@ -71,6 +73,18 @@ def locate(root: nn.Module, dotted: str) -> TensorRef:
     if owner is None or not _holds_tensor(owner, name):
         raise TensorNotFoundError(_not_found_message(root, dotted))
     return TensorRef(owner, name, dotted)
+
+
+def parametrization_chain(owner: nn.Module, name: str) -> parametrize.ParametrizationList:
+    """``owner.parametrizations[name]`` (``owner.name`` must be parametrized), typed: torch types
+    ``Module.__getattr__`` as ``Tensor | Module``, which is neither indexable nor a chain."""
+    holder = cast(nn.ModuleDict, owner.parametrizations)
+    return cast(parametrize.ParametrizationList, holder[name])
+
+
+def parametrized_names(owner: nn.Module) -> list[str]:
+    """The names of ``owner``'s parametrized tensors (``owner`` must be parametrized)."""
+    return list(cast(nn.ModuleDict, owner.parametrizations).keys())
 
 
 def paramshape_transform(owner: nn.Module, name: str, *, stacked: bool = False) -> Transform | None:

@@ -138,9 +138,9 @@ def _after_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> Non
                 targets[id(entry.tensor)] = entry
     for group in optimizer.param_groups:
         for param in group["params"]:
-            entry = targets.pop(id(param), None)
-            if entry is not None:
-                entry.dual_step_()
+            target = targets.pop(id(param), None)
+            if target is not None:
+                target.dual_step_()
 
 
 _HANDLER = dispatch.StepHandler(
@@ -162,9 +162,11 @@ def _install_state_dict_hooks(owner: nn.Module, wanted: bool) -> None:
         if getattr(hook, "hook", hook) is _load_multipliers
     ]
     if wanted and not saving:
-        owner._register_state_dict_hook(_save_multipliers)
+        owner._register_state_dict_hook(_save_multipliers)  # type: ignore[no-untyped-call]  # unannotated in torch
     if wanted and not loading:
-        owner._register_load_state_dict_pre_hook(_load_multipliers, with_module=True)
+        owner._register_load_state_dict_pre_hook(  # type: ignore[no-untyped-call]  # unannotated in torch
+            _load_multipliers, with_module=True
+        )
     if not wanted:
         for key in saving:
             del owner._state_dict_hooks[key]

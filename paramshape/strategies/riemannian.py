@@ -68,9 +68,9 @@ def _entries_of(optimizer: torch.optim.Optimizer) -> list[PlainConstraint]:
     found = []
     for group in optimizer.param_groups:
         for param in group["params"]:
-            entry = targets.pop(id(param), None)
-            if entry is not None:
-                found.append(entry)
+            target = targets.pop(id(param), None)
+            if target is not None:
+                found.append(target)
     return found
 
 

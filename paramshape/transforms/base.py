@@ -27,6 +27,7 @@ from paramshape.errors import (
 )
 from paramshape.errors.report import format_index, format_scalar, format_shape, tensor_label
 from paramshape.fusion.compiled import Fusable, dispatch
+from paramshape.numerics import torch_typed
 
 __all__ = ["Transform", "coerce_value"]
 
@@ -217,7 +218,7 @@ class Transform(nn.Module, abc.ABC):
             fn = _complex_kept(fn)
         like = getattr(self, "_value_like", None)
         converted = fn(like) if like is not None else None
-        result: Transform = super()._apply(fn, recurse)
+        result: Transform = super()._apply(fn, recurse)  # type: ignore[no-untyped-call]  # unannotated in torch
         if converted is not None:
             self._value_like = converted
         return result
@@ -297,12 +298,15 @@ class Transform(nn.Module, abc.ABC):
         first = transform.inverse(part)
         if start is None:
             return first
-        out = first.new_empty((value.shape[0], *first.shape[1:]))  # a shape-changing inverse (ILR)
-        out[: first.shape[0]] = first
+        axis = self._block_axis(value)
+        shape = list(first.shape)  # a shape-changing inverse (ILR) changes the events' sizes only
+        shape[axis] = value.shape[axis]
+        out = first.new_empty(shape)
+        out.narrow(axis, 0, first.shape[axis]).copy_(first)
         del first
         for start, part, transform in blocks:
             assert start is not None  # only a single block has no start, returned above
-            out[start : start + part.shape[0]] = transform.inverse(part)
+            out.narrow(axis, start, part.shape[axis]).copy_(transform.inverse(part))
         return out
 
     def admit(self, value: Any, *, hint: str | None = None, broadcast: bool = True) -> Tensor:
@@ -368,7 +372,7 @@ class Transform(nn.Module, abc.ABC):
         """The unconstrained space: the real numbers (or real vectors for event transforms)."""
         if self.event_dim == 0:
             return constraints.real
-        return constraints.independent(constraints.real, self.event_dim)
+        return torch_typed.independent(constraints.real, self.event_dim)
 
     @abc.abstractmethod
     def _excess(self, y: Tensor) -> Tensor:
@@ -542,13 +546,20 @@ class Transform(nn.Module, abc.ABC):
         The test is on the closed set with a tolerance of a few ulps of the bounds in ``y``'s dtype,
         because the forward map can round onto a bound. NaN and infinite values are never inside.
         """
-        blocks = list(self._row_blocks(y))
+        blocks = list(self._row_blocks(y, membership=True))
         if len(blocks) == 1:
             return self._finite_excess(y) == 0
-        inside = torch.empty(y.shape, dtype=torch.bool, device=y.device)
+        axis = self._block_axis(y)
+        inside: Tensor | None = None
         for start, part, transform in blocks:
             assert start is not None  # several blocks: each starts at a row
-            inside[start : start + part.shape[0]] = transform._finite_excess(part) == 0
+            answer = transform._finite_excess(part) == 0
+            if inside is None:  # events reduce to size 1 (keepdim): the answer's own shape
+                shape = list(answer.shape)
+                shape[axis] = y.shape[axis]
+                inside = torch.empty(shape, dtype=torch.bool, device=y.device)
+            inside.narrow(axis, start, answer.shape[axis]).copy_(answer)
+        assert inside is not None
         return inside
 
     def value_and_slope(self, x: Tensor, out: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
@@ -736,7 +747,8 @@ class Transform(nn.Module, abc.ABC):
         index: tuple[int, ...] = ()
         # Elementwise sets are checked a block of rows at a time: the float64 excess of the whole
         # tensor (and its temporaries) would cost several times the tensor's own memory.
-        for start, part, transform in self._row_blocks(value):
+        axis = self._block_axis(value)
+        for start, part, transform in self._row_blocks(value, membership=True):
             excess = transform._finite_excess(part)
             total += excess.numel()
             outside = int((excess != 0).sum())
@@ -747,7 +759,9 @@ class Transform(nn.Module, abc.ABC):
             if float(peak) > worst:
                 worst = float(peak)
                 where = tuple(int(i) for i in torch.unravel_index(flat, excess.shape))
-                index = (where[0] + start, *where[1:]) if start is not None else where
+                if start is not None:  # the block's index along its axis, back in the whole tensor
+                    where = (*where[:axis], where[axis] + start, *where[axis + 1 :])
+                index = where
         if count == 0:
             return
         detail = self._describe_worst(value, index)
@@ -757,17 +771,30 @@ class Transform(nn.Module, abc.ABC):
             f"worst: {detail}. {hint or _DEFAULT_HINT}"
         )
 
-    def _row_blocks(self, value: Tensor) -> Iterator[tuple[int | None, Tensor, Transform]]:
-        """``(start, rows, transform)`` for blocks of about ``_BLOCK_ELEMENTS`` entries of ``value``
-        along its first dimension, each with the transform's own per-row settings sliced to match;
-        one block ``(None, value, self)`` unless the transform is elementwise with settings only in
-        its own buffers, of at most ``value``'s rank."""
-        rows = value.shape[0] if value.dim() else 0
+    def _block_axis(self, value: Tensor) -> int:
+        """The dimension :meth:`_row_blocks` cuts ``value`` along: the first one that is not an event
+        dimension (the rows, unless the events run along them, as ``MaxNorm(dim=0)``'s columns)."""
+        events = set(self.event_dims(value.dim())) if self.event_dim else set()
+        return next((d for d in range(value.dim()) if d not in events), 0)
+
+    def _row_blocks(
+        self, value: Tensor, *, membership: bool = False
+    ) -> Iterator[tuple[int | None, Tensor, Transform]]:
+        """``(start, part, transform)`` for blocks of about ``_BLOCK_ELEMENTS`` entries of ``value``
+        along :meth:`_block_axis` (``start`` counts along it), each with the transform's own per-row
+        settings sliced to match; one block ``(None, value, self)`` unless the transform acts on
+        each element or event on its own (elementwise with settings only in its own buffers, of at
+        most ``value``'s rank, or :attr:`slices_independent`). ``membership``: the blocks are only
+        checked against the set, which a vector or matrix transform's buffers (Orthogonal's base,
+        state its inverse sets) do not change, so those are cut too."""
         buffers = {name: b for name, b in self._buffers.items() if b is not None}
-        # A vector transform acts on each slice along its dim on its own: blocks of rows along
-        # another dimension give the same numbers.
+        axis = self._block_axis(value)
+        rows = value.shape[axis] if value.dim() else 0
+        # A vector or matrix transform acts on each event on its own: blocks along a dimension
+        # outside the events give the same numbers.
+        stateless = not buffers or (membership and self.event_dim > 0)
         rows_apart = self.event_dim == 0 or (
-            self.slices_independent and bool(buffers) is False and 0 not in self.event_dims(value.dim())
+            self.slices_independent and stateless and axis not in self.event_dims(value.dim())
         )
         if (
             not rows_apart
@@ -785,14 +812,14 @@ class Transform(nn.Module, abc.ABC):
             sliced = {
                 name: b[start:stop]
                 for name, b in buffers.items()
-                if b.dim() == value.dim() and b.shape[0] != 1
+                if self.event_dim == 0 and b.dim() == value.dim() and b.shape[0] != 1
             }
             transform = self
             if sliced:
                 # A shallow copy that reads the rows' bounds: no tensor is copied.
                 transform = copy.copy(self)
                 transform.__dict__["_buffers"] = {**self._buffers, **sliced}
-            yield start, value[start:stop], transform
+            yield start, value.narrow(axis, start, stop - start), transform
 
     def _finite_excess(self, y: Tensor) -> Tensor:
         excess = self._excess(y)
@@ -802,7 +829,7 @@ class Transform(nn.Module, abc.ABC):
 
     def _describe_worst(self, y: Tensor, index: tuple[int, ...]) -> str:
         if self.event_dim == 0:
-            element = y.broadcast_to(torch.broadcast_shapes(y.shape, self._finite_excess(y).shape))
+            element = y.broadcast_to(torch_typed.broadcast_shapes(y.shape, self._finite_excess(y).shape))
             value = element[index].item()
             if not math.isfinite(value):
                 return f"value {format_scalar(value)} at {format_index(index)} is not finite"
@@ -870,7 +897,7 @@ def coerce_value(
         value = value.to(dtype=dtype or value.dtype, device=device or value.device)
     if shape is not None and value.shape != shape:
         try:
-            fits = broadcast and torch.broadcast_shapes(value.shape, shape) == shape
+            fits = broadcast and torch_typed.broadcast_shapes(value.shape, shape) == shape
         except RuntimeError:
             fits = False
         if not fits:

@@ -13,6 +13,7 @@ from torch import Tensor
 
 from paramshape.errors import ShapeMismatchError, SpecError
 from paramshape.errors.report import format_index, format_scalar, format_setting, format_shape, tensor_label
+from paramshape.numerics import torch_typed
 from paramshape.numerics.host import host_reads_free
 from paramshape.numerics.precision import excess_above, excess_below
 from paramshape.transforms.base import Transform
@@ -86,7 +87,7 @@ def check_broadcast(bounds: dict[str, Tensor], shape: torch.Size, owner: str) ->
         if bound.dim() == 0 or bound.shape == shape:
             continue  # torch.broadcast_shapes costs tens of microseconds; constrain() calls this per tensor
         try:
-            result = torch.broadcast_shapes(bound.shape, shape)
+            result = torch_typed.broadcast_shapes(bound.shape, shape)
         except RuntimeError:
             result = None
         if result != shape:
@@ -106,7 +107,7 @@ def elementwise_excess(y: Tensor, low: Tensor | None, high: Tensor | None) -> Te
         excess = excess + excess_above(y, high)
     if excess.shape == y.shape:  # bounds that broadcast to y: skip torch.broadcast_shapes, per check
         return excess
-    return excess.broadcast_to(torch.broadcast_shapes(excess.shape, y.shape))
+    return excess.broadcast_to(torch_typed.broadcast_shapes(excess.shape, y.shape))
 
 
 def describe_bound_violation(
@@ -116,7 +117,7 @@ def describe_bound_violation(
     shape = y.shape
     for bound in (low, high):
         if bound is not None:
-            shape = torch.broadcast_shapes(shape, bound.shape)
+            shape = torch_typed.broadcast_shapes(shape, bound.shape)
     value = y.broadcast_to(shape)[index].item()
     text = f"value {format_scalar(value, y.dtype)} at {format_index(index)}"
     if low is not None:

@@ -16,6 +16,7 @@ from paramshape.fusion import handfused as _handfused
 from paramshape.fusion.compiled import Fusable
 from paramshape.numerics import maps as _maps
 from paramshape.numerics import slopes as _slopes
+from paramshape.numerics import torch_typed
 from paramshape.numerics.precision import INTERIOR_SLOPE, compute_dtype, interior_distance
 from paramshape.transforms.elementwise.bounds import BoundedTransform, BoundLike, positive_setting
 from paramshape.transforms.registry import register
@@ -135,7 +136,7 @@ class Box(BoundedTransform):
 
     def _learnable_store(self, bounds: dict[str, Tensor], dtype: torch.dtype) -> dict[str, Tensor]:
         low, high = bounds["low"], bounds["high"]
-        low64, high64 = torch.broadcast_tensors(low.double(), high.double())
+        low64, high64 = torch_typed.broadcast_tensors(low.double(), high.double())
         centre = (low64 + high64) / 2
         extra = (high64 - low64) / 2 - _half_width_floor(centre.to(dtype)).double()
         if not bool((extra > 0).all()):
@@ -172,7 +173,7 @@ class Box(BoundedTransform):
             ):
                 if not self.learnable and self._layout == "interval" and work == x.dtype:
                     low, high = self.low, self.high
-                    if torch.broadcast_shapes(x.shape, low.shape, high.shape) == x.shape:
+                    if torch_typed.broadcast_shapes(x.shape, low.shape, high.shape) == x.shape:
                         low, high = low.to(work), high.to(work)
                         gain = _maps.box_gain(low, high, self.slope)
                         return _handfused.sigmoid_box_value_and_slope(x.detach(), low, high, gain, out)
@@ -236,10 +237,10 @@ class Box(BoundedTransform):
     def codomain(self) -> constraints.Constraint:
         plain = self._plain_bounds()
         if self._layout == "lower":
-            return constraints.greater_than(plain["low"])
+            return torch_typed.greater_than(plain["low"])
         if self._layout == "upper":
-            return constraints.less_than(plain["high"])
-        return constraints.interval(plain["low"], plain["high"])
+            return torch_typed.less_than(plain["high"])
+        return torch_typed.interval(plain["low"], plain["high"])
 
     def to_interior(self, y: Tensor) -> Tensor:
         r"""Clamp ``y`` to where the map's slope is ``INTERIOR_SLOPE`` (1/4) of its largest: on
@@ -388,7 +389,7 @@ def _classify(low: Tensor, high: Tensor, name: str) -> str:
     try:
         # Equal shapes (the usual case) need no broadcast: torch.broadcast_shapes runs a Python
         # reference implementation, milliseconds per call, once per tensor in constrain().
-        shape = low.shape if low.shape == high.shape else torch.broadcast_shapes(low.shape, high.shape)
+        shape = low.shape if low.shape == high.shape else torch_typed.broadcast_shapes(low.shape, high.shape)
     except RuntimeError:
         raise SpecError(
             f"{name}: 'low' of shape {tuple(low.shape)} and 'high' of shape {tuple(high.shape)} "

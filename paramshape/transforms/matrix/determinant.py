@@ -17,6 +17,8 @@ import torch
 from torch import Tensor
 from torch.distributions import constraints
 
+from paramshape.errors import SpecError
+from paramshape.errors.report import format_index
 from paramshape.numerics.precision import INTERIOR_FRACTION, compute_dtype
 from paramshape.transforms.matrix.base import (
     MatrixSet,
@@ -116,9 +118,46 @@ class _Trivialized(MatrixTransform):
     def _generator(self, work: Tensor) -> Tensor:
         return work
 
+    def _limit(self, dtype: torch.dtype) -> float:
+        """The exponent's cap for a tensor of ``dtype``: the smaller of that dtype's and the cap of
+        the dtype the transform was constrained in (:meth:`map_dtype`), so a move to a wider dtype
+        keeps the map (float32's 4.0 in float64), and a move to a narrower one is refused by
+        :meth:`check_stored_move` when an exponent lies beyond the narrower cap."""
+        return min(_generator_limit(dtype), _generator_limit(self.map_dtype(dtype)))
+
+    def check_stored_move(self, stored: Tensor, dtype: torch.dtype) -> None:
+        """Raise :class:`SpecError` if converting the stored exponent ``stored`` to ``dtype`` would
+        change the value beyond rounding: the cap of ``dtype`` (1.7 for float16) is below the
+        exponent's Frobenius norm, so the same stored numbers would map to another matrix. Changes
+        nothing."""
+        if stored.device.type == "meta" or not stored.numel() or dtype == stored.dtype:
+            return
+        if not (dtype.is_floating_point and stored.is_floating_point()):
+            return  # refused elsewhere (a move to an integer or complex dtype)
+        new, old = self._limit(dtype), self._limit(stored.dtype)
+        if new >= old:
+            return
+        with torch.no_grad():
+            generator = self._generator(stored.double())
+            norms = torch.linalg.vector_norm(generator, dim=(-2, -1))
+        if not bool((norms > new).any()):
+            return
+        flat = int(torch.argmax(norms.reshape(-1)))
+        where = (
+            tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), norms.shape)) if norms.dim() else ()
+        )
+        matrix = f"the matrix at {format_index(where)}" if where else "the matrix"
+        raise SpecError(
+            f"{self._target or repr(self)}: a move to {dtype} would change {self!r}'s value, not only round "
+            f"it: {matrix} has an exponent of Frobenius norm {float(norms.reshape(-1)[flat]):.4g}, "
+            f"above {dtype}'s cap {new:.4g} (beyond it, rounding to {dtype} could flip the "
+            "determinant's sign). Re-assign the value first (layer.weight = layer.weight.detach(): it "
+            "becomes the base and the exponent 0), then move."
+        )
+
     def forward(self, x: Tensor) -> Tensor:
         work = x.to(compute_dtype(x.dtype))
-        value = torch.matrix_exp(_cap(self._generator(work), _generator_limit(x.dtype)))
+        value = torch.matrix_exp(_cap(self._generator(work), self._limit(x.dtype)))
         if self.base.numel():
             value = self.base.to(work.dtype) @ value
         return value.to(x.dtype)
@@ -164,7 +203,10 @@ class PositiveDeterminant(_Trivialized):
     value has the sign of :math:`\det B`. The exponent is scaled down to Frobenius norm
     :math:`\tfrac14 \log(1/\epsilon)` of the dtype where it is larger (4.0 in float32): each value
     is then within condition number :math:`\epsilon^{-1/2}` of the base, so its determinant's sign
-    survives rounding; training moves far beyond it only by assigning (or through the base of a
+    survives rounding. The cap is that of the dtype the tensor was constrained in, or of its current
+    dtype if smaller: ``.double()`` keeps float32's 4.0 (the same map), and ``.half()`` is refused
+    with :class:`SpecError`, before anything converts, while an exponent lies beyond float16's 1.7
+    (re-assign the value first, which moves it into the base); training moves far beyond it only by assigning (or through the base of a
     checkpoint). ``init="raw"`` is refused; **not bijective** (no log-det-Jacobian); no projection
     (the set is open).
 
@@ -201,10 +243,7 @@ class PositiveDeterminant(_Trivialized):
     def codomain(self) -> constraints.Constraint:
         return positive_determinant
 
-    def _describe(self, y: Tensor, index: tuple[int, ...]) -> str:
-        broken = self._describe_nonfinite(y, index)
-        if broken is not None:
-            return broken
+    def _describe_finite(self, y: Tensor, index: tuple[int, ...]) -> str:
         det = float(torch.linalg.det(y.double()[index[:-2]]))
         return f"{matrix_label(index)} has determinant {format_value(det, y.dtype)}"
 
@@ -295,7 +334,7 @@ class SpecialLinear(_Trivialized):
 
     def forward(self, x: Tensor) -> Tensor:
         work = x.to(compute_dtype(x.dtype))
-        value = torch.matrix_exp(_cap(self._generator(work), _generator_limit(x.dtype)))
+        value = torch.matrix_exp(_cap(self._generator(work), self._limit(x.dtype)))
         target = torch.zeros((), dtype=torch.float64, device=x.device)
         if self.base.numel():
             base = self.base.to(work.dtype)
@@ -336,10 +375,7 @@ class SpecialLinear(_Trivialized):
     def codomain(self) -> constraints.Constraint:
         return special_linear
 
-    def _describe(self, y: Tensor, index: tuple[int, ...]) -> str:
-        broken = self._describe_nonfinite(y, index)
-        if broken is not None:
-            return broken
+    def _describe_finite(self, y: Tensor, index: tuple[int, ...]) -> str:
         matrix = y[index[:-2]]
         det = float(torch.linalg.det(matrix.double()))
         allowed = float(special_linear_tolerance(matrix))

@@ -283,10 +283,7 @@ class Orthogonal(MatrixTransform):
     def _excess(self, y: Tensor) -> Tensor:
         return _orthogonal_excess(y)
 
-    def _describe(self, y: Tensor, index: tuple[int, ...]) -> str:
-        broken = self._describe_nonfinite(y, index)
-        if broken is not None:
-            return broken
+    def _describe_finite(self, y: Tensor, index: tuple[int, ...]) -> str:
         adjoint = "^H" if y.is_complex() else "^T"
         gram = f"Q Q{adjoint}" if y.shape[-2] < y.shape[-1] else f"Q{adjoint} Q"
         deviation = float(_deviation(y[index[:-2]]))

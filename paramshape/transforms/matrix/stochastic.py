@@ -158,10 +158,7 @@ class DoublyStochastic(MatrixTransform):
     def _excess(self, y: Tensor) -> Tensor:
         return _sums_excess(y)
 
-    def _describe(self, y: Tensor, index: tuple[int, ...]) -> str:
-        broken = self._describe_nonfinite(y, index)
-        if broken is not None:
-            return broken
+    def _describe_finite(self, y: Tensor, index: tuple[int, ...]) -> str:
         matrix = y.double()[index[:-2]]
         lowest = float(matrix.min())
         if lowest < 0 and -lowest >= max(
