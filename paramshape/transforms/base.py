@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import contextlib
 import copy
 import math
 import warnings
@@ -183,8 +184,15 @@ class Transform(nn.Module, abc.ABC):
             kind = type(value)
             if kind in _EMPTY_COPYABLE and not value:
                 state[key] = kind()
+            elif kind is OrderedDict or kind is dict:
+                # The buffer table: its plain tensors cloned directly (Tensor.__deepcopy__ is
+                # Python, several times a clone's cost); anything else deep-copied as usual.
+                table = kind()
+                for name, item in value.items():
+                    table[name] = _copy_plain_tensor(item, memo)
+                state[key] = table
             else:
-                state[key] = copy.deepcopy(value, memo)
+                state[key] = _copy_plain_tensor(value, memo)
         return new
 
     def _bind(self, target: str, value: Tensor) -> None:
@@ -270,6 +278,11 @@ class Transform(nn.Module, abc.ABC):
         grad is stored without its history: that is what ``torch.func.functional_call`` does with a
         constrained name, silently dropping the gradient. A :class:`ParamshapeWarning` says so.
         """
+        prepared = _PREPARED[0]
+        if prepared is not None and value is prepared[0]:
+            # constrain() registering the tensor it planned: the plan admitted the value and its
+            # dry run computed the inverse (kept for small tensors), so neither is done twice.
+            return prepared[1] if prepared[1] is not None else self.inverse_in_blocks(value)
         # A Parameter is parametrize registering the tensor itself, not a value being assigned.
         if (
             isinstance(value, Tensor)
@@ -1019,6 +1032,41 @@ def _warn_gradient_dropped(target: str | None) -> None:
 
 #: Containers whose empty instances Transform.__deepcopy__ makes anew instead of deep-copying.
 _EMPTY_COPYABLE = (dict, OrderedDict, set, list)
+
+#: (the tensor ``constrain()`` is registering, its stored tensor if already computed), while it
+#: registers it: :meth:`Transform.right_inverse` trusts that one tensor (see :func:`registering`).
+_PREPARED: list[tuple[Tensor, Tensor | None] | None] = [None]
+
+
+@contextlib.contextmanager
+def registering(tensor: Tensor, stored: Tensor | None) -> Iterator[None]:
+    """While ``constrain()`` registers ``tensor`` (whose value its plan checked), the transform's
+    ``right_inverse`` of that very tensor skips the membership check it already passed and returns
+    ``stored`` when given (the inverse the plan's dry run computed)."""
+    _PREPARED[0] = (tensor, stored)
+    try:
+        yield
+    finally:
+        _PREPARED[0] = None
+
+
+def _copy_plain_tensor(value: Any, memo: dict[int, Any]) -> Any:
+    """``copy.deepcopy(value, memo)``, with a plain dense tensor that needs no gradient and carries
+    no attributes of its own (a transform's bound) cloned directly: the same copy, without the
+    Python of ``Tensor.__deepcopy__``."""
+    if (
+        type(value) is Tensor
+        and not value.requires_grad
+        and value.layout == torch.strided
+        and not value.is_quantized
+        and not value.__dict__
+        and value.device.type != "meta"
+    ):
+        found = memo.get(id(value))
+        if found is None:
+            found = memo[id(value)] = value.clone()
+        return found
+    return copy.deepcopy(value, memo)
 
 
 def _plain_deepcopy(module: nn.Module, memo: dict[int, Any]) -> Any:
