@@ -108,7 +108,7 @@ def _warn_missing_bounds(optimizer: torch.optim.Optimizer) -> None:
                 "them. Build the optimizer after ps.constrain, or add them with "
                 "optimizer.add_param_group; freeze them with requires_grad_(False) to keep them fixed.",
                 ParamshapeWarning,
-                stacklevel=4,
+                stacklevel=5,
             )
 
 
