@@ -12,7 +12,7 @@ from paramshape.attach.assign import install_parameter_assignment, install_plain
 from paramshape.attach.checkpoint import install_module_support
 from paramshape.attach.moves import install_move_check
 from paramshape.attach.planning import Plan
-from paramshape.attach.reinit import install_init_support
+from paramshape.attach.reinit import install_init_support, install_plain_init_support
 from paramshape.attach.rollback import replace_data, rollback_on_failure, sole_owner
 from paramshape.lookup.modules import TensorRef, fast_read, parametrization_chain, paramshape_transform
 from paramshape.strategies.folded import FoldedValue, group_folded
@@ -97,6 +97,7 @@ def _apply_one(root: nn.Module, plan: Plan) -> None:
     state_of(ref.owner, create=True).put_plain(ref.name, entry)  # type: ignore[union-attr]  # create=True: never None
     install_module_support(root, ref.owner)  # checkpoints are checked against the set too
     install_plain_assignment_check()  # and a Parameter assigned in its place
+    install_plain_init_support(ref.owner)  # reset_parameters()/apply(init_fn) keep it in the set
 
 
 def _attach(

@@ -110,6 +110,10 @@ class Transform(nn.Module, abc.ABC):
     #: state shared across events: then membership checks and the inverse run a block of rows at a
     #: time (:meth:`_row_blocks`). Vector transforms set it; elementwise ones need not.
     slices_independent: ClassVar[bool] = False
+    #: Buffers that :meth:`inverse` sets, one slice per event along the block axis (Orthogonal's
+    #: base): the inverse of a batch then runs a block at a time too, each block on a copy of the
+    #: transform, and the blocks' buffers are gathered into the transform's own at the end.
+    block_state: ClassVar[tuple[str, ...]] = ()
     #: Whether the set is one of complex tensors: :func:`~paramshape.constrain` admits a complex
     #: tensor only for such a transform (:meth:`check_dtype`), and assigned complex values pass
     #: :meth:`admit`. Every transform of real sets leaves it False, so a complex tensor is refused
@@ -131,7 +135,7 @@ class Transform(nn.Module, abc.ABC):
             cls.fusable = None
         # Likewise, inherited clamp bounds would silently replace the subclass's own projection.
         if "project" in cls.__dict__ and "clamp_bounds" not in cls.__dict__:
-            cls.clamp_bounds = Transform.clamp_bounds  # type: ignore[method-assign]
+            cls.clamp_bounds = Transform.clamp_bounds  # type: ignore[method-assign]  # on purpose, see above
 
     def __init__(self) -> None:
         super().__init__()
@@ -172,7 +176,7 @@ class Transform(nn.Module, abc.ABC):
             or cls.__setstate__ is not nn.Module.__setstate__
             or cls.__reduce_ex__ is not object.__reduce_ex__
         ):
-            return _plain_deepcopy(self, memo)  # type: ignore[no-any-return]
+            return _plain_deepcopy(self, memo)  # type: ignore[no-any-return]  # a copy of self: a Transform
         new = cls.__new__(cls)
         memo[id(self)] = new
         state = new.__dict__
@@ -293,6 +297,10 @@ class Transform(nn.Module, abc.ABC):
         """:meth:`inverse`, computed a block of rows at a time for an elementwise transform, so its
         temporaries cost a few MB instead of several times the tensor (the same numbers: the map is
         elementwise). What storing a value (assignment, checkpoint, ``constrain``) runs."""
+        if value.device.type == "meta":
+            # No values to invert (deferred initialisation), only a shape: matrix inverses read
+            # scalars (a norm, a determinant's sign) that meta tensors cannot give.
+            return value.new_empty(self.inverse_shape(value.shape))
         blocks = iter(self._row_blocks(value))
         start, part, transform = next(blocks)
         first = transform.inverse(part)
@@ -304,10 +312,33 @@ class Transform(nn.Module, abc.ABC):
         out = first.new_empty(shape)
         out.narrow(axis, 0, first.shape[axis]).copy_(first)
         del first
+        state: dict[str, Tensor] = {}
+        self._gather_state(state, transform, 0, value.shape[axis], axis)
         for start, part, transform in blocks:
             assert start is not None  # only a single block has no start, returned above
             out.narrow(axis, start, part.shape[axis]).copy_(transform.inverse(part))
+            self._gather_state(state, transform, start, value.shape[axis], axis)
+        for name, tensor in state.items():
+            setattr(self, name, tensor)
+        if state:
+            self.__dict__.pop("_shapes_checked", None)  # the shapes the map accepts follow the state
         return out
+
+    def _gather_state(
+        self, state: dict[str, Tensor], block: Transform, start: int, rows: int, axis: int
+    ) -> None:
+        """Copy the :attr:`block_state` buffers ``block``'s inverse set into ``state``'s full-size
+        tensors, at the block's rows."""
+        for name in self.block_state:
+            piece = block._buffers.get(name)
+            if piece is None:
+                continue
+            full = state.get(name)
+            if full is None:
+                shape = list(piece.shape)
+                shape[axis] = rows
+                full = state[name] = piece.new_empty(shape)
+            full.narrow(axis, start, piece.shape[axis]).copy_(piece)
 
     def admit(self, value: Any, *, hint: str | None = None, broadcast: bool = True) -> Tensor:
         """``value`` as a tensor of the constrained tensor's shape, dtype and device, checked to lie
@@ -791,8 +822,10 @@ class Transform(nn.Module, abc.ABC):
         axis = self._block_axis(value)
         rows = value.shape[axis] if value.dim() else 0
         # A vector or matrix transform acts on each event on its own: blocks along a dimension
-        # outside the events give the same numbers.
-        stateless = not buffers or (membership and self.event_dim > 0)
+        # outside the events give the same numbers. State its inverse sets per event (block_state)
+        # is set on a copy per block and gathered by inverse_in_blocks.
+        per_event = self.event_dim > 0 and (membership or set(buffers) <= set(self.block_state))
+        stateless = not buffers or per_event
         rows_apart = self.event_dim == 0 or (
             self.slices_independent and stateless and axis not in self.event_dims(value.dim())
         )
@@ -815,8 +848,9 @@ class Transform(nn.Module, abc.ABC):
                 if self.event_dim == 0 and b.dim() == value.dim() and b.shape[0] != 1
             }
             transform = self
-            if sliced:
-                # A shallow copy that reads the rows' bounds: no tensor is copied.
+            if sliced or (self.block_state and not membership):
+                # A shallow copy that reads the rows' bounds, or whose inverse sets its own state:
+                # no tensor is copied.
                 transform = copy.copy(self)
                 transform.__dict__["_buffers"] = {**self._buffers, **sliced}
             yield start, value.narrow(axis, start, stop - start), transform
@@ -862,6 +896,8 @@ def coerce_value(
         )
     if isinstance(value, nn.Parameter):
         value = value.detach()
+    if _other_number(value):
+        value = float(value)  # Fraction, Decimal, NumPy-free exact numbers: their nearest float
     if not isinstance(value, Tensor):
         if isinstance(value, (bool, str, bytes)) or not _array_like(value):
             raise UnsupportedTensorError(
@@ -879,6 +915,7 @@ def coerce_value(
             raise UnsupportedTensorError(
                 f"{where}: cannot convert the {type(value).__name__} assigned to a tensor ({error})."
             ) from None
+    value = _dense_values(value, where, device)
     complex_target = complex_ok and (dtype is None or dtype.is_complex)
     if value.dtype == torch.bool or (value.is_complex() and not complex_target):
         kind = "boolean" if value.dtype == torch.bool else "complex"
@@ -921,7 +958,7 @@ def _complex_kept(fn: Any) -> Any:
 
     def convert(tensor: Tensor) -> Tensor:
         if not tensor.is_complex():
-            return fn(tensor)  # type: ignore[no-any-return]
+            return fn(tensor)  # type: ignore[no-any-return]  # Module._apply functions map tensors to tensors
         # What fn does to an empty complex tensor: .double() and .half() leave it, .to(complex128)
         # converts it, .to(torch.float64) casts it to real (and warns, which the probe silences).
         with warnings.catch_warnings():
@@ -935,6 +972,40 @@ def _complex_kept(fn: Any) -> Any:
         return tensor.to(device=probe.device, dtype=dtype)
 
     return convert
+
+
+def _other_number(value: Any) -> bool:
+    """Whether ``value`` is a real number torch cannot convert itself (``Fraction``, ``Decimal``)."""
+    from numbers import Number
+
+    return (
+        isinstance(value, Number)
+        and not isinstance(value, (bool, int, float, complex))
+        and not hasattr(value, "__array__")
+        and hasattr(value, "__float__")
+        and not isinstance(value, Tensor)
+    )
+
+
+def _dense_values(value: Tensor, where: str, device: torch.device | None) -> Tensor:
+    """``value`` as an ordinary strided tensor holding its numbers: sparse and quantized tensors are
+    converted; a ``meta`` tensor (no values) is refused unless the target is on ``meta`` too."""
+    if value.device.type == "meta" and (device is None or device.type != "meta"):
+        raise UnsupportedTensorError(
+            f"{where}: the value assigned is on the meta device, which holds no values; assign a tensor "
+            "with values (for a model built on meta, call to_empty() first, then initialise it)."
+        )
+    try:
+        if value.is_quantized:
+            return value.dequantize()
+        if value.layout != torch.strided:
+            return value.to_dense()
+    except (RuntimeError, TypeError, NotImplementedError) as error:
+        raise UnsupportedTensorError(
+            f"{where}: cannot read the values of the {value.layout} tensor assigned ({error}); assign a "
+            "dense tensor."
+        ) from None
+    return value
 
 
 def _array_like(value: Any) -> bool:
@@ -1001,4 +1072,4 @@ def _copy_plain_tensor(value: Any, memo: dict[int, Any]) -> Any:
 def _plain_deepcopy(module: nn.Module, memo: dict[int, Any]) -> Any:
     """``copy.deepcopy``'s own path for an object whose class defines ``__deepcopy__``."""
     reducer = module.__reduce_ex__(4)
-    return copy._reconstruct(module, memo, *reducer)  # type: ignore[attr-defined]
+    return copy._reconstruct(module, memo, *reducer)  # type: ignore[attr-defined]  # private, not in typeshed
