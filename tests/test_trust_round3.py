@@ -558,3 +558,16 @@ def test_special_linear_stays_in_its_set_after_moves_both_ways() -> None:
     value = module.w.detach()
     assert bool(transform.contains(value).all())
     torch.testing.assert_close(value, before, atol=4e-3, rtol=0)  # float16's rounding, not another map
+
+
+@pytest.mark.parametrize("hook_based", [torch.nn.utils.spectral_norm, torch.nn.utils.weight_norm])
+def test_torchs_hook_based_norms_on_a_constrained_tensor_fail_before_changing_anything(hook_based) -> None:  # type: ignore[no-untyped-def]
+    # A limit of torch (docs/pitfalls.md): they delete module._parameters[name], which a
+    # parametrized tensor lacks. The KeyError is torch's, raised before anything changes.
+    layer = holder("box(-1, 1)")
+    before = take(layer)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # weight_norm's deprecation
+        with pytest.raises(KeyError):
+            hook_based(layer, "w")
+    assert_same(before, take(layer))
