@@ -12,6 +12,8 @@ import torch
 from torch import nn
 
 import paramshape as ps
+from paramshape.attach import applying
+from paramshape.attach.planning import Plan
 from paramshape.transforms import base as transform_base
 from tests.module_snapshot import assert_same, take
 
@@ -61,12 +63,22 @@ def test_blockwise_matrix_inverse_equals_whole(family: type, monkeypatch: pytest
     torch.testing.assert_close(blocked, whole, rtol=0, atol=1e-12)
 
 
-def test_orthogonal_inverse_stays_whole(small_blocks: None) -> None:
-    # Its inverse sets the base (state): never cut, or later blocks would overwrite it.
-    transform = ps.Orthogonal()
-    value = transform.sample((12, 3, 3))
-    assert len(list(transform._row_blocks(value))) == 1
-    assert len(list(transform._row_blocks(value, membership=True))) > 1
+@pytest.mark.parametrize("family", [ps.Orthogonal, ps.PositiveDeterminant, ps.SpecialLinear, ps.Grassmannian])
+def test_state_setting_inverse_runs_in_blocks(family: type, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The inverse sets a base per matrix: each block on a copy, the bases gathered at the end.
+    torch.manual_seed(4)
+    value = family().sample((10, 3, 3), dtype=torch.float64)
+    monkeypatch.setattr(transform_base, "_BLOCK_ELEMENTS", 32)
+    blocked = family()
+    assert len(list(blocked._row_blocks(value))) > 1
+    stored = blocked.inverse_in_blocks(value)
+    _whole(monkeypatch)
+    whole = family()
+    expected = whole.inverse_in_blocks(value)
+    assert torch.equal(stored, expected)
+    assert blocked.base.shape == whole.base.shape
+    torch.testing.assert_close(blocked.base, whole.base, rtol=0, atol=1e-12)
+    torch.testing.assert_close(blocked(stored), value, rtol=0, atol=1e-12)
 
 
 def test_max_norm_dim0_checked_in_blocks_of_columns(small_blocks: None) -> None:
@@ -317,3 +329,28 @@ def test_root_checks_survive_deepcopy_and_pickle() -> None:
         clone.double()  # a valid move converts the clone, not the original
         assert clone[0].weight.dtype == torch.float64
         assert model[0].weight.dtype == torch.float32
+
+
+def test_a_refused_constrain_leaves_no_root_checks_behind(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    real = applying._apply_one
+
+    def interrupted(root: nn.Module, plan: Plan) -> None:
+        real(root, plan)  # installs the root's checks, then the call is interrupted
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(applying, "_apply_one", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        ps.constrain(model, "1.weight", ps.Box(-1, 1))
+    monkeypatch.setattr(applying, "_apply_one", real)
+    assert "_apply" not in model.__dict__
+    assert "_paramshape_root" not in model.__dict__
+    assert not model._load_state_dict_pre_hooks
+    # A later constrain installs them all again.
+    ps.constrain(model, "1.weight", ps.Box(0, 1e5), init="sample")
+    assert model._load_state_dict_pre_hooks
+    assert "_apply" in model.__dict__
+    before = take(model)
+    with pytest.raises(ps.SpecError):
+        model.half()
+    assert_same(before, take(model))

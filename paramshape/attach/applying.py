@@ -19,7 +19,7 @@ from paramshape.strategies.folded import FoldedValue, group_folded
 from paramshape.strategies.methods import plain_entry
 from paramshape.strategies.saturation import watch
 from paramshape.strategies.state import discard_state_if_empty, state_of
-from paramshape.transforms.base import Transform
+from paramshape.transforms.base import Transform, registering
 
 __all__ = ["apply_plans"]
 
@@ -73,7 +73,9 @@ def _apply_one(root: nn.Module, plan: Plan) -> None:
     if plan.method == "reparam":
         if state is not None and state.pop_plain(ref.name) is not None:
             discard_state_if_empty(ref.owner)
-        _attach(ref, plan.transform, plan.target, plan.raw, plan.swap)
+        # The value the plan checked is not admitted again, and its dry-run inverse is reused.
+        with registering(ref.storage(), plan.stored):
+            _attach(ref, plan.transform, plan.target, plan.raw, plan.swap)
         chain = parametrization_chain(ref.owner, ref.name)
         if plan.fold:
             # A plain attribute (neither tensor nor module), which Module.__setattr__ would store here too.

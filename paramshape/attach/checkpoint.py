@@ -115,9 +115,7 @@ def install_root_checks(root: nn.Module) -> None:
     ``root`` is registered under later (torch's global module-registration hook; it is not
     retroactive, so parents that already hold ``root`` are not reached). Idempotent."""
     global _registration_hook
-    if root.__dict__.get(_ROOT):
-        return
-    _install_load_check(root)
+    _install_load_check(root)  # each idempotent: a rollback may have removed one and not the other
     install_root_move_check(root)
     root.__dict__[_ROOT] = True
     if _registration_hook is None:

@@ -64,7 +64,7 @@ def install_init_support(owner: nn.Module) -> None:
         if callable(original) and method not in cls.__dict__:
             setattr(cls, method, _capturing(original))
     if "apply" not in cls.__dict__:
-        cls.apply = _capturing(base.apply, keep_stored=True)  # type: ignore[method-assign]
+        cls.apply = _capturing(base.apply, keep_stored=True)  # type: ignore[method-assign]  # the class is owner's own
 
 
 def _capturing(original: Callable[..., Any], keep_stored: bool = False) -> Callable[..., Any]:

@@ -16,7 +16,7 @@ weight's Adam moments to the bias, silently when the shapes agree. The order can
 * before the first ``step()`` of each optimizer, a parameter whose state carries another name than
   its own raises :class:`~paramshape.ConstraintConflictError` naming both, before any update.
 
-Both hooks do their work once per optimizer; later steps cost one set lookup.
+Both run from :mod:`paramshape.strategies.dispatch` once per optimizer; later steps skip them.
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ import zlib
 from typing import Any
 
 import torch
-import torch.optim.optimizer as _optimizer
 from torch import Tensor, nn
 
 from paramshape.errors import ConstraintConflictError, ParamshapeWarning
+from paramshape.strategies import dispatch
 
 __all__ = ["STATE_KEY", "record_learnable", "record_names"]
 
@@ -42,7 +42,6 @@ STATE_KEY = "paramshape_name"
 _NAMES: dict[int, tuple[weakref.ref[Tensor], str]] = {}
 _CHECKED: weakref.WeakSet[torch.optim.Optimizer] = weakref.WeakSet()
 _STAMPED: weakref.WeakSet[torch.optim.Optimizer] = weakref.WeakSet()
-_HOOKS: list[Any] = []
 # By id of a stored tensor: its name and the learnable bounds of its transform (weakly held).
 _LEARNABLE: dict[int, tuple[weakref.ref[Tensor], str, list[tuple[str, weakref.ref[Tensor]]]]] = {}
 
@@ -55,9 +54,19 @@ def record_names(root: nn.Module) -> None:
     for name, tensor in root.named_parameters():
         if _name_of(tensor) is None:
             _NAMES[id(tensor)] = (weakref.ref(tensor), _public(name))
-    if not _HOOKS:
-        _HOOKS.append(_optimizer.register_optimizer_step_pre_hook(_check_before_first_step))
-        _HOOKS.append(_optimizer.register_optimizer_step_post_hook(_stamp_after_first_step))
+    dispatch.changed()
+    dispatch.enable(_HANDLER)
+
+
+def _concerns(optimizer: torch.optim.Optimizer) -> bool:
+    """An optimizer not yet checked or stamped that steps a parameter with a recorded name."""
+    if optimizer in _CHECKED and optimizer in _STAMPED:
+        return False
+    return any(
+        _name_of(p) is not None or id(p) in _LEARNABLE
+        for group in optimizer.param_groups
+        for p in group["params"]
+    )
 
 
 def record_learnable(root: nn.Module) -> None:
@@ -77,9 +86,8 @@ def record_learnable(root: nn.Module) -> None:
             path = f"{prefix}.{name}" if prefix else name
             refs = [(f"{path}.0.{n}", weakref.ref(p)) for n, p in bounds]
             _LEARNABLE[id(chain.original)] = (weakref.ref(chain.original), path, refs)
-    if not _HOOKS:
-        _HOOKS.append(_optimizer.register_optimizer_step_pre_hook(_check_before_first_step))
-        _HOOKS.append(_optimizer.register_optimizer_step_post_hook(_stamp_after_first_step))
+    dispatch.changed()
+    dispatch.enable(_HANDLER)
 
 
 def _warn_missing_bounds(optimizer: torch.optim.Optimizer) -> None:
@@ -100,7 +108,7 @@ def _warn_missing_bounds(optimizer: torch.optim.Optimizer) -> None:
                 "them. Build the optimizer after ps.constrain, or add them with "
                 "optimizer.add_param_group; freeze them with requires_grad_(False) to keep them fixed.",
                 ParamshapeWarning,
-                stacklevel=4,
+                stacklevel=5,
             )
 
 
@@ -149,12 +157,19 @@ def _stamp_after_first_step(optimizer: torch.optim.Optimizer, args: Any, kwargs:
     if optimizer in _STAMPED:
         return
     _STAMPED.add(optimizer)
+    dispatch.forget(optimizer)  # done with it: its later steps skip this handler
     for group in optimizer.param_groups:
         for param in group["params"]:
             state = optimizer.state.get(param)
             name = _name_of(param)
             if name is not None and isinstance(state, dict) and state:
                 state[STATE_KEY] = _checksum(name)
+
+
+#: First of all (nothing updated before the check), and last after the step.
+_HANDLER = dispatch.StepHandler(
+    "resume", order=0, concerns=_concerns, pre=_check_before_first_step, post=_stamp_after_first_step
+)
 
 
 def _checksum(name: str) -> int:

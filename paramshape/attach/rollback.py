@@ -47,11 +47,16 @@ _DICTS = (
 )
 
 
+#: Instance attributes paramshape may set on a module (a root's move check and its marker).
+_ATTRIBUTES = ("_apply", "_paramshape_root")
+
+
 class _Contents:
     """The dictionaries, class and persistent-buffer set of one module, by object."""
 
     def __init__(self, module: nn.Module) -> None:
         self.module = module
+        self.attributes = {key: module.__dict__[key] for key in _ATTRIBUTES if key in module.__dict__}
         self.cls = type(module)
         self.class_attributes = dict(vars(self.cls))
         self.dicts = {key: dict(module.__dict__[key]) for key in _DICTS if key in module.__dict__}
@@ -68,6 +73,11 @@ class _Contents:
             if attribute not in vars(self.cls):
                 setattr(self.cls, attribute, saved)
         module.__class__ = self.cls
+        for key in _ATTRIBUTES:
+            if key in self.attributes:
+                module.__dict__[key] = self.attributes[key]
+            else:
+                module.__dict__.pop(key, None)
         for key, saved in self.dicts.items():
             current = module.__dict__[key]
             current.clear()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import contextlib
 import copy
 import math
 import warnings
@@ -109,6 +110,10 @@ class Transform(nn.Module, abc.ABC):
     #: state shared across events: then membership checks and the inverse run a block of rows at a
     #: time (:meth:`_row_blocks`). Vector transforms set it; elementwise ones need not.
     slices_independent: ClassVar[bool] = False
+    #: Buffers that :meth:`inverse` sets, one slice per event along the block axis (Orthogonal's
+    #: base): the inverse of a batch then runs a block at a time too, each block on a copy of the
+    #: transform, and the blocks' buffers are gathered into the transform's own at the end.
+    block_state: ClassVar[tuple[str, ...]] = ()
     #: Whether the set is one of complex tensors: :func:`~paramshape.constrain` admits a complex
     #: tensor only for such a transform (:meth:`check_dtype`), and assigned complex values pass
     #: :meth:`admit`. Every transform of real sets leaves it False, so a complex tensor is refused
@@ -130,7 +135,7 @@ class Transform(nn.Module, abc.ABC):
             cls.fusable = None
         # Likewise, inherited clamp bounds would silently replace the subclass's own projection.
         if "project" in cls.__dict__ and "clamp_bounds" not in cls.__dict__:
-            cls.clamp_bounds = Transform.clamp_bounds  # type: ignore[method-assign]
+            cls.clamp_bounds = Transform.clamp_bounds  # type: ignore[method-assign]  # on purpose, see above
 
     def __init__(self) -> None:
         super().__init__()
@@ -171,7 +176,7 @@ class Transform(nn.Module, abc.ABC):
             or cls.__setstate__ is not nn.Module.__setstate__
             or cls.__reduce_ex__ is not object.__reduce_ex__
         ):
-            return _plain_deepcopy(self, memo)  # type: ignore[no-any-return]
+            return _plain_deepcopy(self, memo)  # type: ignore[no-any-return]  # a copy of self: a Transform
         new = cls.__new__(cls)
         memo[id(self)] = new
         state = new.__dict__
@@ -179,8 +184,15 @@ class Transform(nn.Module, abc.ABC):
             kind = type(value)
             if kind in _EMPTY_COPYABLE and not value:
                 state[key] = kind()
+            elif kind is OrderedDict or kind is dict:
+                # The buffer table: its plain tensors cloned directly (Tensor.__deepcopy__ is
+                # Python, several times a clone's cost); anything else deep-copied as usual.
+                table = kind()
+                for name, item in value.items():
+                    table[name] = _copy_plain_tensor(item, memo)
+                state[key] = table
             else:
-                state[key] = copy.deepcopy(value, memo)
+                state[key] = _copy_plain_tensor(value, memo)
         return new
 
     def _bind(self, target: str, value: Tensor) -> None:
@@ -266,6 +278,11 @@ class Transform(nn.Module, abc.ABC):
         grad is stored without its history: that is what ``torch.func.functional_call`` does with a
         constrained name, silently dropping the gradient. A :class:`ParamshapeWarning` says so.
         """
+        prepared = _PREPARED[0]
+        if prepared is not None and value is prepared[0]:
+            # constrain() registering the tensor it planned: the plan admitted the value and its
+            # dry run computed the inverse (kept for small tensors), so neither is done twice.
+            return prepared[1] if prepared[1] is not None else self.inverse_in_blocks(value)
         # A Parameter is parametrize registering the tensor itself, not a value being assigned.
         if (
             isinstance(value, Tensor)
@@ -295,10 +312,33 @@ class Transform(nn.Module, abc.ABC):
         out = first.new_empty(shape)
         out.narrow(axis, 0, first.shape[axis]).copy_(first)
         del first
+        state: dict[str, Tensor] = {}
+        self._gather_state(state, transform, 0, value.shape[axis], axis)
         for start, part, transform in blocks:
             assert start is not None  # only a single block has no start, returned above
             out.narrow(axis, start, part.shape[axis]).copy_(transform.inverse(part))
+            self._gather_state(state, transform, start, value.shape[axis], axis)
+        for name, tensor in state.items():
+            setattr(self, name, tensor)
+        if state:
+            self.__dict__.pop("_shapes_checked", None)  # the shapes the map accepts follow the state
         return out
+
+    def _gather_state(
+        self, state: dict[str, Tensor], block: Transform, start: int, rows: int, axis: int
+    ) -> None:
+        """Copy the :attr:`block_state` buffers ``block``'s inverse set into ``state``'s full-size
+        tensors, at the block's rows."""
+        for name in self.block_state:
+            piece = block._buffers.get(name)
+            if piece is None:
+                continue
+            full = state.get(name)
+            if full is None:
+                shape = list(piece.shape)
+                shape[axis] = rows
+                full = state[name] = piece.new_empty(shape)
+            full.narrow(axis, start, piece.shape[axis]).copy_(piece)
 
     def admit(self, value: Any, *, hint: str | None = None, broadcast: bool = True) -> Tensor:
         """``value`` as a tensor of the constrained tensor's shape, dtype and device, checked to lie
@@ -782,8 +822,10 @@ class Transform(nn.Module, abc.ABC):
         axis = self._block_axis(value)
         rows = value.shape[axis] if value.dim() else 0
         # A vector or matrix transform acts on each event on its own: blocks along a dimension
-        # outside the events give the same numbers.
-        stateless = not buffers or (membership and self.event_dim > 0)
+        # outside the events give the same numbers. State its inverse sets per event (block_state)
+        # is set on a copy per block and gathered by inverse_in_blocks.
+        per_event = self.event_dim > 0 and (membership or set(buffers) <= set(self.block_state))
+        stateless = not buffers or per_event
         rows_apart = self.event_dim == 0 or (
             self.slices_independent and stateless and axis not in self.event_dims(value.dim())
         )
@@ -806,8 +848,9 @@ class Transform(nn.Module, abc.ABC):
                 if self.event_dim == 0 and b.dim() == value.dim() and b.shape[0] != 1
             }
             transform = self
-            if sliced:
-                # A shallow copy that reads the rows' bounds: no tensor is copied.
+            if sliced or (self.block_state and not membership):
+                # A shallow copy that reads the rows' bounds, or whose inverse sets its own state:
+                # no tensor is copied.
                 transform = copy.copy(self)
                 transform.__dict__["_buffers"] = {**self._buffers, **sliced}
             yield start, value.narrow(axis, start, stop - start), transform
@@ -915,7 +958,7 @@ def _complex_kept(fn: Any) -> Any:
 
     def convert(tensor: Tensor) -> Tensor:
         if not tensor.is_complex():
-            return fn(tensor)  # type: ignore[no-any-return]
+            return fn(tensor)  # type: ignore[no-any-return]  # Module._apply functions map tensors to tensors
         # What fn does to an empty complex tensor: .double() and .half() leave it, .to(complex128)
         # converts it, .to(torch.float64) casts it to real (and warns, which the probe silences).
         with warnings.catch_warnings():
@@ -990,8 +1033,43 @@ def _warn_gradient_dropped(target: str | None) -> None:
 #: Containers whose empty instances Transform.__deepcopy__ makes anew instead of deep-copying.
 _EMPTY_COPYABLE = (dict, OrderedDict, set, list)
 
+#: (the tensor ``constrain()`` is registering, its stored tensor if already computed), while it
+#: registers it: :meth:`Transform.right_inverse` trusts that one tensor (see :func:`registering`).
+_PREPARED: list[tuple[Tensor, Tensor | None] | None] = [None]
+
+
+@contextlib.contextmanager
+def registering(tensor: Tensor, stored: Tensor | None) -> Iterator[None]:
+    """While ``constrain()`` registers ``tensor`` (whose value its plan checked), the transform's
+    ``right_inverse`` of that very tensor skips the membership check it already passed and returns
+    ``stored`` when given (the inverse the plan's dry run computed)."""
+    _PREPARED[0] = (tensor, stored)
+    try:
+        yield
+    finally:
+        _PREPARED[0] = None
+
+
+def _copy_plain_tensor(value: Any, memo: dict[int, Any]) -> Any:
+    """``copy.deepcopy(value, memo)``, with a plain dense tensor that needs no gradient and carries
+    no attributes of its own (a transform's bound) cloned directly: the same copy, without the
+    Python of ``Tensor.__deepcopy__``."""
+    if (
+        type(value) is Tensor
+        and not value.requires_grad
+        and value.layout == torch.strided
+        and not value.is_quantized
+        and not value.__dict__
+        and value.device.type != "meta"
+    ):
+        found = memo.get(id(value))
+        if found is None:
+            found = memo[id(value)] = value.clone()
+        return found
+    return copy.deepcopy(value, memo)
+
 
 def _plain_deepcopy(module: nn.Module, memo: dict[int, Any]) -> Any:
     """``copy.deepcopy``'s own path for an object whose class defines ``__deepcopy__``."""
     reducer = module.__reduce_ex__(4)
-    return copy._reconstruct(module, memo, *reducer)  # type: ignore[attr-defined]
+    return copy._reconstruct(module, memo, *reducer)  # type: ignore[attr-defined]  # private, not in typeshed

@@ -15,6 +15,7 @@ from torch import Tensor
 from paramshape.errors import ShapeMismatchError, SpecError
 from paramshape.errors.report import format_index, format_scalar, format_setting, format_shape, tensor_label
 from paramshape.numerics import torch_typed
+from paramshape.numerics.host import host_reads_free
 from paramshape.numerics.precision import excess_above, excess_below
 from paramshape.transforms.base import Transform
 
@@ -182,6 +183,7 @@ class BoundedTransform(Transform):
     def _store(self) -> dict[str, Tensor]:
         """The tensors the bounds are stored in: the bound buffers, or the learnable parameters."""
         if self.learnable:
+            # The ignores here: registered names always hold a tensor (torch types the slots Optional).
             return {name: self._parameters[name] for name in self._learnable_names}  # type: ignore[misc]
         return {name: self._buffers[name] for name in self.bound_names}  # type: ignore[misc]
 
@@ -288,6 +290,21 @@ class BoundedTransform(Transform):
         bounds = self._plain_bounds()
         if any(bound.device.type == "meta" for bound in bounds.values()):
             self._bounds_checked()  # no values to check; to_empty() brings the kept ones back
+            return
+        if self.learnable and not all(host_reads_free(bound) for bound in bounds.values()):
+            # Learnable bounds change at every optimizer step, and this runs at the next read: on a
+            # GPU a host check would wait for the device at every step. Finite learnable bounds keep
+            # their layout (low < high by construction), so finiteness is all there is to check,
+            # and it is asserted on the device (a non-finite bound stops the run there).
+            # (The message names the tensor and the class, not the bounds' values: a repr reads them.)
+            for name, bound in bounds.items():
+                torch._assert_async(
+                    torch.isfinite(bound).all(),
+                    f"paramshape: {self._where()}the learnable bound '{name}' of {type(self).__name__} is "
+                    "no longer finite (a diverged optimizer step? lower the learning rate, or load a "
+                    "checkpoint).",
+                )
+            self._bounds_checked(same_shapes=True)
             return
         try:
             layout = self._check_learned(bounds) if self.learnable else self._analyse_bounds(bounds)

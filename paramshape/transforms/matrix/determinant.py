@@ -109,6 +109,8 @@ class _Trivialized(MatrixTransform):
     supports_raw_init = False  # the inverse sets the base; a raw stored tensor would move it twice
     bijective = False
     base: Tensor
+    # One base matrix per stored matrix: a batch is inverted a block of matrices at a time.
+    block_state = ("base",)
     _unit_determinant = False
 
     def __init__(self) -> None:
@@ -122,10 +124,10 @@ class _Trivialized(MatrixTransform):
         """The exponent's cap for a tensor of ``dtype``: the smaller of that dtype's and the cap of
         the dtype the transform was constrained in (:meth:`map_dtype`), so a move to a wider dtype
         keeps the map (float32's 4.0 in float64), and a move to a narrower one is refused by
-        :meth:`check_stored_move` when an exponent lies beyond the narrower cap."""
+        :meth:`_check_stored_move` when an exponent lies beyond the narrower cap."""
         return min(_generator_limit(dtype), _generator_limit(self.map_dtype(dtype)))
 
-    def check_stored_move(self, stored: Tensor, dtype: torch.dtype) -> None:
+    def _check_stored_move(self, stored: Tensor, dtype: torch.dtype) -> None:
         """Raise :class:`SpecError` if converting the stored exponent ``stored`` to ``dtype`` would
         change the value beyond rounding: the cap of ``dtype`` (1.7 for float16) is below the
         exponent's Frobenius norm, so the same stored numbers would map to another matrix. Changes

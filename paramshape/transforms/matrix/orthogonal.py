@@ -193,6 +193,8 @@ class Orthogonal(MatrixTransform):
     bijective = False
     manifold = True
     base: Tensor
+    # One base matrix per stored matrix: a batch is inverted a block of matrices at a time.
+    block_state = ("base",)
 
     def __init__(self, method: OrthogonalMethod = "auto") -> None:
         super().__init__()
