@@ -539,3 +539,35 @@ def test_a_module_with_reparam_and_project_tensors_projects_after_reset_and_pick
         with pytest.warns(ps.ParamshapeWarning, match="'bias' of Linear: reset_parameters"):
             copied.reset_parameters()
         assert bool((copied.bias.detach().abs() <= 0.001).all())
+
+
+# ---------------------------------------------- found by the fuzz: a dtype move keeps SL(n) (class 12)
+def test_special_linear_stays_in_its_set_after_moves_both_ways() -> None:
+    # .double() of a value assigned in float32 read its float32 determinant (1 + 5e-8) against
+    # float64's tolerance (1e-13): its own contains() refused it; a float16 round trip kept the
+    # float16-rounded base bit for bit (determinant 0.9987).
+    module = holder(ps.SpecialLinear(), (3, 3))
+    transform = ps.constraints(module)["w"]
+    before = module.w.detach().clone()
+    module.double()
+    assert bool(transform.contains(module.w.detach()).all())
+    module.load_state_dict(ps.plain_state_dict(module))  # its own plain checkpoint loads back
+    module.float()
+    module.half()
+    module.float()
+    value = module.w.detach()
+    assert bool(transform.contains(value).all())
+    torch.testing.assert_close(value, before, atol=4e-3, rtol=0)  # float16's rounding, not another map
+
+
+@pytest.mark.parametrize("hook_based", [torch.nn.utils.spectral_norm, torch.nn.utils.weight_norm])
+def test_torchs_hook_based_norms_on_a_constrained_tensor_fail_before_changing_anything(hook_based) -> None:  # type: ignore[no-untyped-def]
+    # A limit of torch (docs/pitfalls.md): they delete module._parameters[name], which a
+    # parametrized tensor lacks. The KeyError is torch's, raised before anything changes.
+    layer = holder("box(-1, 1)")
+    before = take(layer)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # weight_norm's deprecation
+        with pytest.raises(KeyError):
+            hook_based(layer, "w")
+    assert_same(before, take(layer))

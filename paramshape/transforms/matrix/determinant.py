@@ -256,24 +256,26 @@ class PositiveDeterminant(_Trivialized):
 _LOG_DETERMINANT_CAP = 0.5
 
 
-def special_linear_tolerance(y: Tensor) -> Tensor:
+def special_linear_tolerance(y: Tensor, dtype: torch.dtype | None = None) -> Tensor:
     """Per matrix, ``(*batch, 1, 1)`` float64: how far :math:`\\log \\det Y` may lie from 0 for ``y`` in
     SL(n): ``(matrix_tolerance + n eps) cond(Y)``, at most :data:`_LOG_DETERMINANT_CAP`. Rounding
     each entry of ``Y`` by a relative ``eps / 2`` moves :math:`\\log \\det Y` by
     :math:`\\operatorname{tr}(Y^{-1} E) \\le \\tfrac{n}{2} \\operatorname{cond}(Y)\\,\\epsilon`; the
-    matrix_tolerance part covers the products computed before the cast."""
+    matrix_tolerance part covers the products computed before the cast. ``dtype``: the precision
+    the value was computed at, if coarser than ``y``'s (a float32 value moved to float64)."""
     _, _, condition = _spectrum(y)
     size = y.shape[-1]
-    per_unit = matrix_tolerance(y.dtype, size) + size * torch.finfo(y.dtype).eps
+    dtype = dtype or y.dtype
+    per_unit = matrix_tolerance(dtype, size) + size * torch.finfo(dtype).eps
     return (per_unit * torch.nan_to_num(condition, nan=math.inf)).clamp_max(_LOG_DETERMINANT_CAP)
 
 
-def _special_linear_excess(y: Tensor) -> Tensor:
+def _special_linear_excess(y: Tensor, dtype: torch.dtype | None = None) -> Tensor:
     """Per matrix: 0 for a positive determinant whose log lies within
     :func:`special_linear_tolerance` of 0; the log's excess beyond it otherwise (1 for a determinant
     at or below 0); infinite for a matrix holding NaN or infinity."""
     sign, logabs, _ = _spectrum(y)
-    excess = (logabs.abs() - special_linear_tolerance(y)).clamp_min(0.0)
+    excess = (logabs.abs() - special_linear_tolerance(y, dtype)).clamp_min(0.0)
     excess = torch.where(sign > 0, torch.nan_to_num(excess, posinf=1.0), 1.0)
     return torch.where(nonfinite_matrices(y), torch.inf, excess)
 
@@ -346,7 +348,13 @@ class SpecialLinear(_Trivialized):
             # back unchanged. det B is 1 within B's membership tolerance, so this is a step of at most
             # that tolerance, not a change of the set; the gradient is the same on both sides.
             at_base = (work == 0).all(-1).all(-1)
-            target = torch.where(at_base, torch.linalg.slogdet(base.double()).logabsdet, 0.0)
+            base_log = torch.linalg.slogdet(base.double()).logabsdet
+            # Only a base inside the set at this precision: one rounded by a move to a narrower
+            # dtype and back (float16's determinant) is rescaled to 1 like any other value.
+            inside = (
+                base_log.abs() <= special_linear_tolerance(base, self._membership_dtype(x.dtype))[..., 0, 0]
+            )
+            target = torch.where(at_base & inside, base_log, 0.0)
         # det(value) is 1 only up to cond(B) cond(e^X) epsilons: rescale it, with the logs computed in
         # float64, so that the rescaling is the only rounding left.
         logabs = torch.linalg.slogdet(value.double()).logabsdet
@@ -355,7 +363,8 @@ class SpecialLinear(_Trivialized):
 
     def _excess_at(self, y: Tensor, fraction: float) -> Tensor:
         sign, logabs, _ = _spectrum(y)
-        return ((sign <= 0) | (logabs.abs() > fraction * special_linear_tolerance(y))).to(torch.float64)
+        tolerance = special_linear_tolerance(y, self._membership_dtype(y.dtype))
+        return ((sign <= 0) | (logabs.abs() > fraction * tolerance)).to(torch.float64)
 
     def inverse(self, y: Tensor) -> Tensor:
         """Set the base to ``y`` and return zeros; a value whose determinant is off by more than half
@@ -370,8 +379,16 @@ class SpecialLinear(_Trivialized):
         self.base = base.detach().to(dtype=y.dtype, device=y.device, copy=True)
         return torch.zeros_like(y)
 
+    def _membership_dtype(self, dtype: torch.dtype) -> torch.dtype:
+        """The coarser of ``dtype`` and the dtype the map was constrained in: a float32 value moved
+        to float64 has float32's determinant (1 within float32's tolerance), and must stay inside."""
+        fixed = self.map_dtype(dtype)
+        if fixed.is_floating_point and torch.finfo(fixed).eps > torch.finfo(dtype).eps:
+            return fixed
+        return dtype
+
     def _excess(self, y: Tensor) -> Tensor:
-        return _special_linear_excess(y)
+        return _special_linear_excess(y, self._membership_dtype(y.dtype))
 
     @property
     def codomain(self) -> constraints.Constraint:
@@ -380,7 +397,7 @@ class SpecialLinear(_Trivialized):
     def _describe_finite(self, y: Tensor, index: tuple[int, ...]) -> str:
         matrix = y[index[:-2]]
         det = float(torch.linalg.det(matrix.double()))
-        allowed = float(special_linear_tolerance(matrix))
+        allowed = float(special_linear_tolerance(matrix, self._membership_dtype(y.dtype)))
         return (
             f"{matrix_label(index)} has determinant {format_value(det, y.dtype)} (|log det| at most "
             f"{allowed:.2g} allowed for its condition number)"
