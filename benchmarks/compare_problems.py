@@ -318,29 +318,23 @@ def run(steps: int, problems: list[str]) -> list[dict[str, Any]]:
     return results
 
 
+COLUMNS = (
+    "problem",
+    "strategy",
+    "loss gap (relative)",
+    "distance to set",
+    "ms/step",
+    "time vs unconstrained",
+)
+
+
 def table(results: list[dict[str, Any]]) -> str:
-    headers = [
-        "problem",
-        "strategy",
-        "loss gap (relative)",
-        "distance to set",
-        "ms/step",
-        "time vs unconstrained",
-    ]
     rows = []
     for r in results:
         ratio = "-" if r["time vs unconstrained"] is None else f"{r['time vs unconstrained']:.2f}x"
-        rows.append(
-            [
-                r["problem"],
-                r["strategy"],
-                f"{r['loss gap']:.1e}",
-                f"{r['distance to set']:.1e}",
-                f"{r['ms/step']:.3f}",
-                ratio,
-            ]
-        )
-    return markdown_table(headers, rows)
+        gap, distance, ms = f"{r['loss gap']:.1e}", f"{r['distance to set']:.1e}", f"{r['ms/step']:.3f}"
+        rows.append([r["problem"], r["strategy"], gap, distance, ms, ratio])
+    return markdown_table(COLUMNS, rows)
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:

@@ -569,16 +569,12 @@ def evaluate(
     return rows
 
 
+#: The columns of :func:`format_table`, the table in docs/strategies.md.
+TABLE_COLUMNS = ("problem", "method", "final quality (mean +- sd)", "vs hand", "steps to hand's quality")
+TABLE_COLUMNS += ("time ratio", "notes")
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
-    headers = [
-        "problem",
-        "method",
-        "final quality (mean +- sd)",
-        "vs hand",
-        "steps to hand's quality",
-        "time ratio",
-        "notes",
-    ]
     cells = []
     for r in rows:
         method = f"**{r['method']}**" if r["recommended"] else r["method"]
@@ -588,7 +584,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         notes = ", ".join(f"{k} {r[k]:.2f}" for k in ("saturated", "exact_zeros", "logit_scale") if k in r)
         quality = f"{r['final_mean']:.4g} +- {r['final_sd']:.2g}"
         cells.append([r["problem"], method, quality, r["verdict"], reach, f"{r['time_ratio']:.2f}", notes])
-    return markdown_table(headers, cells)
+    return markdown_table(TABLE_COLUMNS, cells)
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:

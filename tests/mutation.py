@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import json
 import os
 import random
 import shutil
@@ -33,6 +34,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -271,46 +273,102 @@ def _workspace() -> Path:
     return target
 
 
-def _pytest_arguments(mutant: Mutant) -> list[str]:
-    tests, keyword = CORE.get(mutant.module, (["tests/test_references.py"], ""))
-    arguments = ["-x", "-q", "-p", "no:cacheprovider", "-m", "not slow", *tests]
+def _subset(module: str) -> tuple[list[str], str]:
+    return CORE.get(module, (["tests/test_references.py"], ""))
+
+
+def _pytest_arguments(module: str) -> list[str]:
+    tests, keyword = _subset(module)
+    # -x: a mutant's run stops at its first failure; no cache provider (the copies are thrown away)
+    # and no xdist (the mutants are the parallel unit: workers inside one would fight over 2 cores).
+    arguments = ["-x", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", "-p", "tests._mutation_plugin"]
+    arguments += ["-m", "not slow", *tests]
     # Compiling, 20 Adam steps and gradcheck take seconds per case and add little on arithmetic
     # that the references and the other properties do not already pin down: left out.
     quick = "not compiles and not optimizer and not gradcheck"
     return [*arguments, "-k", f"({keyword}) and {quick}" if keyword else quick]
 
 
-def _status(returncode: int) -> str:
-    # 1: a test failed; anything else but 0 (a collection or usage error) means the mutant broke
-    # the import: killed too.
-    return "survived" if returncode == 0 else "killed"
+@dataclass(frozen=True)
+class Outcome:
+    status: str  # killed, survived or timeout
+    seconds: float
+    #: What killed it: the first failing test, "collection: ..." for a module that failed to
+    #: import or collect, or "exit N" for a run that ended before pytest could say (conftest's
+    #: import of the mutated package failed, a crash).
+    killer: str = ""
 
 
-def run_mutant(mutant: Mutant, workspace: Path, timeout: float, fork: bool = False) -> tuple[str, float]:
+def _outcome(returncode: int | None, result: Path, seconds: float) -> Outcome:
+    if returncode is None:
+        return Outcome("timeout", seconds)
+    data = json.loads(result.read_text()) if result.exists() else {}
+    killer = data.get("killer") or ""
+    if data.get("collection"):
+        killer = f"collection: {killer}"
+    if returncode == 0:
+        return Outcome("survived", seconds)
+    # 1: a test failed. Anything else (2: collection errors, 3: an internal error, 4: a usage
+    # error such as a conftest that cannot import the mutated package, a negative code: a crash)
+    # means the mutant broke the import or the run: killed too, and said so.
+    if returncode != 1 and not data.get("collection"):
+        killer = f"exit {returncode} (import or run broken){': ' + killer if killer else ''}"
+    return Outcome("killed", seconds, killer)
+
+
+def _environment(workspace: Path, order: Path | None) -> dict[str, str]:
+    environment = {
+        "PYTHONPATH": str(workspace),
+        "OMP_NUM_THREADS": "1",
+        "PARAMSHAPE_MUTATION_RESULT": str(workspace / ".mutation-result.json"),
+    }
+    if order is not None:
+        environment["PARAMSHAPE_MUTATION_ORDER"] = str(order)
+    return environment
+
+
+def run_tests(workspace: Path, module: str, timeout: float, fork: bool, order: Path | None = None) -> Outcome:
+    """Run ``module``'s test subset in ``workspace`` as it stands (mutated or not)."""
+    result = workspace / ".mutation-result.json"
+    result.unlink(missing_ok=True)
+    environment = _environment(workspace, order)
+    arguments = _pytest_arguments(module)
+    start = time.perf_counter()
+    if fork:
+        returncode = _run_forked(workspace, arguments, timeout, environment)
+    else:
+        returncode = _run_subprocess(workspace, arguments, timeout, environment)
+    return _outcome(returncode, result, time.perf_counter() - start)
+
+
+def run_mutant(
+    mutant: Mutant, workspace: Path, timeout: float, fork: bool = False, order: Path | None = None
+) -> Outcome:
     path = workspace / mutant.module
     original = path.read_text()
     path.write_text(mutated_source(mutant))
-    start = time.perf_counter()
     try:
-        if fork:
-            status = _run_forked(workspace, _pytest_arguments(mutant), timeout)
-        else:
-            status = _run_subprocess(workspace, _pytest_arguments(mutant), timeout)
+        return run_tests(workspace, mutant.module, timeout, fork, order)
     finally:
         path.write_text(original)
-    return status, time.perf_counter() - start
 
 
-def _run_subprocess(workspace: Path, arguments: list[str], timeout: float) -> str:
+def _run_subprocess(
+    workspace: Path, arguments: list[str], timeout: float, environment: dict[str, str]
+) -> int | None:
     command = [sys.executable, "-m", "pytest", *arguments]
-    environment = dict(os.environ, PYTHONPATH=str(workspace), OMP_NUM_THREADS="1")
     try:
         result = subprocess.run(
-            command, check=False, cwd=workspace, env=environment, capture_output=True, timeout=timeout
+            command,
+            check=False,
+            cwd=workspace,
+            env=dict(os.environ, **environment),
+            capture_output=True,
+            timeout=timeout,
         )
     except subprocess.TimeoutExpired:
-        return "timeout"
-    return _status(result.returncode)
+        return None
+    return result.returncode
 
 
 def _preload() -> None:
@@ -329,7 +387,9 @@ def _preload() -> None:
     assert "paramshape" not in sys.modules, "the parent must not import paramshape: children would share it"
 
 
-def _run_forked(workspace: Path, arguments: list[str], timeout: float) -> str:
+def _run_forked(
+    workspace: Path, arguments: list[str], timeout: float, environment: dict[str, str]
+) -> int | None:
     pid = os.fork()
     if pid == 0:  # the child: pytest on the workspace's copy, output discarded
         code = 3
@@ -337,7 +397,7 @@ def _run_forked(workspace: Path, arguments: list[str], timeout: float) -> str:
             os.chdir(workspace)
             root = str(ROOT)
             sys.path[:] = [str(workspace)] + [p for p in sys.path if p not in ("", ".", root)]
-            os.environ["PYTHONPATH"] = str(workspace)
+            os.environ.update(environment)
             for name in [name for name in sys.modules if name == "tests" or name.startswith("tests.")]:
                 del sys.modules[name]
             devnull = os.open(os.devnull, os.O_WRONLY)
@@ -352,12 +412,44 @@ def _run_forked(workspace: Path, arguments: list[str], timeout: float) -> str:
     while True:
         done, status = os.waitpid(pid, os.WNOHANG)
         if done:
-            return _status(os.waitstatus_to_exitcode(status))
+            return os.waitstatus_to_exitcode(status)
         if time.monotonic() > deadline:
             os.kill(pid, 9)
             os.waitpid(pid, 0)
-            return "timeout"
+            return None
         time.sleep(0.2)
+
+
+#: The killer cache (gitignored): which tests killed which mutants last time, and every test's
+#: duration in the unmutated run. Only an order: a stale or missing cache makes a run slower,
+#: never different.
+CACHE = ROOT / ".mutation-killers.json"
+
+
+def _site(mutant: Mutant) -> str:
+    return f"{mutant.module}:{mutant.line}:{mutant.description}"
+
+
+def _load_cache(path: Path) -> dict[str, Any]:
+    try:
+        cache = json.loads(path.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    cache.setdefault("sites", {})  # site -> the test that killed its mutant
+    cache.setdefault("modules", {})  # module -> {test: how many of its mutants it killed}
+    cache.setdefault("durations", {})  # test -> seconds in the unmutated run
+    return dict(cache)
+
+
+def _first(cache: dict[str, Any], mutant: Mutant) -> list[str]:
+    """The tests to run first for ``mutant``: its site's killer, then its module's, most kills first."""
+    first = []
+    site = cache["sites"].get(_site(mutant))
+    if site:
+        first.append(site)
+    kills: dict[str, int] = cache["modules"].get(mutant.module, {})
+    first += [test for test in sorted(kills, key=lambda t: -kills[t]) if test not in first]
+    return first
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -369,11 +461,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modules", nargs="*", default=DEFAULT)
     parser.add_argument("--all", action="store_true", help="every module of CORE")
     parser.add_argument(
+        "--only",
+        nargs="*",
+        default=[],
+        help="run only the mutants whose 'module:line description' contains one of these strings",
+    )
+    parser.add_argument(
         "--no-fork",
         action="store_true",
         help="a fresh interpreter per mutant (slower: torch is imported each time) instead of a fork",
     )
     parser.add_argument("--report", default=str(ROOT / "mutation-report.txt"))
+    parser.add_argument("--cache", default=str(CACHE), help="the killer cache (an order only)")
     args = parser.parse_args(argv)
     if args.all:
         args.modules = list(CORE)
@@ -383,48 +482,85 @@ def main(argv: list[str] | None = None) -> int:
 
     mutants = [mutant for module in args.modules for mutant in mutants_of(module)]
     total = len(mutants)
-    if args.sample and args.sample < total:
+    if args.only:
+        mutants = [m for m in mutants if any(o in f"{m.module}:{m.line} {m.description}" for o in args.only)]
+    if args.sample and args.sample < len(mutants):
         mutants = sorted(
             random.Random(args.seed).sample(mutants, args.sample), key=lambda m: (m.module, m.index)
         )
     print(f"{len(mutants)} of {total} mutants, {args.jobs} at a time", flush=True)
 
+    cache_path = Path(args.cache)
+    cache = _load_cache(cache_path)
     workspaces = [_workspace() for _ in range(max(1, args.jobs))]
     free = list(workspaces)
-    results: list[tuple[Mutant, str, float]] = []
+    results: list[tuple[Mutant, Outcome]] = []
 
-    def work(mutant: Mutant) -> tuple[Mutant, str, float]:
+    def baseline(module: str) -> tuple[str, Outcome]:
         workspace = free.pop()
         try:
-            status, seconds = run_mutant(mutant, workspace, args.timeout, fork)
+            return module, run_tests(workspace, module, args.timeout, fork)
+        finally:
+            durations = workspace / ".mutation-result.json"
+            if durations.exists():
+                cache["durations"].update(json.loads(durations.read_text())["durations"])
+            free.append(workspace)
+
+    def work(mutant: Mutant) -> tuple[Mutant, Outcome]:
+        workspace = free.pop()
+        try:
+            order = workspace / ".mutation-order.json"
+            order.write_text(json.dumps({"first": _first(cache, mutant), "durations": cache["durations"]}))
+            outcome = run_mutant(mutant, workspace, args.timeout, fork, order)
         finally:
             free.append(workspace)
-        print(f"{status:9s} {seconds:6.1f}s {mutant.module}:{mutant.line} {mutant.description}", flush=True)
-        return mutant, status, seconds
+        if outcome.status == "killed" and outcome.killer and " " not in outcome.killer:
+            cache["sites"][_site(mutant)] = outcome.killer
+            kills = cache["modules"].setdefault(mutant.module, {})
+            kills[outcome.killer] = kills.get(outcome.killer, 0) + 1
+        print(_line(mutant, outcome), flush=True)
+        return mutant, outcome
 
     try:
         with ThreadPoolExecutor(max_workers=len(workspaces)) as pool:
+            # The unmutated package must pass every subset: otherwise each mutant of that module
+            # would count as killed by a test that fails anyway. Its run also times every test,
+            # the order of the fastest first.
+            modules = sorted({mutant.module for mutant in mutants})
+            for module, outcome in pool.map(baseline, modules):
+                print(f"baseline  {outcome.seconds:6.1f}s {module}: {outcome.status}", flush=True)
+                if outcome.status != "survived":
+                    print(
+                        f"the unmutated package fails {module}'s subset ({outcome.killer or outcome.status})"
+                    )
+                    return 1
             results = list(pool.map(work, mutants))
     finally:
         for workspace in workspaces:
             shutil.rmtree(workspace, ignore_errors=True)
+        cache_path.write_text(json.dumps(cache, indent=1, sort_keys=True))
 
     counts = {
-        status: sum(result[1] == status for result in results) for status in ("killed", "survived", "timeout")
+        status: sum(outcome.status == status for _, outcome in results)
+        for status in ("killed", "survived", "timeout")
     }
+    broken = sum(outcome.killer.startswith(("exit", "collection")) for _, outcome in results)
     decided = counts["killed"] + counts["survived"]
     rate = counts["killed"] / decided if decided else 1.0
+    minutes = sum(outcome.seconds for _, outcome in results) / 60
     lines = [
         (
-            f"mutation testing: {counts['killed']} of {decided} mutants killed ({rate:.1%}); "
+            f"mutation testing: {counts['killed']} of {decided} mutants killed ({rate:.1%}; "
+            f"{broken} of them broke the import or the run); "
             f"{counts['timeout']} timed out (not counted: raise --timeout); "
-            f"{len(results)} run of {total} generated over {len(args.modules)} modules"
+            f"{len(results)} run of {total} generated over {len(args.modules)} modules; "
+            f"{minutes:.0f} mutant-minutes at {args.jobs} jobs"
         ),
         "",
         *(
-            f"{status:9s} {seconds:6.1f}s {mutant.module}:{mutant.line} {mutant.description}"
-            for mutant, status, seconds in sorted(
-                results, key=lambda r: (r[1] != "survived", r[0].module, r[0].line)
+            _line(mutant, outcome)
+            for mutant, outcome in sorted(
+                results, key=lambda r: (r[1].status != "survived", r[0].module, r[0].line)
             )
         ),
     ]
@@ -432,6 +568,14 @@ def main(argv: list[str] | None = None) -> int:
     print(lines[0])
     print(f"report: {args.report}")
     return 0
+
+
+def _line(mutant: Mutant, outcome: Outcome) -> str:
+    killer = f"  <- {outcome.killer}" if outcome.killer else ""
+    return (
+        f"{outcome.status:9s} {outcome.seconds:6.1f}s {mutant.module}:{mutant.line} "
+        f"{mutant.description}{killer}"
+    )
 
 
 if __name__ == "__main__":

@@ -37,6 +37,21 @@ def test_project_acts_on_every_group_of_every_optimizer():
         torch.testing.assert_close(layer.weight, torch.ones(3, 3), rtol=0, atol=0)
 
 
+def test_project_acts_on_a_module_that_also_holds_a_penalty_tensor():
+    """One module, two methods: the weight projected, the bias penalised. The module's projecting
+    tensor must still be clamped after each step (a registry that tracked only modules whose every
+    tensor projects left this weight at 51)."""
+    layer = nn.Linear(3, 3)
+    ps.constrain(layer, "weight", ps.Box(-1.0, 1.0), method="project", init="project")
+    ps.constrain(layer, "bias", ps.Box(-1.0, 1.0), method="penalty", init="project")
+    optimizer = torch.optim.SGD(layer.parameters(), lr=1.0)
+    optimizer.zero_grad()
+    (-(layer.weight * 50).sum() - (layer.bias * 50).sum()).backward()
+    optimizer.step()
+    torch.testing.assert_close(layer.weight, torch.ones(3, 3), rtol=0, atol=0)
+    assert float(layer.bias.detach().min()) > 1.0, "the penalised bias was projected"
+
+
 # ------------------------------------------------------------------ penalty: the exact distance
 def _simplex_projection(v: Tensor) -> Tensor:
     """Euclidean projection of each row onto the probability simplex (sort and threshold, written

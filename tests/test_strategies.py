@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 import paramshape as ps
+from paramshape.strategies import dispatch as _dispatch
 from paramshape.strategies import state as _state
 
 from .test_constrain import assert_unchanged, snapshot
@@ -159,14 +160,16 @@ def test_unconstrain_stops_projection_and_removes_the_global_hook():
     module = ps.constrain(Holder(torch.zeros(3)), "value", ps.Box(-1, 1), method="project")
     state = module.__dict__[_state.STATE_ATTRIBUTE]
     assert state in _state._PROJECTING
-    assert _state._HOOK is not None
+    assert "project" in _dispatch._HANDLERS
     ps.unconstrain(module, "value")
     assert ps.constraints(module) == {}
     assert _state.STATE_ATTRIBUTE not in module.__dict__
     assert state not in _state._PROJECTING
-    gc.collect()  # models of earlier tests may still be waiting for the collector
-    assert (_state._HOOK is None) == (len(_state._PROJECTING) == 0)
     optimizer = torch.optim.SGD(module.parameters(), lr=10.0)
+    # Whether the handler stays enrolled depends on other tests' models still alive (a model the
+    # collector drops leaves it on until the next unconstrain); what must hold is that this
+    # optimizer's steps no longer run it.
+    assert "project" not in _dispatch.handlers_for(optimizer)
     (-module.value.sum()).backward()
     optimizer.step()
     assert (module.value > 1).all()
@@ -697,3 +700,57 @@ def test_the_project_step_follows_bounds_changed_in_place_and_dtype_moves():
     step()
     assert layer.weight.dtype == torch.float64
     assert layer.weight.max().item() == 0.1, "the step clamped at float32's 0.1 after module.double()"
+
+
+def _projecting_layer(box: ps.Transform) -> tuple[nn.Module, torch.optim.Optimizer, Callable[[], None]]:
+    layer = ps.constrain(nn.Linear(2, 2, bias=False), "weight", box, method="project", init="sample")
+    optimizer = torch.optim.SGD(layer.parameters(), lr=1.0)
+
+    def step() -> None:
+        optimizer.zero_grad()
+        layer.weight.grad = -100 * torch.ones_like(layer.weight)  # every value pushed past the top
+        optimizer.step()
+
+    return layer, optimizer, step
+
+
+def test_the_project_step_reuses_its_plan_while_nothing_changed():
+    """The plan (which tensors, which bounds, cast once) is built at the first step and reused:
+    rebuilding it at every step would cost what the cache exists to save. Each of its staleness checks
+    (dtype, device, shape, bound versions) must say 'unchanged' when nothing changed."""
+    _, optimizer, step = _projecting_layer(ps.Box(-torch.ones(2, 1), torch.ones(2, 1)))
+    step()
+    plan = _state._PLANS[optimizer]
+    for _ in range(3):
+        step()
+        assert _state._PLANS[optimizer] is plan, "the step hook rebuilt a plan that nothing made stale"
+
+
+def test_the_project_step_follows_both_bounds_changed_in_place():
+    """Each bound's own version counter makes the plan stale: with both bounds written in place (not
+    one of the two, whose unchanged twin would hide a version check that never fires), the next step
+    clamps at the new bounds."""
+    layer, _, step = _projecting_layer(ps.Box(-1.0, 1.0))
+    box = ps.constraints(layer)["weight"]
+    low, high = box.low, box.high
+    step()
+    assert layer.weight.max().item() == 1.0
+    with torch.no_grad():
+        low.fill_(-0.5)
+        high.fill_(0.5)
+    step()
+    assert layer.weight.max().item() == 0.5, "the step clamped at the bounds before the in-place writes"
+
+
+def test_the_project_step_follows_a_parameter_resized_through_data():
+    """``param.data = ...`` of another shape keeps the Parameter object (the module still holds it),
+    so only the plan's shape check notices: per-row bounds are expanded anew to the new shape."""
+    low, high = torch.tensor([[-1.0], [-2.0]]), torch.tensor([[1.0], [2.0]])
+    layer, _, step = _projecting_layer(ps.Box(low, high))
+    step()
+    weight = layer.weight
+    with torch.no_grad():
+        layer.weight.data = torch.zeros(2, 3)
+    assert layer.weight is weight
+    step()
+    assert torch.equal(layer.weight, high.expand(2, 3)), "the step used bounds expanded to the old shape"

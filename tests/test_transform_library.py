@@ -469,6 +469,42 @@ def test_check_transform_names_the_failed_property_and_the_transform(transform, 
     assert repr(transform) in str(info.value)
 
 
+class _RealGradientOff(torch.autograd.Function):
+    """The identity, whose backward is 1% off for real tensors only (complex ones pass exactly)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad if grad.is_complex() else 1.01 * grad
+
+
+class RealGradientOff(ps.UnitNorm):
+    def forward(self, x):
+        return super().forward(_RealGradientOff.apply(x))
+
+
+class ComplexGradientOff(ps.UnitNorm):
+    def forward(self, x):
+        out = super().forward(x)
+        return out + 1e-3 * (x - x.detach()) * 1j if x.is_complex() else out
+
+
+@pytest.mark.parametrize(
+    ("transform", "dtype"),
+    [(RealGradientOff(), "torch.float64"), (ComplexGradientOff(), "torch.complex128")],
+    ids=["real", "complex"],
+)
+def test_gradcheck_of_a_complex_capable_set_checks_real_and_complex_derivatives(transform, dtype):
+    """A set of complex tensors is gradchecked in float64 and in complex128: a wrong gradient on
+    either path fails, and the failure names the dtype (complex128 alone missed the real one)."""
+    with pytest.raises(ps.ContractViolation, match=f"gradcheck of the forward in {dtype} failed") as info:
+        testing.check_gradcheck(transform, (3, 4))
+    assert info.value.property == "gradcheck"
+
+
 def test_check_transform_leaves_the_transform_and_the_random_stream_alone():
     box = ps.Box(-1.0, 1.0)
     torch.manual_seed(5)

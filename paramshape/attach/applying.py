@@ -12,14 +12,14 @@ from paramshape.attach.assign import install_parameter_assignment, install_plain
 from paramshape.attach.checkpoint import install_module_support
 from paramshape.attach.moves import install_move_check
 from paramshape.attach.planning import Plan
-from paramshape.attach.reinit import install_init_support
+from paramshape.attach.reinit import install_init_support, install_plain_init_support
 from paramshape.attach.rollback import replace_data, rollback_on_failure, sole_owner
 from paramshape.lookup.modules import TensorRef, fast_read, parametrization_chain, paramshape_transform
 from paramshape.strategies.folded import FoldedValue, group_folded
 from paramshape.strategies.methods import plain_entry
 from paramshape.strategies.saturation import watch
 from paramshape.strategies.state import discard_state_if_empty, state_of
-from paramshape.transforms.base import Transform
+from paramshape.transforms.base import Transform, registering
 
 __all__ = ["apply_plans"]
 
@@ -73,7 +73,9 @@ def _apply_one(root: nn.Module, plan: Plan) -> None:
     if plan.method == "reparam":
         if state is not None and state.pop_plain(ref.name) is not None:
             discard_state_if_empty(ref.owner)
-        _attach(ref, plan.transform, plan.target, plan.raw, plan.swap)
+        # The value the plan checked is not admitted again, and its dry-run inverse is reused.
+        with registering(ref.storage(), plan.stored):
+            _attach(ref, plan.transform, plan.target, plan.raw, plan.swap)
         chain = parametrization_chain(ref.owner, ref.name)
         if plan.fold:
             # A plain attribute (neither tensor nor module), which Module.__setattr__ would store here too.
@@ -95,6 +97,7 @@ def _apply_one(root: nn.Module, plan: Plan) -> None:
     state_of(ref.owner, create=True).put_plain(ref.name, entry)  # type: ignore[union-attr]  # create=True: never None
     install_module_support(root, ref.owner)  # checkpoints are checked against the set too
     install_plain_assignment_check()  # and a Parameter assigned in its place
+    install_plain_init_support(ref.owner)  # reset_parameters()/apply(init_fn) keep it in the set
 
 
 def _attach(

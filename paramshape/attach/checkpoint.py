@@ -28,8 +28,9 @@ from torch.nn.utils import parametrize
 
 from paramshape.attach.assign import install_parameter_assignment
 from paramshape.attach.moves import install_move_check, install_root_move_check
-from paramshape.attach.reinit import install_init_support
+from paramshape.attach.reinit import ProjectingInit, install_init_support
 from paramshape.errors import (
+    ConstraintConflictError,
     InfeasibleValueError,
     ParamshapeError,
     ShapeMismatchError,
@@ -232,6 +233,15 @@ def check_checkpoint(root: nn.Module, state_dict: Mapping[str, Any], prefix: str
         plain_key, stored_key = stem + name, stem + _STORED.format(name=name)
         original = owner.parametrizations[name].original
         checker = _with_stored_settings(transform, state_dict, stem + f"parametrizations.{name}.0.")
+        if stored_key in state_dict and plain_key in state_dict:
+            # Two values for one tensor (a plain_state_dict merged into a state_dict): torch would
+            # load one and call the other unexpected; which one was meant is not ours to guess.
+            raise ConstraintConflictError(
+                f"Checkpoint for {tensor_label(repr(stem + name) + ' of ' + type_name(root), original)}: "
+                f"it holds both the constrained value '{plain_key}' and the stored unconstrained tensor "
+                f"'{stored_key}'; keep one of them (ps.plain_state_dict gives the first, state_dict the "
+                "second). Nothing was loaded."
+            )
         if stored_key in state_dict:
             value = _tensor_entry(state_dict, stored_key, original, original.shape)
             if value is not None and not bool(torch.isfinite(value).all()):
@@ -331,7 +341,9 @@ def _reduce_parametrized(self: nn.Module, protocol: int) -> tuple:
     """Pickle a parametrized module as its original class plus the chains to re-attach: parametrize's
     dynamic ``Parametrized<Cls>`` class cannot be found by name when unpickling."""
     base = parametrize.type_before_parametrizations(self)
-    state = dict(self.__dict__)
+    # A ProjectingInit refers back to the module (a reduce argument that is the object being
+    # reduced would recurse); the rebuilt class's own reset_parameters/apply project instead.
+    state = {k: v for k, v in self.__dict__.items() if not isinstance(v, ProjectingInit)}
     modules = dict(state["_modules"])
     chains = modules.pop("parametrizations")
     state["_modules"] = modules
@@ -343,14 +355,21 @@ def _reduce_parametrized(self: nn.Module, protocol: int) -> tuple:
                 "tensors (weight_norm style), which paramshape cannot rebuild. Save model.state_dict() "
                 "instead, or call ps.unconstrain(model) first."
             )
-        entries.append((name, chain.original, list(chain), chain.unsafe))
+        # What paramshape keeps on the chain itself: whether the stored tensor is a non-persistent
+        # buffer (it stays out of state_dict), and fold=True's cached value.
+        extra = {
+            "persistent": "original" not in chain._non_persistent_buffers_set,
+            "attributes": {k: v for k, v in chain.__dict__.items() if k.startswith("_paramshape")},
+        }
+        entries.append((name, chain.original, list(chain), chain.unsafe, extra))
     return _rebuild_parametrized, (base, state, entries)
 
 
 def _rebuild_parametrized(base: type[nn.Module], state: dict[str, Any], entries: list) -> nn.Module:
     module = base.__new__(base)
     module.__dict__.update(state)
-    for name, original, chain, unsafe in entries:
+    for name, original, chain, unsafe, *rest in entries:
+        extra = rest[0] if rest else {}
         raw = original.detach().clone()
         with torch.no_grad():
             # Register from the first link's value, then put the raw tensor back exactly.
@@ -361,7 +380,11 @@ def _rebuild_parametrized(base: type[nn.Module], state: dict[str, Any], entries:
             parametrize.register_parametrization(module, name, link, unsafe=True)
         with torch.no_grad():
             original.set_(raw)
-        module.parametrizations[name].unsafe = unsafe
+        rebuilt = module.parametrizations[name]
+        rebuilt.unsafe = unsafe
+        if not extra.get("persistent", True):
+            rebuilt._non_persistent_buffers_set.add("original")
+        rebuilt.__dict__.update(extra.get("attributes", {}))
     if any(paramshape_transform(module, name) is not None for name, *_ in entries):
         install_module_support(module, module)
         install_init_support(module)

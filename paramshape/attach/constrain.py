@@ -13,7 +13,8 @@ from torch.nn.utils import parametrize
 
 from paramshape.attach.applying import apply_plans
 from paramshape.attach.planning import check_distinct, check_learnable, check_method, plan
-from paramshape.attach.resume import record_names
+from paramshape.attach.resume import record_learnable, record_names
+from paramshape.attach.rollback import rollback_on_failure
 from paramshape.errors import ConstraintConflictError, ParamshapeWarning, SpecError
 from paramshape.lookup.modules import (
     AliasIndex,
@@ -207,6 +208,7 @@ def constrain(
         planned.fold = True
     record_names(module)  # the names before this call, for the optimizer-resume check
     apply_plans(module, plans)
+    record_learnable(module)  # an optimizer that misses learnable bounds warns at its first step
     for planned in plans:
         if planned.moved is not None:
             warnings.warn(planned.moved, ParamshapeWarning, stacklevel=2)
@@ -276,27 +278,48 @@ def unconstrain(module: nn.Module, name: str | None = None) -> nn.Module:
     """
     refuse_inside_compile("unconstrain")
     module = unwrap(module)
+    targets = _unconstrain_targets(module, name)
+    # All or nothing: a failure (a KeyboardInterrupt, a foreign parametrization that cannot read its
+    # new stored value) puts back every tensor already given back.
+    owners = [module, *(owner for owner, _, _ in targets)]
+    stored = [parametrization_chain(owner, tensor).original for owner, tensor, reparam in targets if reparam]
+    rollback = rollback_on_failure(owners, stored)
+    try:
+        for owner, tensor_name, reparam in targets:
+            if reparam:
+                _remove_transform(owner, tensor_name)
+            else:
+                state = state_of(owner)
+                if state is not None:
+                    state.pop_plain(tensor_name)
+                discard_state_if_empty(owner)
+    except BaseException:
+        rollback.restore()
+        raise
+    return module
+
+
+def _unconstrain_targets(module: nn.Module, name: str | None) -> list[tuple[nn.Module, str, bool]]:
+    """``(owner, tensor name, whether reparametrised)`` for each constraint :func:`unconstrain`
+    removes, found before anything changes; raises as :func:`unconstrain` documents."""
     if name is None:
-        for _, owner, tensor_name, _ in list(constrained_tensors(module, stacked=True)):
-            _remove_transform(owner, tensor_name)
-        for _, owner, owned in list(module_states(module)):
-            for tensor_name in list(owned.plain):
-                owned.pop_plain(tensor_name)
-            discard_state_if_empty(owner)
-        return module
+        targets = [(owner, tensor, True) for _, owner, tensor, _ in constrained_tensors(module, stacked=True)]
+        for _, owner, owned in module_states(module):
+            targets.extend((owner, tensor, False) for tensor in owned.plain)
+        return targets
     if is_pattern(name):
+        found: list[tuple[nn.Module, str, bool]] = []
         for dotted in match_names(module, name, list(constraints(module))):
-            unconstrain(module, dotted)
-        return module
+            for target in _unconstrain_targets(module, dotted):
+                if not any(t[0] is target[0] and t[1] == target[1] for t in found):
+                    found.append(target)
+        return found
     ref = locate(module, name)
     if paramshape_transform(ref.owner, ref.name, stacked=True) is not None:
-        _remove_transform(ref.owner, ref.name)
-        return module
+        return [(ref.owner, ref.name, True)]
     state = state_of(ref.owner)
     if state is not None and ref.name in state.plain:
-        state.pop_plain(ref.name)
-        discard_state_if_empty(ref.owner)
-        return module
+        return [(ref.owner, ref.name, False)]
     listing = ", ".join(constraints(module)) or "none"
     raise ConstraintConflictError(
         f"'{name}' of {type_name(module)} carries no paramshape constraint. Constrained tensors: {listing}."

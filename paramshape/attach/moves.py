@@ -50,7 +50,7 @@ def install_move_check(owner: nn.Module) -> None:
         _check_once(_outermost_apply(self), self, fn)
         return base_apply(self, fn, recurse)
 
-    cls._apply = _apply  # type: ignore[method-assign]
+    cls._apply = _apply  # type: ignore[method-assign]  # the class is parametrize's, owner's own
 
 
 class _RootApply:
@@ -167,7 +167,7 @@ def _converted_before(root: nn.Module, current: nn.Module) -> list[str]:
             parts = name.split(".") if name else []
             node = root
             for part in parts[:-1]:
-                node = node._modules[part]  # type: ignore[assignment]
+                node = node._modules[part]  # type: ignore[assignment]  # a prefix of a named module: present
                 ancestors.add(id(node))
             break
     else:

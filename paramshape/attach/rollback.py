@@ -58,7 +58,7 @@ class _Contents:
         self.module = module
         self.attributes = {key: module.__dict__[key] for key in _ATTRIBUTES if key in module.__dict__}
         self.cls = type(module)
-        self.class_attributes = set(vars(self.cls))
+        self.class_attributes = dict(vars(self.cls))
         self.dicts = {key: dict(module.__dict__[key]) for key in _DICTS if key in module.__dict__}
         self.non_persistent = set(module._non_persistent_buffers_set)
         self.unsafe = getattr(module, "unsafe", None)
@@ -66,8 +66,12 @@ class _Contents:
     def restore(self) -> None:
         module = self.module
         # A property parametrize added to an existing Parametrized<Cls> class for a new tensor.
-        for attribute in set(vars(self.cls)) - self.class_attributes:
+        for attribute in set(vars(self.cls)) - set(self.class_attributes):
             delattr(self.cls, attribute)
+        # A property parametrize removed from it (remove_parametrizations, during ps.unconstrain).
+        for attribute, saved in self.class_attributes.items():
+            if attribute not in vars(self.cls):
+                setattr(self.cls, attribute, saved)
         module.__class__ = self.cls
         for key in _ATTRIBUTES:
             if key in self.attributes:

@@ -243,6 +243,7 @@ class TorchTransform(Transform):
                 "(for SoftmaxTransform use ps.Simplex())."
             )
         self.transform = transform
+        # Per instance: the ClassVar defaults of Transform do not fit a wrapper of any torch transform.
         self.event_dim = transform.codomain.event_dim  # type: ignore[misc]
         self.element_noun = "slices" if self.event_dim else "values"  # type: ignore[misc]
 

@@ -113,6 +113,7 @@ class FunctionTransform(Transform):
         self._codomain = codomain
         self._ldj = log_abs_det_jacobian
         self.bijective = bool(bijective)
+        # Per instance: the ClassVar defaults of Transform do not fit a wrapper of any constraint.
         self.event_dim = codomain.event_dim  # type: ignore[misc]
         self.element_noun = "slices" if self.event_dim else "values"  # type: ignore[misc]
         self._try_pair()

@@ -292,6 +292,9 @@ def check_lost_write(module: nn.Module, name: str, last: LastValue) -> None:
     )
 
 
+_functorch_active = torch._C._are_functorch_transforms_active
+
+
 def fast_read(owner: nn.Module, name: str, *, watch_writes: bool = True) -> None:
     """Give ``owner.name`` (just parametrized) a getter that calls the transform directly.
 
@@ -317,6 +320,17 @@ def fast_read(owner: nn.Module, name: str, *, watch_writes: bool = True) -> None
     if getattr(slow, "_paramshape_fast", False):
         return
 
+    # torch mutates these dictionaries in place and never rebinds them: bound here, each read
+    # tests them without a module attribute lookup.
+    global_hooks = (
+        _module_hooks._global_forward_hooks,
+        _module_hooks._global_forward_pre_hooks,
+        _module_hooks._global_backward_hooks,
+        _module_hooks._global_backward_pre_hooks,
+    )
+    forward_hooks, forward_pre_hooks, backward_hooks, backward_pre_hooks = global_hooks
+    is_compiling = torch.compiler.is_compiling
+
     def read(module: nn.Module) -> Tensor:
         chain = module._modules["parametrizations"]._modules[name]
         if (
@@ -325,13 +339,13 @@ def fast_read(owner: nn.Module, name: str, *, watch_writes: bool = True) -> None
             or chain._forward_pre_hooks
             or chain._backward_hooks
             or chain._backward_pre_hooks
-            or _module_hooks._global_forward_hooks
-            or _module_hooks._global_forward_pre_hooks
-            or _module_hooks._global_backward_hooks
-            or _module_hooks._global_backward_pre_hooks
+            or forward_hooks
+            or forward_pre_hooks
+            or backward_hooks
+            or backward_pre_hooks
             or len(chain._modules) != 1
             or not chain.is_tensor
-            or torch.compiler.is_compiling()
+            or is_compiling()
         ):
             return slow(module)
         stored = chain._parameters.get("original")
@@ -342,7 +356,12 @@ def fast_read(owner: nn.Module, name: str, *, watch_writes: bool = True) -> None
         # (paramshape.strategies.folded.FoldedValue, found by attribute: lookup sits below strategies).
         # A write into a folded value is repaired at its next read, so it needs no watch here.
         folded = chain.__dict__.get("_paramshape_folded")
-        if folded is not None and folded.serves(stored, transform):
+        if (
+            folded is not None
+            and folded._raw is stored
+            and folded._transform is transform
+            and not _functorch_active()
+        ):
             return folded.read()
         if not watch_writes:
             return transform(stored)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import contextlib
 import copy
 import math
 import warnings
@@ -134,7 +135,7 @@ class Transform(nn.Module, abc.ABC):
             cls.fusable = None
         # Likewise, inherited clamp bounds would silently replace the subclass's own projection.
         if "project" in cls.__dict__ and "clamp_bounds" not in cls.__dict__:
-            cls.clamp_bounds = Transform.clamp_bounds  # type: ignore[method-assign]
+            cls.clamp_bounds = Transform.clamp_bounds  # type: ignore[method-assign]  # on purpose, see above
 
     def __init__(self) -> None:
         super().__init__()
@@ -175,7 +176,7 @@ class Transform(nn.Module, abc.ABC):
             or cls.__setstate__ is not nn.Module.__setstate__
             or cls.__reduce_ex__ is not object.__reduce_ex__
         ):
-            return _plain_deepcopy(self, memo)  # type: ignore[no-any-return]
+            return _plain_deepcopy(self, memo)  # type: ignore[no-any-return]  # a copy of self: a Transform
         new = cls.__new__(cls)
         memo[id(self)] = new
         state = new.__dict__
@@ -183,8 +184,15 @@ class Transform(nn.Module, abc.ABC):
             kind = type(value)
             if kind in _EMPTY_COPYABLE and not value:
                 state[key] = kind()
+            elif kind is OrderedDict or kind is dict:
+                # The buffer table: its plain tensors cloned directly (Tensor.__deepcopy__ is
+                # Python, several times a clone's cost); anything else deep-copied as usual.
+                table = kind()
+                for name, item in value.items():
+                    table[name] = _copy_plain_tensor(item, memo)
+                state[key] = table
             else:
-                state[key] = copy.deepcopy(value, memo)
+                state[key] = _copy_plain_tensor(value, memo)
         return new
 
     def _bind(self, target: str, value: Tensor) -> None:
@@ -270,6 +278,11 @@ class Transform(nn.Module, abc.ABC):
         grad is stored without its history: that is what ``torch.func.functional_call`` does with a
         constrained name, silently dropping the gradient. A :class:`ParamshapeWarning` says so.
         """
+        prepared = _PREPARED[0]
+        if prepared is not None and value is prepared[0]:
+            # constrain() registering the tensor it planned: the plan admitted the value and its
+            # dry run computed the inverse (kept for small tensors), so neither is done twice.
+            return prepared[1] if prepared[1] is not None else self.inverse_in_blocks(value)
         # A Parameter is parametrize registering the tensor itself, not a value being assigned.
         if (
             isinstance(value, Tensor)
@@ -284,6 +297,10 @@ class Transform(nn.Module, abc.ABC):
         """:meth:`inverse`, computed a block of rows at a time for an elementwise transform, so its
         temporaries cost a few MB instead of several times the tensor (the same numbers: the map is
         elementwise). What storing a value (assignment, checkpoint, ``constrain``) runs."""
+        if value.device.type == "meta":
+            # No values to invert (deferred initialisation), only a shape: matrix inverses read
+            # scalars (a norm, a determinant's sign) that meta tensors cannot give.
+            return value.new_empty(self.inverse_shape(value.shape))
         blocks = iter(self._row_blocks(value))
         start, part, transform = next(blocks)
         first = transform.inverse(part)
@@ -879,6 +896,8 @@ def coerce_value(
         )
     if isinstance(value, nn.Parameter):
         value = value.detach()
+    if _other_number(value):
+        value = float(value)  # Fraction, Decimal, NumPy-free exact numbers: their nearest float
     if not isinstance(value, Tensor):
         if isinstance(value, (bool, str, bytes)) or not _array_like(value):
             raise UnsupportedTensorError(
@@ -896,6 +915,7 @@ def coerce_value(
             raise UnsupportedTensorError(
                 f"{where}: cannot convert the {type(value).__name__} assigned to a tensor ({error})."
             ) from None
+    value = _dense_values(value, where, device)
     complex_target = complex_ok and (dtype is None or dtype.is_complex)
     if value.dtype == torch.bool or (value.is_complex() and not complex_target):
         kind = "boolean" if value.dtype == torch.bool else "complex"
@@ -938,7 +958,7 @@ def _complex_kept(fn: Any) -> Any:
 
     def convert(tensor: Tensor) -> Tensor:
         if not tensor.is_complex():
-            return fn(tensor)  # type: ignore[no-any-return]
+            return fn(tensor)  # type: ignore[no-any-return]  # Module._apply functions map tensors to tensors
         # What fn does to an empty complex tensor: .double() and .half() leave it, .to(complex128)
         # converts it, .to(torch.float64) casts it to real (and warns, which the probe silences).
         with warnings.catch_warnings():
@@ -952,6 +972,40 @@ def _complex_kept(fn: Any) -> Any:
         return tensor.to(device=probe.device, dtype=dtype)
 
     return convert
+
+
+def _other_number(value: Any) -> bool:
+    """Whether ``value`` is a real number torch cannot convert itself (``Fraction``, ``Decimal``)."""
+    from numbers import Number
+
+    return (
+        isinstance(value, Number)
+        and not isinstance(value, (bool, int, float, complex))
+        and not hasattr(value, "__array__")
+        and hasattr(value, "__float__")
+        and not isinstance(value, Tensor)
+    )
+
+
+def _dense_values(value: Tensor, where: str, device: torch.device | None) -> Tensor:
+    """``value`` as an ordinary strided tensor holding its numbers: sparse and quantized tensors are
+    converted; a ``meta`` tensor (no values) is refused unless the target is on ``meta`` too."""
+    if value.device.type == "meta" and (device is None or device.type != "meta"):
+        raise UnsupportedTensorError(
+            f"{where}: the value assigned is on the meta device, which holds no values; assign a tensor "
+            "with values (for a model built on meta, call to_empty() first, then initialise it)."
+        )
+    try:
+        if value.is_quantized:
+            return value.dequantize()
+        if value.layout != torch.strided:
+            return value.to_dense()
+    except (RuntimeError, TypeError, NotImplementedError) as error:
+        raise UnsupportedTensorError(
+            f"{where}: cannot read the values of the {value.layout} tensor assigned ({error}); assign a "
+            "dense tensor."
+        ) from None
+    return value
 
 
 def _array_like(value: Any) -> bool:
@@ -979,8 +1033,43 @@ def _warn_gradient_dropped(target: str | None) -> None:
 #: Containers whose empty instances Transform.__deepcopy__ makes anew instead of deep-copying.
 _EMPTY_COPYABLE = (dict, OrderedDict, set, list)
 
+#: (the tensor ``constrain()`` is registering, its stored tensor if already computed), while it
+#: registers it: :meth:`Transform.right_inverse` trusts that one tensor (see :func:`registering`).
+_PREPARED: list[tuple[Tensor, Tensor | None] | None] = [None]
+
+
+@contextlib.contextmanager
+def registering(tensor: Tensor, stored: Tensor | None) -> Iterator[None]:
+    """While ``constrain()`` registers ``tensor`` (whose value its plan checked), the transform's
+    ``right_inverse`` of that very tensor skips the membership check it already passed and returns
+    ``stored`` when given (the inverse the plan's dry run computed)."""
+    _PREPARED[0] = (tensor, stored)
+    try:
+        yield
+    finally:
+        _PREPARED[0] = None
+
+
+def _copy_plain_tensor(value: Any, memo: dict[int, Any]) -> Any:
+    """``copy.deepcopy(value, memo)``, with a plain dense tensor that needs no gradient and carries
+    no attributes of its own (a transform's bound) cloned directly: the same copy, without the
+    Python of ``Tensor.__deepcopy__``."""
+    if (
+        type(value) is Tensor
+        and not value.requires_grad
+        and value.layout == torch.strided
+        and not value.is_quantized
+        and not value.__dict__
+        and value.device.type != "meta"
+    ):
+        found = memo.get(id(value))
+        if found is None:
+            found = memo[id(value)] = value.clone()
+        return found
+    return copy.deepcopy(value, memo)
+
 
 def _plain_deepcopy(module: nn.Module, memo: dict[int, Any]) -> Any:
     """``copy.deepcopy``'s own path for an object whose class defines ``__deepcopy__``."""
     reducer = module.__reduce_ex__(4)
-    return copy._reconstruct(module, memo, *reducer)  # type: ignore[attr-defined]
+    return copy._reconstruct(module, memo, *reducer)  # type: ignore[attr-defined]  # private, not in typeshed

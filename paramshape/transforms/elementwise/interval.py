@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import weakref
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -18,6 +20,10 @@ from paramshape.numerics import torch_typed
 from paramshape.numerics.precision import INTERIOR_SLOPE, compute_dtype, interior_distance
 from paramshape.transforms.elementwise.bounds import BoundedTransform, BoundLike, positive_setting
 from paramshape.transforms.registry import register
+
+#: Per Box, what :meth:`Box.value_and_slope` derives from 0-d bounds (at the working precision, with
+#: the gain), and the bound tensors and versions it derived them from. Weak: it dies with the Box.
+_FOLD_CONSTANTS: weakref.WeakKeyDictionary[Any, tuple[Any, ...]] = weakref.WeakKeyDictionary()
 
 __all__ = ["Box", "UnitInterval"]
 
@@ -144,20 +150,40 @@ class Box(BoundedTransform):
     def value_and_slope(self, x: Tensor, out: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
         """The value and slope in one pass of the hand-fused arithmetic for two-sided bounds (the
         forward's values bit for bit, at every size); autograd's otherwise."""
-        work = compute_dtype(x.dtype)
+        # A step-folded tensor calls this once per optimizer step: the bounds at the working
+        # precision, the gain and the width are kept while the bound tensors are unchanged.
+        buffers = self._buffers
+        low, high = buffers.get("low"), buffers.get("high")
+        kept = _FOLD_CONSTANTS.get(self)
         if (
-            self.learnable
-            or self._layout != "interval"
-            or work != x.dtype
-            or (
-                (self.low.dim() or self.high.dim())
-                and torch_typed.broadcast_shapes(x.shape, self.low.shape, self.high.shape) != x.shape
-            )
+            kept is None
+            or kept[0] is not low
+            or kept[1] is not high
+            or kept[2] != (low._version, high._version, x.dtype, x.device, self.slope)
         ):
-            return super().value_and_slope(x, out)
-        low, high = self.low.to(work), self.high.to(work)
-        gain = _maps.box_gain(low, high, self.slope)
-        return _handfused.sigmoid_box_value_and_slope(x.detach(), low, high, gain, out)
+            work = compute_dtype(x.dtype)
+            if (
+                self.learnable
+                or self._layout != "interval"
+                or work != x.dtype
+                or low is None
+                or high is None
+                or low.dim()
+                or high.dim()
+            ):
+                if not self.learnable and self._layout == "interval" and work == x.dtype:
+                    low, high = self.low, self.high
+                    if torch_typed.broadcast_shapes(x.shape, low.shape, high.shape) == x.shape:
+                        low, high = low.to(work), high.to(work)
+                        gain = _maps.box_gain(low, high, self.slope)
+                        return _handfused.sigmoid_box_value_and_slope(x.detach(), low, high, gain, out)
+                return super().value_and_slope(x, out)
+            low_w, high_w = low.to(device=x.device, dtype=work), high.to(device=x.device, dtype=work)
+            constants = (low_w, high_w, _maps.box_gain(low_w, high_w, self.slope))
+            key = (low._version, high._version, x.dtype, x.device, self.slope)
+            kept = _FOLD_CONSTANTS[self] = (low, high, key, constants)
+        low_w, high_w, gain = kept[3]
+        return _handfused.sigmoid_box_value_and_slope(x.detach(), low_w, high_w, gain, out)
 
     def inverse(self, y: Tensor) -> Tensor:
         work = compute_dtype(y.dtype)

@@ -388,7 +388,7 @@ _INFINITE_ADVICE = "one-sided bounds must be finite (Box accepts per-element inf
 def _check_method(method: str, owner: str) -> PositiveMethod:
     if method not in _METHODS:
         raise SpecError(f"{owner}: method must be one of {list(_METHODS)}; got {method!r}.")
-    return method  # type: ignore[return-value]
+    return method  # type: ignore[return-value]  # one of PositiveMethod's values, checked above
 
 
 def _typical_distance(
