@@ -6,6 +6,7 @@ bounds that require grad through every fusion mode."""
 from __future__ import annotations
 
 import math
+import pickle
 import re
 
 import pytest
@@ -51,6 +52,34 @@ def test_project_acts_on_a_module_that_also_holds_a_penalty_tensor():
     optimizer.step()
     torch.testing.assert_close(layer.weight, torch.ones(3, 3), rtol=0, atol=0)
     assert float(layer.bias.detach().min()) > 1.0, "the penalised bias was projected"
+
+
+class _Doubled(nn.Module):
+    """A plain torch parametrization (not paramshape's), for a module that holds both kinds."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return 2 * x
+
+    def right_inverse(self, y: Tensor) -> Tensor:
+        return y / 2
+
+
+def test_a_pickled_module_with_a_torch_parametrization_beside_a_constraint_keeps_its_checks():
+    """Unpickling rebuilds every parametrization of a module; paramshape's checks (assignment, the
+    getter that notices lost writes) come back when any one of them is paramshape's, not only when
+    all are."""
+    layer = nn.Linear(2, 2)
+    torch.nn.utils.parametrize.register_parametrization(layer, "bias", _Doubled())
+    ps.constrain(layer, "weight", ps.Box(-1.0, 1.0))
+    restored = pickle.loads(pickle.dumps(layer))
+    with pytest.raises(ps.InfeasibleValueError, match="weight"):
+        restored.weight = torch.full((2, 2), 5.0)
+    restored.weight = torch.full((2, 2), 0.5)
+    torch.testing.assert_close(restored.weight, torch.full((2, 2), 0.5))
+    with torch.no_grad():
+        restored.weight.mul_(2)  # lost: the value is recomputed at the next read, which says so
+    with pytest.warns(ps.ParamshapeWarning, match="written in place"):
+        _ = restored.weight
 
 
 # ------------------------------------------------------------------ penalty: the exact distance
