@@ -763,8 +763,12 @@ def test_a_constraint_follows_a_tensor_removed_for_a_moment_and_assigned_anew():
     layer.weight = None
     ps.project_(layer)  # a walk while the tensor is missing
     assert float(ps.penalty(layer)) == 0.0
-    layer.weight = nn.Parameter(torch.full((2, 2), 5.0))
+    fresh = nn.Parameter(torch.full((2, 2), 0.5))  # a Parameter assigned must lie in the set
+    layer.weight = fresh
+    with torch.no_grad():
+        fresh.fill_(5.0)  # and the one now registered is the one projected
     ps.project_(layer)
+    assert layer.weight is fresh
     torch.testing.assert_close(layer.weight, torch.ones(2, 2), rtol=0, atol=0)
 
 
