@@ -36,6 +36,7 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -47,6 +48,10 @@ import torch
 from torch import Tensor, nn
 
 import paramshape as ps
+
+# A sibling file, not a package: this script runs by path (see _tables.py).
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _tables import markdown_table
 
 try:
     with warnings.catch_warnings():
@@ -313,16 +318,23 @@ def run(steps: int, problems: list[str]) -> list[dict[str, Any]]:
     return results
 
 
+COLUMNS = (
+    "problem",
+    "strategy",
+    "loss gap (relative)",
+    "distance to set",
+    "ms/step",
+    "time vs unconstrained",
+)
+
+
 def table(results: list[dict[str, Any]]) -> str:
-    head = "| problem | strategy | loss gap (relative) | distance to set | ms/step | time vs unconstrained |"
-    lines = [head, "|---|---|---|---|---|---|"]
+    rows = []
     for r in results:
         ratio = "-" if r["time vs unconstrained"] is None else f"{r['time vs unconstrained']:.2f}x"
-        lines.append(
-            f"| {r['problem']} | {r['strategy']} | {r['loss gap']:.1e} | {r['distance to set']:.1e} | "
-            f"{r['ms/step']:.3f} | {ratio} |"
-        )
-    return "\n".join(lines)
+        gap, distance, ms = f"{r['loss gap']:.1e}", f"{r['distance to set']:.1e}", f"{r['ms/step']:.3f}"
+        rows.append([r["problem"], r["strategy"], gap, distance, ms, ratio])
+    return markdown_table(COLUMNS, rows)
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:

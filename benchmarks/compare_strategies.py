@@ -38,6 +38,7 @@ import json
 import math
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -49,6 +50,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import paramshape as ps
+
+# A sibling file, not a package: this script runs by path (see _tables.py).
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _tables import markdown_table
 
 WEIGHT_BOUND = 0.25  # B: the box of every hidden weight, [-B, B]
 OUTPUT_BOUND = 1.0  # the outputs' box, [-1, 1]
@@ -472,13 +477,8 @@ HEAD_COLUMNS = [
 
 def table(results: list[dict[str, Any]], columns: list[tuple[str, str, str]] = COLUMNS) -> str:
     """The results as a Markdown table."""
-    header = "| " + " | ".join(title for title, _, _ in columns) + " |"
-    rule = "|" + "|".join("---" for _ in columns) + "|"
-    lines = [header, rule]
-    for result in results:
-        cells = [_cell(fmt, result[key]) for _, key, fmt in columns]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    rows = [[_cell(fmt, result[key]) for _, key, fmt in columns] for result in results]
+    return markdown_table([title for title, _, _ in columns], rows)
 
 
 def _cell(fmt: str, value: Any) -> str:

@@ -15,6 +15,7 @@ Run from the repository root (about a minute on 2 CPU cores)::
 
     python benchmarks/memory.py                        # 16, 64 and 256 MB
     python benchmarks/memory.py --sizes 8 32 --spec "greater_than(0)" --json memory.json
+    python benchmarks/memory.py --sizes 16 --spec positive_definite --matrix 32x32  # matrix sets
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def _status(key: str) -> int:
         return int(re.search(key + r":\s+(\d+)", status.read()).group(1)) * 1024
 
 
-def _child(operation: str, megabytes: int, spec: str) -> dict[str, float]:
+def _child(operation: str, megabytes: int, spec: str, matrix: str | None = None) -> dict[str, float]:
     """Run one operation in this (fresh) process and return its peak beyond the resident size."""
     import torch
     from torch import nn
@@ -45,15 +46,24 @@ def _child(operation: str, megabytes: int, spec: str) -> dict[str, float]:
 
     torch.set_num_threads(1)
 
-    def build(rows: int, cols: int) -> nn.Linear:
-        layer = nn.Linear(cols, rows, bias=False)
+    class Batch(nn.Module):
+        """A batch of matrices, ``(batch, rows, cols)``: what matrix sets are checked over."""
+
+        def __init__(self, batch: int, rows: int, cols: int) -> None:
+            super().__init__()
+            self.weight = nn.Parameter(torch.empty(batch, rows, cols))
+
+    def build(rows: int, cols: int) -> nn.Module:
+        layer: nn.Module = nn.Linear(cols, rows, bias=False)
+        if matrix is not None:
+            layer = Batch(max(1, rows * cols // (m_rows * m_cols)), m_rows, m_cols)
         with torch.no_grad():
             layer.weight.uniform_(-0.5, 0.5)
             # A value inside the set (init="keep" checks it): vector sets need more than a box.
             layer.weight.copy_(ps.resolve(spec).to_interior(layer.weight))
         return layer
 
-    def run(layer: nn.Linear, incoming: torch.Tensor, plain: dict[str, torch.Tensor]) -> None:
+    def run(layer: nn.Module, incoming: torch.Tensor, plain: dict[str, torch.Tensor]) -> None:
         if operation == "constrain":
             ps.constrain(layer, "weight", spec)
         elif operation == "assign":
@@ -61,6 +71,7 @@ def _child(operation: str, megabytes: int, spec: str) -> dict[str, float]:
         else:
             layer.load_state_dict(plain)
 
+    m_rows, m_cols = (int(n) for n in (matrix or "0x0").split("x"))
     rows = 1024
     cols = megabytes * 2**20 // (4 * rows)
     for size in ((8, 16), (rows, cols)):  # the tiny one first: imports and first-call caches
@@ -86,16 +97,22 @@ def main() -> None:
     )
     parser.add_argument("--sizes", type=int, nargs="+", default=[16, 64, 256], help="tensor sizes in MB")
     parser.add_argument("--spec", default="box(-1, 1)", help="the constraint (a spec string)")
+    parser.add_argument(
+        "--matrix",
+        help="ROWSxCOLS: a batch of matrices of this shape instead of a Linear weight (matrix sets)",
+    )
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(_child(args.child[0], int(args.child[1]), args.spec)))
+        print(json.dumps(_child(args.child[0], int(args.child[1]), args.spec, args.matrix)))
         return
     results = []
     for megabytes in args.sizes:
         for operation in OPERATIONS:
             command = [sys.executable, __file__, "--spec", args.spec, "--child", operation, str(megabytes)]
+            if args.matrix:
+                command[2:2] = ["--matrix", args.matrix]
             # A fixed mmap threshold: glibc otherwise raises it after the first large free (up to
             # 32 MB), and freed blocks below it stay resident, hiding later peaks from VmHWM.
             env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(1 << 17)}
@@ -104,14 +121,17 @@ def main() -> None:
     with open("/proc/cpuinfo") as info:
         names = [line.split(":", 1)[1].strip() for line in info if line.startswith("model name")]
     cpu = names[0] if names else platform.processor()
-    print(f"Peak memory beyond the tensor, in tensor sizes ({args.spec}, float32, {cpu}):")
+    shape = f"batch of {args.matrix} matrices" if args.matrix else "Linear weight of 1024 rows"
+    print(f"Peak memory beyond the tensor, in tensor sizes ({args.spec}, float32 {shape}, {cpu}):")
     print(f"{'size':>8} " + " ".join(f"{operation:>10}" for operation in OPERATIONS))
     for megabytes in args.sizes:
         row = {r["operation"]: r["ratio"] for r in results if r["megabytes"] == megabytes}
         print(f"{megabytes:>5} MB " + " ".join(f"{row[operation]:>10.2f}" for operation in OPERATIONS))
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump({"spec": args.spec, "cpu": cpu, "results": results}, handle, indent=2)
+            json.dump(
+                {"spec": args.spec, "matrix": args.matrix, "cpu": cpu, "results": results}, handle, indent=2
+            )
 
 
 if __name__ == "__main__":

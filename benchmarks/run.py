@@ -49,6 +49,7 @@ import math
 import os
 import platform
 import statistics
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -64,6 +65,10 @@ from torch.nn.utils import parametrize
 
 import paramshape as ps
 from paramshape.fusion.compiled import AUTO_MIN_ELEMENTS, _backend
+
+# A sibling file, not a package: this script runs by path (see _tables.py).
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _tables import markdown_table
 
 HERE = Path(__file__).resolve().parent
 
@@ -120,6 +125,14 @@ def interleaved(
     return results
 
 
+def interleaved_rows(
+    variants: dict[str, Callable[[], Any]], rounds: int, reps: int, baseline: str, **labels: Any
+) -> list[dict[str, Any]]:
+    """:func:`interleaved`, as table rows: per variant ``{**labels, "variant": name, "ms": ..., ...}``."""
+    timed = interleaved(variants, rounds, reps, baseline=baseline)
+    return [{**labels, "variant": name, **entry} for name, entry in timed.items()]
+
+
 @contextmanager
 def fusion_mode(mode: str | None) -> Iterator[None]:
     with ps.fusion(mode) if mode is not None else nullcontext():
@@ -173,9 +186,7 @@ def transform_alone(sizes: list[int], rounds: int) -> list[dict[str, Any]]:
                 variants = {name: _forward_backward(fn, mode, x, grad) for name, (fn, mode) in maps.items()}
             for run in variants.values():  # warm-up; compiles the fused kernel
                 run()
-            timed = interleaved(variants, rounds, reps, baseline="floor (clone)")
-            for name, entry in timed.items():
-                rows.append({"size": size, "kind": kind, "variant": name, **entry})
+            rows += interleaved_rows(variants, rounds, reps, "floor (clone)", size=size, kind=kind)
     return rows
 
 
@@ -298,14 +309,8 @@ def training_step(
         for step in variants.values():  # warm-up: compiles, allocator, Adam state
             for _ in range(3):
                 step(x, y)
-        timed = interleaved(
-            {name: functools.partial(step, x, y) for name, step in variants.items()},
-            rounds,
-            steps,
-            baseline="unconstrained",
-        )
-        for name, entry in timed.items():
-            rows.append({"batch": batch, "variant": name, **entry})
+        steps_on_xy = {name: functools.partial(step, x, y) for name, step in variants.items()}
+        rows += interleaved_rows(steps_on_xy, rounds, steps, "unconstrained", batch=batch)
     return rows
 
 
@@ -430,13 +435,8 @@ def small_step(batch: int, rounds: int, steps: int) -> list[dict[str, Any]]:
     for step in variants.values():
         for _ in range(5):
             step(x, y)
-    timed = interleaved(
-        {name: functools.partial(step, x, y) for name, step in variants.items()},
-        rounds,
-        steps,
-        baseline="unconstrained",
-    )
-    return [{"batch": batch, "variant": name, **entry} for name, entry in timed.items()]
+    steps_on_xy = {name: functools.partial(step, x, y) for name, step in variants.items()}
+    return interleaved_rows(steps_on_xy, rounds, steps, "unconstrained", batch=batch)
 
 
 # ------------------------------------------------------------------------------------ 2b. size sweep
@@ -485,9 +485,7 @@ def size_sweep(sizes: list[int], rounds: int) -> list[dict[str, Any]]:
         for fn in variants.values():
             fn()
         reps = max(3, min(400, int(4e6 // max(size, 1))))
-        timed = interleaved(variants, rounds, reps, baseline="floor (x * 1.0)")
-        for name, entry in timed.items():
-            rows.append({"size": size, "variant": name, **entry})
+        rows += interleaved_rows(variants, rounds, reps, "floor (x * 1.0)", size=size)
     return rows
 
 
@@ -531,14 +529,8 @@ def geotorch_comparison(width: int, batch: int, rounds: int, steps: int) -> tupl
             variants[label] = Step(model)
         for step in variants.values():
             step(x, y)
-        timed = interleaved(
-            {name: functools.partial(step, x, y) for name, step in variants.items()},
-            rounds,
-            steps,
-            baseline="unconstrained",
-        )
-        for name, entry in timed.items():
-            rows.append({"constraint": constraint, "variant": name, **entry})
+        steps_on_xy = {name: functools.partial(step, x, y) for name, step in variants.items()}
+        rows += interleaved_rows(steps_on_xy, rounds, steps, "unconstrained", constraint=constraint)
     return rows, ""
 
 
@@ -758,10 +750,7 @@ def machine() -> dict[str, Any]:
     }
 
 
-def table(headers: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
+table = markdown_table
 
 
 def _ratio(value: float) -> str:

@@ -1,7 +1,10 @@
 """What issue 10's state checks cost, as ratios measured side by side in one process.
 
-* ``step``: an Adam step of a small constrained MLP with paramshape's optimizer-resume hooks
-  installed, against the same step with them removed (interleaved rounds, median of each).
+* ``step``: an Adam step of a small constrained MLP with paramshape's optimizer step hooks (the
+  dispatcher's, which run the resume check and the saturation check) installed, against the same
+  step with them removed (interleaved rounds, median of each).
+* ``plain_model_step``: an Adam step of a model with no constrained tensor while the dispatcher's
+  hooks are installed (another model is constrained), against torch alone (the hooks removed).
 * ``apply``: ``model.apply(fn)`` on the constrained model (which reads every constrained value once
   to catch init writes) against ``apply`` on the same architecture unconstrained, and against one
   forward pass of the constrained model (for scale).
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -23,8 +27,8 @@ import torch.optim.optimizer as optimizer_module
 from torch import nn
 
 import paramshape as ps
-from paramshape.attach import resume
 from paramshape.lookup.modules import fast_read
+from paramshape.strategies import dispatch
 
 
 def small_model(watch_writes: bool) -> nn.Module:
@@ -69,7 +73,7 @@ def main() -> None:
         model(x).square().mean().backward()
         opt.step()
 
-    hooks = list(resume._HOOKS)
+    hooks = list(dispatch._HOOKS)  # the step dispatcher's two global hooks (resume check, saturation)
     pre, post = optimizer_module._global_optimizer_pre_hooks, optimizer_module._global_optimizer_post_hooks
     saved = {h.id: (pre.get(h.id), post.get(h.id)) for h in hooks}
 
@@ -87,10 +91,37 @@ def main() -> None:
     step()
     with_times, without_times, apply_times, plain_apply_times, forward_times = [], [], [], [], []
     plain = nn.Sequential(*(nn.Linear(args.width, args.width) for _ in range(4)))
+    # A model with no constrained tensor, stepped while the constrained one above keeps the
+    # dispatcher's hooks installed: what paramshape costs an optimizer it has nothing to do with.
+    plain_opt = torch.optim.Adam(plain.parameters(), lr=1e-3)
+
+    def plain_step() -> None:
+        plain_opt.zero_grad()
+        plain(x).square().mean().backward()
+        plain_opt.step()
+
+    def plain_without_hooks() -> None:
+        for h in hooks:
+            pre.pop(h.id, None)
+            post.pop(h.id, None)
+        plain_step()
+        for hid, (a, b) in saved.items():
+            if a is not None:
+                pre[hid] = a
+            if b is not None:
+                post[hid] = b
+
+    plain_step()
+    plain_ratios = []
     noop = lambda module: None
-    for _ in range(args.rounds):
+    for round_index in range(args.rounds):
         with_times.append(timed(step, args.repeat))
         without_times.append(timed(without_hooks, args.repeat))
+        pair = (
+            (plain_step, plain_without_hooks) if round_index % 2 == 0 else (plain_without_hooks, plain_step)
+        )
+        first, second = timed(pair[0], args.repeat), timed(pair[1], args.repeat)
+        plain_ratios.append(first / second if pair[0] is plain_step else second / first)
         apply_times.append(timed(lambda: model.apply(noop), args.repeat))
         plain_apply_times.append(timed(lambda: plain.apply(noop), args.repeat))
         forward_times.append(timed(lambda: model(x), args.repeat))
@@ -130,6 +161,8 @@ def main() -> None:
                 "step_with_hooks_over_without": statistics.median(with_times)
                 / statistics.median(without_times),
                 "step_ms": statistics.median(with_times) * 1e3,
+                "plain_model_step_with_hooks_over_without": statistics.median(plain_ratios),
+                "load_average": os.getloadavg()[0],
                 "apply_over_plain_apply": statistics.median(apply_times)
                 / statistics.median(plain_apply_times),
                 "apply_us": statistics.median(apply_times) * 1e6,

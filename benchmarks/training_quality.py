@@ -47,6 +47,7 @@ import json
 import math
 import platform
 import statistics
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -59,6 +60,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import paramshape as ps
+
+# A sibling file, not a package: this script runs by path (see _tables.py).
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _tables import markdown_table
 
 METHODS = (
     "hand",
@@ -564,22 +569,22 @@ def evaluate(
     return rows
 
 
+#: The columns of :func:`format_table`, the table in docs/strategies.md.
+TABLE_COLUMNS = ("problem", "method", "final quality (mean +- sd)", "vs hand", "steps to hand's quality")
+TABLE_COLUMNS += ("time ratio", "notes")
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
-    lines = [
-        "| problem | method | final quality (mean +- sd) | vs hand | steps to hand's quality | time ratio | notes |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    cells = []
     for r in rows:
         method = f"**{r['method']}**" if r["recommended"] else r["method"]
         reach = (
             "-" if r["steps_to_baseline"] is None else f"{r['steps_to_baseline']:.0f} / {r['total_steps']}"
         )
         notes = ", ".join(f"{k} {r[k]:.2f}" for k in ("saturated", "exact_zeros", "logit_scale") if k in r)
-        lines.append(
-            f"| {r['problem']} | {method} | {r['final_mean']:.4g} +- {r['final_sd']:.2g} | {r['verdict']} "
-            f"| {reach} | {r['time_ratio']:.2f} | {notes} |"
-        )
-    return "\n".join(lines)
+        quality = f"{r['final_mean']:.4g} +- {r['final_sd']:.2g}"
+        cells.append([r["problem"], method, quality, r["verdict"], reach, f"{r['time_ratio']:.2f}", notes])
+    return markdown_table(TABLE_COLUMNS, cells)
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:

@@ -103,6 +103,16 @@ def lagrangian_holder() -> nn.Module:
     return ps.constrain(module, "w", "box(-1, 1)", method="lagrangian")
 
 
+def large_exponent() -> nn.Module:
+    """A plain layer, then a PositiveDeterminant weight whose exponent (norm 3) is beyond float16's
+    cap (1.73): moving to float16 would change its value."""
+    layer = ps.constrain(nn.Linear(3, 3), "weight", "positive_determinant", init="sample")
+    with torch.no_grad():
+        stored = layer.parametrizations.weight.original
+        stored.copy_(torch.eye(3) * (3.0 / math.sqrt(3.0)))
+    return nn.Sequential(nn.Linear(3, 3), layer)
+
+
 @dataclass(frozen=True)
 class Row:
     what: str
@@ -110,6 +120,20 @@ class Row:
     call: Callable[[nn.Module], object]
     error: type[Exception]
     message: str
+
+
+def _nan_into_stored(module: nn.Module) -> None:
+    """A blanket init function that reaches parametrize's stored tensors (apply recurses there)."""
+    if hasattr(module, "original"):
+        with torch.no_grad():
+            module.original.fill_(math.nan)
+
+
+def _nan_into_bounds(module: nn.Module) -> None:
+    if isinstance(module, ps.Box):
+        with torch.no_grad():
+            for tensor in module.parameters(recurse=False):
+                tensor.fill_(math.nan)
 
 
 ROWS = [
@@ -388,6 +412,52 @@ ROWS = [
         lambda m: ps.Symmetric()(torch.rand(1, 3)),
         ps.ShapeMismatchError,
         "Symmetric() needs square matrices in the last two dimensions; the tensor of shape (1, 3) holds 1 x 3 ones.",
+    ),
+    Row(
+        "Parameter outside the set assigned under method='project'",
+        lambda: ps.constrain(nn.Linear(2, 2), "weight", "box(-1, 1)", method="project"),
+        lambda m: setattr(m, "weight", nn.Parameter(torch.full((2, 2), 5.0))),
+        ps.InfeasibleValueError,
+        "'weight' of Linear (shape (2, 2), float32): 4 of 4 values lie outside Box(low=-1.0, high=1.0)",
+    ),
+    Row(
+        "move that would change a PositiveDeterminant value",
+        large_exponent,
+        lambda m: m.half(),
+        ps.SpecError,
+        "'weight' of Linear: a move to torch.float16 would change PositiveDeterminant()'s value, not only "
+        "round it: the matrix has an exponent of Frobenius norm 3",
+    ),
+    Row(
+        "meta tensor assigned",
+        lambda: ps.constrain(nn.Linear(2, 2), "weight", "box(-1, 1)"),
+        lambda m: setattr(m, "weight", torch.zeros(2, 2, device="meta")),
+        ps.UnsupportedTensorError,
+        "'weight' of Linear (shape (2, 2), float32): the value assigned is on the meta device, which holds no values",
+    ),
+    Row(
+        "checkpoint with both key formats for one tensor",
+        lambda: ps.constrain(nn.Linear(2, 2), "weight", "box(-1, 1)"),
+        lambda m: m.load_state_dict({**m.state_dict(), "weight": torch.zeros(2, 2)}),
+        ps.ConstraintConflictError,
+        "Checkpoint for 'weight' of Linear (shape (2, 2), float32): it holds both the constrained value 'weight' "
+        "and the stored unconstrained tensor 'parametrizations.weight.original'",
+    ),
+    Row(
+        "init function that writes NaN into the stored tensor",
+        lambda: ps.constrain(nn.Linear(2, 2), "weight", "box(-1, 1)"),
+        lambda m: m.apply(_nan_into_stored),
+        ps.InfeasibleValueError,
+        "'weight' of Linear (shape (2, 2), float32): the call wrote NaN or infinity into its stored tensor "
+        "'parametrizations.weight.original'",
+    ),
+    Row(
+        "init function that poisons learnable bounds",
+        lambda: ps.constrain(nn.Linear(2, 2), "weight", ps.Box(-1, 1, learnable=True)),
+        lambda m: m.apply(_nan_into_bounds),
+        ps.SpecError,
+        "'weight' of Linear: the call wrote into the settings of its constraint Box(low=-1.0, high=1.0, "
+        "learnable=True) (a bound became NaN or infinite)",
     ),
 ]
 

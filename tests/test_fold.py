@@ -92,9 +92,12 @@ def test_values_and_gradients_match_the_default(spec: ps.Transform, dtype: torch
         )
 
 
-def test_training_trajectory_matches_the_default() -> None:
+@pytest.mark.parametrize("foreach", [False, True])
+def test_training_trajectory_matches_the_default(foreach: bool) -> None:
+    # foreach=True: the optimizer's grouped kernels take the group's gradients (views of one
+    # product) as they take separate tensors.
     default, folded = _pair()
-    optimizers = [torch.optim.Adam(m.parameters(), lr=1e-3) for m in (default, folded)]
+    optimizers = [torch.optim.Adam(m.parameters(), lr=1e-3, foreach=foreach) for m in (default, folded)]
     for step in range(30):
         for model, optimizer in zip((default, folded), optimizers, strict=True):
             optimizer.zero_grad()
@@ -233,3 +236,67 @@ def test_a_graph_built_before_a_step_keeps_the_slopes_it_used() -> None:
         loss.backward()
     for a, b in zip(default.parameters(), folded.parameters(), strict=True):
         torch.testing.assert_close(b.grad, a.grad)
+
+
+def test_a_group_costs_one_gradient_hook_per_refresh(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The members' values are views of one flat leaf: one gradient hook per step for the group
+    (not one per tensor), and each stored tensor gets a gradient of its own shape."""
+    _, folded = _pair()
+    calls = []
+    original = torch.Tensor.register_post_accumulate_grad_hook
+
+    def counting(self: torch.Tensor, hook: object) -> object:
+        calls.append(self.shape)
+        return original(self, hook)
+
+    monkeypatch.setattr(torch.Tensor, "register_post_accumulate_grad_hook", counting)
+    _loss(folded).backward()
+    total = sum(p.numel() for p in folded.parameters())
+    assert calls == [torch.Size([total])]
+    for parameter in folded.parameters():
+        assert parameter.grad is not None
+        assert parameter.grad.shape == parameter.shape
+
+
+def test_box_value_and_slope_follows_its_bounds() -> None:
+    """Box.value_and_slope keeps what it derives from its bounds between calls; an in-place write
+    to a bound, a new bound and another dtype are seen."""
+    box = ps.Box(-0.01, 0.01)
+    x = torch.linspace(-0.05, 0.05, 11)
+    for change in (None, "fill", "assign", "double"):
+        if change == "fill":
+            with torch.no_grad():
+                box.high.fill_(0.02)
+        elif change == "assign":
+            box.low = -0.03
+        elif change == "double":
+            box = box.double()
+            x = x.double()
+        value, slope = box.value_and_slope(x)
+        reference = x.clone().requires_grad_()
+        expected = box(reference)
+        (expected_slope,) = torch.autograd.grad(expected.sum(), reference)
+        # Within 2 ulps of the larger bound: the fold tolerance of the values (small tensors'
+        # forward takes the reference arithmetic, rounded in another order).
+        eps = torch.finfo(x.dtype).eps
+        bound = max(abs(float(box.low)), abs(float(box.high)))
+        torch.testing.assert_close(value, expected.detach(), rtol=0, atol=2 * eps * bound)
+        torch.testing.assert_close(slope, expected_slope, rtol=8 * eps, atol=8 * eps)
+
+
+def test_a_group_of_frozen_tensors_serves_plain_values() -> None:
+    """Every stored tensor of a group frozen: the values are the map of the stored tensors and
+    require no grad (no flat leaf, no hook); unfrozen again, they train."""
+    default, folded = _pair()
+    for parameter in folded.parameters():
+        parameter.requires_grad_(False)
+    for i in (0, 2, 4):
+        value = folded[i].weight
+        assert not value.requires_grad
+        torch.testing.assert_close(value, default[i].weight.detach(), rtol=0, atol=1e-9)
+    for parameter in folded.parameters():
+        parameter.requires_grad_(True)
+    _loss(folded).backward()
+    _loss(default).backward()
+    for a, b in zip(_grads(default), _grads(folded), strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-9)

@@ -167,3 +167,102 @@ def test_fuzz_dtype_moves(existing, overflow, dtype):
         ps.constrain(model, "0.weight", "box(-1, 1)")
     error = works_or_changes_nothing(model, lambda: model.to(dtype))
     assert (error is not None) == (overflow and dtype == torch.float16)
+
+
+# --------------------------------------------------------------- round 2's paths (issue 10, round 3)
+# One tensor per family that round 2 added or changed: fold=True, learnable bounds, a complex set,
+# LowRank's factored store, the manifolds, Sinkhorn; each entry point drawn with its spoilers.
+FAMILIES = {
+    "fold": (lambda: ps.Box(-1, 1), (3, 3), torch.float32, {"fold": True}),
+    "learnable": (lambda: ps.Box(-1, 1, learnable=True), (3,), torch.float32, {}),
+    "unitary": (lambda: ps.Unitary(), (3, 3), torch.complex64, {}),
+    "low_rank": (lambda: ps.LowRank(rank=1), (4, 3), torch.float32, {}),
+    "grassmannian": (lambda: ps.Grassmannian(), (4, 2), torch.float32, {}),
+    "special_linear": (lambda: ps.SpecialLinear(), (3, 3), torch.float32, {}),
+    "doubly_stochastic": (lambda: ps.DoublyStochastic(), (3, 3), torch.float32, {}),
+}
+
+
+def build_family(family: str) -> nn.Module:
+    make, shape, dtype, kwargs = FAMILIES[family]
+    torch.manual_seed(0)
+    module = nn.Module()
+    module.w = nn.Parameter(torch.randn(shape, dtype=dtype))
+    module.b = nn.Parameter(torch.rand(2))  # a plain sibling, loaded by torch
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ps.ParamshapeWarning)
+        return ps.constrain(module, "w", make(), init="project", **kwargs)
+
+
+def spoiled(value: torch.Tensor, spoil: str) -> torch.Tensor:
+    value = value.detach().clone()
+    if spoil == "nan":
+        value.view(-1)[0] = math.nan
+    elif spoil == "scaled":
+        value = value * 3.0
+    elif spoil == "shape":
+        value = torch.zeros(7, dtype=value.dtype)
+    return value
+
+
+@given(
+    family=st.sampled_from(sorted(FAMILIES)),
+    spoil=st.sampled_from(["none", "nan", "scaled", "shape"]),
+    entry=st.sampled_from(["attribute", "parameter", "register_parameter"]),
+)
+def test_fuzz_assignment_of_round_two_families(family, spoil, entry):
+    module = build_family(family)
+    value = spoiled(module.w, spoil)
+    operation = {
+        "attribute": lambda: setattr(module, "w", value),
+        "parameter": lambda: setattr(module, "w", nn.Parameter(value)),
+        "register_parameter": lambda: module.register_parameter("w", nn.Parameter(value)),
+    }[entry]
+    error = works_or_changes_nothing(module, operation)
+    if spoil == "none":
+        assert error is None
+    if spoil in ("nan", "shape"):
+        assert error is not None
+
+
+@given(
+    family=st.sampled_from(sorted(FAMILIES)),
+    plain_keys=st.booleans(),
+    spoil=st.sampled_from(["none", "nan", "scaled", "shape"]),
+    strict=st.booleans(),
+    assign=st.booleans(),
+)
+def test_fuzz_checkpoint_loads_of_round_two_families(family, plain_keys, spoil, strict, assign):
+    module = build_family(family)
+    source = ps.plain_state_dict(module) if plain_keys else module.state_dict()
+    checkpoint = {key: value.detach().clone() for key, value in source.items()}
+    key = "w" if plain_keys else "parametrizations.w.original"
+    checkpoint[key] = spoiled(checkpoint[key], spoil if plain_keys or spoil != "scaled" else "none")
+    error = works_or_changes_nothing(
+        module, lambda: module.load_state_dict(checkpoint, strict=strict, assign=assign)
+    )
+    if spoil == "none":
+        assert error is None
+    if spoil in ("nan", "shape"):
+        assert error is not None
+
+
+@given(
+    family=st.sampled_from(sorted(FAMILIES)),
+    dtype=st.sampled_from([torch.float64, torch.float16, torch.bfloat16, torch.complex128]),
+    back=st.booleans(),
+)
+def test_fuzz_dtype_moves_of_round_two_families(family, dtype, back):
+    module = build_family(family)
+    start = module.w.dtype
+
+    def move() -> None:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Complex modules are a new feature", UserWarning)  # torch's
+            module.to(dtype)
+            if back:
+                module.to(start)
+
+    error = works_or_changes_nothing(module, move)
+    # A move is refused only where it would change the kind of set (complex to real or back).
+    assert (error is not None) == (start.is_complex != dtype.is_complex)

@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from paramshape.attach.assign import install_parameter_assignment
+from paramshape.attach.assign import install_parameter_assignment, install_plain_assignment_check
 from paramshape.attach.checkpoint import install_module_support
 from paramshape.attach.moves import install_move_check
 from paramshape.attach.planning import Plan
-from paramshape.attach.reinit import install_init_support
-from paramshape.attach.rollback import rollback_on_failure
-from paramshape.lookup.modules import TensorRef, fast_read, paramshape_transform
+from paramshape.attach.reinit import install_init_support, install_plain_init_support
+from paramshape.attach.rollback import replace_data, rollback_on_failure, sole_owner
+from paramshape.lookup.modules import TensorRef, fast_read, parametrization_chain, paramshape_transform
 from paramshape.strategies.folded import FoldedValue, group_folded
 from paramshape.strategies.methods import plain_entry
 from paramshape.strategies.saturation import watch
 from paramshape.strategies.state import discard_state_if_empty, state_of
-from paramshape.transforms.base import Transform
+from paramshape.transforms.base import Transform, registering
 
 __all__ = ["apply_plans"]
 
@@ -26,14 +28,43 @@ def apply_plans(root: nn.Module, plans: list[Plan]) -> None:
     """Apply every plan, or none: on any failure (``KeyboardInterrupt`` included) the root and every
     owner get back their class, tensors, order, hooks, parametrizations and data."""
     owners = [root, *(plan.ref.owner for plan in plans)]
-    rollback = rollback_on_failure(owners, (plan.ref.storage() for plan in plans))
+    # A tensor alone on its storage gets the new data by set_ and the rollback keeps its old storage
+    # by reference: no backup copy at constrain's memory peak. Shared storage (tied, flat buffers)
+    # is written into, as before, and copied for the rollback.
+    swapped: dict[int, Tensor] = {}
+    for plan in plans:
+        storage = plan.ref.storage()
+        if storage is not None and sole_owner(storage, _aliases(storage, plan)):
+            swapped[id(storage)] = storage
+    for plan in plans:
+        plan.swap = id(plan.ref.storage()) in swapped
+    copied = [plan.ref.storage() for plan in plans if not plan.swap]
+    rollback = rollback_on_failure(owners, copied, swapped.values())
     try:
         for plan in plans:
             _apply_one(root, plan)
-        group_folded([p.ref.owner.parametrizations[p.ref.name]._paramshape_folded for p in plans if p.fold])
+        group_folded(
+            [cast(FoldedValue, _chain(p)._paramshape_folded) for p in plans if p.fold]  # set by _apply_one
+        )
     except BaseException:
         rollback.restore()
         raise
+
+
+def _chain(plan: Plan) -> parametrize.ParametrizationList:
+    return parametrization_chain(plan.ref.owner, plan.ref.name)
+
+
+def _aliases(storage: Tensor, plan: Plan) -> int:
+    """How many of the plan's own tensors are views of ``storage`` (``init="keep"``'s target is)."""
+    return sum(
+        1
+        for tensor in {
+            id(t): t for t in (plan.target, plan.raw) if t is not None and t is not storage
+        }.values()
+        if tensor.device.type != "meta"
+        and tensor.untyped_storage().data_ptr() == storage.untyped_storage().data_ptr()
+    )
 
 
 def _apply_one(root: nn.Module, plan: Plan) -> None:
@@ -42,10 +73,13 @@ def _apply_one(root: nn.Module, plan: Plan) -> None:
     if plan.method == "reparam":
         if state is not None and state.pop_plain(ref.name) is not None:
             discard_state_if_empty(ref.owner)
-        _attach(ref, plan.transform, plan.target, plan.raw)
-        chain = ref.owner.parametrizations[ref.name]
+        # The value the plan checked is not admitted again, and its dry-run inverse is reused.
+        with registering(ref.storage(), plan.stored):
+            _attach(ref, plan.transform, plan.target, plan.raw, plan.swap)
+        chain = parametrization_chain(ref.owner, ref.name)
         if plan.fold:
-            chain._paramshape_folded = FoldedValue(chain.original, plan.transform)
+            # A plain attribute (neither tensor nor module), which Module.__setattr__ would store here too.
+            chain.__dict__["_paramshape_folded"] = FoldedValue(chain.original, plan.transform)
         else:  # a new constraint on a folded tensor replaces the fold too
             chain.__dict__.pop("_paramshape_folded", None)
         install_module_support(root, ref.owner)
@@ -57,15 +91,18 @@ def _apply_one(root: nn.Module, plan: Plan) -> None:
     if paramshape_transform(ref.owner, ref.name) is not None:
         # The same Parameter object stays, now holding the constrained value.
         parametrize.remove_parametrizations(ref.owner, ref.name, leave_parametrized=True)
-    storage = ref.owner._parameters[ref.name]
-    with torch.no_grad():
-        storage.copy_(plan.target)
+    storage = cast(nn.Parameter, ref.owner._parameters[ref.name])  # planning: only Parameters go plain
+    replace_data(storage, plan.target, plan.swap)
     entry = plain_entry(plan.transform, plan.method, plan.weight, storage)
-    state_of(ref.owner, create=True).put_plain(ref.name, entry)  # type: ignore[union-attr]
+    state_of(ref.owner, create=True).put_plain(ref.name, entry)  # type: ignore[union-attr]  # create=True: never None
     install_module_support(root, ref.owner)  # checkpoints are checked against the set too
+    install_plain_assignment_check()  # and a Parameter assigned in its place
+    install_plain_init_support(ref.owner)  # reset_parameters()/apply(init_fn) keep it in the set
 
 
-def _attach(ref: TensorRef, transform: Transform, target: Tensor, raw: Tensor | None) -> None:
+def _attach(
+    ref: TensorRef, transform: Transform, target: Tensor, raw: Tensor | None, swap: bool = False
+) -> None:
     """Register ``transform`` on ``ref`` holding ``target`` (or exactly ``raw``). On failure the
     caller's rollback puts everything back."""
     # parametrize refuses a stored tensor of another shape unless told it is intended; the plan's
@@ -76,22 +113,22 @@ def _attach(ref: TensorRef, transform: Transform, target: Tensor, raw: Tensor | 
         if previous is None:
             storage = ref.storage()
             non_persistent = ref.name in ref.owner._non_persistent_buffers_set
-            storage.copy_(target)
+            replace_data(storage, target, swap)
             # unsafe=True skips parametrize's own consistency check, a forward of the whole tensor
             # (one more copy at the peak): the dry run checked shape and dtype, and every later
             # assignment is held to the shape by Transform.admit.
             parametrize.register_parametrization(ref.owner, ref.name, transform, unsafe=True)
-            ref.owner.parametrizations[ref.name].unsafe = reshapes
+            parametrization_chain(ref.owner, ref.name).unsafe = reshapes
             fast_read(ref.owner, ref.name)
             if non_persistent:
                 # parametrize re-registers the buffer as a persistent 'original'; a buffer the
                 # user kept out of state_dict stays out, and so do its transform's settings.
-                chain = ref.owner.parametrizations[ref.name]
+                chain = parametrization_chain(ref.owner, ref.name)
                 chain._non_persistent_buffers_set.add("original")
                 transform._non_persistent_buffers_set.update(name for name, _ in transform.named_buffers())
         else:
             # Replace in place: the module keeps its parametrized class and the same Parameter.
-            chain = ref.owner.parametrizations[ref.name]
+            chain = parametrization_chain(ref.owner, ref.name)
             transform.train(ref.owner.training)
             chain[0] = transform
             chain.unsafe = reshapes

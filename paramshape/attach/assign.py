@@ -10,19 +10,83 @@ exactly as ``layer.weight = w`` is. The module keeps its own stored tensor (what
 earlier holds); the ``Parameter`` object given is not registered. ``register_parameter(name, None)``
 on a constrained name raises :class:`~paramshape.ConstraintConflictError` saying to call
 :func:`~paramshape.unconstrain` first.
+
+A tensor kept plain (``method="project"``, ``"riemannian"``, ``"penalty"``, ``"lagrangian"``) is
+replaced by a new ``Parameter`` as torch does it, but torch's global parameter-registration hook
+(:func:`install_plain_assignment_check`) checks the new one first, as a checkpoint load is checked:
+its shape, and for ``"project"`` and ``"riemannian"`` that it lies in the set (it would otherwise
+stay outside until the next optimizer step, and forever in inference), for the other two that it
+is finite. A refused ``Parameter`` is not registered; the module keeps its tensor.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from paramshape.errors import ConstraintConflictError
+from paramshape.errors import ConstraintConflictError, InfeasibleValueError, ShapeMismatchError
+from paramshape.errors.report import format_shape, tensor_label
 from paramshape.lookup.modules import paramshape_transform, type_name
+from paramshape.strategies.state import state_of
 
-__all__ = ["install_parameter_assignment"]
+__all__ = ["install_parameter_assignment", "install_plain_assignment_check"]
+
+_plain_hook: Any = None
+_PLAIN_HINT = (
+    "A tensor constrained with method='{method}' is projected only after an optimizer step; a "
+    "Parameter assigned to it must already lie in the set (project it first: "
+    "transform.project(value)), or it would stay outside until then, and in inference for good."
+)
+
+
+def install_plain_assignment_check() -> None:
+    """Register (once per process) torch's global parameter-registration hook that checks a
+    ``Parameter`` assigned to a name paramshape keeps plain (see the module's docstring)."""
+    global _plain_hook
+    if _plain_hook is None:
+        _plain_hook = nn.modules.module.register_module_parameter_registration_hook(_check_plain_assignment)
+
+
+def _check_plain_assignment(module: nn.Module, name: str, param: Tensor) -> None:
+    state = state_of(module)
+    entry = state.plain.get(name) if state is not None else None
+    if entry is None or param is entry.tensor:
+        return
+    label = f"'{name}' of {type_name(module)}"
+    current = entry.tensor
+    if param.shape != current.shape:
+        raise ShapeMismatchError(
+            f"{tensor_label(label, current)}: the Parameter assigned has shape {format_shape(param.shape)}; "
+            f"the constrained tensor needs {format_shape(current.shape)}. Nothing was changed."
+        )
+    if param.device.type == "meta":
+        return  # no values yet (deferred initialisation)
+    with torch.no_grad():
+        value = param.detach()
+        if entry.method in ("project", "riemannian"):
+            transform = entry.transform
+            if value.dtype != current.dtype or value.device != current.device:
+                # Checked at the new tensor's own precision, without moving the module's transform.
+                dtype = value.dtype.to_real() if value.is_complex() else value.dtype
+                transform = copy.deepcopy(transform).to(device=value.device, dtype=dtype)
+            saved = transform._target
+            transform._target = label
+            try:
+                transform.validate(
+                    value, hint=_PLAIN_HINT.format(method=entry.method) + " Nothing was changed."
+                )
+            finally:
+                transform._target = saved
+        elif not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            raise InfeasibleValueError(
+                f"{tensor_label(label, value)}: {bad} of {value.numel()} values of the Parameter assigned "
+                f"are NaN or infinite (method='{entry.method}'). Nothing was changed."
+            )
 
 
 def install_parameter_assignment(owner: nn.Module) -> None:

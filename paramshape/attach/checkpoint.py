@@ -27,9 +27,10 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from paramshape.attach.assign import install_parameter_assignment
-from paramshape.attach.moves import install_move_check
-from paramshape.attach.reinit import install_init_support
+from paramshape.attach.moves import install_move_check, install_root_move_check
+from paramshape.attach.reinit import ProjectingInit, install_init_support
 from paramshape.errors import (
+    ConstraintConflictError,
     InfeasibleValueError,
     ParamshapeError,
     ShapeMismatchError,
@@ -85,17 +86,47 @@ def plain_state_dict(module: nn.Module) -> dict[str, Tensor]:
 
 def install_module_support(root: nn.Module, owner: nn.Module) -> None:
     """Called by :func:`~paramshape.constrain` after attaching a transform to a tensor of ``owner``:
-    make plain-key checkpoints load into ``owner`` (and, validated all at once, into ``root``) and
-    make ``owner`` picklable. Idempotent."""
+    make plain-key checkpoints load into ``owner`` (and, validated all at once, into ``root``),
+    check loads and moves of ``root`` as a whole before any child changes, and make ``owner``
+    picklable. Idempotent."""
     for module in {id(root): root, id(owner): owner}.values():
-        if not any(
-            getattr(hook, "hook", hook) is _load_plain_keys
-            for hook in module._load_state_dict_pre_hooks.values()
-        ):
-            module._register_load_state_dict_pre_hook(_load_plain_keys, with_module=True)
+        _install_load_check(module)
+    install_root_checks(root)
     cls = type(owner)
     if parametrize.is_parametrized(owner) and cls.__dict__.get("__reduce_ex__") is not _reduce_parametrized:
         cls.__reduce_ex__ = _reduce_parametrized  # the dynamic Parametrized<Cls> class only
+
+
+def _install_load_check(module: nn.Module) -> None:
+    if not any(
+        getattr(hook, "hook", hook) is _load_plain_keys for hook in module._load_state_dict_pre_hooks.values()
+    ):
+        module._register_load_state_dict_pre_hook(_load_plain_keys, with_module=True)
+
+
+#: Set in the ``__dict__`` of a module whose loads and moves are checked as a whole (a root).
+_ROOT = "_paramshape_root"
+_registration_hook: Any = None
+
+
+def install_root_checks(root: nn.Module) -> None:
+    """Make ``root.load_state_dict`` and ``root.half()`` (any ``_apply``) check every constrained
+    tensor under it before any child is loaded or converted, and do the same for every module
+    ``root`` is registered under later (torch's global module-registration hook; it is not
+    retroactive, so parents that already hold ``root`` are not reached). Idempotent."""
+    global _registration_hook
+    _install_load_check(root)  # each idempotent: a rollback may have removed one and not the other
+    install_root_move_check(root)
+    root.__dict__[_ROOT] = True
+    if _registration_hook is None:
+        _registration_hook = nn.modules.module.register_module_module_registration_hook(_on_registration)
+
+
+def _on_registration(parent: nn.Module, name: str, child: Any) -> None:
+    """torch's hook for ``parent.name = child`` and ``add_module``: a parent of a checked root is
+    checked as a whole too, so its plain children are not loaded or converted before a refusal."""
+    if isinstance(child, nn.Module) and child.__dict__.get(_ROOT) and not parent.__dict__.get(_ROOT):
+        install_root_checks(parent)
 
 
 # ------------------------------------------------------------------------ plain-key checkpoints
@@ -202,6 +233,15 @@ def check_checkpoint(root: nn.Module, state_dict: Mapping[str, Any], prefix: str
         plain_key, stored_key = stem + name, stem + _STORED.format(name=name)
         original = owner.parametrizations[name].original
         checker = _with_stored_settings(transform, state_dict, stem + f"parametrizations.{name}.0.")
+        if stored_key in state_dict and plain_key in state_dict:
+            # Two values for one tensor (a plain_state_dict merged into a state_dict): torch would
+            # load one and call the other unexpected; which one was meant is not ours to guess.
+            raise ConstraintConflictError(
+                f"Checkpoint for {tensor_label(repr(stem + name) + ' of ' + type_name(root), original)}: "
+                f"it holds both the constrained value '{plain_key}' and the stored unconstrained tensor "
+                f"'{stored_key}'; keep one of them (ps.plain_state_dict gives the first, state_dict the "
+                "second). Nothing was loaded."
+            )
         if stored_key in state_dict:
             value = _tensor_entry(state_dict, stored_key, original, original.shape)
             if value is not None and not bool(torch.isfinite(value).all()):
@@ -301,7 +341,9 @@ def _reduce_parametrized(self: nn.Module, protocol: int) -> tuple:
     """Pickle a parametrized module as its original class plus the chains to re-attach: parametrize's
     dynamic ``Parametrized<Cls>`` class cannot be found by name when unpickling."""
     base = parametrize.type_before_parametrizations(self)
-    state = dict(self.__dict__)
+    # A ProjectingInit refers back to the module (a reduce argument that is the object being
+    # reduced would recurse); the rebuilt class's own reset_parameters/apply project instead.
+    state = {k: v for k, v in self.__dict__.items() if not isinstance(v, ProjectingInit)}
     modules = dict(state["_modules"])
     chains = modules.pop("parametrizations")
     state["_modules"] = modules
@@ -313,14 +355,21 @@ def _reduce_parametrized(self: nn.Module, protocol: int) -> tuple:
                 "tensors (weight_norm style), which paramshape cannot rebuild. Save model.state_dict() "
                 "instead, or call ps.unconstrain(model) first."
             )
-        entries.append((name, chain.original, list(chain), chain.unsafe))
+        # What paramshape keeps on the chain itself: whether the stored tensor is a non-persistent
+        # buffer (it stays out of state_dict), and fold=True's cached value.
+        extra = {
+            "persistent": "original" not in chain._non_persistent_buffers_set,
+            "attributes": {k: v for k, v in chain.__dict__.items() if k.startswith("_paramshape")},
+        }
+        entries.append((name, chain.original, list(chain), chain.unsafe, extra))
     return _rebuild_parametrized, (base, state, entries)
 
 
 def _rebuild_parametrized(base: type[nn.Module], state: dict[str, Any], entries: list) -> nn.Module:
     module = base.__new__(base)
     module.__dict__.update(state)
-    for name, original, chain, unsafe in entries:
+    for name, original, chain, unsafe, *rest in entries:
+        extra = rest[0] if rest else {}
         raw = original.detach().clone()
         with torch.no_grad():
             # Register from the first link's value, then put the raw tensor back exactly.
@@ -331,7 +380,11 @@ def _rebuild_parametrized(base: type[nn.Module], state: dict[str, Any], entries:
             parametrize.register_parametrization(module, name, link, unsafe=True)
         with torch.no_grad():
             original.set_(raw)
-        module.parametrizations[name].unsafe = unsafe
+        rebuilt = module.parametrizations[name]
+        rebuilt.unsafe = unsafe
+        if not extra.get("persistent", True):
+            rebuilt._non_persistent_buffers_set.add("original")
+        rebuilt.__dict__.update(extra.get("attributes", {}))
     if any(paramshape_transform(module, name) is not None for name, *_ in entries):
         install_module_support(module, module)
         install_init_support(module)

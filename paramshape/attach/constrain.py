@@ -13,12 +13,15 @@ from torch.nn.utils import parametrize
 
 from paramshape.attach.applying import apply_plans
 from paramshape.attach.planning import check_distinct, check_learnable, check_method, plan
-from paramshape.attach.resume import record_names
+from paramshape.attach.resume import record_learnable, record_names
+from paramshape.attach.rollback import rollback_on_failure
 from paramshape.errors import ConstraintConflictError, ParamshapeWarning, SpecError
 from paramshape.lookup.modules import (
     AliasIndex,
     constrained_tensors,
     locate,
+    parametrization_chain,
+    parametrized_names,
     paramshape_transform,
     refuse_inside_compile,
     type_name,
@@ -184,6 +187,25 @@ def constrain(
     """
     refuse_inside_compile("constrain")
     module = unwrap(module)
+    for moved in _constrain(module, name, spec, init, method, weight, fold):
+        warnings.warn(moved, ParamshapeWarning, stacklevel=2)
+    return module
+
+
+# Dynamo never traces the work: reached from a compiled function without fullgraph, constrain runs
+# eagerly at the graph break (refuse_inside_compile above is what fullgraph reports); traced, its
+# deep copies and storage scans fail inside Dynamo instead.
+@torch.compiler.disable  # type: ignore[untyped-decorator]  # torch leaves it unannotated
+def _constrain(
+    module: nn.Module,
+    name: str | Mapping[str, Spec],
+    spec: Spec | None,
+    init: InitPolicy,
+    method: ConstraintMethod,
+    weight: float | None,
+    fold: bool,
+) -> list[str]:
+    """constrain's work after the compile check; returns the warnings to give the caller."""
     if init not in _POLICIES:
         raise SpecError(f"init must be one of {list(_POLICIES)}; got {init!r}.")
     weight = check_method(method, weight)
@@ -205,10 +227,8 @@ def constrain(
         planned.fold = True
     record_names(module)  # the names before this call, for the optimizer-resume check
     apply_plans(module, plans)
-    for planned in plans:
-        if planned.moved is not None:
-            warnings.warn(planned.moved, ParamshapeWarning, stacklevel=2)
-    return module
+    record_learnable(module)  # an optimizer that misses learnable bounds warns at its first step
+    return [planned.moved for planned in plans if planned.moved is not None]
 
 
 def constraints(module: nn.Module) -> dict[str, Transform]:
@@ -274,27 +294,48 @@ def unconstrain(module: nn.Module, name: str | None = None) -> nn.Module:
     """
     refuse_inside_compile("unconstrain")
     module = unwrap(module)
+    targets = _unconstrain_targets(module, name)
+    # All or nothing: a failure (a KeyboardInterrupt, a foreign parametrization that cannot read its
+    # new stored value) puts back every tensor already given back.
+    owners = [module, *(owner for owner, _, _ in targets)]
+    stored = [parametrization_chain(owner, tensor).original for owner, tensor, reparam in targets if reparam]
+    rollback = rollback_on_failure(owners, stored)
+    try:
+        for owner, tensor_name, reparam in targets:
+            if reparam:
+                _remove_transform(owner, tensor_name)
+            else:
+                state = state_of(owner)
+                if state is not None:
+                    state.pop_plain(tensor_name)
+                discard_state_if_empty(owner)
+    except BaseException:
+        rollback.restore()
+        raise
+    return module
+
+
+def _unconstrain_targets(module: nn.Module, name: str | None) -> list[tuple[nn.Module, str, bool]]:
+    """``(owner, tensor name, whether reparametrised)`` for each constraint :func:`unconstrain`
+    removes, found before anything changes; raises as :func:`unconstrain` documents."""
     if name is None:
-        for _, owner, tensor_name, _ in list(constrained_tensors(module, stacked=True)):
-            _remove_transform(owner, tensor_name)
-        for _, owner, state in list(module_states(module)):
-            for tensor_name in list(state.plain):
-                state.pop_plain(tensor_name)
-            discard_state_if_empty(owner)
-        return module
+        targets = [(owner, tensor, True) for _, owner, tensor, _ in constrained_tensors(module, stacked=True)]
+        for _, owner, owned in module_states(module):
+            targets.extend((owner, tensor, False) for tensor in owned.plain)
+        return targets
     if is_pattern(name):
+        found: list[tuple[nn.Module, str, bool]] = []
         for dotted in match_names(module, name, list(constraints(module))):
-            unconstrain(module, dotted)
-        return module
+            for target in _unconstrain_targets(module, dotted):
+                if not any(t[0] is target[0] and t[1] == target[1] for t in found):
+                    found.append(target)
+        return found
     ref = locate(module, name)
     if paramshape_transform(ref.owner, ref.name, stacked=True) is not None:
-        _remove_transform(ref.owner, ref.name)
-        return module
+        return [(ref.owner, ref.name, True)]
     state = state_of(ref.owner)
     if state is not None and ref.name in state.plain:
-        state.pop_plain(ref.name)
-        discard_state_if_empty(ref.owner)
-        return module
+        return [(ref.owner, ref.name, False)]
     listing = ", ".join(constraints(module)) or "none"
     raise ConstraintConflictError(
         f"'{name}' of {type_name(module)} carries no paramshape constraint. Constrained tensors: {listing}."
@@ -305,7 +346,7 @@ def _entries(root: nn.Module) -> Iterator[tuple[str, ConstraintInfo]]:
     """Every constrained tensor under ``root``, module by module: parametrized ones, then plain ones."""
     for prefix, module in root.named_modules():
         if parametrize.is_parametrized(module):
-            for name in list(module.parametrizations.keys()):
+            for name in parametrized_names(module):
                 transform = paramshape_transform(module, name, stacked=True)
                 if transform is not None:
                     yield _join(prefix, name), ConstraintInfo(transform)
@@ -325,7 +366,7 @@ def _remove_transform(owner: nn.Module, name: str) -> None:
     """Remove paramshape's transform from ``owner.name``, keeping the constrained value; foreign
     parametrizations stacked on top of it (``spectral_norm``, ``weight_norm``) stay, now reading the
     constrained value as their stored tensor."""
-    chain = owner.parametrizations[name]
+    chain = parametrization_chain(owner, name)
     if len(chain) == 1:
         parametrize.remove_parametrizations(owner, name, leave_parametrized=True)
         return

@@ -28,6 +28,7 @@ from paramshape.lookup.modules import (
     TensorRef,
     locate,
     memory_span,
+    parametrization_chain,
     paramshape_transform,
     spans_overlap,
     type_name,
@@ -62,6 +63,12 @@ class Plan:
     moved: str | None
     #: ``constrain(..., fold=True)``: reads served from a value cached per change of the stored tensor.
     fold: bool = False
+    #: The stored (unconstrained) tensor the dry run computed for ``target``, kept for small tensors
+    #: so that registering does not compute it again; ``None``: computed when registering.
+    stored: Tensor | None = None
+    #: Set when applied: the stored tensor is alone on its storage, so it gets new data by ``set_``
+    #: and the rollback keeps the old storage instead of a copy (attach.rollback.replace_data).
+    swap: bool = False
 
 
 def check_method(method: str, weight: float | None) -> float | None:
@@ -123,8 +130,8 @@ def plan(
         return Plan(ref, transform, method, weight, current, None, None)
     if method == "reparam":
         target, raw, moved = _initial_value(transform, current, init, exact=False)
-        _dry_run(transform, target if raw is None else raw, current, raw is not None)
-        return Plan(ref, transform, method, weight, target, raw, moved)
+        stored = _dry_run(transform, target if raw is None else raw, current, raw is not None)
+        return Plan(ref, transform, method, weight, target, raw, moved, stored=stored)
     if method == "riemannian":
         _check_manifold(transform)
         if current.is_complex():  # the Riemannian steps' inner products are written for reals
@@ -248,7 +255,7 @@ def _check_tensor(
 def _check_foreign(ref: TensorRef, root: nn.Module) -> None:
     existing = parametrize.is_parametrized(ref.owner, ref.name)
     if existing and paramshape_transform(ref.owner, ref.name) is None:
-        chain = ", ".join(type(p).__name__ for p in ref.owner.parametrizations[ref.name])
+        chain = ", ".join(type(p).__name__ for p in parametrization_chain(ref.owner, ref.name))
         raise ConstraintConflictError(
             f"'{ref.path}' of {type_name(root)} already carries parametrizations paramshape did "
             f"not attach ({chain}). Remove them with torch.nn.utils.parametrize."
@@ -382,9 +389,16 @@ def _initial_value(
         return transform.sample(current.shape, dtype=current.dtype, device=current.device), None, None
 
 
-def _dry_run(transform: Transform, value: Tensor, current: Tensor, value_is_raw: bool) -> None:
+#: A dry run's stored tensor is kept for registering up to this many values (a plan of many small
+#: tensors holds them all until they are registered; a large one is computed again, in blocks).
+KEEP_STORED_ELEMENTS = 65536
+
+
+def _dry_run(transform: Transform, value: Tensor, current: Tensor, value_is_raw: bool) -> Tensor | None:
     """Run the inverse and forward once, outside the module, so a broken transform fails here
-    (with a clear message) instead of half-way through the registration."""
+    (with a clear message) instead of half-way through the registration. Returns the stored tensor
+    it computed when the value is one block of at most :data:`KEEP_STORED_ELEMENTS` values."""
+    kept = None
     scale = _stored_scale(transform, value)
     # An elementwise transform runs a block of rows at a time (Transform._row_blocks), so the check
     # costs a few MB beyond the tensor instead of several copies of it; others run on the whole.
@@ -401,7 +415,11 @@ def _dry_run(transform: Transform, value: Tensor, current: Tensor, value_is_raw:
         if not bool(torch.isfinite(raw).all()):
             raise TransformError(f"{transform!r}.inverse returned non-finite values for a value in its set.")
         _check_stored_values(transform, constrained, None if value_is_raw else part, scale)
+        if start is None and raw.numel() <= KEEP_STORED_ELEMENTS:
+            # A copy when it is the value itself (init="raw"): registering swaps it in as storage.
+            kept = raw.clone() if value_is_raw else raw
         del raw, constrained
+    return kept
 
 
 def _stored_scale(transform: Transform, value: Tensor) -> float:

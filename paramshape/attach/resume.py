@@ -16,22 +16,23 @@ weight's Adam moments to the bias, silently when the shapes agree. The order can
 * before the first ``step()`` of each optimizer, a parameter whose state carries another name than
   its own raises :class:`~paramshape.ConstraintConflictError` naming both, before any update.
 
-Both hooks do their work once per optimizer; later steps cost one set lookup.
+Both run from :mod:`paramshape.strategies.dispatch` once per optimizer; later steps skip them.
 """
 
 from __future__ import annotations
 
+import warnings
 import weakref
 import zlib
 from typing import Any
 
 import torch
-import torch.optim.optimizer as _optimizer
 from torch import Tensor, nn
 
-from paramshape.errors import ConstraintConflictError
+from paramshape.errors import ConstraintConflictError, ParamshapeWarning
+from paramshape.strategies import dispatch
 
-__all__ = ["STATE_KEY", "record_names"]
+__all__ = ["STATE_KEY", "record_learnable", "record_names"]
 
 #: The per-parameter optimizer-state entry holding the checksum of the parameter's name.
 STATE_KEY = "paramshape_name"
@@ -41,7 +42,8 @@ STATE_KEY = "paramshape_name"
 _NAMES: dict[int, tuple[weakref.ref[Tensor], str]] = {}
 _CHECKED: weakref.WeakSet[torch.optim.Optimizer] = weakref.WeakSet()
 _STAMPED: weakref.WeakSet[torch.optim.Optimizer] = weakref.WeakSet()
-_HOOKS: list[Any] = []
+# By id of a stored tensor: its name and the learnable bounds of its transform (weakly held).
+_LEARNABLE: dict[int, tuple[weakref.ref[Tensor], str, list[tuple[str, weakref.ref[Tensor]]]]] = {}
 
 
 def record_names(root: nn.Module) -> None:
@@ -52,9 +54,62 @@ def record_names(root: nn.Module) -> None:
     for name, tensor in root.named_parameters():
         if _name_of(tensor) is None:
             _NAMES[id(tensor)] = (weakref.ref(tensor), _public(name))
-    if not _HOOKS:
-        _HOOKS.append(_optimizer.register_optimizer_step_pre_hook(_check_before_first_step))
-        _HOOKS.append(_optimizer.register_optimizer_step_post_hook(_stamp_after_first_step))
+    dispatch.changed()
+    dispatch.enable(_HANDLER)
+
+
+def _concerns(optimizer: torch.optim.Optimizer) -> bool:
+    """An optimizer not yet checked or stamped that steps a parameter with a recorded name."""
+    if optimizer in _CHECKED and optimizer in _STAMPED:
+        return False
+    return any(
+        _name_of(p) is not None or id(p) in _LEARNABLE
+        for group in optimizer.param_groups
+        for p in group["params"]
+    )
+
+
+def record_learnable(root: nn.Module) -> None:
+    """Remember, for every stored tensor under ``root`` whose transform has learnable bounds, those
+    bounds: an optimizer built before ``constrain`` holds the stored tensor but not them, and would
+    leave them untrained without a word (:func:`_check_before_first_step` warns)."""
+    for key in [key for key, (ref, _, _) in _LEARNABLE.items() if ref() is None]:
+        del _LEARNABLE[key]
+    for prefix, module in root.named_modules():
+        chains = module._modules.get("parametrizations")
+        if chains is None:
+            continue
+        for name, chain in chains.items():
+            bounds = list(chain[0].named_parameters())
+            if not bounds or not hasattr(chain, "original"):
+                continue
+            path = f"{prefix}.{name}" if prefix else name
+            refs = [(f"{path}.0.{n}", weakref.ref(p)) for n, p in bounds]
+            _LEARNABLE[id(chain.original)] = (weakref.ref(chain.original), path, refs)
+    dispatch.changed()
+    dispatch.enable(_HANDLER)
+
+
+def _warn_missing_bounds(optimizer: torch.optim.Optimizer) -> None:
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    for param_id in held:
+        entry = _LEARNABLE.get(param_id)
+        if entry is None or entry[0]() is None or id(entry[0]()) != param_id:
+            continue
+        missing = [
+            name
+            for name, ref in entry[2]
+            if (bound := ref()) is not None and bound.requires_grad and id(bound) not in held
+        ]
+        if missing:
+            warnings.warn(
+                f"The optimizer holds '{entry[1]}' but not its learnable bounds ({', '.join(missing)}), "
+                "which it will not train: it was built before ps.constrain(..., learnable=True) added "
+                "them. Build the optimizer after ps.constrain, or add them with "
+                "optimizer.add_param_group; freeze them with requires_grad_(False) to keep them fixed.",
+                ParamshapeWarning,
+                stacklevel=5,
+            )
 
 
 def _name_of(tensor: Tensor) -> str | None:
@@ -78,6 +133,8 @@ def _check_before_first_step(optimizer: torch.optim.Optimizer, args: Any, kwargs
     if optimizer in _CHECKED:
         return
     _CHECKED.add(optimizer)
+    if _LEARNABLE:
+        _warn_missing_bounds(optimizer)
     for index, param in enumerate(p for group in optimizer.param_groups for p in group["params"]):
         state = optimizer.state.get(param)
         saved = state.get(STATE_KEY) if isinstance(state, dict) else None
@@ -100,12 +157,19 @@ def _stamp_after_first_step(optimizer: torch.optim.Optimizer, args: Any, kwargs:
     if optimizer in _STAMPED:
         return
     _STAMPED.add(optimizer)
+    dispatch.forget(optimizer)  # done with it: its later steps skip this handler
     for group in optimizer.param_groups:
         for param in group["params"]:
             state = optimizer.state.get(param)
             name = _name_of(param)
             if name is not None and isinstance(state, dict) and state:
                 state[STATE_KEY] = _checksum(name)
+
+
+#: First of all (nothing updated before the check), and last after the step.
+_HANDLER = dispatch.StepHandler(
+    "resume", order=0, concerns=_concerns, pre=_check_before_first_step, post=_stamp_after_first_step
+)
 
 
 def _checksum(name: str) -> int:

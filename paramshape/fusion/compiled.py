@@ -28,6 +28,7 @@ import time
 import warnings
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
+from types import FrameType
 from typing import Any, Literal, cast, get_args
 
 import torch
@@ -162,7 +163,7 @@ def set_fusion(mode: FusionMode) -> FusionMode:
         raise SpecError(f"fusion mode must be one of {list(_MODES)}; got {mode!r}.")
     previous = _state.mode
     _state.mode = mode
-    return previous  # type: ignore[return-value]
+    return previous  # type: ignore[return-value]  # _state.mode only ever holds a checked FusionMode
 
 
 def get_fusion() -> FusionMode:
@@ -173,7 +174,7 @@ def get_fusion() -> FusionMode:
         >>> ps.get_fusion()
         'auto'
     """
-    return _state.mode  # type: ignore[return-value]
+    return _state.mode  # type: ignore[return-value]  # only ever a checked FusionMode
 
 
 @contextlib.contextmanager
@@ -255,7 +256,8 @@ def _run_eager(
         out = spec.eager(x, *tensors, *settings)
         if out is not None:
             return out
-    return transform.forward(x)
+    value: Tensor = transform.forward(x)  # a Transform's forward; nn.Module types it Any
+    return value
 
 
 def _compiles(spec: Fusable, x: Tensor, mode: str) -> bool:
@@ -333,7 +335,8 @@ def _dynamic_parameter_shapes() -> Callable[[], None]:
     config = torch._dynamo.config
     patcher = getattr(config, "_make_closure_patcher", None)
     if patcher is not None:  # 2 us a call, where config.patch takes 15
-        return patcher(force_parameter_static_shapes=False)()
+        restore: Callable[[], None] = patcher(force_parameter_static_shapes=False)()
+        return restore
     context = config.patch(force_parameter_static_shapes=False)
     context.__enter__()
     return lambda: context.__exit__(None, None, None)
@@ -380,7 +383,7 @@ _FRAMES_TO_SEARCH = 10
 def _registering() -> bool:
     """Whether the transform is being called by ``register_parametrization`` or ``ps.constrain``,
     which run it once as a check: compiling there would put seconds into ``constrain()``."""
-    frame = sys._getframe(3)
+    frame: FrameType | None = sys._getframe(3)
     for _ in range(_FRAMES_TO_SEARCH):
         if frame is None:
             return False

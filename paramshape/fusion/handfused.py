@@ -17,6 +17,7 @@ import math
 import torch
 from torch import Tensor
 
+from paramshape.numerics import torch_typed
 from paramshape.numerics.maps import box_gain
 from paramshape.numerics.precision import compute_dtype
 
@@ -33,11 +34,15 @@ def sigmoid_box(x: Tensor, low: Tensor, high: Tensor, layout: str, slope: float 
     tensors, or when the bounds would broadcast ``x`` to a larger shape."""
     if layout != "interval" or x.numel() < MIN_ELEMENTS:
         return None
-    if (low.dim() or high.dim()) and torch.broadcast_shapes(x.shape, low.shape, high.shape) != x.shape:
+    if (low.dim() or high.dim()) and torch_typed.broadcast_shapes(x.shape, low.shape, high.shape) != x.shape:
         return None
     work = compute_dtype(x.dtype)
     low, high = low.to(work), high.to(work)
-    y, _ = _SigmoidBox.apply(x.to(work), low, high, box_gain(low, high, slope))
+    # Function.apply is unannotated in torch; forward below states what it returns.
+    outputs: tuple[Tensor, Tensor] = _SigmoidBox.apply(  # type: ignore[no-untyped-call]
+        x.to(work), low, high, box_gain(low, high, slope)
+    )
+    y = outputs[0]
     return y.to(x.dtype)
 
 
@@ -93,6 +98,7 @@ class _SigmoidBox(torch.autograd.Function):
         # CPU; writing g w into u's layout transposes it once, in the same pass.
         total = torch.empty_like(u)
         if grad_y is None:
+            assert grad_u is not None  # both None returned above
             torch.neg(grad_u, out=total)
         else:
             torch.mul(grad_y, width, out=total)

@@ -4,6 +4,7 @@ any bijective ``torch.distributions.transforms.Transform`` as a paramshape trans
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -12,6 +13,7 @@ from torch.distributions import transforms as torch_transforms
 
 from paramshape.errors import SpecError, SpecTypeError
 from paramshape.errors.report import format_index
+from paramshape.numerics import torch_typed
 from paramshape.numerics.precision import INTERIOR_FRACTION, compute_dtype
 from paramshape.transforms.base import Transform
 from paramshape.transforms.elementwise.bounds import elementwise_excess
@@ -76,13 +78,16 @@ def from_constraint(constraint: constraints.Constraint) -> Transform:
     kind = type(constraint)
     if kind is constraints._Real:
         return Affine()
+    # The kinds are compared exactly (a subclass may mean another set); the casts tell the type
+    # checker what the comparison established.
     if kind in (constraints._GreaterThan, constraints._GreaterThanEq):
-        low = constraint.lower_bound
+        low = cast(constraints._GreaterThan, constraint).lower_bound
         return Positive() if _is_number(low, 0.0) else GreaterThan(low)
     if kind is constraints._LessThan:
-        return LessThan(constraint.upper_bound)
+        return LessThan(cast(constraints._LessThan, constraint).upper_bound)
     if kind in (constraints._Interval, constraints._HalfOpenInterval):
-        low, high = constraint.lower_bound, constraint.upper_bound
+        interval = cast(constraints._Interval, constraint)
+        low, high = interval.lower_bound, interval.upper_bound
         if _is_number(low, 0.0) and _is_number(high, 1.0):
             return UnitInterval()
         return Box(low, high)
@@ -132,7 +137,7 @@ def constraint_excess(constraint: constraints.Constraint, y: Tensor) -> Tensor:
     high = _bound(getattr(constraint, "upper_bound", None), y)
     if constraint.event_dim == 0 and (low is not None or high is not None):
         return elementwise_excess(y, low, high)
-    passed = constraint.check(y)
+    passed = torch_typed.constraint_check(constraint, y)
     for _ in range(constraint.event_dim):
         passed = passed.unsqueeze(-1)
     return torch.where(passed, 0.0, 1.0).to(torch.float64)
@@ -238,6 +243,7 @@ class TorchTransform(Transform):
                 "(for SoftmaxTransform use ps.Simplex())."
             )
         self.transform = transform
+        # Per instance: the ClassVar defaults of Transform do not fit a wrapper of any torch transform.
         self.event_dim = transform.codomain.event_dim  # type: ignore[misc]
         self.element_noun = "slices" if self.event_dim else "values"  # type: ignore[misc]
 
@@ -245,21 +251,25 @@ class TorchTransform(Transform):
         return f"TorchTransform({' '.join(repr(self.transform).split())})"
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.transform(x.to(compute_dtype(x.dtype))).to(x.dtype)
+        value: Tensor = self.transform(x.to(compute_dtype(x.dtype)))
+        return value.to(x.dtype)
 
     def inverse(self, y: Tensor) -> Tensor:
-        return self.transform.inv(y.to(compute_dtype(y.dtype))).to(y.dtype)
+        stored: Tensor = self.transform.inv(y.to(compute_dtype(y.dtype)))
+        return stored.to(y.dtype)
 
     def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
         """The wrapped transform's ``log_abs_det_jacobian(x, y)``, computed as the maps are."""
         work = compute_dtype(x.dtype)
-        return self.transform.log_abs_det_jacobian(x.to(work), y.to(work)).to(x.dtype)
+        # torch.distributions' Transform methods are unannotated.
+        log_det: Tensor = self.transform.log_abs_det_jacobian(x.to(work), y.to(work))  # type: ignore[no-untyped-call]
+        return log_det.to(x.dtype)
 
     def forward_shape(self, shape: torch.Size) -> torch.Size:
-        return torch.Size(self.transform.forward_shape(shape))
+        return torch.Size(self.transform.forward_shape(shape))  # type: ignore[no-untyped-call]  # unannotated in torch
 
     def inverse_shape(self, shape: torch.Size) -> torch.Size:
-        return torch.Size(self.transform.inverse_shape(shape))
+        return torch.Size(self.transform.inverse_shape(shape))  # type: ignore[no-untyped-call]  # unannotated in torch
 
     def domain_coordinates(self, x: Tensor) -> Tensor:
         count = self.transform.domain.event_dim

@@ -11,6 +11,7 @@ from torch.distributions import constraints
 from paramshape.errors import SpecError, SpecTypeError
 from paramshape.errors.report import format_scalar
 from paramshape.interop.distributions import constraint_excess, describe_constraint_failure, interior_through
+from paramshape.numerics import torch_typed
 from paramshape.numerics.precision import compute_dtype
 from paramshape.transforms.base import Transform
 
@@ -112,6 +113,7 @@ class FunctionTransform(Transform):
         self._codomain = codomain
         self._ldj = log_abs_det_jacobian
         self.bijective = bool(bijective)
+        # Per instance: the ClassVar defaults of Transform do not fit a wrapper of any constraint.
         self.event_dim = codomain.event_dim  # type: ignore[misc]
         self.element_noun = "slices" if self.event_dim else "values"  # type: ignore[misc]
         self._try_pair()
@@ -183,7 +185,11 @@ class FunctionTransform(Transform):
                 y = self._forward(x)
                 _expect(isinstance(y, Tensor) and y.shape == x.shape, self, "forward must keep the shape")
                 _expect(bool(torch.isfinite(y).all()), self, "forward gave non-finite values")
-                _expect(bool(self._codomain.check(y).all()), self, "forward left the codomain")
+                _expect(
+                    bool(torch_typed.constraint_check(self._codomain, y).all()),
+                    self,
+                    "forward left the codomain",
+                )
                 back = self._inverse(y)
                 _expect(
                     isinstance(back, Tensor) and back.shape == y.shape, self, "inverse must keep the shape"
@@ -214,7 +220,7 @@ def _close(got: Tensor, want: Tensor, accuracy: float, transform: FunctionTransf
         )
 
 
-def _name(function: Callable) -> str:
+def _name(function: Callable[..., object]) -> str:
     return getattr(function, "__name__", type(function).__name__)
 
 

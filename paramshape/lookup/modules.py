@@ -7,7 +7,7 @@ import warnings
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -25,6 +25,8 @@ __all__ = [
     "fast_read",
     "locate",
     "memory_span",
+    "parametrization_chain",
+    "parametrized_names",
     "paramshape_transform",
     "refuse_inside_compile",
     "shares_memory",
@@ -71,6 +73,18 @@ def locate(root: nn.Module, dotted: str) -> TensorRef:
     if owner is None or not _holds_tensor(owner, name):
         raise TensorNotFoundError(_not_found_message(root, dotted))
     return TensorRef(owner, name, dotted)
+
+
+def parametrization_chain(owner: nn.Module, name: str) -> parametrize.ParametrizationList:
+    """``owner.parametrizations[name]`` (``owner.name`` must be parametrized), typed: torch types
+    ``Module.__getattr__`` as ``Tensor | Module``, which is neither indexable nor a chain."""
+    holder = cast(nn.ModuleDict, owner.parametrizations)
+    return cast(parametrize.ParametrizationList, holder[name])
+
+
+def parametrized_names(owner: nn.Module) -> list[str]:
+    """The names of ``owner``'s parametrized tensors (``owner`` must be parametrized)."""
+    return list(cast(nn.ModuleDict, owner.parametrizations).keys())
 
 
 def paramshape_transform(owner: nn.Module, name: str, *, stacked: bool = False) -> Transform | None:
@@ -278,6 +292,9 @@ def check_lost_write(module: nn.Module, name: str, last: LastValue) -> None:
     )
 
 
+_functorch_active = torch._C._are_functorch_transforms_active
+
+
 def fast_read(owner: nn.Module, name: str, *, watch_writes: bool = True) -> None:
     """Give ``owner.name`` (just parametrized) a getter that calls the transform directly.
 
@@ -303,6 +320,17 @@ def fast_read(owner: nn.Module, name: str, *, watch_writes: bool = True) -> None
     if getattr(slow, "_paramshape_fast", False):
         return
 
+    # torch mutates these dictionaries in place and never rebinds them: bound here, each read
+    # tests them without a module attribute lookup.
+    global_hooks = (
+        _module_hooks._global_forward_hooks,
+        _module_hooks._global_forward_pre_hooks,
+        _module_hooks._global_backward_hooks,
+        _module_hooks._global_backward_pre_hooks,
+    )
+    forward_hooks, forward_pre_hooks, backward_hooks, backward_pre_hooks = global_hooks
+    is_compiling = torch.compiler.is_compiling
+
     def read(module: nn.Module) -> Tensor:
         chain = module._modules["parametrizations"]._modules[name]
         if (
@@ -311,13 +339,13 @@ def fast_read(owner: nn.Module, name: str, *, watch_writes: bool = True) -> None
             or chain._forward_pre_hooks
             or chain._backward_hooks
             or chain._backward_pre_hooks
-            or _module_hooks._global_forward_hooks
-            or _module_hooks._global_forward_pre_hooks
-            or _module_hooks._global_backward_hooks
-            or _module_hooks._global_backward_pre_hooks
+            or forward_hooks
+            or forward_pre_hooks
+            or backward_hooks
+            or backward_pre_hooks
             or len(chain._modules) != 1
             or not chain.is_tensor
-            or torch.compiler.is_compiling()
+            or is_compiling()
         ):
             return slow(module)
         stored = chain._parameters.get("original")
@@ -328,7 +356,12 @@ def fast_read(owner: nn.Module, name: str, *, watch_writes: bool = True) -> None
         # (paramshape.strategies.folded.FoldedValue, found by attribute: lookup sits below strategies).
         # A write into a folded value is repaired at its next read, so it needs no watch here.
         folded = chain.__dict__.get("_paramshape_folded")
-        if folded is not None and folded.serves(stored, transform):
+        if (
+            folded is not None
+            and folded._raw is stored
+            and folded._transform is transform
+            and not _functorch_active()
+        ):
             return folded.read()
         if not watch_writes:
             return transform(stored)

@@ -84,12 +84,23 @@ def bound_output(module: nn.Module, spec: Spec | nn.Module | None) -> nn.Module:
     if spec is None:
         return module
     layer = copy.deepcopy(spec if isinstance(spec, nn.Module) else resolve(spec))
+    dtype = _module_dtype(module)
+    if dtype is not None:
+        # A number bound means that number at the outputs' precision: Box(1e-4, 1) on a float64
+        # module holds 1e-4, not float32's 9.99999997e-05 (the move rebuilds each bound from it).
+        layer.to(dtype)
     for owner, name in _code_bounds(layer):
         owner._non_persistent_buffers_set.add(name)
     module.add_module(OUTPUT_BOUND_NAME, layer)
     module.register_forward_hook(_apply_output_bound)
     module._register_load_state_dict_pre_hook(_keep_code_bounds, with_module=True)  # type: ignore[no-untyped-call]
     return module
+
+
+def _module_dtype(module: nn.Module) -> torch.dtype | None:
+    """The real floating dtype of ``module``'s parameters (or buffers), if they share one."""
+    dtypes = {t.dtype for t in [*module.parameters(), *module.buffers()] if t.is_floating_point()}
+    return dtypes.pop() if len(dtypes) == 1 else None
 
 
 def _code_bounds(layer: nn.Module) -> list[tuple[nn.Module, str]]:

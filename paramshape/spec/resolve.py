@@ -24,7 +24,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar, overload
+from typing import Any, TypeVar, overload
 
 from torch import Tensor
 from torch.distributions import constraints
@@ -150,7 +150,7 @@ def resolve(spec: Spec) -> Transform:
     )
 
 
-def _instantiate(cls: type[Transform], args: tuple, kwargs: dict, spec: str) -> Transform:
+def _instantiate(cls: type[Transform], args: tuple[Any, ...], kwargs: dict[str, Any], spec: str) -> Transform:
     try:
         return cls(*args, **kwargs)
     except TypeError as error:

@@ -85,8 +85,11 @@ class FoldedValue:
     __slots__ = (
         "_group",
         "_grouped_key",
-        "_key",
         "_raw",
+        "_raw_grad",
+        "_raw_pointer",
+        "_raw_version",
+        "_seen",
         "_tables",
         "_transform",
         "_value",
@@ -100,9 +103,13 @@ class FoldedValue:
         self._grouped_key: tuple[int, ...] | None = None  # the settings' key when the group formed
         # The buffer tables of the transform and its submodules (a composition's parts).
         self._tables = [module._buffers for module in transform.modules()]
-        self._key: tuple[Any, ...] | None = None
         self._value: Tensor | None = None
         self._value_version = -1
+        # What the cached value was computed from (set with it): the stored tensor's version,
+        # memory and requires_grad, and per buffer (table, name, tensor, version, memory).
+        self._raw_version = self._raw_pointer = -1
+        self._raw_grad = False
+        self._seen: list[tuple[dict[str, Any], str, Tensor | None, int, int]] = []
 
     # A copy (deepcopy, pickle) starts empty: the cached value's gradient hook points at the
     # original's stored tensor, so it must not travel. The group does (its members are copied too).
@@ -130,65 +137,91 @@ class FoldedValue:
             ]
         )
 
-    def _current_key(self) -> tuple[Any, ...]:
-        raw = self._raw
-        # The buffers are looked up afresh (load_state_dict may replace a bound rather than write it).
-        settings = [
-            (id(b), b.data_ptr(), b._version)
-            for table in self._tables
-            for b in table.values()
-            if b is not None
-        ]
-        return (raw._version, raw.data_ptr(), raw.dtype, raw.requires_grad, *settings)
+    def _settings_same(self) -> bool:
+        """Whether every buffer is the tensor it was when the value was computed, unwritten (its
+        version) and with the same memory (a ``.data`` swap). The buffers are looked up afresh:
+        ``load_state_dict(assign=True)`` or a move replaces a bound rather than writes it."""
+        for table, name, buffer, version, pointer in self._seen:
+            if table.get(name) is not buffer or (
+                buffer is not None and (buffer._version != version or buffer.data_ptr() != pointer)
+            ):
+                return False
+        return True
+
+    def fresh(self) -> bool:
+        """Whether the cached value still stands for the map of the stored tensor: the value was not
+        written into, the stored tensor not changed (version: an optimizer step, an assignment,
+        ``load_state_dict``; memory and dtype: a move or a ``.data`` swap; ``requires_grad``), and
+        no buffer of the transform changed (:meth:`_settings_same`)."""
+        value, raw = self._value, self._raw
+        return (
+            value is not None
+            and value._version == self._value_version
+            and raw._version == self._raw_version
+            and raw.data_ptr() == self._raw_pointer
+            and raw.requires_grad is self._raw_grad
+            and self._settings_same()
+        )
 
     def read(self) -> Tensor:
         """The cached value, recomputed first if the stored tensor, a bound or the value itself
         changed since (a write into the value warns: it is lost)."""
-        value = self._value
-        if value is not None and value._version != self._value_version:
-            _warn_lost_write(self)
-        if value is None or value._version != self._value_version or self._current_key() != self._key:
+        if not self.fresh():
+            value = self._value
+            if value is not None and value._version != self._value_version:
+                _warn_lost_write(self)
             group = self._group
             # The group recomputes its members; one that just left it recomputes alone.
-            value = (
-                self._value
-                if group is not None and group.refresh() and self._group is group
-                else self._refresh()
-            )
+            if not (group is not None and group.refresh() and self._group is group):
+                self._refresh()
+        value = self._value
         assert value is not None  # both refreshes set it
         return value if torch.is_grad_enabled() else value.detach()
 
     def _refresh(self) -> Tensor:
         raw = self._raw
         refuse_distributed(_label(self._transform))
-        value, slope = self._transform.value_and_slope(raw.detach())  # type: ignore[operator]
+        computed, slope = self._transform.value_and_slope(raw.detach())  # type: ignore[operator]
         # A new leaf each time, never an in-place update: a graph built from the previous value
         # (read before an assignment, differentiated after it) keeps the value and slope it used.
-        self._set(value.detach(), slope)
-        assert self._value is not None
-        return self._value
-
-    def _set(self, value: Tensor, slope: Tensor) -> None:
-        raw = self._raw
+        value: Tensor = computed.detach()
         value.requires_grad_(raw.requires_grad)
         if raw.requires_grad:
             value.register_post_accumulate_grad_hook(_chain_rule(raw, slope))  # type: ignore[no-untyped-call]
-        self._value, self._key, self._value_version = value, self._current_key(), value._version
+        self._store(value)
+        return value
+
+    def _store(self, value: Tensor, settings_seen: bool = False) -> None:
+        """Cache ``value`` with what it was computed from (``settings_seen``: the buffers are those
+        recorded last, unchanged)."""
+        raw = self._raw
+        self._value, self._value_version = value, value._version
+        self._raw_version, self._raw_pointer, self._raw_grad = raw._version, raw.data_ptr(), raw.requires_grad
+        if settings_seen:
+            return
+        self._seen = [
+            (table, name, b, -1, 0) if b is None else (table, name, b, b._version, b.data_ptr())
+            for table in self._tables
+            for name, b in table.items()
+        ]
 
 
 class FoldGroup:
     """Folded tensors of one ``constrain`` call that share a transform's settings (the same class,
     scalar settings, dtype and device) and are small (:data:`GROUP_MAX_ELEMENTS`): recomputed
-    together, as one flat tensor, whenever one of them is read stale. Their cached values are views
-    of one flat value, allocated anew at each refresh (so that a graph built before keeps what it
-    used); a member whose transform's settings change leaves the
-    group and is recomputed on its own from then on."""
+    together, as one flat tensor, whenever one of them is read stale. A member whose transform's
+    settings change leaves the group and is recomputed on its own from then on.
+
+    The flat value is one leaf that requires grad, and the members' cached values are views of it
+    (one ``split_with_sizes``, whose backward is one ``cat``), so a step costs one gradient hook
+    for the whole group, not one per tensor: it multiplies the flat gradient by the flat slope in
+    one pass and hands each stored tensor its piece. The flat tensors are
+    allocated anew at each refresh, so a graph built before keeps the values and slopes it used."""
 
     def __init__(self, members: list[FoldedValue], key: tuple[Any, ...]) -> None:
         self.members = members
         self._settings = key  # what the members share (_group_key)
-        # The flat stored values, values and slopes, and the members' views of the first.
-        self._flat: tuple[Tensor, Tensor, Tensor, list[Tensor]] | None = None
+        self._flat_raws: tuple[list[int], list[Tensor]] | None = None
         for member in members:
             member._group = self
             member._grouped_key = member.settings_key()
@@ -198,51 +231,106 @@ class FoldGroup:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # The members' settings keys are taken afresh at the first refresh (a copy's buffers are new).
-        self.members, self._settings, self._flat = state["members"], state["settings"], None
+        self.members, self._settings, self._flat_raws = state["members"], state["settings"], None
 
-    def refresh(self) -> bool:
-        """Recompute every member; ``False`` when fewer than two remain (each member then alone)."""
-        members = []
+    def _current_members(self) -> tuple[list[FoldedValue], list[bool]]:
+        """The members still in the group: those whose settings were not rewritten since (a member
+        whose buffers were written with the same values, by a checkpoint, stays); and for each,
+        whether its buffers are the ones recorded with its value (nothing to record again)."""
+        members, unchanged = [], []
         for member in self.members:
+            if member._group is not self:
+                continue
+            if member._value is not None and member._settings_same():
+                members.append(member)  # its settings unchanged since the group last computed it
+                unchanged.append(True)
+                continue
             key = member.settings_key()
             if member._grouped_key is None:
                 member._grouped_key = key
-            if member._group is self and key != member._grouped_key and _group_key(member) == self._settings:
-                member._grouped_key = key  # its settings were written (a checkpoint), with the same values
-            if member._group is self and key == member._grouped_key:
-                members.append(member)
-            else:
-                member._group = None
+            elif key != member._grouped_key:
+                if _group_key(member) != self._settings:
+                    member._group = None
+                    continue
+                member._grouped_key = key
+            members.append(member)
+            unchanged.append(False)
+        return members, unchanged
+
+    def refresh(self) -> bool:
+        """Recompute every member; ``False`` when fewer than two remain (each member then alone)."""
+        members, unchanged = self._current_members()
         if len(members) < 2:
             for member in members:
                 member._group = None
-            self.members, self._flat = [], None
+            self.members = []
             return False
         self.members = members
         refuse_distributed(_label(members[0]._transform))
-        raws = [member._raw.detach() for member in members]
-        # New tensors at every refresh, never an in-place update: a graph built from the previous
-        # values (read before a step, differentiated after it) keeps the values and slopes it used.
-        stored, value, slope, views = self._flat = _allocate(members, raws)
+        raws = [member._raw for member in members]
+        sizes = [raw.numel() for raw in raws]
+        pointers = [raw.data_ptr() for raw in raws]
+        if self._flat_raws is None or self._flat_raws[0] != pointers:
+            # Flat views of the stored tensors, kept while each holds the same memory (a copy, for
+            # a tensor that is not contiguous, would go stale: not kept).
+            flats = [raw.detach().reshape(-1) for raw in raws]
+            self._flat_raws = (pointers, flats) if all(raw.is_contiguous() for raw in raws) else None
+        else:
+            flats = self._flat_raws[1]
         with torch.no_grad():
-            torch._foreach_copy_(views, raws)
-            members[0]._transform.value_and_slope(stored, (value, slope))  # type: ignore[operator]
-        offset = 0
-        for member, raw in zip(members, raws, strict=True):
-            end = offset + raw.numel()
-            member._set(value[offset:end].view(raw.shape), slope[offset:end].view(raw.shape))
-            offset = end
+            # One new flat tensor (never an in-place update: see the class docstring).
+            stored = torch.cat(flats)
+            flat: tuple[Tensor, Tensor] = members[0]._transform.value_and_slope(stored)  # type: ignore[operator]
+            value, slope = flat
+        trained = [raw.requires_grad for raw in raws]
+        if any(trained):
+            with torch.enable_grad():
+                value.requires_grad_(True)
+                value.register_post_accumulate_grad_hook(  # type: ignore[no-untyped-call]
+                    _group_chain_rule(raws, trained, slope)
+                )
+                pieces = value.split_with_sizes(sizes)
+                views = [
+                    piece.view(raw.shape) if grad else piece.detach().view(raw.shape)
+                    for piece, raw, grad in zip(pieces, raws, trained, strict=True)
+                ]
+        else:
+            views = list(_unflatten(value, raws))
+        for member, view, same in zip(members, views, unchanged, strict=True):
+            member._store(view, same)
         return True
 
 
-def _allocate(members: list[FoldedValue], raws: list[Tensor]) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
-    total = sum(raw.numel() for raw in raws)
-    stored = raws[0].new_empty(total)
-    views, offset = [], 0
-    for raw in raws:
-        views.append(stored[offset : offset + raw.numel()].view(raw.shape))
-        offset += raw.numel()
-    return stored, torch.empty_like(stored), torch.empty_like(stored), views
+def _group_chain_rule(raws: list[Tensor], trained: list[bool], slope: Tensor) -> Any:
+    """The gradient hook of a group's flat value: ``u.grad += g f'(u)`` for every member, from the
+    flat gradient ``g``, in one multiplication over the group."""
+
+    def hook(value: Tensor) -> None:
+        grad = value.grad
+        value.grad = None
+        if grad is None:
+            return
+        if grad.requires_grad:
+            raise TransformError(
+                "a folded constrained tensor (constrain(..., fold=True)) has no second derivatives: "
+                "backward(create_graph=True) reached it. Use fold=False for double backward."
+            )
+        # g f'(u) in one pass over the flat gradient, then each stored tensor's piece: a view of
+        # that product, as DDP's gradient_as_bucket_view gives views of one bucket (it is a new
+        # tensor at every backward), or added to the gradient the tensor holds (accumulation).
+        product = grad.mul_(slope) if grad.layout == torch.strided and grad.is_contiguous() else grad * slope
+        # The pieces in the stored tensors' shapes in one call (torch's own flat-bucket helper).
+        pieces = _unflatten(product, raws)
+        for raw, piece, wanted in zip(raws, pieces, trained, strict=True):
+            if not wanted:
+                continue
+            held = raw.grad
+            if held is None:
+                raw.grad = piece
+            else:
+                held.add_(piece)
+
+    return hook
 
 
 def group_folded(folded: list[FoldedValue]) -> None:
@@ -314,3 +402,4 @@ def _label(transform: nn.Module) -> str:
 
 
 _functorch_active = torch._C._are_functorch_transforms_active
+_unflatten = torch._C._nn.unflatten_dense_tensors

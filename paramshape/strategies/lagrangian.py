@@ -40,14 +40,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.optim.optimizer as _optimizer
 from torch import Tensor, nn
-from torch.utils.hooks import RemovableHandle
 
 from paramshape.errors import InfeasibleValueError, ShapeMismatchError
 from paramshape.errors.report import format_shape
 from paramshape.numerics.precision import compute_dtype
-from paramshape.strategies.state import ModuleState, PlainConstraint, add_registry_listener, state_of
+from paramshape.strategies import dispatch
+from paramshape.strategies.state import (
+    ModuleState,
+    PlainConstraint,
+    add_registry_listener,
+    holds_any,
+    plain_tensor_ids,
+    state_of,
+)
 
 __all__ = ["DUAL_STEP", "MULTIPLIER_SUFFIX", "LagrangianConstraint"]
 
@@ -102,7 +108,6 @@ class LagrangianConstraint(PlainConstraint):
 
 # ----------------------------------------------------------------------------- the step hook
 _STATES: weakref.WeakSet[ModuleState] = weakref.WeakSet()
-_HOOK: list[RemovableHandle] = []
 
 
 def _listen(state: ModuleState) -> None:
@@ -114,10 +119,10 @@ def _listen(state: ModuleState) -> None:
     owner = state._owner() if state._owner is not None else None
     if owner is not None:
         _install_state_dict_hooks(owner, lagrangian)
-    if _STATES and not _HOOK:
-        _HOOK.append(_optimizer.register_optimizer_step_post_hook(_after_step))
-    elif not _STATES and _HOOK:
-        _HOOK.pop().remove()
+    if _STATES:
+        dispatch.enable(_HANDLER)
+    else:
+        dispatch.disable(_HANDLER.name)
 
 
 add_registry_listener(_listen)
@@ -133,9 +138,17 @@ def _after_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> Non
                 targets[id(entry.tensor)] = entry
     for group in optimizer.param_groups:
         for param in group["params"]:
-            entry = targets.pop(id(param), None)
-            if entry is not None:
-                entry.dual_step_()
+            target = targets.pop(id(param), None)
+            if target is not None:
+                target.dual_step_()
+
+
+_HANDLER = dispatch.StepHandler(
+    "lagrangian",
+    order=40,
+    concerns=lambda optimizer: holds_any(optimizer, plain_tensor_ids(_STATES, "lagrangian")),
+    post=_after_step,
+)
 
 
 # ------------------------------------------------------------------------- state_dict support
@@ -149,9 +162,11 @@ def _install_state_dict_hooks(owner: nn.Module, wanted: bool) -> None:
         if getattr(hook, "hook", hook) is _load_multipliers
     ]
     if wanted and not saving:
-        owner._register_state_dict_hook(_save_multipliers)
+        owner._register_state_dict_hook(_save_multipliers)  # type: ignore[no-untyped-call]  # unannotated in torch
     if wanted and not loading:
-        owner._register_load_state_dict_pre_hook(_load_multipliers, with_module=True)
+        owner._register_load_state_dict_pre_hook(  # type: ignore[no-untyped-call]  # unannotated in torch
+            _load_multipliers, with_module=True
+        )
     if not wanted:
         for key in saving:
             del owner._state_dict_hooks[key]

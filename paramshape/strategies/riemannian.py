@@ -28,10 +28,9 @@ import weakref
 from typing import Any
 
 import torch
-import torch.optim.optimizer as _optimizer
 from torch import Tensor
-from torch.utils.hooks import RemovableHandle
 
+from paramshape.strategies import dispatch
 from paramshape.strategies.state import ModuleState, PlainConstraint, add_registry_listener
 
 __all__ = ["FIRST_MOMENTS"]
@@ -41,7 +40,6 @@ __all__ = ["FIRST_MOMENTS"]
 FIRST_MOMENTS: tuple[str, ...] = ("momentum_buffer", "exp_avg", "grad_avg")
 
 _STATES: weakref.WeakSet[ModuleState] = weakref.WeakSet()
-_HOOKS: list[RemovableHandle] = []
 #: The points before the step, per optimizer being stepped: ``{id(optimizer): {id(param): ...}}``.
 _BEFORE: dict[int, dict[int, tuple[PlainConstraint, Tensor]]] = {}
 
@@ -51,12 +49,10 @@ def _listen(state: ModuleState) -> None:
         _STATES.add(state)
     else:
         _STATES.discard(state)
-    if _STATES and not _HOOKS:
-        _HOOKS.append(_optimizer.register_optimizer_step_pre_hook(_before_step))
-        _HOOKS.append(_optimizer.register_optimizer_step_post_hook(_after_step))
-    elif not _STATES and _HOOKS:
-        while _HOOKS:
-            _HOOKS.pop().remove()
+    if _STATES:
+        dispatch.enable(_HANDLER)
+    else:
+        dispatch.disable(_HANDLER.name)
 
 
 add_registry_listener(_listen)
@@ -72,9 +68,9 @@ def _entries_of(optimizer: torch.optim.Optimizer) -> list[PlainConstraint]:
     found = []
     for group in optimizer.param_groups:
         for param in group["params"]:
-            entry = targets.pop(id(param), None)
-            if entry is not None:
-                found.append(entry)
+            target = targets.pop(id(param), None)
+            if target is not None:
+                found.append(target)
     return found
 
 
@@ -110,6 +106,15 @@ def _after_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> Non
                 moment = state.get(key)
                 if isinstance(moment, Tensor) and moment.shape == tensor.shape:
                     moment.copy_(transform.transport(point, new, moment))
+
+
+_HANDLER = dispatch.StepHandler(
+    "riemannian",
+    order=20,
+    concerns=lambda optimizer: bool(_entries_of(optimizer)),
+    pre=_before_step,
+    post=_after_step,
+)
 
 
 def _retract_update(entry: PlainConstraint, point: Tensor, moved: Tensor) -> Tensor:

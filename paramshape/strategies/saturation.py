@@ -33,13 +33,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.optim.optimizer as _optimizer
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
-from torch.utils.hooks import RemovableHandle
 
 from paramshape.errors import SaturationWarning
 from paramshape.lookup.modules import paramshape_transform
+from paramshape.strategies import dispatch
 from paramshape.transforms.base import Transform
 
 __all__ = [
@@ -198,7 +197,6 @@ def saturation(model: nn.Module) -> SaturationReport:
 
 # ------------------------------------------------------------------------------ the training check
 _enabled = [True]
-_HOOK: list[RemovableHandle] = []
 _steps: weakref.WeakKeyDictionary[torch.optim.Optimizer, int] = weakref.WeakKeyDictionary()
 
 
@@ -236,8 +234,8 @@ def watch(owner: nn.Module, name: str, label: str, stored: Tensor) -> None:
     by ``constrain`` for every reparametrised tensor. Holds only weak references."""
     key = id(stored)
     _watched[key] = _Watch(weakref.ref(owner), name, label, weakref.ref(stored, lambda _: _forget(key)))
-    if not _HOOK:
-        _HOOK.append(_optimizer.register_optimizer_step_post_hook(_check_after_step))
+    dispatch.changed()
+    dispatch.enable(_HANDLER)
 
 
 def _forget(key: int) -> None:
@@ -256,6 +254,14 @@ def _check_after_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) 
             entry = _watched.get(id(param))
             if entry is not None and not entry.warned and entry.tensor() is param and param is not None:
                 _check(entry, param, count)
+
+
+def _watches_any(optimizer: torch.optim.Optimizer) -> bool:
+    return any(id(p) in _watched for group in optimizer.param_groups for p in group["params"])
+
+
+#: After the strategies' own step work; counts the steps of optimizers that hold a watched tensor.
+_HANDLER = dispatch.StepHandler("saturation", order=50, concerns=_watches_any, post=_check_after_step)
 
 
 def _growing(history: list[tuple[int, float]]) -> bool:

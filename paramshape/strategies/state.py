@@ -18,13 +18,13 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
-import torch.optim.optimizer as _optimizer
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 from torch.utils.hooks import RemovableHandle
 
 from paramshape.errors import ProjectionUnavailableError, SpecError
 from paramshape.numerics.precision import compute_dtype, membership_tolerance
+from paramshape.strategies import dispatch
 from paramshape.transforms.base import Transform
 
 __all__ = [
@@ -36,7 +36,9 @@ __all__ = [
     "add_registry_listener",
     "check_limit",
     "discard_state_if_empty",
+    "holds_any",
     "module_states",
+    "plain_tensor_ids",
     "state_of",
     "stored_tensor",
 ]
@@ -203,6 +205,7 @@ class ModuleState:
             current = owner._parameters.get(name)
             if current is not None and current is not entry.tensor:
                 entry.tensor = current
+                dispatch.changed()  # the optimizers that hold the new tensor now concern a handler
         for name, clip in list(self.clips.items()):
             current = stored_tensor(owner, name)
             if current is not None and current is not clip.tensor:
@@ -257,7 +260,6 @@ def module_states(root: nn.Module) -> Iterator[tuple[str, nn.Module, ModuleState
 #: States holding at least one ``method="project"`` entry. Weak: a module that is garbage collected
 #: drops out by itself, and the hook holds no reference to any module or tensor.
 _PROJECTING: weakref.WeakSet[ModuleState] = weakref.WeakSet()
-_HOOK: RemovableHandle | None = None
 #: Bumped whenever a projecting entry is added or removed: the cached plans are then rebuilt.
 _GENERATION = [0]
 #: Per optimizer, what its step hook projects (weak: the plan dies with the optimizer).
@@ -283,16 +285,29 @@ def _update_registry(state: ModuleState) -> None:
     else:
         _PROJECTING.discard(state)
     _GENERATION[0] += 1
+    dispatch.changed()
     _update_hook()
 
 
 def _update_hook() -> None:
-    global _HOOK
-    if _PROJECTING and _HOOK is None:
-        _HOOK = _optimizer.register_optimizer_step_post_hook(_project_after_step)
-    elif not _PROJECTING and _HOOK is not None:
-        _HOOK.remove()
-        _HOOK = None
+    if _PROJECTING:
+        dispatch.enable(_PROJECT_HANDLER)
+    else:
+        dispatch.disable(_PROJECT_HANDLER.name)
+
+
+def plain_tensor_ids(states: Any, method: str) -> set[int]:
+    """The ids of the tensors that the ``method`` entries of ``states`` (synced first) act on."""
+    ids: set[int] = set()
+    for state in list(states):
+        state.sync()
+        ids.update(id(entry.tensor) for entry in state.plain.values() if entry.method == method)
+    return ids
+
+
+def holds_any(optimizer: torch.optim.Optimizer, ids: set[int]) -> bool:
+    """Whether ``optimizer`` steps one of the tensors whose ids are ``ids``."""
+    return bool(ids) and any(id(p) in ids for group in optimizer.param_groups for p in group["params"])
 
 
 class _ProjectionPlan:
@@ -402,6 +417,14 @@ def _project_after_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any
     if plan is None or not plan.current(optimizer):
         plan = _PLANS[optimizer] = _ProjectionPlan(optimizer)
     plan.run()
+
+
+_PROJECT_HANDLER = dispatch.StepHandler(
+    "project",
+    order=30,
+    concerns=lambda optimizer: holds_any(optimizer, plain_tensor_ids(_PROJECTING, "project")),
+    post=_project_after_step,
+)
 
 
 def check_limit(value: float | None, name: str, owner: str) -> float | None:

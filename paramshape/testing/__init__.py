@@ -39,13 +39,14 @@ import functools
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import torch
 from torch import Tensor, nn
 from torch.autograd.gradcheck import GradcheckError
 
 from paramshape.errors import ContractViolation, InfeasibleValueError, SaturationWarning
+from paramshape.numerics import torch_typed
 from paramshape.numerics.precision import widest
 from paramshape.testing.reference import (
     BOUNDARY_DISTANCES,
@@ -126,6 +127,12 @@ def _seeded(seed: int | None) -> Iterator[None]:
         yield
 
 
+def _grad(x: Tensor) -> Tensor:
+    """``x.grad`` after a backward through ``x``; ``None`` (nothing reached ``x``) fails where it is
+    used, as it did before this helper typed it."""
+    return cast(Tensor, x.grad)
+
+
 def _property(name: str) -> Callable[[_Check], _Check]:
     """Run a check under its own seed, and report any failure as a :class:`ContractViolation`
     naming ``name`` (an unexpected exception from the transform too)."""
@@ -144,8 +151,8 @@ def _property(name: str) -> Callable[[_Check], _Check]:
             except Exception as error:  # the transform itself failed: that is the finding
                 raise ContractViolation(name, label, f"raised {type(error).__name__}: {error}") from error
 
-        run.property = name  # type: ignore[attr-defined]
-        return run  # type: ignore[return-value]
+        run.property = name  # type: ignore[attr-defined]  # a function attribute, read by check_transform
+        return run  # type: ignore[return-value]  # the check's signature plus seed=
 
     return decorate
 
@@ -216,7 +223,8 @@ def feasible_values(transform: Transform, shape: Shape, dtype: torch.dtype) -> T
     x.view(-1)[::3] = 13.8
     x.view(-1)[1::3] = -13.8
     with torch.no_grad():
-        return transform(x.to(dtype))
+        value: Tensor = transform(x.to(dtype))
+    return value
 
 
 def round_trip_tolerance(transform: Transform, y: Tensor, u: Tensor) -> Tensor:
@@ -261,7 +269,10 @@ def round_trip_tolerance(transform: Transform, y: Tensor, u: Tensor) -> Tensor:
     once = eps * magnitude * (1 if size_factor == 1 else 8 * size_factor) if half else 0.0
     compute_tiny = torch.finfo(torch.float32 if half else y.dtype).tiny
     floor = 2 * (torch.finfo(y.dtype).tiny * (size_factor > 1) + compute_tiny)
-    return once + 8 * compute_eps * (magnitude * size_factor + bound_scale) + 4 * sensitivity + floor
+    tolerance: Tensor = (
+        once + 8 * compute_eps * (magnitude * size_factor + bound_scale) + 4 * sensitivity + floor
+    )
+    return tolerance
 
 
 # ------------------------------------------------------------------------- per-dtype properties
@@ -290,13 +301,13 @@ def check_extreme_gradients(transform: Transform, shape: Shape, dtype: torch.dty
     for x in extreme_inputs(transform, shape, dtype):
         x = x.clone().requires_grad_(True)
         weights = torch.randn(shape).to(dtype)
-        _real_loss(transform(x) * weights).backward()
-        _require(torch.isfinite(x.grad).all(), "forward produced non-finite gradients")
+        torch.autograd.backward(_real_loss(transform(x) * weights))
+        _require(torch.isfinite(_grad(x)).all(), "forward produced non-finite gradients")
     if transform.event_dim != 0 or not _elementwise_shapes(transform, shape):
         return
     x = extreme_inputs(transform, shape, dtype)[0].clone().requires_grad_(True)
     transform(x).sum().backward()
-    grad = x.grad.double()
+    grad = _grad(x).double()
     with torch.no_grad():
         step = (1e-2 * x.abs().clamp_min(1.0)).to(dtype)
         moves = transform(x + step) != transform(x - step)
@@ -394,7 +405,7 @@ def check_to_interior(transform: Transform, shape: Shape, dtype: torch.dtype) ->
         transform(centre).sum().backward()
         # Magnitudes, so that decreasing maps (a negative Affine scale) are judged the same way.
         _require(
-            (u.grad.double().abs() >= 1e-4 * centre.grad.double().abs()).all(),
+            (_grad(u).double().abs() >= 1e-4 * _grad(centre).double().abs()).all(),
             "dead gradient after to_interior",
         )
 
@@ -403,7 +414,7 @@ def check_to_interior(transform: Transform, shape: Shape, dtype: torch.dtype) ->
 def check_sample(transform: Transform, shape: Shape, dtype: torch.dtype) -> None:
     """``sample`` returns values of the dtype inside the set."""
     transform = _prepared(transform, shape, dtype)
-    value = transform.sample(shape, dtype=dtype)
+    value = transform.sample(torch.Size(shape), dtype=dtype)
     _require(value.dtype == dtype, f"sample returned {value.dtype}")
     _require(value.shape == torch.Size(shape), f"sample returned shape {tuple(value.shape)}")
     _require(transform.contains(value).all(), "sample returned values outside the set")
@@ -414,7 +425,7 @@ def check_nan_and_inf_are_never_members(transform: Transform, shape: Shape, dtyp
     """A NaN or infinite entry is never in the set, and ``right_inverse`` refuses it with an
     :class:`~paramshape.InfeasibleValueError` that says the value lies outside."""
     transform = _prepared(transform, shape, dtype)
-    value = transform.sample(shape, dtype=dtype)
+    value = transform.sample(torch.Size(shape), dtype=dtype)
     for bad in (float("nan"), float("inf")):
         broken = value.clone()
         broken.view(-1)[0] = bad
@@ -505,7 +516,7 @@ def _push_outward(module: Any, attached: Transform, direction: Tensor, optimizer
     # module: the nn.Module holding ``value``; typed Any because Module.__getattr__ is Tensor | Module.
     for step in range(20):
         optimizer.zero_grad()
-        (-_real_loss(module.value * direction)).backward()
+        torch.autograd.backward(-_real_loss(module.value * direction))
         optimizer.step()
         with torch.no_grad():
             value = module.value
@@ -534,8 +545,8 @@ def check_log_abs_det_jacobian_extremes(transform: Transform, shape: Shape, dtyp
         )
         _require(torch.isfinite(ldj).all(), "log_abs_det_jacobian is not finite")
         if ldj.requires_grad:  # a constant log-det-Jacobian (an affine map) has no graph
-            ldj.sum().backward()
-            _require(torch.isfinite(x.grad).all(), "the gradient of log_abs_det_jacobian is not finite")
+            torch.autograd.backward(ldj.sum())
+            _require(torch.isfinite(_grad(x)).all(), "the gradient of log_abs_det_jacobian is not finite")
 
 
 def _check_refuses_jacobian(transform: Transform, shape: Shape, dtype: torch.dtype) -> None:
@@ -563,7 +574,7 @@ def check_gradcheck(transform: Transform, shape: Shape) -> None:
         # Typical values, not boundary ones: near a bound the inverse's curvature exceeds finite
         # differences' reach. sample() is the transform's own notion of typical (the map of N(0, 1)
         # for most; SoftClip, whose stored value is the value, draws around the middle of its box).
-        y = prepared.sample(shape, dtype=wide).requires_grad_(True)
+        y = prepared.sample(torch.Size(shape), dtype=wide).requires_grad_(True)
         _gradcheck(prepared.inverse, y, f"inverse in {wide}")
 
 
@@ -596,8 +607,14 @@ def check_torch_codomain(transform: Transform, shape: Shape) -> None:
     transform = _prepared(transform, shape, wide)
     stored = _stored(transform, shape)
     y = transform(2 * torch.randn(stored, dtype=wide))
-    _require(transform.codomain.check(_events_last(transform, y)).all(), "codomain.check rejected a value")
-    _require(transform.domain.check(torch.randn(stored, dtype=torch.float64)).all(), "domain.check failed")
+    _require(
+        torch_typed.constraint_check(transform.codomain, _events_last(transform, y)).all(),
+        "codomain.check rejected a value",
+    )
+    _require(
+        torch_typed.constraint_check(transform.domain, torch.randn(stored, dtype=torch.float64)).all(),
+        "domain.check failed",
+    )
     if transform.event_dim == 0:
         return
     for dtype in COMPLEX_DTYPES if wide.is_complex else (torch.float32, torch.float64):
@@ -608,8 +625,9 @@ def check_torch_codomain(transform: Transform, shape: Shape) -> None:
                 rejected = sum(
                     int(
                         (
-                            ~typed.codomain.check(
-                                _events_last(typed, typed(scale * torch.randn(stored, dtype=dtype)))
+                            ~torch_typed.constraint_check(
+                                typed.codomain,
+                                _events_last(typed, typed(scale * torch.randn(stored, dtype=dtype))),
                             )
                         ).sum()
                     )
@@ -652,7 +670,7 @@ def check_log_abs_det_jacobian(transform: Transform, shape: Shape) -> None:
     if not transform.bijective:
         _check_refuses_jacobian(transform, shape, _case_dtype(transform))
         return
-    x = transform.inverse(transform.sample(shape, dtype=torch.float64))
+    x = transform.inverse(transform.sample(torch.Size(shape), dtype=torch.float64))
     ldj = transform.log_abs_det_jacobian(x, transform(x))
     reference = autograd_log_abs_det_jacobian(transform, x)
     _require(ldj.shape == reference.shape, f"shape {tuple(ldj.shape)}, expected {tuple(reference.shape)}")
@@ -770,7 +788,9 @@ def check_transform(
         raise ValueError(f"Unknown contract properties {unknown}; known: {', '.join(PROPERTIES)}.")
     if reference is not None:
         for dtype in dtypes:
-            check_reference(transform, shape, dtype, reference, inverse_reference, seed=seed)
+            # _property's wrapper takes seed=, which the checks' own signatures do not show.
+            seeded = cast(Callable[..., None], check_reference)
+            seeded(transform, shape, dtype, reference, inverse_reference, seed=seed)
     for name in names:
         check, per_dtype = PROPERTIES[name]
         if per_dtype:
@@ -821,7 +841,10 @@ def autograd_log_abs_det_jacobian(transform: Transform, x: Tensor) -> Tensor:
         return reference.codomain_coordinates(reference(flat.reshape(x64.shape)))
 
     with torch.enable_grad():
-        full = torch.autograd.functional.jacobian(value_coordinates, x64.reshape(-1))
+        # One input and one output: a single Tensor (jacobian is unannotated in torch).
+        full: Tensor = torch.autograd.functional.jacobian(  # type: ignore[no-untyped-call]
+            value_coordinates, x64.reshape(-1)
+        )
     batch, free = columns.shape[:-1], columns.shape[-1]
     if full.shape[:-2] != batch:
         raise ValueError(
@@ -835,4 +858,5 @@ def autograd_log_abs_det_jacobian(transform: Transform, x: Tensor) -> Tensor:
         )
     rows = full.reshape(-1, free, x64.numel())
     picked = torch.take_along_dim(rows, columns.reshape(-1, 1, free).expand(-1, free, -1), dim=2)
-    return torch.linalg.slogdet(picked).logabsdet.reshape(batch)
+    log_det: Tensor = torch.linalg.slogdet(picked).logabsdet.reshape(batch)
+    return log_det

@@ -99,7 +99,8 @@ def _sensitivity(reference: Reference, x: Tensor, value: Tensor, ulps: float, ep
     switches on). Non-finite derivatives and directions that leave the reference's domain count as 0."""
     flat = x.detach().reshape(-1)
     with torch.enable_grad():
-        jacobian = torch.autograd.functional.jacobian(
+        # One input and one output: a single Tensor (jacobian is unannotated in torch).
+        jacobian: Tensor = torch.autograd.functional.jacobian(  # type: ignore[no-untyped-call]
             lambda entries: reference(entries.reshape(x.shape)).reshape(-1), flat, vectorize=True
         )
     bound = (jacobian.nan_to_num(nan=0.0, posinf=0.0, neginf=0.0).abs() @ flat.abs()).reshape(value.shape)

@@ -44,7 +44,7 @@ def functional_params(
         >>> w.grad
         tensor([[1., 1.]])
     """
-    params = dict(module.named_parameters())
+    params: dict[str, Tensor] = dict(module.named_parameters())
     for name, value in (constrained or {}).items():
         ref = locate(module, name)
         transform = paramshape_transform(ref.owner, ref.name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import contextlib
 import copy
 import math
 import warnings
@@ -26,6 +27,7 @@ from paramshape.errors import (
 )
 from paramshape.errors.report import format_index, format_scalar, format_shape, tensor_label
 from paramshape.fusion.compiled import Fusable, dispatch
+from paramshape.numerics import torch_typed
 
 __all__ = ["Transform", "coerce_value"]
 
@@ -108,6 +110,10 @@ class Transform(nn.Module, abc.ABC):
     #: state shared across events: then membership checks and the inverse run a block of rows at a
     #: time (:meth:`_row_blocks`). Vector transforms set it; elementwise ones need not.
     slices_independent: ClassVar[bool] = False
+    #: Buffers that :meth:`inverse` sets, one slice per event along the block axis (Orthogonal's
+    #: base): the inverse of a batch then runs a block at a time too, each block on a copy of the
+    #: transform, and the blocks' buffers are gathered into the transform's own at the end.
+    block_state: ClassVar[tuple[str, ...]] = ()
     #: Whether the set is one of complex tensors: :func:`~paramshape.constrain` admits a complex
     #: tensor only for such a transform (:meth:`check_dtype`), and assigned complex values pass
     #: :meth:`admit`. Every transform of real sets leaves it False, so a complex tensor is refused
@@ -129,7 +135,7 @@ class Transform(nn.Module, abc.ABC):
             cls.fusable = None
         # Likewise, inherited clamp bounds would silently replace the subclass's own projection.
         if "project" in cls.__dict__ and "clamp_bounds" not in cls.__dict__:
-            cls.clamp_bounds = Transform.clamp_bounds  # type: ignore[method-assign]
+            cls.clamp_bounds = Transform.clamp_bounds  # type: ignore[method-assign]  # on purpose, see above
 
     def __init__(self) -> None:
         super().__init__()
@@ -170,7 +176,7 @@ class Transform(nn.Module, abc.ABC):
             or cls.__setstate__ is not nn.Module.__setstate__
             or cls.__reduce_ex__ is not object.__reduce_ex__
         ):
-            return _plain_deepcopy(self, memo)  # type: ignore[no-any-return]
+            return _plain_deepcopy(self, memo)  # type: ignore[no-any-return]  # a copy of self: a Transform
         new = cls.__new__(cls)
         memo[id(self)] = new
         state = new.__dict__
@@ -178,8 +184,15 @@ class Transform(nn.Module, abc.ABC):
             kind = type(value)
             if kind in _EMPTY_COPYABLE and not value:
                 state[key] = kind()
+            elif kind is OrderedDict or kind is dict:
+                # The buffer table: its plain tensors cloned directly (Tensor.__deepcopy__ is
+                # Python, several times a clone's cost); anything else deep-copied as usual.
+                table = kind()
+                for name, item in value.items():
+                    table[name] = _copy_plain_tensor(item, memo)
+                state[key] = table
             else:
-                state[key] = copy.deepcopy(value, memo)
+                state[key] = _copy_plain_tensor(value, memo)
         return new
 
     def _bind(self, target: str, value: Tensor) -> None:
@@ -209,7 +222,7 @@ class Transform(nn.Module, abc.ABC):
             fn = _complex_kept(fn)
         like = getattr(self, "_value_like", None)
         converted = fn(like) if like is not None else None
-        result: Transform = super()._apply(fn, recurse)
+        result: Transform = super()._apply(fn, recurse)  # type: ignore[no-untyped-call]  # unannotated in torch
         if converted is not None:
             self._value_like = converted
         return result
@@ -265,6 +278,11 @@ class Transform(nn.Module, abc.ABC):
         grad is stored without its history: that is what ``torch.func.functional_call`` does with a
         constrained name, silently dropping the gradient. A :class:`ParamshapeWarning` says so.
         """
+        prepared = _PREPARED[0]
+        if prepared is not None and value is prepared[0]:
+            # constrain() registering the tensor it planned: the plan admitted the value and its
+            # dry run computed the inverse (kept for small tensors), so neither is done twice.
+            return prepared[1] if prepared[1] is not None else self.inverse_in_blocks(value)
         # A Parameter is parametrize registering the tensor itself, not a value being assigned.
         if (
             isinstance(value, Tensor)
@@ -279,18 +297,48 @@ class Transform(nn.Module, abc.ABC):
         """:meth:`inverse`, computed a block of rows at a time for an elementwise transform, so its
         temporaries cost a few MB instead of several times the tensor (the same numbers: the map is
         elementwise). What storing a value (assignment, checkpoint, ``constrain``) runs."""
+        if value.device.type == "meta":
+            # No values to invert (deferred initialisation), only a shape: matrix inverses read
+            # scalars (a norm, a determinant's sign) that meta tensors cannot give.
+            return value.new_empty(self.inverse_shape(value.shape))
         blocks = iter(self._row_blocks(value))
         start, part, transform = next(blocks)
         first = transform.inverse(part)
         if start is None:
             return first
-        out = first.new_empty((value.shape[0], *first.shape[1:]))  # a shape-changing inverse (ILR)
-        out[: first.shape[0]] = first
+        axis = self._block_axis(value)
+        shape = list(first.shape)  # a shape-changing inverse (ILR) changes the events' sizes only
+        shape[axis] = value.shape[axis]
+        out = first.new_empty(shape)
+        out.narrow(axis, 0, first.shape[axis]).copy_(first)
         del first
+        state: dict[str, Tensor] = {}
+        self._gather_state(state, transform, 0, value.shape[axis], axis)
         for start, part, transform in blocks:
             assert start is not None  # only a single block has no start, returned above
-            out[start : start + part.shape[0]] = transform.inverse(part)
+            out.narrow(axis, start, part.shape[axis]).copy_(transform.inverse(part))
+            self._gather_state(state, transform, start, value.shape[axis], axis)
+        for name, tensor in state.items():
+            setattr(self, name, tensor)
+        if state:
+            self.__dict__.pop("_shapes_checked", None)  # the shapes the map accepts follow the state
         return out
+
+    def _gather_state(
+        self, state: dict[str, Tensor], block: Transform, start: int, rows: int, axis: int
+    ) -> None:
+        """Copy the :attr:`block_state` buffers ``block``'s inverse set into ``state``'s full-size
+        tensors, at the block's rows."""
+        for name in self.block_state:
+            piece = block._buffers.get(name)
+            if piece is None:
+                continue
+            full = state.get(name)
+            if full is None:
+                shape = list(piece.shape)
+                shape[axis] = rows
+                full = state[name] = piece.new_empty(shape)
+            full.narrow(axis, start, piece.shape[axis]).copy_(piece)
 
     def admit(self, value: Any, *, hint: str | None = None, broadcast: bool = True) -> Tensor:
         """``value`` as a tensor of the constrained tensor's shape, dtype and device, checked to lie
@@ -355,7 +403,7 @@ class Transform(nn.Module, abc.ABC):
         """The unconstrained space: the real numbers (or real vectors for event transforms)."""
         if self.event_dim == 0:
             return constraints.real
-        return constraints.independent(constraints.real, self.event_dim)
+        return torch_typed.independent(constraints.real, self.event_dim)
 
     @abc.abstractmethod
     def _excess(self, y: Tensor) -> Tensor:
@@ -529,13 +577,20 @@ class Transform(nn.Module, abc.ABC):
         The test is on the closed set with a tolerance of a few ulps of the bounds in ``y``'s dtype,
         because the forward map can round onto a bound. NaN and infinite values are never inside.
         """
-        blocks = list(self._row_blocks(y))
+        blocks = list(self._row_blocks(y, membership=True))
         if len(blocks) == 1:
             return self._finite_excess(y) == 0
-        inside = torch.empty(y.shape, dtype=torch.bool, device=y.device)
+        axis = self._block_axis(y)
+        inside: Tensor | None = None
         for start, part, transform in blocks:
             assert start is not None  # several blocks: each starts at a row
-            inside[start : start + part.shape[0]] = transform._finite_excess(part) == 0
+            answer = transform._finite_excess(part) == 0
+            if inside is None:  # events reduce to size 1 (keepdim): the answer's own shape
+                shape = list(answer.shape)
+                shape[axis] = y.shape[axis]
+                inside = torch.empty(shape, dtype=torch.bool, device=y.device)
+            inside.narrow(axis, start, answer.shape[axis]).copy_(answer)
+        assert inside is not None
         return inside
 
     def value_and_slope(self, x: Tensor, out: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
@@ -723,7 +778,8 @@ class Transform(nn.Module, abc.ABC):
         index: tuple[int, ...] = ()
         # Elementwise sets are checked a block of rows at a time: the float64 excess of the whole
         # tensor (and its temporaries) would cost several times the tensor's own memory.
-        for start, part, transform in self._row_blocks(value):
+        axis = self._block_axis(value)
+        for start, part, transform in self._row_blocks(value, membership=True):
             excess = transform._finite_excess(part)
             total += excess.numel()
             outside = int((excess != 0).sum())
@@ -734,7 +790,9 @@ class Transform(nn.Module, abc.ABC):
             if float(peak) > worst:
                 worst = float(peak)
                 where = tuple(int(i) for i in torch.unravel_index(flat, excess.shape))
-                index = (where[0] + start, *where[1:]) if start is not None else where
+                if start is not None:  # the block's index along its axis, back in the whole tensor
+                    where = (*where[:axis], where[axis] + start, *where[axis + 1 :])
+                index = where
         if count == 0:
             return
         detail = self._describe_worst(value, index)
@@ -744,17 +802,32 @@ class Transform(nn.Module, abc.ABC):
             f"worst: {detail}. {hint or _DEFAULT_HINT}"
         )
 
-    def _row_blocks(self, value: Tensor) -> Iterator[tuple[int | None, Tensor, Transform]]:
-        """``(start, rows, transform)`` for blocks of about ``_BLOCK_ELEMENTS`` entries of ``value``
-        along its first dimension, each with the transform's own per-row settings sliced to match;
-        one block ``(None, value, self)`` unless the transform is elementwise with settings only in
-        its own buffers, of at most ``value``'s rank."""
-        rows = value.shape[0] if value.dim() else 0
+    def _block_axis(self, value: Tensor) -> int:
+        """The dimension :meth:`_row_blocks` cuts ``value`` along: the first one that is not an event
+        dimension (the rows, unless the events run along them, as ``MaxNorm(dim=0)``'s columns)."""
+        events = set(self.event_dims(value.dim())) if self.event_dim else set()
+        return next((d for d in range(value.dim()) if d not in events), 0)
+
+    def _row_blocks(
+        self, value: Tensor, *, membership: bool = False
+    ) -> Iterator[tuple[int | None, Tensor, Transform]]:
+        """``(start, part, transform)`` for blocks of about ``_BLOCK_ELEMENTS`` entries of ``value``
+        along :meth:`_block_axis` (``start`` counts along it), each with the transform's own per-row
+        settings sliced to match; one block ``(None, value, self)`` unless the transform acts on
+        each element or event on its own (elementwise with settings only in its own buffers, of at
+        most ``value``'s rank, or :attr:`slices_independent`). ``membership``: the blocks are only
+        checked against the set, which a vector or matrix transform's buffers (Orthogonal's base,
+        state its inverse sets) do not change, so those are cut too."""
         buffers = {name: b for name, b in self._buffers.items() if b is not None}
-        # A vector transform acts on each slice along its dim on its own: blocks of rows along
-        # another dimension give the same numbers.
+        axis = self._block_axis(value)
+        rows = value.shape[axis] if value.dim() else 0
+        # A vector or matrix transform acts on each event on its own: blocks along a dimension
+        # outside the events give the same numbers. State its inverse sets per event (block_state)
+        # is set on a copy per block and gathered by inverse_in_blocks.
+        per_event = self.event_dim > 0 and (membership or set(buffers) <= set(self.block_state))
+        stateless = not buffers or per_event
         rows_apart = self.event_dim == 0 or (
-            self.slices_independent and bool(buffers) is False and 0 not in self.event_dims(value.dim())
+            self.slices_independent and stateless and axis not in self.event_dims(value.dim())
         )
         if (
             not rows_apart
@@ -772,14 +845,15 @@ class Transform(nn.Module, abc.ABC):
             sliced = {
                 name: b[start:stop]
                 for name, b in buffers.items()
-                if b.dim() == value.dim() and b.shape[0] != 1
+                if self.event_dim == 0 and b.dim() == value.dim() and b.shape[0] != 1
             }
             transform = self
-            if sliced:
-                # A shallow copy that reads the rows' bounds: no tensor is copied.
+            if sliced or (self.block_state and not membership):
+                # A shallow copy that reads the rows' bounds, or whose inverse sets its own state:
+                # no tensor is copied.
                 transform = copy.copy(self)
                 transform.__dict__["_buffers"] = {**self._buffers, **sliced}
-            yield start, value[start:stop], transform
+            yield start, value.narrow(axis, start, stop - start), transform
 
     def _finite_excess(self, y: Tensor) -> Tensor:
         excess = self._excess(y)
@@ -789,7 +863,7 @@ class Transform(nn.Module, abc.ABC):
 
     def _describe_worst(self, y: Tensor, index: tuple[int, ...]) -> str:
         if self.event_dim == 0:
-            element = y.broadcast_to(torch.broadcast_shapes(y.shape, self._finite_excess(y).shape))
+            element = y.broadcast_to(torch_typed.broadcast_shapes(y.shape, self._finite_excess(y).shape))
             value = element[index].item()
             if not math.isfinite(value):
                 return f"value {format_scalar(value)} at {format_index(index)} is not finite"
@@ -822,6 +896,8 @@ def coerce_value(
         )
     if isinstance(value, nn.Parameter):
         value = value.detach()
+    if _other_number(value):
+        value = float(value)  # Fraction, Decimal, NumPy-free exact numbers: their nearest float
     if not isinstance(value, Tensor):
         if isinstance(value, (bool, str, bytes)) or not _array_like(value):
             raise UnsupportedTensorError(
@@ -839,6 +915,7 @@ def coerce_value(
             raise UnsupportedTensorError(
                 f"{where}: cannot convert the {type(value).__name__} assigned to a tensor ({error})."
             ) from None
+    value = _dense_values(value, where, device)
     complex_target = complex_ok and (dtype is None or dtype.is_complex)
     if value.dtype == torch.bool or (value.is_complex() and not complex_target):
         kind = "boolean" if value.dtype == torch.bool else "complex"
@@ -857,7 +934,7 @@ def coerce_value(
         value = value.to(dtype=dtype or value.dtype, device=device or value.device)
     if shape is not None and value.shape != shape:
         try:
-            fits = broadcast and torch.broadcast_shapes(value.shape, shape) == shape
+            fits = broadcast and torch_typed.broadcast_shapes(value.shape, shape) == shape
         except RuntimeError:
             fits = False
         if not fits:
@@ -881,7 +958,7 @@ def _complex_kept(fn: Any) -> Any:
 
     def convert(tensor: Tensor) -> Tensor:
         if not tensor.is_complex():
-            return fn(tensor)  # type: ignore[no-any-return]
+            return fn(tensor)  # type: ignore[no-any-return]  # Module._apply functions map tensors to tensors
         # What fn does to an empty complex tensor: .double() and .half() leave it, .to(complex128)
         # converts it, .to(torch.float64) casts it to real (and warns, which the probe silences).
         with warnings.catch_warnings():
@@ -895,6 +972,40 @@ def _complex_kept(fn: Any) -> Any:
         return tensor.to(device=probe.device, dtype=dtype)
 
     return convert
+
+
+def _other_number(value: Any) -> bool:
+    """Whether ``value`` is a real number torch cannot convert itself (``Fraction``, ``Decimal``)."""
+    from numbers import Number
+
+    return (
+        isinstance(value, Number)
+        and not isinstance(value, (bool, int, float, complex))
+        and not hasattr(value, "__array__")
+        and hasattr(value, "__float__")
+        and not isinstance(value, Tensor)
+    )
+
+
+def _dense_values(value: Tensor, where: str, device: torch.device | None) -> Tensor:
+    """``value`` as an ordinary strided tensor holding its numbers: sparse and quantized tensors are
+    converted; a ``meta`` tensor (no values) is refused unless the target is on ``meta`` too."""
+    if value.device.type == "meta" and (device is None or device.type != "meta"):
+        raise UnsupportedTensorError(
+            f"{where}: the value assigned is on the meta device, which holds no values; assign a tensor "
+            "with values (for a model built on meta, call to_empty() first, then initialise it)."
+        )
+    try:
+        if value.is_quantized:
+            return value.dequantize()
+        if value.layout != torch.strided:
+            return value.to_dense()
+    except (RuntimeError, TypeError, NotImplementedError) as error:
+        raise UnsupportedTensorError(
+            f"{where}: cannot read the values of the {value.layout} tensor assigned ({error}); assign a "
+            "dense tensor."
+        ) from None
+    return value
 
 
 def _array_like(value: Any) -> bool:
@@ -922,8 +1033,43 @@ def _warn_gradient_dropped(target: str | None) -> None:
 #: Containers whose empty instances Transform.__deepcopy__ makes anew instead of deep-copying.
 _EMPTY_COPYABLE = (dict, OrderedDict, set, list)
 
+#: (the tensor ``constrain()`` is registering, its stored tensor if already computed), while it
+#: registers it: :meth:`Transform.right_inverse` trusts that one tensor (see :func:`registering`).
+_PREPARED: list[tuple[Tensor, Tensor | None] | None] = [None]
+
+
+@contextlib.contextmanager
+def registering(tensor: Tensor, stored: Tensor | None) -> Iterator[None]:
+    """While ``constrain()`` registers ``tensor`` (whose value its plan checked), the transform's
+    ``right_inverse`` of that very tensor skips the membership check it already passed and returns
+    ``stored`` when given (the inverse the plan's dry run computed)."""
+    _PREPARED[0] = (tensor, stored)
+    try:
+        yield
+    finally:
+        _PREPARED[0] = None
+
+
+def _copy_plain_tensor(value: Any, memo: dict[int, Any]) -> Any:
+    """``copy.deepcopy(value, memo)``, with a plain dense tensor that needs no gradient and carries
+    no attributes of its own (a transform's bound) cloned directly: the same copy, without the
+    Python of ``Tensor.__deepcopy__``."""
+    if (
+        type(value) is Tensor
+        and not value.requires_grad
+        and value.layout == torch.strided
+        and not value.is_quantized
+        and not value.__dict__
+        and value.device.type != "meta"
+    ):
+        found = memo.get(id(value))
+        if found is None:
+            found = memo[id(value)] = value.clone()
+        return found
+    return copy.deepcopy(value, memo)
+
 
 def _plain_deepcopy(module: nn.Module, memo: dict[int, Any]) -> Any:
     """``copy.deepcopy``'s own path for an object whose class defines ``__deepcopy__``."""
     reducer = module.__reduce_ex__(4)
-    return copy._reconstruct(module, memo, *reducer)  # type: ignore[attr-defined]
+    return copy._reconstruct(module, memo, *reducer)  # type: ignore[attr-defined]  # private, not in typeshed

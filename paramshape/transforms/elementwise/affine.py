@@ -8,6 +8,7 @@ from torch.distributions import constraints
 
 from paramshape.errors import SpecError
 from paramshape.errors.report import format_index, format_scalar
+from paramshape.numerics import torch_typed
 from paramshape.numerics.precision import compute_dtype
 from paramshape.transforms.elementwise.bounds import BoundedTransform, BoundLike, ensure_finite
 from paramshape.transforms.registry import register
@@ -73,7 +74,7 @@ class Affine(BoundedTransform):
         r"""Elementwise :math:`\log\lvert\sigma\rvert`, broadcast to ``x``'s shape."""
         work = compute_dtype(x.dtype)
         slope = torch.log(self.scale.to(work).abs())
-        return slope.expand(torch.broadcast_shapes(slope.shape, x.shape)).to(x.dtype)
+        return slope.expand(torch_typed.broadcast_shapes(slope.shape, x.shape)).to(x.dtype)
 
     @property
     def codomain(self) -> constraints.Constraint:

@@ -4,15 +4,18 @@ messages that go with them."""
 from __future__ import annotations
 
 import abc
+import functools
 import math
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import Tensor
 
 from paramshape.errors import ShapeMismatchError, SpecError
 from paramshape.errors.report import format_index, format_scalar, format_setting, format_shape, tensor_label
+from paramshape.numerics import torch_typed
+from paramshape.numerics.host import host_reads_free
 from paramshape.numerics.precision import excess_above, excess_below
 from paramshape.transforms.base import Transform
 
@@ -85,7 +88,7 @@ def check_broadcast(bounds: dict[str, Tensor], shape: torch.Size, owner: str) ->
         if bound.dim() == 0 or bound.shape == shape:
             continue  # torch.broadcast_shapes costs tens of microseconds; constrain() calls this per tensor
         try:
-            result = torch.broadcast_shapes(bound.shape, shape)
+            result = torch_typed.broadcast_shapes(bound.shape, shape)
         except RuntimeError:
             result = None
         if result != shape:
@@ -105,7 +108,7 @@ def elementwise_excess(y: Tensor, low: Tensor | None, high: Tensor | None) -> Te
         excess = excess + excess_above(y, high)
     if excess.shape == y.shape:  # bounds that broadcast to y: skip torch.broadcast_shapes, per check
         return excess
-    return excess.broadcast_to(torch.broadcast_shapes(excess.shape, y.shape))
+    return excess.broadcast_to(torch_typed.broadcast_shapes(excess.shape, y.shape))
 
 
 def describe_bound_violation(
@@ -115,7 +118,7 @@ def describe_bound_violation(
     shape = y.shape
     for bound in (low, high):
         if bound is not None:
-            shape = torch.broadcast_shapes(shape, bound.shape)
+            shape = torch_typed.broadcast_shapes(shape, bound.shape)
     value = y.broadcast_to(shape)[index].item()
     text = f"value {format_scalar(value, y.dtype)} at {format_index(index)}"
     if low is not None:
@@ -180,6 +183,7 @@ class BoundedTransform(Transform):
     def _store(self) -> dict[str, Tensor]:
         """The tensors the bounds are stored in: the bound buffers, or the learnable parameters."""
         if self.learnable:
+            # The ignores here: registered names always hold a tensor (torch types the slots Optional).
             return {name: self._parameters[name] for name in self._learnable_names}  # type: ignore[misc]
         return {name: self._buffers[name] for name in self.bound_names}  # type: ignore[misc]
 
@@ -287,6 +291,21 @@ class BoundedTransform(Transform):
         if any(bound.device.type == "meta" for bound in bounds.values()):
             self._bounds_checked()  # no values to check; to_empty() brings the kept ones back
             return
+        if self.learnable and not all(host_reads_free(bound) for bound in bounds.values()):
+            # Learnable bounds change at every optimizer step, and this runs at the next read: on a
+            # GPU a host check would wait for the device at every step. Finite learnable bounds keep
+            # their layout (low < high by construction), so finiteness is all there is to check,
+            # and it is asserted on the device (a non-finite bound stops the run there).
+            # (The message names the tensor and the class, not the bounds' values: a repr reads them.)
+            for name, bound in bounds.items():
+                torch._assert_async(
+                    torch.isfinite(bound).all(),
+                    f"paramshape: {self._where()}the learnable bound '{name}' of {type(self).__name__} is "
+                    "no longer finite (a diverged optimizer step? lower the learning rate, or load a "
+                    "checkpoint).",
+                )
+            self._bounds_checked(same_shapes=True)
+            return
         try:
             layout = self._check_learned(bounds) if self.learnable else self._analyse_bounds(bounds)
         except SpecError as error:
@@ -350,7 +369,9 @@ class BoundedTransform(Transform):
             # The fused kernels take bounds as constants; looking them up would compute the bounds
             # once per bound and read, only for the dispatch to decline (they require grad).
             self.__dict__["fusable"] = None
-            self._exact = {}
+            # The numbers given, at full precision: a dtype move of bounds not trained since (equal
+            # to them within rounding) rebuilds from these, as fixed bounds do.
+            self._exact = {name: bound.to(torch.float64) for name, bound in exact.items()}
             self._bounds_checked()
             return
         for name, bound in bounds.items():
@@ -459,10 +480,14 @@ class BoundedTransform(Transform):
         replace them when they come back (``to_empty()``), if any. A move to another dtype rebuilds
         each bound from its exact value (:meth:`_set_bounds`): one rounding, not two."""
         current = self._bounds()
-        converted = {name: fn(bound) for name, bound in current.items()}
+        converted = {name: _convert(fn, bound) for name, bound in current.items()}
         was_meta = any(bound.device.type == "meta" for bound in current.values())
         to_meta = any(bound.device.type == "meta" for bound in converted.values())
         source = getattr(self, "_meta_source", None) if was_meta and not to_meta else None
+        if source is None and not to_meta and not was_meta and _is_to_empty(fn):
+            # to_empty() allocates every tensor anew, uninitialised: the bounds are settings, not
+            # values to initialise, so they keep theirs (FSDP materialises models this way).
+            source = {name: bound.detach() for name, bound in current.items()}
         if source is not None:
             converted = {
                 name: source[name].to(device=bound.device, dtype=bound.dtype)
@@ -490,14 +515,24 @@ class BoundedTransform(Transform):
         bounds by its half-width floor, which depends on the dtype)."""
         with torch.no_grad():
             store = self._store()
-            converted = {name: fn(tensor.detach()) for name, tensor in store.items()}
+            converted = {name: _convert(fn, tensor.detach()) for name, tensor in store.items()}
             if any(t.device.type == "meta" for t in converted.values()):
                 return None, None
+            kept = getattr(self, "_meta_source", None)
+            if kept is None and _is_to_empty(fn):
+                kept = {name: tensor.detach() for name, tensor in store.items()}
+            if kept is not None and all(t.device.type != "meta" for t in kept.values()):
+                # Back from meta (to_empty), or to_empty() of real bounds: the learnable bounds keep
+                # their values instead of uninitialised memory.
+                converted = {
+                    name: kept[name].to(device=t.device, dtype=t.dtype) for name, t in converted.items()
+                }
+                store = {name: kept[name].to(device=t.device) for name, t in converted.items()}
             target = next(iter(converted.values()))
             if target.is_floating_point() and target.dtype != next(iter(store.values())).dtype:
                 exact = {
                     name: bound.to(device=target.device, dtype=torch.float64)
-                    for name, bound in self._plain_bounds().items()
+                    for name, bound in self._untrained_exact(self._plain_bounds()).items()
                 }
                 try:
                     converted = self._learnable_store(exact, target.dtype)
@@ -513,11 +548,34 @@ class BoundedTransform(Transform):
                 f"{type(self).__name__}: the conversion would break the learnable bounds: {error}"
             ) from None
 
+    def _untrained_exact(self, bounds: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The numbers the learnable bounds were given, where ``bounds`` (their current values) still
+        equal them within a few units of their dtype's rounding (not trained since); else ``bounds``."""
+        exact = getattr(self, "_exact", None) or {}
+        if set(exact) != set(bounds) or any(b.device.type == "meta" for b in bounds.values()):
+            return bounds
+        for name, bound in bounds.items():
+            kept = exact[name].to(bound.device)
+            if kept.shape != bound.shape and kept.dim() > 0:
+                return bounds
+            slack = 4 * torch.finfo(bound.dtype).eps * kept.abs().clamp_min(torch.finfo(bound.dtype).tiny)
+            if not bool(((bound.to(torch.float64) - kept).abs() <= slack).all()):
+                return bounds
+        return {name: exact[name].to(bound.device).expand_as(bound) for name, bound in bounds.items()}
+
     def _apply(self, fn: Any, recurse: bool = True) -> Transform:
         if self.learnable:
             # Parameters convert as any module's do; checked first, so a failing .half() changes nothing.
+            store = self._store()
+            if all(t.device.type != "meta" for t in store.values()) and any(
+                _convert(fn, t.detach()).device.type == "meta" for t in store.values()
+            ):
+                # Kept aside for to_empty(), as fixed bounds are (see below).
+                self._meta_source = {n: t.detach().cpu().clone() for n, t in store.items()}
             layout, values = self._converted_learned(fn)
-            result = super()._apply(fn, recurse)
+            result = super()._apply(functools.partial(_convert, fn), recurse)
+            if values is not None:
+                self.__dict__.pop("_meta_source", None)
             if values is not None:
                 with torch.no_grad():
                     for name, value in values.items():
@@ -538,16 +596,33 @@ class BoundedTransform(Transform):
             # initialisation path) gets the same bounds back instead of uninitialised memory.
             self._meta_source = {name: bound.detach().cpu().clone() for name, bound in current.items()}
         layout = None if to_meta else self._analyse_bounds(converted)
-        result = super()._apply(fn, recurse)
+        result = super()._apply(functools.partial(_convert, fn), recurse)
         if not to_meta:
             # The checked (and, on a dtype move, rebuilt) bounds, not fn's second conversion.
             for name, bound in converted.items():
                 self._buffers[name] = bound
             self._layout = layout
         if source is not None:
-            del self._meta_source
+            self.__dict__.pop("_meta_source", None)
         self._bounds_checked()
         return result
+
+
+def _is_to_empty(fn: Any) -> bool:
+    """Whether ``fn`` is the conversion of ``Module.to_empty()`` (fresh, uninitialised memory)."""
+    return str(getattr(fn, "__qualname__", "")).startswith("Module.to_empty")
+
+
+def _convert(fn: Any, tensor: Tensor) -> Tensor:
+    """``fn(tensor)``; for a ``meta`` tensor that ``fn`` would copy out (``.to("cpu")``, which torch
+    refuses: no data), an uninitialised tensor where ``fn`` would put it, for the values kept aside
+    to replace."""
+    if tensor.device.type != "meta":
+        return cast(Tensor, fn(tensor))
+    probe = fn(torch.empty(0, dtype=tensor.dtype))
+    if probe.device.type == "meta":
+        return cast(Tensor, fn(tensor))
+    return torch.empty(tensor.shape, dtype=probe.dtype, device=probe.device)
 
 
 def _overflows(exact: Tensor, bound: Tensor) -> bool:

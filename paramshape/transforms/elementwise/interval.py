@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import weakref
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -14,9 +16,14 @@ from paramshape.fusion import handfused as _handfused
 from paramshape.fusion.compiled import Fusable
 from paramshape.numerics import maps as _maps
 from paramshape.numerics import slopes as _slopes
+from paramshape.numerics import torch_typed
 from paramshape.numerics.precision import INTERIOR_SLOPE, compute_dtype, interior_distance
 from paramshape.transforms.elementwise.bounds import BoundedTransform, BoundLike, positive_setting
 from paramshape.transforms.registry import register
+
+#: Per Box, what :meth:`Box.value_and_slope` derives from 0-d bounds (at the working precision, with
+#: the gain), and the bound tensors and versions it derived them from. Weak: it dies with the Box.
+_FOLD_CONSTANTS: weakref.WeakKeyDictionary[Any, tuple[Any, ...]] = weakref.WeakKeyDictionary()
 
 __all__ = ["Box", "UnitInterval"]
 
@@ -129,7 +136,7 @@ class Box(BoundedTransform):
 
     def _learnable_store(self, bounds: dict[str, Tensor], dtype: torch.dtype) -> dict[str, Tensor]:
         low, high = bounds["low"], bounds["high"]
-        low64, high64 = torch.broadcast_tensors(low.double(), high.double())
+        low64, high64 = torch_typed.broadcast_tensors(low.double(), high.double())
         centre = (low64 + high64) / 2
         extra = (high64 - low64) / 2 - _half_width_floor(centre.to(dtype)).double()
         if not bool((extra > 0).all()):
@@ -143,20 +150,40 @@ class Box(BoundedTransform):
     def value_and_slope(self, x: Tensor, out: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
         """The value and slope in one pass of the hand-fused arithmetic for two-sided bounds (the
         forward's values bit for bit, at every size); autograd's otherwise."""
-        work = compute_dtype(x.dtype)
+        # A step-folded tensor calls this once per optimizer step: the bounds at the working
+        # precision, the gain and the width are kept while the bound tensors are unchanged.
+        buffers = self._buffers
+        low, high = buffers.get("low"), buffers.get("high")
+        kept = _FOLD_CONSTANTS.get(self)
         if (
-            self.learnable
-            or self._layout != "interval"
-            or work != x.dtype
-            or (
-                (self.low.dim() or self.high.dim())
-                and torch.broadcast_shapes(x.shape, self.low.shape, self.high.shape) != x.shape
-            )
+            kept is None
+            or kept[0] is not low
+            or kept[1] is not high
+            or kept[2] != (low._version, high._version, x.dtype, x.device, self.slope)
         ):
-            return super().value_and_slope(x, out)
-        low, high = self.low.to(work), self.high.to(work)
-        gain = _maps.box_gain(low, high, self.slope)
-        return _handfused.sigmoid_box_value_and_slope(x.detach(), low, high, gain, out)
+            work = compute_dtype(x.dtype)
+            if (
+                self.learnable
+                or self._layout != "interval"
+                or work != x.dtype
+                or low is None
+                or high is None
+                or low.dim()
+                or high.dim()
+            ):
+                if not self.learnable and self._layout == "interval" and work == x.dtype:
+                    low, high = self.low, self.high
+                    if torch_typed.broadcast_shapes(x.shape, low.shape, high.shape) == x.shape:
+                        low, high = low.to(work), high.to(work)
+                        gain = _maps.box_gain(low, high, self.slope)
+                        return _handfused.sigmoid_box_value_and_slope(x.detach(), low, high, gain, out)
+                return super().value_and_slope(x, out)
+            low_w, high_w = low.to(device=x.device, dtype=work), high.to(device=x.device, dtype=work)
+            constants = (low_w, high_w, _maps.box_gain(low_w, high_w, self.slope))
+            key = (low._version, high._version, x.dtype, x.device, self.slope)
+            kept = _FOLD_CONSTANTS[self] = (low, high, key, constants)
+        low_w, high_w, gain = kept[3]
+        return _handfused.sigmoid_box_value_and_slope(x.detach(), low_w, high_w, gain, out)
 
     def inverse(self, y: Tensor) -> Tensor:
         work = compute_dtype(y.dtype)
@@ -210,10 +237,10 @@ class Box(BoundedTransform):
     def codomain(self) -> constraints.Constraint:
         plain = self._plain_bounds()
         if self._layout == "lower":
-            return constraints.greater_than(plain["low"])
+            return torch_typed.greater_than(plain["low"])
         if self._layout == "upper":
-            return constraints.less_than(plain["high"])
-        return constraints.interval(plain["low"], plain["high"])
+            return torch_typed.less_than(plain["high"])
+        return torch_typed.interval(plain["low"], plain["high"])
 
     def to_interior(self, y: Tensor) -> Tensor:
         r"""Clamp ``y`` to where the map's slope is ``INTERIOR_SLOPE`` (1/4) of its largest: on
@@ -362,7 +389,7 @@ def _classify(low: Tensor, high: Tensor, name: str) -> str:
     try:
         # Equal shapes (the usual case) need no broadcast: torch.broadcast_shapes runs a Python
         # reference implementation, milliseconds per call, once per tensor in constrain().
-        shape = low.shape if low.shape == high.shape else torch.broadcast_shapes(low.shape, high.shape)
+        shape = low.shape if low.shape == high.shape else torch_typed.broadcast_shapes(low.shape, high.shape)
     except RuntimeError:
         raise SpecError(
             f"{name}: 'low' of shape {tuple(low.shape)} and 'high' of shape {tuple(high.shape)} "

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import get_args
+from typing import ClassVar, get_args
 
 import torch
 from torch import Tensor
@@ -13,6 +13,7 @@ from paramshape.errors import SpecError
 from paramshape.fusion.compiled import Fusable
 from paramshape.numerics import maps as _maps
 from paramshape.numerics import slopes as _slopes
+from paramshape.numerics import torch_typed
 from paramshape.numerics.maps import DEFAULT_SOFTNESS, PositiveMethod
 from paramshape.numerics.precision import INTERIOR_SLOPE, compute_dtype, interior_distance
 from paramshape.transforms.base import Transform
@@ -134,7 +135,8 @@ class Positive(Transform):
         zero = y.new_zeros((), dtype=torch.float64)
         floor = interior_distance(y.dtype, zero + _interior_distance(self.method, self.softness), zero)
         start = torch.where(torch.isfinite(y), y.double(), 0.0)
-        return start.clamp(min=floor, max=torch.finfo(y.dtype).max).to(y.dtype)
+        # Two clamps: torch's stubs type clamp's bounds as both tensors or both numbers.
+        return start.clamp(min=floor).clamp(max=torch.finfo(y.dtype).max).to(y.dtype)
 
     def sample(
         self,
@@ -163,8 +165,95 @@ class Positive(Transform):
         return _describe_method(self.method, self.softness).lstrip(", ")
 
 
+class _OneSided(BoundedTransform):
+    """The one implementation of :class:`GreaterThan` (``_side = 1``: values above the bound ``low``)
+    and :class:`LessThan` (``_side = -1``: below the bound ``high``).
+
+    The two sets are mirror images: :class:`LessThan` is :class:`GreaterThan` with the value and the
+    bound negated, so everything outside the maps themselves (whose formulas live in
+    :mod:`paramshape.numerics.maps` per side) is written once here, with the side's sign applied
+    where the side matters. A negation is exact in floating point, so both sides compute what their
+    own copies did, to the bit.
+    """
+
+    #: 1: the set lies above the bound (``low``); -1: below it (``high``).
+    _side: ClassVar[int]
+
+    def __init__(
+        self, bound: BoundLike, method: PositiveMethod, softness: float | None, learnable: bool
+    ) -> None:
+        super().__init__()
+        owner = type(self).__name__
+        self.method: PositiveMethod = _check_method(method, owner)
+        self.softness = _check_softness(softness, self.method, owner)
+        self._set_bounds(learnable=learnable, **{self.bound_names[0]: bound})
+
+    def _bound(self) -> Tensor:
+        """The bound as a plain value, without gradients."""
+        return self._plain_bounds()[self.bound_names[0]]
+
+    @property
+    def codomain(self) -> constraints.Constraint:
+        """torch's ``constraints.greater_than(low)`` or ``constraints.less_than(high)``."""
+        if self._side > 0:
+            return torch_typed.greater_than(self._bound())
+        return torch_typed.less_than(self._bound())
+
+    def to_interior(self, y: Tensor) -> Tensor:
+        r"""Move ``y`` at least :math:`s \log(4/3)` inside the bound (``exp``: 0.25), where the slope
+        is 1/4 of its largest: raise it to :math:`l + s \log(4/3)` (:class:`GreaterThan`) or lower
+        it to :math:`h - s \log(4/3)` (:class:`LessThan`); values further inside are unchanged."""
+        bound = self._bound().double()
+        distance = torch.full_like(bound, _interior_distance(self.method, self.softness))
+        limit = bound + self._side * interior_distance(y.dtype, distance, bound)
+        start = torch.where(torch.isfinite(y), y.double(), 0.0)
+        largest = torch.finfo(y.dtype).max
+        if self._side > 0:
+            return torch.maximum(start, limit).clamp(max=largest).to(y.dtype)
+        return torch.minimum(start, limit).clamp(min=-largest).to(y.dtype)
+
+    def sample(
+        self,
+        shape: torch.Size | tuple[int, ...],
+        *,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """A random value of the set: the bound plus (:class:`GreaterThan`) or minus
+        (:class:`LessThan`) ``softplus`` of a standard normal draw."""
+        distance = _typical_distance(shape, dtype, device, generator)
+        value = self._bound().to(distance) + self._side * distance
+        largest = torch.finfo(distance.dtype).max
+        return value.clamp(max=largest) if self._side > 0 else value.clamp(min=-largest)
+
+    def peak_log_slope(self) -> float:
+        """Log of the reference slope :func:`~paramshape.saturation` compares with: 0, the softplus's
+        largest slope 1 (with ``exp``, the slope one unit from the bound)."""
+        return 0.0
+
+    def project(self, y: Tensor) -> Tensor:
+        r"""Clamp onto the closed half-line: :math:`P(y) = \max(y, l)` onto :math:`[l, \infty)`
+        (:class:`GreaterThan`), :math:`P(y) = \min(y, h)` onto :math:`(-\infty, h]`
+        (:class:`LessThan`)."""
+        bound = self._checked_bounds()[self.bound_names[0]].to(y.dtype)
+        # clamp's values; clamp with a tensor bound is slower than maximum/minimum
+        return torch.maximum(y, bound) if self._side > 0 else torch.minimum(y, bound)
+
+    def clamp_bounds(self) -> tuple[Tensor | None, Tensor | None]:
+        bound = self._checked_bounds()[self.bound_names[0]]
+        return (bound, None) if self._side > 0 else (None, bound)
+
+    def _analyse_bounds(self, bounds: dict[str, Tensor]) -> None:
+        name = self.bound_names[0]
+        ensure_finite(bounds[name], name, type(self).__name__, _INFINITE_ADVICE)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + _describe_method(self.method, self.softness)
+
+
 @register("greater_than")
-class GreaterThan(BoundedTransform):
+class GreaterThan(_OneSided):
     r"""Values above a lower bound, elementwise.
 
     .. math::
@@ -203,6 +292,7 @@ class GreaterThan(BoundedTransform):
     """
 
     low: Tensor
+    _side = 1
     bound_names = ("low",)
     fusable = Fusable(_above_forward, ("low",), ("method", "softness"), auto_min_elements=_AUTO_MIN)
     _learnable_names = ("low",)
@@ -214,10 +304,7 @@ class GreaterThan(BoundedTransform):
         softness: float | None = None,
         learnable: bool = False,
     ) -> None:
-        super().__init__()
-        self.method: PositiveMethod = _check_method(method, type(self).__name__)
-        self.softness = _check_softness(softness, self.method, type(self).__name__)
-        self._set_bounds(low=low, learnable=learnable)
+        super().__init__(low, method, softness, learnable)
 
     def forward(self, x: Tensor) -> Tensor:
         return _above_forward(x, self.low, self.method, self.softness)
@@ -232,55 +319,9 @@ class GreaterThan(BoundedTransform):
         work = compute_dtype(x.dtype)
         return _slopes.above_log_slope(x.to(work), self.method, self.softness).to(x.dtype)
 
-    @property
-    def codomain(self) -> constraints.Constraint:
-        return constraints.greater_than(self._plain_bounds()["low"])
-
-    def to_interior(self, y: Tensor) -> Tensor:
-        r"""Raise ``y`` to :math:`l + s \log(4/3)`, where the slope is 1/4 of its largest (``exp``:
-        :math:`l + 0.25`); larger values are unchanged."""
-        low = self._plain_bounds()["low"].double()
-        distance = torch.full_like(low, _interior_distance(self.method, self.softness))
-        floor = low + interior_distance(y.dtype, distance, low)
-        start = torch.where(torch.isfinite(y), y.double(), 0.0)
-        return torch.maximum(start, floor).clamp(max=torch.finfo(y.dtype).max).to(y.dtype)
-
-    def sample(
-        self,
-        shape: torch.Size | tuple[int, ...],
-        *,
-        dtype: torch.dtype | None = None,
-        device: torch.device | str | None = None,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
-        """A random value of the set: ``low + softplus(N(0, 1))``, the bound plus ``softplus`` of a standard normal draw."""
-        distance = _typical_distance(shape, dtype, device, generator)
-        return (self._plain_bounds()["low"].to(distance) + distance).clamp(
-            max=torch.finfo(distance.dtype).max
-        )
-
-    def peak_log_slope(self) -> float:
-        """Log of the reference slope :func:`~paramshape.saturation` compares with: 0, the softplus's
-        largest slope 1 (with ``exp``, the slope one unit from the bound)."""
-        return 0.0
-
-    def project(self, y: Tensor) -> Tensor:
-        r"""Clamp onto the closed half-line :math:`[l, \infty)`: :math:`P(y) = \max(y, l)`."""
-        low = self._checked_bounds()["low"]
-        return torch.maximum(y, low.to(y.dtype))  # clamp's values; clamp with a tensor is slower
-
-    def clamp_bounds(self) -> tuple[Tensor | None, Tensor | None]:
-        return self._checked_bounds()["low"], None
-
-    def _analyse_bounds(self, bounds: dict[str, Tensor]) -> None:
-        ensure_finite(bounds["low"], "low", type(self).__name__, _INFINITE_ADVICE)
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + _describe_method(self.method, self.softness)
-
 
 @register("less_than")
-class LessThan(BoundedTransform):
+class LessThan(_OneSided):
     r"""Values below an upper bound, elementwise; increasing in the unconstrained value.
 
     .. math::
@@ -313,6 +354,7 @@ class LessThan(BoundedTransform):
     """
 
     high: Tensor
+    _side = -1
     bound_names = ("high",)
     fusable = Fusable(_below_forward, ("high",), ("method", "softness"), auto_min_elements=_AUTO_MIN)
     _learnable_names = ("high",)
@@ -324,10 +366,7 @@ class LessThan(BoundedTransform):
         softness: float | None = None,
         learnable: bool = False,
     ) -> None:
-        super().__init__()
-        self.method: PositiveMethod = _check_method(method, type(self).__name__)
-        self.softness = _check_softness(softness, self.method, type(self).__name__)
-        self._set_bounds(high=high, learnable=learnable)
+        super().__init__(high, method, softness, learnable)
 
     def forward(self, x: Tensor) -> Tensor:
         return _below_forward(x, self.high, self.method, self.softness)
@@ -342,52 +381,6 @@ class LessThan(BoundedTransform):
         work = compute_dtype(x.dtype)
         return _slopes.below_log_slope(x.to(work), self.method, self.softness).to(x.dtype)
 
-    @property
-    def codomain(self) -> constraints.Constraint:
-        return constraints.less_than(self._plain_bounds()["high"])
-
-    def to_interior(self, y: Tensor) -> Tensor:
-        r"""Lower ``y`` to :math:`h - s \log(4/3)`, where the slope is 1/4 of its largest (``exp``:
-        :math:`h - 0.25`); smaller values are unchanged."""
-        high = self._plain_bounds()["high"].double()
-        distance = torch.full_like(high, _interior_distance(self.method, self.softness))
-        ceiling = high - interior_distance(y.dtype, distance, high)
-        start = torch.where(torch.isfinite(y), y.double(), 0.0)
-        return torch.minimum(start, ceiling).clamp(min=-torch.finfo(y.dtype).max).to(y.dtype)
-
-    def sample(
-        self,
-        shape: torch.Size | tuple[int, ...],
-        *,
-        dtype: torch.dtype | None = None,
-        device: torch.device | str | None = None,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
-        """A random value of the set: ``high - softplus(N(0, 1))``, the bound minus ``softplus`` of a standard normal draw."""
-        distance = _typical_distance(shape, dtype, device, generator)
-        return (self._plain_bounds()["high"].to(distance) - distance).clamp(
-            min=-torch.finfo(distance.dtype).max
-        )
-
-    def peak_log_slope(self) -> float:
-        """Log of the reference slope :func:`~paramshape.saturation` compares with: 0, the softplus's
-        largest slope 1 (with ``exp``, the slope one unit from the bound)."""
-        return 0.0
-
-    def project(self, y: Tensor) -> Tensor:
-        r"""Clamp onto the closed half-line :math:`(-\infty, h]`: :math:`P(y) = \min(y, h)`."""
-        high = self._checked_bounds()["high"]
-        return torch.minimum(y, high.to(y.dtype))  # clamp's values; clamp with a tensor is slower
-
-    def clamp_bounds(self) -> tuple[Tensor | None, Tensor | None]:
-        return None, self._checked_bounds()["high"]
-
-    def _analyse_bounds(self, bounds: dict[str, Tensor]) -> None:
-        ensure_finite(bounds["high"], "high", type(self).__name__, _INFINITE_ADVICE)
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + _describe_method(self.method, self.softness)
-
 
 _INFINITE_ADVICE = "one-sided bounds must be finite (Box accepts per-element infinite bounds)."
 
@@ -395,7 +388,7 @@ _INFINITE_ADVICE = "one-sided bounds must be finite (Box accepts per-element inf
 def _check_method(method: str, owner: str) -> PositiveMethod:
     if method not in _METHODS:
         raise SpecError(f"{owner}: method must be one of {list(_METHODS)}; got {method!r}.")
-    return method  # type: ignore[return-value]
+    return method  # type: ignore[return-value]  # one of PositiveMethod's values, checked above
 
 
 def _typical_distance(

@@ -10,6 +10,7 @@ from torch.distributions import constraints
 
 from paramshape.errors import SpecError
 from paramshape.fusion.compiled import Fusable
+from paramshape.numerics import torch_typed
 from paramshape.numerics.precision import (
     INTERIOR_SLOPE,
     compute_dtype,
@@ -170,7 +171,7 @@ class SoftClip(BoundedTransform):
 
     @property
     def codomain(self) -> constraints.Constraint:
-        return constraints.interval(self.low, self.high)
+        return torch_typed.interval(self.low, self.high)
 
     def project(self, y: Tensor) -> Tensor:
         r"""Clamp onto :math:`[l, h]`, the Euclidean projection onto the closed box."""

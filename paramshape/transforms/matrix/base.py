@@ -247,6 +247,9 @@ class MatrixTransform(Transform):
 
     event_dim = 2
     element_noun = "matrices"
+    # Each matrix of a batch is mapped and checked on its own: membership checks (and the inverse,
+    # for transforms without state such as Orthogonal's base) run a block of matrices at a time.
+    slices_independent = True
     #: Whether the matrices must be square.
     square: ClassVar[bool] = True
     #: Lower triangle of the stored tensor that the forward map reads (``None``: every entry).
@@ -282,6 +285,17 @@ class MatrixTransform(Transform):
         if self.codomain_offset is None:
             return super().codomain_coordinates(y)
         return tril_entries(y, self.codomain_offset)
+
+    def _describe(self, y: Tensor, index: tuple[int, ...]) -> str:
+        # A matrix holding NaN or infinity is named by that entry: the family's own measure of how
+        # far it is from the set (a deviation, an eigenvalue) would read NaN.
+        broken = self._describe_nonfinite(y, index)
+        return broken if broken is not None else self._describe_finite(y, index)
+
+    def _describe_finite(self, y: Tensor, index: tuple[int, ...]) -> str:
+        """How the finite matrix of ``y`` at ``index[:-2]`` breaks the set (:meth:`_describe` has
+        named any non-finite entry already). Each family that keeps :meth:`_describe` says this."""
+        raise NotImplementedError(f"{type(self).__name__} does not describe a finite matrix outside its set")
 
     def _describe_nonfinite(self, y: Tensor, index: tuple[int, ...]) -> str | None:
         """The sentence for a matrix holding NaN or infinity, or ``None`` if it holds none."""

@@ -272,10 +272,7 @@ class PositiveDefinite(MatrixTransform):
     def _excess(self, y: Tensor) -> Tensor:
         return _psd_excess(y)
 
-    def _describe(self, y: Tensor, index: tuple[int, ...]) -> str:
-        broken = self._describe_nonfinite(y, index)
-        if broken is not None:
-            return broken
+    def _describe_finite(self, y: Tensor, index: tuple[int, ...]) -> str:
         asymmetric = describe_asymmetry(y, index)
         if asymmetric is not None:
             return asymmetric

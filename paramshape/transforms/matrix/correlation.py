@@ -142,10 +142,7 @@ class CorrCholesky(MatrixTransform):
     def _excess(self, y: Tensor) -> Tensor:
         return sum(part for part in _factor_defects(y).values())
 
-    def _describe(self, y: Tensor, index: tuple[int, ...]) -> str:
-        broken = self._describe_nonfinite(y, index)
-        if broken is not None:
-            return broken
+    def _describe_finite(self, y: Tensor, index: tuple[int, ...]) -> str:
         defects = {name: float(part[index[:-2]].squeeze()) for name, part in _factor_defects(y).items()}
         worst = max(defects, key=defects.__getitem__)
         matrix = y.double()[index[:-2]]
@@ -249,10 +246,10 @@ class CorrMatrix(MatrixTransform):
     def _excess(self, y: Tensor) -> Tensor:
         return _corr_matrix_excess(y)
 
-    def _describe(self, y: Tensor, index: tuple[int, ...]) -> str:
-        broken = self._describe_nonfinite(y, index) or describe_asymmetry(y, index)
-        if broken is not None:
-            return broken
+    def _describe_finite(self, y: Tensor, index: tuple[int, ...]) -> str:
+        asymmetry = describe_asymmetry(y, index)
+        if asymmetry is not None:
+            return asymmetry
         matrix = y.double()[index[:-2]]
         diagonal = matrix.diagonal()
         row = int(torch.argmax((diagonal - 1).abs()))

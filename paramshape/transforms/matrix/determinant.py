@@ -17,6 +17,8 @@ import torch
 from torch import Tensor
 from torch.distributions import constraints
 
+from paramshape.errors import SpecError
+from paramshape.errors.report import format_index
 from paramshape.numerics.precision import INTERIOR_FRACTION, compute_dtype
 from paramshape.transforms.matrix.base import (
     MatrixSet,
@@ -107,6 +109,8 @@ class _Trivialized(MatrixTransform):
     supports_raw_init = False  # the inverse sets the base; a raw stored tensor would move it twice
     bijective = False
     base: Tensor
+    # One base matrix per stored matrix: a batch is inverted a block of matrices at a time.
+    block_state = ("base",)
     _unit_determinant = False
 
     def __init__(self) -> None:
@@ -116,9 +120,46 @@ class _Trivialized(MatrixTransform):
     def _generator(self, work: Tensor) -> Tensor:
         return work
 
+    def _limit(self, dtype: torch.dtype) -> float:
+        """The exponent's cap for a tensor of ``dtype``: the smaller of that dtype's and the cap of
+        the dtype the transform was constrained in (:meth:`map_dtype`), so a move to a wider dtype
+        keeps the map (float32's 4.0 in float64), and a move to a narrower one is refused by
+        :meth:`_check_stored_move` when an exponent lies beyond the narrower cap."""
+        return min(_generator_limit(dtype), _generator_limit(self.map_dtype(dtype)))
+
+    def _check_stored_move(self, stored: Tensor, dtype: torch.dtype) -> None:
+        """Raise :class:`SpecError` if converting the stored exponent ``stored`` to ``dtype`` would
+        change the value beyond rounding: the cap of ``dtype`` (1.7 for float16) is below the
+        exponent's Frobenius norm, so the same stored numbers would map to another matrix. Changes
+        nothing."""
+        if stored.device.type == "meta" or not stored.numel() or dtype == stored.dtype:
+            return
+        if not (dtype.is_floating_point and stored.is_floating_point()):
+            return  # refused elsewhere (a move to an integer or complex dtype)
+        new, old = self._limit(dtype), self._limit(stored.dtype)
+        if new >= old:
+            return
+        with torch.no_grad():
+            generator = self._generator(stored.double())
+            norms = torch.linalg.vector_norm(generator, dim=(-2, -1))
+        if not bool((norms > new).any()):
+            return
+        flat = int(torch.argmax(norms.reshape(-1)))
+        where = (
+            tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), norms.shape)) if norms.dim() else ()
+        )
+        matrix = f"the matrix at {format_index(where)}" if where else "the matrix"
+        raise SpecError(
+            f"{self._target or repr(self)}: a move to {dtype} would change {self!r}'s value, not only round "
+            f"it: {matrix} has an exponent of Frobenius norm {float(norms.reshape(-1)[flat]):.4g}, "
+            f"above {dtype}'s cap {new:.4g} (beyond it, rounding to {dtype} could flip the "
+            "determinant's sign). Re-assign the value first (layer.weight = layer.weight.detach(): it "
+            "becomes the base and the exponent 0), then move."
+        )
+
     def forward(self, x: Tensor) -> Tensor:
         work = x.to(compute_dtype(x.dtype))
-        value = torch.matrix_exp(_cap(self._generator(work), _generator_limit(x.dtype)))
+        value = torch.matrix_exp(_cap(self._generator(work), self._limit(x.dtype)))
         if self.base.numel():
             value = self.base.to(work.dtype) @ value
         return value.to(x.dtype)
@@ -164,7 +205,10 @@ class PositiveDeterminant(_Trivialized):
     value has the sign of :math:`\det B`. The exponent is scaled down to Frobenius norm
     :math:`\tfrac14 \log(1/\epsilon)` of the dtype where it is larger (4.0 in float32): each value
     is then within condition number :math:`\epsilon^{-1/2}` of the base, so its determinant's sign
-    survives rounding; training moves far beyond it only by assigning (or through the base of a
+    survives rounding. The cap is that of the dtype the tensor was constrained in, or of its current
+    dtype if smaller: ``.double()`` keeps float32's 4.0 (the same map), and ``.half()`` is refused
+    with :class:`SpecError`, before anything converts, while an exponent lies beyond float16's 1.7
+    (re-assign the value first, which moves it into the base); training moves far beyond it only by assigning (or through the base of a
     checkpoint). ``init="raw"`` is refused; **not bijective** (no log-det-Jacobian); no projection
     (the set is open).
 
@@ -201,10 +245,7 @@ class PositiveDeterminant(_Trivialized):
     def codomain(self) -> constraints.Constraint:
         return positive_determinant
 
-    def _describe(self, y: Tensor, index: tuple[int, ...]) -> str:
-        broken = self._describe_nonfinite(y, index)
-        if broken is not None:
-            return broken
+    def _describe_finite(self, y: Tensor, index: tuple[int, ...]) -> str:
         det = float(torch.linalg.det(y.double()[index[:-2]]))
         return f"{matrix_label(index)} has determinant {format_value(det, y.dtype)}"
 
@@ -215,24 +256,26 @@ class PositiveDeterminant(_Trivialized):
 _LOG_DETERMINANT_CAP = 0.5
 
 
-def special_linear_tolerance(y: Tensor) -> Tensor:
+def special_linear_tolerance(y: Tensor, dtype: torch.dtype | None = None) -> Tensor:
     """Per matrix, ``(*batch, 1, 1)`` float64: how far :math:`\\log \\det Y` may lie from 0 for ``y`` in
     SL(n): ``(matrix_tolerance + n eps) cond(Y)``, at most :data:`_LOG_DETERMINANT_CAP`. Rounding
     each entry of ``Y`` by a relative ``eps / 2`` moves :math:`\\log \\det Y` by
     :math:`\\operatorname{tr}(Y^{-1} E) \\le \\tfrac{n}{2} \\operatorname{cond}(Y)\\,\\epsilon`; the
-    matrix_tolerance part covers the products computed before the cast."""
+    matrix_tolerance part covers the products computed before the cast. ``dtype``: the precision
+    the value was computed at, if coarser than ``y``'s (a float32 value moved to float64)."""
     _, _, condition = _spectrum(y)
     size = y.shape[-1]
-    per_unit = matrix_tolerance(y.dtype, size) + size * torch.finfo(y.dtype).eps
+    dtype = dtype or y.dtype
+    per_unit = matrix_tolerance(dtype, size) + size * torch.finfo(dtype).eps
     return (per_unit * torch.nan_to_num(condition, nan=math.inf)).clamp_max(_LOG_DETERMINANT_CAP)
 
 
-def _special_linear_excess(y: Tensor) -> Tensor:
+def _special_linear_excess(y: Tensor, dtype: torch.dtype | None = None) -> Tensor:
     """Per matrix: 0 for a positive determinant whose log lies within
     :func:`special_linear_tolerance` of 0; the log's excess beyond it otherwise (1 for a determinant
     at or below 0); infinite for a matrix holding NaN or infinity."""
     sign, logabs, _ = _spectrum(y)
-    excess = (logabs.abs() - special_linear_tolerance(y)).clamp_min(0.0)
+    excess = (logabs.abs() - special_linear_tolerance(y, dtype)).clamp_min(0.0)
     excess = torch.where(sign > 0, torch.nan_to_num(excess, posinf=1.0), 1.0)
     return torch.where(nonfinite_matrices(y), torch.inf, excess)
 
@@ -295,7 +338,7 @@ class SpecialLinear(_Trivialized):
 
     def forward(self, x: Tensor) -> Tensor:
         work = x.to(compute_dtype(x.dtype))
-        value = torch.matrix_exp(_cap(self._generator(work), _generator_limit(x.dtype)))
+        value = torch.matrix_exp(_cap(self._generator(work), self._limit(x.dtype)))
         target = torch.zeros((), dtype=torch.float64, device=x.device)
         if self.base.numel():
             base = self.base.to(work.dtype)
@@ -305,7 +348,13 @@ class SpecialLinear(_Trivialized):
             # back unchanged. det B is 1 within B's membership tolerance, so this is a step of at most
             # that tolerance, not a change of the set; the gradient is the same on both sides.
             at_base = (work == 0).all(-1).all(-1)
-            target = torch.where(at_base, torch.linalg.slogdet(base.double()).logabsdet, 0.0)
+            base_log = torch.linalg.slogdet(base.double()).logabsdet
+            # Only a base inside the set at this precision: one rounded by a move to a narrower
+            # dtype and back (float16's determinant) is rescaled to 1 like any other value.
+            inside = (
+                base_log.abs() <= special_linear_tolerance(base, self._membership_dtype(x.dtype))[..., 0, 0]
+            )
+            target = torch.where(at_base & inside, base_log, 0.0)
         # det(value) is 1 only up to cond(B) cond(e^X) epsilons: rescale it, with the logs computed in
         # float64, so that the rescaling is the only rounding left.
         logabs = torch.linalg.slogdet(value.double()).logabsdet
@@ -314,7 +363,8 @@ class SpecialLinear(_Trivialized):
 
     def _excess_at(self, y: Tensor, fraction: float) -> Tensor:
         sign, logabs, _ = _spectrum(y)
-        return ((sign <= 0) | (logabs.abs() > fraction * special_linear_tolerance(y))).to(torch.float64)
+        tolerance = special_linear_tolerance(y, self._membership_dtype(y.dtype))
+        return ((sign <= 0) | (logabs.abs() > fraction * tolerance)).to(torch.float64)
 
     def inverse(self, y: Tensor) -> Tensor:
         """Set the base to ``y`` and return zeros; a value whose determinant is off by more than half
@@ -329,20 +379,25 @@ class SpecialLinear(_Trivialized):
         self.base = base.detach().to(dtype=y.dtype, device=y.device, copy=True)
         return torch.zeros_like(y)
 
+    def _membership_dtype(self, dtype: torch.dtype) -> torch.dtype:
+        """The coarser of ``dtype`` and the dtype the map was constrained in: a float32 value moved
+        to float64 has float32's determinant (1 within float32's tolerance), and must stay inside."""
+        fixed = self.map_dtype(dtype)
+        if fixed.is_floating_point and torch.finfo(fixed).eps > torch.finfo(dtype).eps:
+            return fixed
+        return dtype
+
     def _excess(self, y: Tensor) -> Tensor:
-        return _special_linear_excess(y)
+        return _special_linear_excess(y, self._membership_dtype(y.dtype))
 
     @property
     def codomain(self) -> constraints.Constraint:
         return special_linear
 
-    def _describe(self, y: Tensor, index: tuple[int, ...]) -> str:
-        broken = self._describe_nonfinite(y, index)
-        if broken is not None:
-            return broken
+    def _describe_finite(self, y: Tensor, index: tuple[int, ...]) -> str:
         matrix = y[index[:-2]]
         det = float(torch.linalg.det(matrix.double()))
-        allowed = float(special_linear_tolerance(matrix))
+        allowed = float(special_linear_tolerance(matrix, self._membership_dtype(y.dtype)))
         return (
             f"{matrix_label(index)} has determinant {format_value(det, y.dtype)} (|log det| at most "
             f"{allowed:.2g} allowed for its condition number)"

@@ -106,10 +106,7 @@ class Hermitian(MatrixTransform):
     def _excess(self, y: Tensor) -> Tensor:
         return _hermitian_excess(y)
 
-    def _describe(self, y: Tensor, index: tuple[int, ...]) -> str:
-        broken = self._describe_nonfinite(y, index)
-        if broken is not None:
-            return broken
+    def _describe_finite(self, y: Tensor, index: tuple[int, ...]) -> str:
         matrix = finite_wide(y)[index[:-2]]
         gap = (matrix - matrix.mH).abs()
         i, j = (int(k) for k in torch.unravel_index(torch.argmax(gap), gap.shape))

@@ -210,10 +210,7 @@ class LowRank(MatrixTransform):
     def _excess(self, y: Tensor) -> Tensor:
         return _rank_excess(y, self.rank)
 
-    def _describe(self, y: Tensor, index: tuple[int, ...]) -> str:
-        broken = self._describe_nonfinite(y, index)
-        if broken is not None:
-            return broken
+    def _describe_finite(self, y: Tensor, index: tuple[int, ...]) -> str:
         s = torch.linalg.svdvals(y.double()[index[:-2]])
         return (
             f"{matrix_label(index)} has rank above {self.rank}: its singular value number "

@@ -193,6 +193,8 @@ class Orthogonal(MatrixTransform):
     bijective = False
     manifold = True
     base: Tensor
+    # One base matrix per stored matrix: a batch is inverted a block of matrices at a time.
+    block_state = ("base",)
 
     def __init__(self, method: OrthogonalMethod = "auto") -> None:
         super().__init__()
@@ -283,10 +285,7 @@ class Orthogonal(MatrixTransform):
     def _excess(self, y: Tensor) -> Tensor:
         return _orthogonal_excess(y)
 
-    def _describe(self, y: Tensor, index: tuple[int, ...]) -> str:
-        broken = self._describe_nonfinite(y, index)
-        if broken is not None:
-            return broken
+    def _describe_finite(self, y: Tensor, index: tuple[int, ...]) -> str:
         adjoint = "^H" if y.is_complex() else "^T"
         gram = f"Q Q{adjoint}" if y.shape[-2] < y.shape[-1] else f"Q{adjoint} Q"
         deviation = float(_deviation(y[index[:-2]]))

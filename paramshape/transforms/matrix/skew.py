@@ -97,10 +97,7 @@ class SkewSymmetric(MatrixTransform):
     def _excess(self, y: Tensor) -> Tensor:
         return _skew_excess(y)
 
-    def _describe(self, y: Tensor, index: tuple[int, ...]) -> str:
-        broken = self._describe_nonfinite(y, index)
-        if broken is not None:
-            return broken
+    def _describe_finite(self, y: Tensor, index: tuple[int, ...]) -> str:
         matrix = y.double()[index[:-2]]
         gap = (matrix + matrix.mT).abs()
         i, j = (int(k) for k in torch.unravel_index(torch.argmax(gap), gap.shape))

@@ -9,6 +9,7 @@ from torch import Tensor
 from torch.distributions import constraints
 
 from paramshape.errors import SpecError
+from paramshape.numerics.host import host_reads_free
 from paramshape.numerics.precision import INTERIOR_FRACTION, compute_dtype
 from paramshape.transforms.matrix.base import (
     MatrixSet,
@@ -23,8 +24,8 @@ from paramshape.transforms.registry import register
 
 __all__ = ["DoublyStochastic", "doubly_stochastic"]
 
-#: How often (in iterations) the eager loop checks whether Sinkhorn has converged: each check reads
-#: a value back from the device, so it is not done every iteration.
+#: How often (in iterations) the eager loop on a CPU checks whether Sinkhorn has converged (each
+#: check is a reduction and a read back, so it is not done every iteration).
 _CHECK_EVERY = 10
 
 
@@ -72,8 +73,9 @@ class DoublyStochastic(MatrixTransform):
     Sinkhorn's iteration in log space (each step subtracts each row's, then each column's
     log-sum-exp; never an overflow or a division, so any finite input, :math:`\pm 10^4` included,
     gives a finite value and finite gradients; gradients flow through the iterations). At most
-    ``max_iterations`` steps; in eager mode it stops earlier once every row sum is within
-    :func:`matrix_tolerance` of 1 (checked every 10 steps; a compiled graph runs every step). The
+    ``max_iterations`` steps; on a CPU, in eager mode, it stops earlier once every row sum is within
+    :func:`matrix_tolerance` of 1 (checked every 10 steps; a compiled graph, and any other device,
+    runs every step, so a GPU forward never waits to read a value back). The
     last step leaves the columns summing to 1 exactly; ``balance`` then adds
     :math:`(1 - P 1) 1^\top / n`, which makes the rows exact without moving the column sums, and
     where that would leave a negative entry (a matrix Sinkhorn has not converged on: entries more than
@@ -132,7 +134,9 @@ class DoublyStochastic(MatrixTransform):
         # Row sums within this of 1 count as converged: the membership tolerance, of which balance's
         # own rounding then uses a small part.
         tolerance = matrix_tolerance(x.dtype, size) / 4
-        eager = not torch.compiler.is_compiling()
+        # The early exit reads a value back: on a CPU only (on a GPU each read would wait for the
+        # device; there the loop runs its max_iterations, which _balance makes exact either way).
+        eager = host_reads_free(x)
         log_p = work - torch.logsumexp(work, -2, keepdim=True)
         for step in range(self.max_iterations):
             log_p = log_p - torch.logsumexp(log_p, -1, keepdim=True)
@@ -154,10 +158,7 @@ class DoublyStochastic(MatrixTransform):
     def _excess(self, y: Tensor) -> Tensor:
         return _sums_excess(y)
 
-    def _describe(self, y: Tensor, index: tuple[int, ...]) -> str:
-        broken = self._describe_nonfinite(y, index)
-        if broken is not None:
-            return broken
+    def _describe_finite(self, y: Tensor, index: tuple[int, ...]) -> str:
         matrix = y.double()[index[:-2]]
         lowest = float(matrix.min())
         if lowest < 0 and -lowest >= max(

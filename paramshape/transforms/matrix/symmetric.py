@@ -78,8 +78,8 @@ class Symmetric(MatrixTransform):
     def _excess(self, y: Tensor) -> Tensor:
         return symmetric_excess(y)
 
-    def _describe(self, y: Tensor, index: tuple[int, ...]) -> str:
-        return self._describe_nonfinite(y, index) or describe_asymmetry(y, index) or "it is symmetric"
+    def _describe_finite(self, y: Tensor, index: tuple[int, ...]) -> str:
+        return describe_asymmetry(y, index) or "it is symmetric"
 
     def project(self, y: Tensor) -> Tensor:
         r"""The symmetric part :math:`(Y + Y^\top) / 2`, the orthogonal projection onto symmetric

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import torch
 from torch import Tensor
 
@@ -39,11 +37,12 @@ class VectorTransform(Transform):
     element_noun = "slices"
     slices_independent = True
     #: The smallest length along ``dim`` of the *value* the transform accepts.
-    min_size: ClassVar[int] = 1
+    # Not ClassVars: a family may set them per instance (Simplex: by its method).
+    min_size: int = 1
     #: Stored length along ``dim`` minus the value's length.
-    size_change: ClassVar[int] = 0
+    size_change: int = 0
     #: Why a slice needs :attr:`min_size` entries, for the error message.
-    size_reason: ClassVar[str] = ""
+    size_reason: str = ""
 
     def __init__(self, dim: int = -1) -> None:
         super().__init__()

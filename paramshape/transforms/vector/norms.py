@@ -85,6 +85,9 @@ class _RadialNorm(Transform):
 
     element_noun = "slices"
     event_dim = 1  # per instance: the number of dims in ``dim``
+    # Each slice on its own: checks and inverses run in blocks along a dimension outside ``dim``
+    # (the columns for Keras's default dim=0).
+    slices_independent = True
 
     def __init__(self, low: float, high: float, dim: Dims) -> None:
         super().__init__()
