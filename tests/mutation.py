@@ -254,8 +254,9 @@ def mutants_of(module: str) -> list[Mutant]:
     ]
 
 
-def mutated_source(mutant: Mutant) -> str:
-    tree = ast.parse((ROOT / mutant.module).read_text())
+def mutated_source(mutant: Mutant, source: str | None = None) -> str:
+    """The module's ``source`` (default: the checkout's) with ``mutant`` applied."""
+    tree = ast.parse((ROOT / mutant.module).read_text() if source is None else source)
     for index, (node, _) in enumerate(_sites(tree)):
         if index == mutant.index:
             if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
@@ -367,7 +368,8 @@ def run_mutant(
 ) -> Outcome:
     path = workspace / mutant.module
     original = path.read_text()
-    path.write_text(mutated_source(mutant))
+    # From the workspace's copy, made with the mutant list: the checkout may change during a run.
+    path.write_text(mutated_source(mutant, original))
     try:
         outcome = run_tests(workspace, mutant.module, timeout, fork, order)
         if order is None or outcome.status != "killed" or not _is_test(outcome.killer):

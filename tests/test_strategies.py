@@ -763,7 +763,9 @@ def test_a_constraint_follows_a_tensor_removed_for_a_moment_and_assigned_anew():
     layer.weight = None
     ps.project_(layer)  # a walk while the tensor is missing
     assert float(ps.penalty(layer)) == 0.0
-    layer.weight = nn.Parameter(torch.full((2, 2), 5.0))
+    layer.weight = nn.Parameter(torch.full((2, 2), 0.5))  # checked: a project tensor's Parameter must fit
+    with torch.no_grad():
+        layer.weight.fill_(5.0)  # as an optimizer step would
     ps.project_(layer)
     torch.testing.assert_close(layer.weight, torch.ones(2, 2), rtol=0, atol=0)
 
