@@ -254,8 +254,9 @@ def mutants_of(module: str) -> list[Mutant]:
     ]
 
 
-def mutated_source(mutant: Mutant) -> str:
-    tree = ast.parse((ROOT / mutant.module).read_text())
+def mutated_source(mutant: Mutant, source: str | None = None) -> str:
+    """The module's ``source`` (default: the checkout's) with ``mutant`` applied."""
+    tree = ast.parse((ROOT / mutant.module).read_text() if source is None else source)
     for index, (node, _) in enumerate(_sites(tree)):
         if index == mutant.index:
             if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
@@ -292,12 +293,15 @@ def _subset(module: str) -> tuple[list[str], str]:
     return CORE.get(module, (["tests/test_references.py"], ""))
 
 
-def _pytest_arguments(module: str) -> list[str]:
-    tests, keyword = _subset(module)
+def _base_arguments() -> list[str]:
     # -x: a mutant's run stops at its first failure; no cache provider (the copies are thrown away)
     # and no xdist (the mutants are the parallel unit: workers inside one would fight over 2 cores).
-    arguments = ["-x", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", "-p", "tests._mutation_plugin"]
-    arguments += ["-m", "not slow", *tests]
+    return ["-x", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", "-p", "tests._mutation_plugin"]
+
+
+def _pytest_arguments(module: str) -> list[str]:
+    tests, keyword = _subset(module)
+    arguments = [*_base_arguments(), "-m", "not slow", *tests]
     # Compiling, 20 Adam steps and gradcheck take seconds per case and add little on arithmetic
     # that the references and the other properties do not already pin down: left out.
     quick = "not compiles and not optimizer and not gradcheck"
@@ -344,10 +348,13 @@ def _environment(workspace: Path, order: Path | None) -> dict[str, str]:
 
 def run_tests(workspace: Path, module: str, timeout: float, fork: bool, order: Path | None = None) -> Outcome:
     """Run ``module``'s test subset in ``workspace`` as it stands (mutated or not)."""
+    return _run(workspace, _pytest_arguments(module), timeout, fork, order)
+
+
+def _run(workspace: Path, arguments: list[str], timeout: float, fork: bool, order: Path | None) -> Outcome:
     result = workspace / ".mutation-result.json"
     result.unlink(missing_ok=True)
     environment = _environment(workspace, order)
-    arguments = _pytest_arguments(module)
     start = time.perf_counter()
     if fork:
         returncode = _run_forked(workspace, arguments, timeout, environment)
@@ -361,11 +368,27 @@ def run_mutant(
 ) -> Outcome:
     path = workspace / mutant.module
     original = path.read_text()
-    path.write_text(mutated_source(mutant))
+    # From the workspace's copy, made with the mutant list: the checkout may change during a run.
+    path.write_text(mutated_source(mutant, original))
     try:
-        return run_tests(workspace, mutant.module, timeout, fork, order)
+        outcome = run_tests(workspace, mutant.module, timeout, fork, order)
+        if order is None or outcome.status != "killed" or not _is_test(outcome.killer):
+            return outcome
+        # The kill came in a reordered run: confirm it with the killing test alone, so that a test
+        # that fails only after another one (shared state) cannot count as a kill.
+        alone = _run(workspace, [*_base_arguments(), outcome.killer], timeout, fork, None)
+        if alone.status == "killed":
+            return Outcome("killed", outcome.seconds + alone.seconds, outcome.killer)
+        # Not alone: the subset in pytest's own order decides, as the unmutated run passed it.
+        plain = run_tests(workspace, mutant.module, timeout, fork, None)
+        seconds = outcome.seconds + alone.seconds + plain.seconds
+        return Outcome(plain.status, seconds, f"{plain.killer} (pytest's order)" if plain.killer else "")
     finally:
         path.write_text(original)
+
+
+def _is_test(killer: str) -> bool:
+    return "::" in killer and not killer.startswith(("exit ", "collection: "))
 
 
 def _run_subprocess(
@@ -533,7 +556,7 @@ def main(argv: list[str] | None = None) -> int:
             outcome = run_mutant(mutant, workspace, args.timeout, fork, order)
         finally:
             free.append(workspace)
-        if outcome.status == "killed" and outcome.killer and " " not in outcome.killer:
+        if outcome.status == "killed" and _is_test(outcome.killer):
             cache["sites"][_site(mutant)] = outcome.killer
             kills = cache["modules"].setdefault(mutant.module, {})
             kills[outcome.killer] = kills.get(outcome.killer, 0) + 1

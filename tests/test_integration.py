@@ -258,6 +258,22 @@ def test_an_integer_checkpoint_tensor_is_checked_as_the_value_it_loads_as():
     assert torch.equal(layer.weight, torch.tensor([[1.0, 0.0], [-1.0, 0.0]]))
 
 
+def test_a_real_checkpoint_tensor_for_a_complex_constrained_tensor_is_checked_as_it_loads():
+    """A real float64 vector of norm 1 + 1e-8 for a complex64 UnitNorm tensor: load_state_dict's copy_
+    casts it to complex64, where its norm is 1 within float32's tolerance. Assignment accepts it;
+    checkpoint loading must judge the same value alike (it checked the float64 value and refused)."""
+    value = torch.tensor([0.6, 0.8], dtype=torch.float64) * (1 + 1e-8)
+    module = nn.Module()
+    module.w = nn.Parameter(torch.tensor([0.6 + 0j, 0.8 + 0j], dtype=torch.complex64))
+    ps.constrain(module, "w", ps.UnitNorm())
+    module.w = value  # assignment: checked as the complex64 value it becomes
+    state = dict(ps.plain_state_dict(module))
+    state["w"] = value
+    module.load_state_dict(state)
+    assert module.w.dtype == torch.complex64
+    torch.testing.assert_close(module.w, value.to(torch.complex64))
+
+
 # ------------------------------------------------------------ a saturated value comes back
 #: (name, transform, outward direction, saturated stored value): 30 units of the map's own scale
 #: past the point where it bends (the one-sided maps' softness is 0.25, UnitInterval is sigma(4x),

@@ -807,7 +807,7 @@ def test_the_project_step_takes_in_a_tensor_constrained_after_the_first_step():
     torch.testing.assert_close(layer.bias, torch.ones(2), rtol=0, atol=0)
 
 
-def test_the_project_step_follows_a_parameter_the_module_and_the_optimizer_swapped():
+def test_the_project_step_follows_a_parameter_swapped_in_the_module_and_its_param_group():
     """A new Parameter put in the module and, in place, in the optimizer's list (as frameworks that
     re-materialise parameters do): the optimizer's lists keep their identity and length, so only the
     plan's check of the tensor each module holds notices; the new tensor is the one projected."""

@@ -311,7 +311,7 @@ def _tensor_entry(state_dict: Mapping[str, Any], key: str, like: Tensor, shape: 
             f"Checkpoint key '{key}' holds a complex value ({value.dtype}) for a real constrained tensor "
             f"({like.dtype}); save or convert real values. Nothing was loaded."
         )
-    if like.is_floating_point() or (value.is_complex() and like.is_complex()):
+    if like.is_floating_point() or like.is_complex():
         # An integer or boolean checkpoint tensor too: load_state_dict's copy_ casts it, so it is
         # checked as the value it becomes (the membership tolerance needs a floating dtype).
         return value.detach().to(device=like.device, dtype=like.dtype)
