@@ -272,3 +272,13 @@ def test_state_dict_moves_and_named_parameters() -> None:
     layer.weight = 0.1
     assert layer.weight.dtype == torch.float64
     assert float(layer.weight.detach()[0, 0]) == 0.1  # converted at the tensor's (new) precision
+
+
+def test_torch_compile_of_a_module_with_the_assignment_class() -> None:
+    torch._dynamo.reset()
+    layer = _layer("project")
+    compiled = torch.compile(layer, backend="eager")
+    x = torch.ones(1, 2)
+    torch.testing.assert_close(compiled(x), layer(x))
+    layer.weight = 0.25  # through the original module: the compiled one reads the same Parameter
+    torch.testing.assert_close(compiled(x), x @ torch.full((2, 2), 0.25) + layer.bias.detach())
