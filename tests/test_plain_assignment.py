@@ -220,6 +220,11 @@ def test_reparam_tensor_beside_a_plain_one() -> None:
     layer.weight = 0.25
     layer.bias = 0.5
     assert torch.equal(layer.weight.detach(), torch.full((2, 2), 0.25))
+    copied = pickle.loads(pickle.dumps(layer))  # parametrize's class on top of the assignment class
+    copied.weight = 0.375
+    assert torch.equal(copied.weight.detach(), torch.full((2, 2), 0.375))
+    with pytest.raises(ps.InfeasibleValueError):
+        copied.weight = 2.0
     ps.unconstrain(layer, "bias")
     layer.weight = 0.125
     assert torch.equal(layer.weight.detach(), torch.full((2, 2), 0.125))
