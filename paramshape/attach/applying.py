@@ -8,7 +8,11 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from paramshape.attach.assign import install_parameter_assignment, install_plain_assignment_check
+from paramshape.attach.assign import (
+    install_parameter_assignment,
+    install_plain_assignment_check,
+    sync_plain_assignment,
+)
 from paramshape.attach.checkpoint import install_module_support
 from paramshape.attach.moves import install_move_check
 from paramshape.attach.planning import Plan
@@ -73,6 +77,7 @@ def _apply_one(root: nn.Module, plan: Plan) -> None:
     if plan.method == "reparam":
         if state is not None and state.pop_plain(ref.name) is not None:
             discard_state_if_empty(ref.owner)
+            sync_plain_assignment(ref.owner)  # its own class back before parametrize subclasses it
         # The value the plan checked is not admitted again, and its dry-run inverse is reused.
         with registering(ref.storage(), plan.stored):
             _attach(ref, plan.transform, plan.target, plan.raw, plan.swap)
@@ -97,6 +102,7 @@ def _apply_one(root: nn.Module, plan: Plan) -> None:
     state_of(ref.owner, create=True).put_plain(ref.name, entry)  # type: ignore[union-attr]  # create=True: never None
     install_module_support(root, ref.owner)  # checkpoints are checked against the set too
     install_plain_assignment_check()  # and a Parameter assigned in its place
+    sync_plain_assignment(ref.owner)  # and a number, array or tensor assigned into it
     install_plain_init_support(ref.owner)  # reset_parameters()/apply(init_fn) keep it in the set
 
 

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from paramshape.attach.assign import install_parameter_assignment
+from paramshape.attach.assign import install_parameter_assignment, plain_base, sync_plain_assignment
 from paramshape.attach.moves import install_move_check, install_root_move_check
 from paramshape.attach.reinit import ProjectingInit, install_init_support
 from paramshape.errors import (
@@ -340,7 +340,7 @@ def _with_stored_settings(transform: Transform, state_dict: Mapping[str, Any], s
 def _reduce_parametrized(self: nn.Module, protocol: int) -> tuple:
     """Pickle a parametrized module as its original class plus the chains to re-attach: parametrize's
     dynamic ``Parametrized<Cls>`` class cannot be found by name when unpickling."""
-    base = parametrize.type_before_parametrizations(self)
+    base = plain_base(parametrize.type_before_parametrizations(self))  # a class found by name
     # A ProjectingInit refers back to the module (a reduce argument that is the object being
     # reduced would recurse); the rebuilt class's own reset_parameters/apply project instead.
     state = {k: v for k, v in self.__dict__.items() if not isinstance(v, ProjectingInit)}
@@ -393,4 +393,5 @@ def _rebuild_parametrized(base: type[nn.Module], state: dict[str, Any], entries:
         for name, *_ in entries:
             if paramshape_transform(module, name) is not None:
                 fast_read(module, name)  # the same getter (and lost-write check) as before pickling
+    sync_plain_assignment(module)  # numbers assigned to its plain tensors, as before pickling
     return module

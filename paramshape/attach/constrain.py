@@ -12,6 +12,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from paramshape.attach.applying import apply_plans
+from paramshape.attach.assign import sync_plain_assignment
 from paramshape.attach.planning import check_distinct, check_learnable, check_method, plan
 from paramshape.attach.resume import record_learnable, record_names
 from paramshape.attach.rollback import rollback_on_failure
@@ -309,6 +310,10 @@ def unconstrain(module: nn.Module, name: str | None = None) -> nn.Module:
                 if state is not None:
                     state.pop_plain(tensor_name)
                 discard_state_if_empty(owner)
+        for owner, _, _ in targets:
+            # The user's class back once no plain tensor is left (or the assignment method back on a
+            # module whose parametrize class just went while plain tensors stay).
+            sync_plain_assignment(owner)
     except BaseException:
         rollback.restore()
         raise
