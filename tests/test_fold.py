@@ -282,3 +282,21 @@ def test_box_value_and_slope_follows_its_bounds() -> None:
         bound = max(abs(float(box.low)), abs(float(box.high)))
         torch.testing.assert_close(value, expected.detach(), rtol=0, atol=2 * eps * bound)
         torch.testing.assert_close(slope, expected_slope, rtol=8 * eps, atol=8 * eps)
+
+
+def test_a_group_of_frozen_tensors_serves_plain_values() -> None:
+    """Every stored tensor of a group frozen: the values are the map of the stored tensors and
+    require no grad (no flat leaf, no hook); unfrozen again, they train."""
+    default, folded = _pair()
+    for parameter in folded.parameters():
+        parameter.requires_grad_(False)
+    for i in (0, 2, 4):
+        value = folded[i].weight
+        assert not value.requires_grad
+        torch.testing.assert_close(value, default[i].weight.detach(), rtol=0, atol=1e-9)
+    for parameter in folded.parameters():
+        parameter.requires_grad_(True)
+    _loss(folded).backward()
+    _loss(default).backward()
+    for a, b in zip(_grads(default), _grads(folded), strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-9)

@@ -28,8 +28,12 @@ def test_max_norm_rescales_large_gradients_and_leaves_small_ones():
     torch.testing.assert_close(layer.weight.grad, direction)
     torch.testing.assert_close(layer.bias.grad, reference.bias.grad)  # other tensors untouched
     layer.zero_grad()
+    reference.zero_grad()
     big_backward(layer, scale=1e-3)
-    assert layer.weight.grad.norm() < 1.0
+    big_backward(reference, scale=1e-3)
+    assert reference.weight.grad.norm() < 1.0
+    # Below max_norm the gradient is the unclipped one, bit for bit (not scaled up towards the cap).
+    torch.testing.assert_close(layer.weight.grad, reference.weight.grad, rtol=0, atol=0)
 
 
 def test_agrees_with_torch_per_tensor_clipping_for_one_backward():
@@ -136,3 +140,15 @@ def test_a_pattern_clips_every_match_on_its_own():
     assert len(model[2].weight._backward_hooks) == 1  # nothing changed
     ps.clip_grad(model, "*.weight")
     assert not model[2].weight._backward_hooks
+
+
+def test_a_clip_follows_a_tensor_removed_for_a_moment_and_assigned_anew():
+    """Weight tying and meta-device initialisation set a parameter to None, then assign a new one: a
+    walk over the module in between must not drop the clip, which moves to the new tensor."""
+    layer = ps.clip_grad(nn.Linear(4, 3), "bias", max_norm=1.0)
+    layer.bias = None
+    assert ps.constraints(layer) == {}  # a walk over the module while the tensor is missing
+    layer.bias = nn.Parameter(torch.zeros(3))
+    ps.constraints(layer)  # the walk that moves the clip to the new tensor
+    big_backward(layer)
+    torch.testing.assert_close(layer.bias.grad.norm(), torch.tensor(1.0))

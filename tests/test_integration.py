@@ -6,6 +6,8 @@ bounds that require grad through every fusion mode."""
 from __future__ import annotations
 
 import math
+import pickle
+import re
 
 import pytest
 import torch
@@ -50,6 +52,34 @@ def test_project_acts_on_a_module_that_also_holds_a_penalty_tensor():
     optimizer.step()
     torch.testing.assert_close(layer.weight, torch.ones(3, 3), rtol=0, atol=0)
     assert float(layer.bias.detach().min()) > 1.0, "the penalised bias was projected"
+
+
+class _Doubled(nn.Module):
+    """A plain torch parametrization (not paramshape's), for a module that holds both kinds."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return 2 * x
+
+    def right_inverse(self, y: Tensor) -> Tensor:
+        return y / 2
+
+
+def test_a_pickled_module_with_a_torch_parametrization_beside_a_constraint_keeps_its_checks():
+    """Unpickling rebuilds every parametrization of a module; paramshape's checks (assignment, the
+    getter that notices lost writes) come back when any one of them is paramshape's, not only when
+    all are."""
+    layer = nn.Linear(2, 2)
+    torch.nn.utils.parametrize.register_parametrization(layer, "bias", _Doubled())
+    ps.constrain(layer, "weight", ps.Box(-1.0, 1.0))
+    restored = pickle.loads(pickle.dumps(layer))
+    with pytest.raises(ps.InfeasibleValueError, match="weight"):
+        restored.weight = torch.full((2, 2), 5.0)
+    restored.weight = torch.full((2, 2), 0.5)
+    torch.testing.assert_close(restored.weight, torch.full((2, 2), 0.5))
+    with torch.no_grad():
+        restored.weight.mul_(2)  # lost: the value is recomputed at the next read, which says so
+    with pytest.warns(ps.ParamshapeWarning, match="written in place"):
+        _ = restored.weight
 
 
 # ------------------------------------------------------------------ penalty: the exact distance
@@ -143,6 +173,44 @@ class _Restorer(nn.Module):
 
     def restore(self, checkpoint: dict) -> None:
         self.inner.load_state_dict(checkpoint)
+
+
+def test_a_refused_partial_load_names_a_module_torch_loaded_one_tensor_of():
+    """Constrained layer by layer (not from the root), a refused load cannot undo what torch wrote
+    before the check ran: the message names the plain modules it loaded, a module counting as loaded
+    when the checkpoint holds any one of its tensors (here '0' without its bias, strict=False)."""
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    ps.constrain(model[1], "weight", ps.Box(-1.0, 1.0), init="sample")
+    state = dict(ps.plain_state_dict(model))
+    del state["0.bias"]
+    state["0.weight"] = torch.full((2, 2), 7.0)
+    state["1.weight"] = torch.full((2, 2), 5.0)
+    with pytest.raises(
+        ps.InfeasibleValueError, match=r"No constrained tensor was loaded\. .*: '0' \(Linear\); constrain"
+    ):
+        model.load_state_dict(state, strict=False)
+    assert torch.equal(model[0].weight.detach(), torch.full((2, 2), 7.0))  # what the message says
+
+
+def test_a_refused_load_from_the_root_says_nothing_was_loaded():
+    model = ps.constrain(nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2)), "1.weight", ps.Box(-1.0, 1.0))
+    state = dict(ps.plain_state_dict(model))
+    state["1.weight"] = torch.full((2, 2), 5.0)
+    with pytest.raises(ps.InfeasibleValueError, match=r"Nothing was loaded\.") as info:
+        model.load_state_dict(state)
+    assert "torch loaded these modules" not in str(info.value)
+
+
+@pytest.mark.parametrize("method", ["reparam", "project"])
+def test_a_checkpoint_entry_that_is_not_a_tensor_gets_torchs_message_naming_the_key(method):
+    """paramshape's check passes a non-tensor entry by (it has no shape or values to check), and
+    load_state_dict's own error names the key, rather than an AttributeError from inside the check."""
+    model = ps.constrain(nn.Sequential(nn.Linear(3, 3)), "0.weight", ps.Box(-0.5, 0.5), method=method)
+    state = dict(model.state_dict())
+    key = next(key for key in state if "weight" in key)
+    state[key] = 0.25
+    with pytest.raises(RuntimeError, match=rf'"{re.escape(key)}", expected torch\.Tensor'):
+        model.load_state_dict(state)
 
 
 def test_a_checkpoint_loaded_from_inside_a_module_method_is_checked_as_a_whole():

@@ -754,3 +754,76 @@ def test_the_project_step_follows_a_parameter_resized_through_data():
     assert layer.weight is weight
     step()
     assert torch.equal(layer.weight, high.expand(2, 3)), "the step used bounds expanded to the old shape"
+
+
+def test_a_constraint_follows_a_tensor_removed_for_a_moment_and_assigned_anew():
+    """A projected parameter set to None (weight tying, meta-device initialisation) and then assigned
+    anew: walks and steps in between do not fail, and the new tensor is the one projected."""
+    layer = ps.constrain(nn.Linear(2, 2), "weight", ps.Box(-1.0, 1.0), method="project")
+    layer.weight = None
+    ps.project_(layer)  # a walk while the tensor is missing
+    assert float(ps.penalty(layer)) == 0.0
+    layer.weight = nn.Parameter(torch.full((2, 2), 5.0))
+    ps.project_(layer)
+    torch.testing.assert_close(layer.weight, torch.ones(2, 2), rtol=0, atol=0)
+
+
+def test_the_project_step_clamps_bounds_in_one_pass_without_calling_each_entry(monkeypatch):
+    """Clamp-type sets (Box, GreaterThan, LessThan) are projected by the plan's foreach clamps, the
+    fast path, not one entry's ``project_`` after another."""
+
+    def refuse(entry):
+        raise AssertionError("the step hook projected a Box entry by entry")
+
+    layer, _, step = _projecting_layer(ps.Box(-1.0, 1.0))
+    monkeypatch.setattr(_state.PlainConstraint, "project_", refuse)
+    step()
+    torch.testing.assert_close(layer.weight, torch.ones(2, 2), rtol=0, atol=0)
+
+
+def test_the_project_step_takes_in_a_tensor_constrained_after_the_first_step():
+    """A constraint added after the optimizer's first step (the plan was built without it) is
+    projected at the next step: adding one makes the plan stale."""
+    layer = ps.constrain(nn.Linear(2, 2), "weight", ps.Box(-1.0, 1.0), method="project")
+    optimizer = torch.optim.SGD(layer.parameters(), lr=1.0)
+
+    def step() -> None:
+        optimizer.zero_grad()
+        (-100 * (layer.weight.sum() + layer.bias.sum())).backward()
+        optimizer.step()
+
+    step()
+    assert float(layer.bias.detach().max()) > 99
+    with torch.no_grad():
+        layer.bias.zero_()  # in place: the optimizer still holds this tensor
+    bias = layer.bias
+    ps.constrain(layer, "bias", ps.Box(-1.0, 1.0), method="project")
+    assert layer.bias is bias
+    step()
+    torch.testing.assert_close(layer.bias, torch.ones(2), rtol=0, atol=0)
+
+
+def test_the_project_step_follows_a_parameter_the_module_and_the_optimizer_swapped():
+    """A new Parameter put in the module and, in place, in the optimizer's list (as frameworks that
+    re-materialise parameters do): the optimizer's lists keep their identity and length, so only the
+    plan's check of the tensor each module holds notices; the new tensor is the one projected."""
+    layer, optimizer, step = _projecting_layer(ps.Box(-1.0, 1.0))
+    step()
+    new = nn.Parameter(torch.zeros(2, 2))
+    layer.weight = new
+    optimizer.param_groups[0]["params"][0] = new
+    step()
+    assert layer.weight is new
+    torch.testing.assert_close(new, torch.ones(2, 2), rtol=0, atol=0)
+
+
+def test_the_project_step_clamps_at_a_one_sided_tensor_bound():
+    """A tensor bound on one side only (per-row GreaterThan) is the plan's tensor path for that side
+    alone: values pushed below it are clamped to it."""
+    low = torch.tensor([[-1.0], [-2.0]])
+    layer = ps.constrain(nn.Linear(2, 2, bias=False), "weight", ps.GreaterThan(low), method="project")
+    optimizer = torch.optim.SGD(layer.parameters(), lr=1.0)
+    optimizer.zero_grad()
+    (100 * layer.weight.sum()).backward()
+    optimizer.step()
+    torch.testing.assert_close(layer.weight, low.expand(2, 2), rtol=0, atol=0)

@@ -113,27 +113,45 @@ def test_constrain_batch_of_matrices_in_blocks(small_blocks: None) -> None:
 
 
 # ------------------------------------------------------------------ constrain without a backup copy
-def test_constrain_swaps_storage_of_a_sole_tensor_and_rolls_it_back() -> None:
+def test_constrain_swaps_storage_of_a_sole_tensor_and_rolls_it_back(monkeypatch: pytest.MonkeyPatch) -> None:
     model = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 3))
     first = model[0].weight
     with torch.no_grad():
         first.clamp_(-0.5, 0.5)
     pointer, values = first.data_ptr(), first.detach().clone()
     before = take(model)
+    real = applying._apply_one
+    applied: list[Plan] = []
 
-    class Broken(ps.Box):
-        def inverse(self, y: torch.Tensor) -> torch.Tensor:
-            raise ps.TransformError("broken on purpose")
+    def interrupted(root: nn.Module, plan: Plan) -> None:
+        applied.append(plan)
+        real(root, plan)
+        if len(applied) == 2:
+            raise KeyboardInterrupt
 
-    with pytest.raises(ps.TransformError):
-        ps.constrain(model, {"0.weight": ps.Box(-1, 1), "1.weight": Broken(-1, 1)})
+    monkeypatch.setattr(applying, "_apply_one", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        ps.constrain(model, {"0.weight": ps.Box(-1, 1), "1.weight": ps.Box(-1, 1)})
+    monkeypatch.setattr(applying, "_apply_one", real)
+    assert [plan.swap for plan in applied] == [True, True]  # no backup copies were taken
     assert_same(before, take(model))
     assert model[0].weight is first
-    assert first.data_ptr() == pointer
+    assert first.data_ptr() == pointer  # its own storage back, not a copy of it
     assert torch.equal(first, values)
     ps.constrain(model, "0.weight", ps.Box(-1, 1))
-    assert model.parametrizations if False else model[0].parametrizations.weight.original is first
+    assert model[0].parametrizations.weight.original is first
     torch.testing.assert_close(model[0].weight, values)
+
+
+def test_tied_tensor_is_copied_for_the_rollback() -> None:
+    model = nn.Sequential(nn.Embedding(5, 3), nn.Linear(3, 5, bias=False))
+    model[1].weight = model[0].weight  # one Parameter in two modules: project keeps it plain
+    view = model[0].weight.detach()  # a second tensor on the storage: no swap
+    with torch.no_grad():
+        model[0].weight.fill_(3.0)
+    with pytest.warns(ps.ParamshapeWarning, match="moved"):
+        ps.constrain(model, "0.weight", ps.Box(-1, 1), method="project", init="project")
+    assert torch.equal(view, torch.ones(5, 3))  # written into the shared storage
 
 
 def test_project_constrain_writes_into_shared_storage() -> None:

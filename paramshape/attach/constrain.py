@@ -187,6 +187,25 @@ def constrain(
     """
     refuse_inside_compile("constrain")
     module = unwrap(module)
+    for moved in _constrain(module, name, spec, init, method, weight, fold):
+        warnings.warn(moved, ParamshapeWarning, stacklevel=2)
+    return module
+
+
+# Dynamo never traces the work: reached from a compiled function without fullgraph, constrain runs
+# eagerly at the graph break (refuse_inside_compile above is what fullgraph reports); traced, its
+# deep copies and storage scans fail inside Dynamo instead.
+@torch.compiler.disable  # type: ignore[untyped-decorator]  # torch leaves it unannotated
+def _constrain(
+    module: nn.Module,
+    name: str | Mapping[str, Spec],
+    spec: Spec | None,
+    init: InitPolicy,
+    method: ConstraintMethod,
+    weight: float | None,
+    fold: bool,
+) -> list[str]:
+    """constrain's work after the compile check; returns the warnings to give the caller."""
     if init not in _POLICIES:
         raise SpecError(f"init must be one of {list(_POLICIES)}; got {init!r}.")
     weight = check_method(method, weight)
@@ -209,10 +228,7 @@ def constrain(
     record_names(module)  # the names before this call, for the optimizer-resume check
     apply_plans(module, plans)
     record_learnable(module)  # an optimizer that misses learnable bounds warns at its first step
-    for planned in plans:
-        if planned.moved is not None:
-            warnings.warn(planned.moved, ParamshapeWarning, stacklevel=2)
-    return module
+    return [planned.moved for planned in plans if planned.moved is not None]
 
 
 def constraints(module: nn.Module) -> dict[str, Transform]:

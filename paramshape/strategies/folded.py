@@ -287,7 +287,7 @@ class FoldGroup:
             with torch.enable_grad():
                 value.requires_grad_(True)
                 value.register_post_accumulate_grad_hook(  # type: ignore[no-untyped-call]
-                    _group_chain_rule(raws, trained, sizes, slope)
+                    _group_chain_rule(raws, trained, slope)
                 )
                 pieces = value.split_with_sizes(sizes)
                 views = [
@@ -295,15 +295,13 @@ class FoldGroup:
                     for piece, raw, grad in zip(pieces, raws, trained, strict=True)
                 ]
         else:
-            views = [
-                piece.view(raw.shape) for piece, raw in zip(value.split_with_sizes(sizes), raws, strict=True)
-            ]
+            views = list(_unflatten(value, raws))
         for member, view, same in zip(members, views, unchanged, strict=True):
             member._store(view, same)
         return True
 
 
-def _group_chain_rule(raws: list[Tensor], trained: list[bool], sizes: list[int], slope: Tensor) -> Any:
+def _group_chain_rule(raws: list[Tensor], trained: list[bool], slope: Tensor) -> Any:
     """The gradient hook of a group's flat value: ``u.grad += g f'(u)`` for every member, from the
     flat gradient ``g``, in one multiplication over the group."""
 
@@ -321,14 +319,16 @@ def _group_chain_rule(raws: list[Tensor], trained: list[bool], sizes: list[int],
         # that product, as DDP's gradient_as_bucket_view gives views of one bucket (it is a new
         # tensor at every backward), or added to the gradient the tensor holds (accumulation).
         product = grad.mul_(slope) if grad.layout == torch.strided and grad.is_contiguous() else grad * slope
-        for raw, piece, wanted in zip(raws, product.split_with_sizes(sizes), trained, strict=True):
+        # The pieces in the stored tensors' shapes in one call (torch's own flat-bucket helper).
+        pieces = _unflatten(product, raws)
+        for raw, piece, wanted in zip(raws, pieces, trained, strict=True):
             if not wanted:
                 continue
             held = raw.grad
             if held is None:
-                raw.grad = piece.view(raw.shape)
+                raw.grad = piece
             else:
-                held.add_(piece.view(raw.shape))
+                held.add_(piece)
 
     return hook
 
@@ -402,3 +402,4 @@ def _label(transform: nn.Module) -> str:
 
 
 _functorch_active = torch._C._are_functorch_transforms_active
+_unflatten = torch._C._nn.unflatten_dense_tensors
