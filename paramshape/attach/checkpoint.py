@@ -151,11 +151,29 @@ def _load_plain_keys(module: nn.Module, state_dict: dict[str, Any], prefix: str,
         with contextlib.suppress(AttributeError):  # a plain dict (no outer load_state_dict frame)
             setattr(whole, _CHECKED, True)
     converted: dict[str, Tensor] = {}
-    for path, _owner, name, transform in constrained_tensors(module, remove_duplicate=False):
+    assign = bool(args and isinstance(args[0], dict) and args[0].get("assign_to_params_buffers"))
+    for path, owner, name, transform in constrained_tensors(module, remove_duplicate=False):
         stem = prefix + path[: len(path) - len(name)]
         plain_key, stored_key = stem + name, stem + _STORED.format(name=name)
         if plain_key not in state_dict or stored_key in state_dict:
             continue
+        original = owner.parametrizations[name].original
+        incoming = state_dict[plain_key]
+        if (
+            assign
+            and original.device.type == "meta"
+            and isinstance(incoming, Tensor)
+            and incoming.device.type != "meta"
+        ):
+            # The inverse would run with the transform's meta settings and store a meta tensor:
+            # the model would stay without values, silently.
+            raise UnsupportedTensorError(
+                f"Checkpoint key {tensor_label(repr(plain_key) + ' of ' + type_name(module), incoming)}: "
+                "a plain (constrained-value) checkpoint cannot be loaded with assign=True into a "
+                "constrained model on the meta device. Call model.to_empty(device=...) first and load "
+                "without assign, or load the model's own state_dict() format (the stored tensors), "
+                "which assign=True takes as is. Nothing was loaded."
+            )
         # The same conversion, shape rule (exact, as load_state_dict's), check and message as an
         # assignment, raised before any tensor is loaded.
         value = transform.admit(
@@ -327,8 +345,10 @@ def _with_stored_settings(transform: Transform, state_dict: Mapping[str, Any], s
     if not incoming:
         return transform
     checker = copy.deepcopy(transform)
+    # On meta (a model built there) the settings hold no values: the checker takes the checkpoint's.
+    on_meta = any(t.device.type == "meta" for t in (*checker.buffers(), *checker.parameters()))
     try:
-        checker.load_state_dict(incoming, strict=False)
+        checker.load_state_dict(incoming, strict=False, assign=on_meta)
     except SpecError as error:
         raise SpecError(f"Checkpoint keys under '{stem}': {error} Nothing was loaded.") from None
     except RuntimeError as error:  # torch's own size mismatch

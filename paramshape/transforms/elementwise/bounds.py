@@ -169,7 +169,7 @@ class BoundedTransform(Transform):
     _bound_versions: tuple[int, ...] | None = None
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name in self.bound_names and "_layout" in self.__dict__:
+        if name in self.bound_names and "_layout" in self.__dict__ and "_loading" not in self.__dict__:
             self._assign_bound(name, value)
             return
         super().__setattr__(name, value)
@@ -440,8 +440,26 @@ class BoundedTransform(Transform):
             self._bounds_checked()
             return
         incoming = {name: state_dict.get(prefix + name, bound) for name, bound in self._bounds().items()}
-        layout = self._analyse_bounds(incoming)
-        super()._load_from_state_dict(state_dict, prefix, *args)
+        kept = self.__dict__.get("_meta_source") or {}
+        # A bound on ``meta`` that the checkpoint does not carry is checked at the value kept aside
+        # when it went to meta (what to_empty() gives it back).
+        incoming = {
+            name: kept[name] if bound.device.type == "meta" and name in kept else bound
+            for name, bound in incoming.items()
+        }
+        without_values = any(bound.device.type == "meta" for bound in incoming.values())
+        layout = self._layout if without_values else self._analyse_bounds(incoming)
+        # Checked together just above: ``assign=True`` sets each bound by attribute, which must not
+        # check it one at a time against the other bound, still the old one (on ``meta``, no value).
+        self.__dict__["_loading"] = True
+        try:
+            super()._load_from_state_dict(state_dict, prefix, *args)
+        finally:
+            del self.__dict__["_loading"]
+        if without_values:  # nothing to check or to keep exactly
+            return
+        if any(bound.device.type == "meta" for bound in self._bounds().values()):
+            return  # a bound the checkpoint lacks stays on meta; to_empty() gives it the kept value
         self._layout = layout
         # The checkpoint's numbers, at the precision it stored them, are the bounds from now on.
         self._exact = {name: bound.detach().to(torch.float64) for name, bound in self._bounds().items()}
