@@ -306,19 +306,13 @@ def _group_chain_rule(raws: list[Tensor], trained: list[bool], slope: Tensor) ->
     flat gradient ``g``, in one multiplication over the group."""
 
     def hook(value: Tensor) -> None:
-        grad = value.grad
-        value.grad = None
+        grad = _take_gradient(value)
         if grad is None:
             return
-        if grad.requires_grad:
-            raise TransformError(
-                "a folded constrained tensor (constrain(..., fold=True)) has no second derivatives: "
-                "backward(create_graph=True) reached it. Use fold=False for double backward."
-            )
         # g f'(u) in one pass over the flat gradient, then each stored tensor's piece: a view of
         # that product, as DDP's gradient_as_bucket_view gives views of one bucket (it is a new
         # tensor at every backward), or added to the gradient the tensor holds (accumulation).
-        product = grad.mul_(slope) if grad.layout == torch.strided and grad.is_contiguous() else grad * slope
+        product = _times_slope(grad, slope)
         # The pieces in the stored tensors' shapes in one call (torch's own flat-bucket helper).
         pieces = _unflatten(product, raws)
         for raw, piece, wanted in zip(raws, pieces, trained, strict=True):
@@ -360,21 +354,32 @@ def _group_key(member: FoldedValue) -> tuple[Any, ...] | None:
     return (type(transform), raw.dtype, raw.device, repr(transform), tuple(scalars))
 
 
+def _take_gradient(value: Tensor) -> Tensor | None:
+    """The gradient backward left on a folded value, taken off it (the value is a cache: its
+    stored tensor gets the gradient, through the chain rule); refused when it carries a graph."""
+    grad = value.grad
+    value.grad = None
+    if grad is not None and grad.requires_grad:
+        raise TransformError(
+            "a folded constrained tensor (constrain(..., fold=True)) has no second derivatives: "
+            "backward(create_graph=True) reached it. Use fold=False for double backward."
+        )
+    return grad
+
+
+def _times_slope(grad: Tensor, slope: Tensor) -> Tensor:
+    """``grad * slope``, in place where the gradient is a plain contiguous tensor (backward made it
+    for this hook alone)."""
+    return grad.mul_(slope) if grad.layout == torch.strided and grad.is_contiguous() else grad * slope
+
+
 def _chain_rule(raw: Tensor, slope: Tensor) -> Any:
     def hook(value: Tensor) -> None:
-        grad = value.grad
-        value.grad = None
+        grad = _take_gradient(value)
         if grad is None:
             return
-        if grad.requires_grad:
-            raise TransformError(
-                "a folded constrained tensor (constrain(..., fold=True)) has no second derivatives: "
-                "backward(create_graph=True) reached it. Use fold=False for double backward."
-            )
         if raw.grad is None:
-            raw.grad = (
-                grad.mul_(slope) if grad.layout == torch.strided and grad.is_contiguous() else grad * slope
-            )
+            raw.grad = _times_slope(grad, slope)
         else:
             raw.grad.addcmul_(grad, slope)
 
