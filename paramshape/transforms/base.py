@@ -114,6 +114,12 @@ class Transform(nn.Module, abc.ABC):
     #: base): the inverse of a batch then runs a block at a time too, each block on a copy of the
     #: transform, and the blocks' buffers are gathered into the transform's own at the end.
     block_state: ClassVar[tuple[str, ...]] = ()
+    #: Whether each element is checked and mapped on its own, whatever its position and the
+    #: tensor's shape (an elementwise map whose settings are scalars): :func:`~paramshape.constrain`
+    #: then checks the values of many small tensors that share one spec in one flat pass
+    #: (:mod:`paramshape.attach.batched`) instead of one pass per tensor. A subclass that overrides
+    #: ``forward``, ``inverse``, ``_excess`` or ``validate`` without setting it gets False.
+    flat_checks: ClassVar[bool] = False
     #: Whether the set is one of complex tensors: :func:`~paramshape.constrain` admits a complex
     #: tensor only for such a transform (:meth:`check_dtype`), and assigned complex values pass
     #: :meth:`admit`. Every transform of real sets leaves it False, so a complex tensor is refused
@@ -136,6 +142,10 @@ class Transform(nn.Module, abc.ABC):
         # Likewise, inherited clamp bounds would silently replace the subclass's own projection.
         if "project" in cls.__dict__ and "clamp_bounds" not in cls.__dict__:
             cls.clamp_bounds = Transform.clamp_bounds  # type: ignore[method-assign]  # on purpose, see above
+        # And an inherited flat check would batch a map that may no longer act element by element.
+        overrides = ("forward", "inverse", "_excess", "validate", "_finite_excess")
+        if any(name in cls.__dict__ for name in overrides) and "flat_checks" not in cls.__dict__:
+            cls.flat_checks = False
 
     def __init__(self) -> None:
         super().__init__()
