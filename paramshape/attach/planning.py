@@ -4,7 +4,9 @@ before it changes anything (so a failed call leaves the module exactly as it was
 from __future__ import annotations
 
 import copy
+import itertools
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import get_args
 
@@ -125,7 +127,7 @@ def plan(
         dtype = current.dtype.to_real() if current.is_complex() else current.dtype
         transform = transform.to(device=current.device, dtype=dtype)
     transform._bind(f"'{ref.path}' of {type_name(root)}", current)
-    transform._init_policy = init  # how reset_parameters() and apply() re-initialise it
+    transform.__dict__["_init_policy"] = init  # how reset_parameters() and apply() re-initialise it
     transform.check_shape(current.shape)
     if current.device.type == "meta":
         # A model built on the meta device has no values to check or choose yet: they come after
@@ -205,11 +207,16 @@ def check_distinct(plans: list[Plan]) -> None:
 # ------------------------------------------------------------------------------------ checks
 def _already_on(transform: Transform, like: Tensor) -> bool:
     """Whether every floating tensor of ``transform`` already has ``like``'s dtype and device."""
+    # A transform without submodules (nearly all) holds its tensors in its own two tables: read
+    # them there instead of through parameters()/buffers()' generators, once per tensor constrained.
+    if transform._modules:
+        tensors: Iterable[Tensor | None] = itertools.chain(transform.parameters(), transform.buffers())
+    else:
+        tensors = itertools.chain(transform._parameters.values(), transform._buffers.values())
     return all(
         t.dtype == like.dtype and t.device == like.device
-        for tensors in (transform.parameters(), transform.buffers())
         for t in tensors
-        if t.is_floating_point() or t.is_complex()
+        if t is not None and (t.is_floating_point() or t.is_complex())
     )
 
 

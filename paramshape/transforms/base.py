@@ -192,7 +192,9 @@ class Transform(nn.Module, abc.ABC):
         state = new.__dict__
         for key, value in self.__dict__.items():
             kind = type(value)
-            if kind in _EMPTY_COPYABLE and not value:
+            if kind in _ATOMIC or (kind is tuple and all(type(item) in _ATOMIC for item in value)):
+                state[key] = value  # what copy.deepcopy returns as is, without its dispatch per value
+            elif kind in _EMPTY_COPYABLE and not value:
                 state[key] = kind()
             elif kind is OrderedDict or kind is dict:
                 # The buffer table: its plain tensors cloned directly (Tensor.__deepcopy__ is
@@ -208,12 +210,17 @@ class Transform(nn.Module, abc.ABC):
     def _bind(self, target: str, value: Tensor) -> None:
         """Remember the tensor this transform is attached to (by :func:`paramshape.constrain`): its
         label for messages, and the shape, dtype and device an assigned value is held to."""
-        self._target = target
-        self._value_shape = torch.Size(value.shape)
-        self._value_like = torch.empty(0, dtype=value.dtype, device=value.device)
+        # Plain attributes, written straight into the instance (Module.__setattr__ and the
+        # transforms' own checks cost more than the rest of a bind, 200 times per constrain call);
+        # the names are never parameters, buffers or submodules.
+        self.__dict__.update(
+            _target=target,
+            _value_shape=torch.Size(value.shape),
+            _value_like=torch.empty(0, dtype=value.dtype, device=value.device),
+        )
         for part in self.modules():
             if isinstance(part, Transform):
-                part._map_dtype = value.dtype
+                part.__dict__["_map_dtype"] = value.dtype
 
     def map_dtype(self, dtype: torch.dtype) -> torch.dtype:
         """The dtype the map's constants are sized for when it acts on a tensor of ``dtype``: the
@@ -1042,6 +1049,9 @@ def _warn_gradient_dropped(target: str | None) -> None:
 
 #: Containers whose empty instances Transform.__deepcopy__ makes anew instead of deep-copying.
 _EMPTY_COPYABLE = (dict, OrderedDict, set, list)
+#: Immutable values that ``copy.deepcopy`` gives back unchanged (its ``_deepcopy_atomic`` types
+#: that a transform holds, and torch's dtypes, devices and sizes, which it copies to equal values).
+_ATOMIC = frozenset({type(None), bool, int, float, complex, str, bytes, torch.dtype, torch.device})
 
 #: (the tensor ``constrain()`` is registering, its stored tensor if already computed), while it
 #: registers it: :meth:`Transform.right_inverse` trusts that one tensor (see :func:`registering`).
