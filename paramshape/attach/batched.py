@@ -24,7 +24,7 @@ from torch.nn.utils import parametrize
 
 from paramshape.attach.planning import KEEP_STORED_ELEMENTS, check_output, check_stored_values
 from paramshape.errors import ParamshapeError
-from paramshape.lookup.modules import locate
+from paramshape.lookup.modules import TensorRef, locate
 from paramshape.spec.resolve import Spec, resolve
 from paramshape.transforms.base import Transform
 
@@ -37,9 +37,10 @@ FLAT_PASS_ELEMENTS = 1 << 18
 
 @dataclass(frozen=True)
 class Checked:
-    """A tensor whose value the flat pass admitted: the Parameter or buffer it read, and the stored
-    (unconstrained) tensor the inverse gave for it, a tensor of its own."""
+    """A tensor whose value the flat pass admitted: where it lives, the Parameter or buffer it read,
+    and the stored (unconstrained) tensor the inverse gave for it, a tensor of its own."""
 
+    ref: TensorRef
     tensor: Tensor
     stored: Tensor
 
@@ -51,12 +52,13 @@ def check_values(
     others (not eligible, or in a group where a check failed) are left to the plan's own checks."""
     if method != "reparam" or init != "keep" or len(targets) < 2:
         return {}
-    groups: dict[tuple[int, torch.dtype, torch.device], list[tuple[int, Tensor]]] = {}
+    groups: dict[tuple[int, torch.dtype, torch.device], list[tuple[int, TensorRef, Tensor]]] = {}
     specs: dict[int, Spec] = {}
     for index, (dotted, spec) in enumerate(targets):
-        tensor = _eligible_tensor(root, dotted)
-        if tensor is not None:
-            groups.setdefault((id(spec), tensor.dtype, tensor.device), []).append((index, tensor))
+        found = _eligible_tensor(root, dotted)
+        if found is not None:
+            ref, tensor = found
+            groups.setdefault((id(spec), tensor.dtype, tensor.device), []).append((index, ref, tensor))
             specs[id(spec)] = spec
     checked: dict[int, Checked] = {}
     for (spec_id, dtype, device), members in groups.items():
@@ -70,8 +72,8 @@ def check_values(
     return checked
 
 
-def _eligible_tensor(root: nn.Module, dotted: str) -> Tensor | None:
-    """The Parameter or buffer ``root.dotted`` when it can join a flat pass: located, not already
+def _eligible_tensor(root: nn.Module, dotted: str) -> tuple[TensorRef, Tensor] | None:
+    """Where ``root.dotted`` lives and its Parameter or buffer, when it can join a flat pass: located, not already
     parametrized (reading a foreign parametrization runs it), a small dense real floating tensor
     with values (not meta, not an inference tensor)."""
     try:
@@ -90,7 +92,7 @@ def _eligible_tensor(root: nn.Module, dotted: str) -> Tensor | None:
         or tensor.is_inference()
     ):
         return None
-    return tensor
+    return ref, tensor
 
 
 def _flat_transform(spec: Spec, dtype: torch.dtype, device: torch.device) -> Transform | None:
@@ -117,12 +119,12 @@ def _flat_transform(spec: Spec, dtype: torch.dtype, device: torch.device) -> Tra
     return transform
 
 
-def _passes(members: list[tuple[int, Tensor]]) -> list[list[tuple[int, Tensor]]]:
+def _passes(members: list[tuple[int, TensorRef, Tensor]]) -> list[list[tuple[int, TensorRef, Tensor]]]:
     """``members`` cut into runs of at most :data:`FLAT_PASS_ELEMENTS` values."""
-    runs: list[list[tuple[int, Tensor]]] = [[]]
+    runs: list[list[tuple[int, TensorRef, Tensor]]] = [[]]
     size = 0
     for member in members:
-        count = member[1].numel()
+        count = member[2].numel()
         if runs[-1] and size + count > FLAT_PASS_ELEMENTS:
             runs.append([])
             size = 0
@@ -131,10 +133,10 @@ def _passes(members: list[tuple[int, Tensor]]) -> list[list[tuple[int, Tensor]]]
     return runs
 
 
-def _check_pass(transform: Transform, members: list[tuple[int, Tensor]]) -> dict[int, Checked]:
+def _check_pass(transform: Transform, members: list[tuple[int, TensorRef, Tensor]]) -> dict[int, Checked]:
     """The plan's checks of ``init="keep"`` (membership, then the dry run's inverse, forward and
     round trip) on the members' values joined flat; ``{}`` when any of them fails."""
-    tensors = [tensor.detach() for _, tensor in members]
+    tensors = [tensor.detach() for _, _, tensor in members]
     try:
         with torch.no_grad():
             flat = torch.cat([t.reshape(-1) for t in tensors])
@@ -163,6 +165,6 @@ def _check_pass(transform: Transform, members: list[tuple[int, Tensor]]) -> dict
         return {}
     pieces = torch.split(raw, sizes)
     return {
-        index: Checked(tensor, piece.view(tensor.shape).clone())
-        for (index, tensor), piece in zip(members, pieces, strict=True)
+        index: Checked(ref, tensor, piece.view(tensor.shape).clone())
+        for (index, ref, tensor), piece in zip(members, pieces, strict=True)
     }

@@ -20,6 +20,7 @@ from paramshape.attach.rollback import rollback_on_failure
 from paramshape.errors import ConstraintConflictError, ParamshapeWarning, SpecError
 from paramshape.lookup.modules import (
     AliasIndex,
+    TensorRef,
     constrained_tensors,
     locate,
     parametrization_chain,
@@ -386,8 +387,8 @@ def _remove_transform(owner: nn.Module, name: str) -> None:
     del chain[0]
 
 
-def _pair(checked: Checked | None) -> tuple[Tensor, Tensor] | None:
-    return None if checked is None else (checked.tensor, checked.stored)
+def _pair(checked: Checked | None) -> tuple[TensorRef, Tensor, Tensor] | None:
+    return None if checked is None else (checked.ref, checked.tensor, checked.stored)
 
 
 def _join(prefix: str, name: str) -> str:

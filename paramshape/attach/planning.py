@@ -101,13 +101,14 @@ def plan(
     method: str,
     weight: float | None,
     aliases: AliasIndex | None = None,
-    checked: tuple[Tensor, Tensor] | None = None,
+    checked: tuple[TensorRef, Tensor, Tensor] | None = None,
 ) -> Plan:
     """What constraining ``root.dotted`` will do, checked without changing anything. ``aliases``: the
     index of ``root``'s tensors, built once when many tensors of one tree are planned together.
-    ``checked``: ``(tensor, stored)`` when :mod:`paramshape.attach.batched` has already admitted that
-    tensor's value with ``init="keep"`` and computed its stored tensor (the dry run is not repeated)."""
-    ref = locate(root, dotted)
+    ``checked``: ``(ref, tensor, stored)`` when :mod:`paramshape.attach.batched` has already located
+    ``dotted``, admitted its value with ``init="keep"`` and computed its stored tensor (neither the
+    lookup nor the dry run is repeated)."""
+    ref = locate(root, dotted) if checked is None else checked[0]
     # Before the value is read: reading a tensor with a foreign parametrization runs it (and
     # spectral_norm's power iteration would advance), which a refused call must not do.
     _check_foreign(ref, root)
@@ -134,8 +135,8 @@ def plan(
         # to_empty(), from an init function or a checkpoint, and are checked then.
         return Plan(ref, transform, method, weight, current, None, None)
     if method == "reparam":
-        if checked is not None and checked[0] is ref.storage() and init == "keep":
-            return Plan(ref, transform, method, weight, current, None, None, stored=checked[1])
+        if checked is not None and checked[1] is ref.storage() and init == "keep":
+            return Plan(ref, transform, method, weight, current, None, None, stored=checked[2])
         target, raw, moved = _initial_value(transform, current, init, exact=False)
         stored = _dry_run(transform, target if raw is None else raw, current, raw is not None)
         return Plan(ref, transform, method, weight, target, raw, moved, stored=stored)
