@@ -238,9 +238,10 @@ def test_a_graph_built_before_a_step_keeps_the_slopes_it_used() -> None:
         torch.testing.assert_close(b.grad, a.grad)
 
 
-def test_a_group_costs_one_gradient_hook_per_refresh(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The members' values are views of one flat leaf: one gradient hook per step for the group
-    (not one per tensor), and each stored tensor gets a gradient of its own shape."""
+def test_a_group_registers_its_gradient_hooks_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The members' values are views of persistent flat tensors: the gradient hooks are registered
+    when the group first lays them out (one per member in each of the two sets), never again at a
+    refresh, and each stored tensor gets a gradient of its own shape."""
     _, folded = _pair()
     calls = []
     original = torch.Tensor.register_post_accumulate_grad_hook
@@ -250,12 +251,52 @@ def test_a_group_costs_one_gradient_hook_per_refresh(monkeypatch: pytest.MonkeyP
         return original(self, hook)
 
     monkeypatch.setattr(torch.Tensor, "register_post_accumulate_grad_hook", counting)
-    _loss(folded).backward()
-    total = sum(p.numel() for p in folded.parameters())
-    assert calls == [torch.Size([total])]
+    optimizer = torch.optim.SGD(folded.parameters(), lr=1e-3)
+    for step in range(4):
+        optimizer.zero_grad()
+        _loss(folded, step).backward()
+        optimizer.step()
+    shapes = [p.shape for p in folded.parameters()]
+    assert sorted(calls) == sorted(shapes * 2)
     for parameter in folded.parameters():
         assert parameter.grad is not None
         assert parameter.grad.shape == parameter.shape
+
+
+def test_a_graph_outliving_two_refreshes_is_refused_like_a_parameters() -> None:
+    """A refresh writes the other of the two sets of values: a graph built before the stored
+    tensors changed twice finds its saved values overwritten, and autograd refuses it (as it
+    refuses a graph whose plain Parameter an optimizer step wrote), never a wrong gradient."""
+    _, folded = _pair()
+    loss = _loss(folded)
+    held = folded[2].weight
+    kept = held.detach().clone()
+    for _ in range(2):
+        with torch.no_grad():
+            folded[2].parametrizations.weight.original.add_(1.0)
+        _ = folded[2].weight  # a read refreshes the group
+    assert not torch.equal(held.detach(), kept)  # the value read first was rewritten in place
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
+def test_layout_follows_freezing_and_moves() -> None:
+    """The persistent values are laid out again when a member's requires_grad, dtype or memory
+    changes: gradients reach exactly the trained stored tensors, values follow the move."""
+    default, folded = _pair()
+    for model in (default, folded):
+        model[2].parametrizations.weight.original.requires_grad_(False)
+    _loss(default).backward()
+    _loss(folded).backward()
+    assert folded[2].parametrizations.weight.original.grad is None
+    for a, b in zip(default.parameters(), folded.parameters(), strict=True):
+        assert (a.grad is None) == (b.grad is None)
+        if a.grad is not None:
+            torch.testing.assert_close(b.grad, a.grad, rtol=1e-6, atol=1e-9)
+    default, folded = default.double(), folded.double()
+    for i in (0, 2, 4):
+        assert folded[i].weight.dtype == torch.float64
+        torch.testing.assert_close(folded[i].weight, default[i].weight, rtol=0, atol=1e-15)
 
 
 def test_box_value_and_slope_follows_its_bounds() -> None:
@@ -300,3 +341,38 @@ def test_a_group_of_frozen_tensors_serves_plain_values() -> None:
     _loss(default).backward()
     for a, b in zip(_grads(default), _grads(folded), strict=True):
         torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-9)
+
+
+def test_a_tensor_folded_alone_reuses_its_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tensor too large for a group keeps two sets of value and slope too: its hooks are
+    registered once per set, its values and gradients are the default mode's step after step."""
+    from paramshape.strategies.folded import GROUP_MAX_ELEMENTS
+
+    torch.manual_seed(0)
+    rows = GROUP_MAX_ELEMENTS // 64 + 1
+    base = nn.Linear(64, rows, bias=False)
+    with torch.no_grad():
+        base.weight.mul_(0.0099 / base.weight.abs().max())
+    default = ps.constrain(copy.deepcopy(base), "weight", ps.Box(*BOX))
+    folded = ps.constrain(copy.deepcopy(base), "weight", ps.Box(*BOX), fold=True)
+    assert folded.parametrizations.weight._paramshape_folded._group is None
+    calls = []
+    original = torch.Tensor.register_post_accumulate_grad_hook
+
+    def counting(self: torch.Tensor, hook: object) -> object:
+        calls.append(self.shape)
+        return original(self, hook)
+
+    monkeypatch.setattr(torch.Tensor, "register_post_accumulate_grad_hook", counting)
+    optimizers = [torch.optim.SGD(m.parameters(), lr=1e-3) for m in (default, folded)]
+    x = torch.randn(8, 64)
+    for _ in range(3):
+        for model, optimizer in zip((default, folded), optimizers, strict=True):
+            optimizer.zero_grad()
+            model(x).square().mean().backward()
+        a, b = default.parametrizations.weight.original, folded.parametrizations.weight.original
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-9)
+        for optimizer in optimizers:
+            optimizer.step()
+    assert calls == [torch.Size([rows, 64])] * 2
+    torch.testing.assert_close(folded.weight, default.weight, rtol=0, atol=4e-9)

@@ -83,6 +83,7 @@ class FoldedValue:
     """
 
     __slots__ = (
+        "_alone",
         "_group",
         "_grouped_key",
         "_raw",
@@ -110,6 +111,7 @@ class FoldedValue:
         self._raw_version = self._raw_pointer = -1
         self._raw_grad = False
         self._seen: list[tuple[dict[str, Any], str, Tensor | None, int, int]] = []
+        self._alone = _Alternating()  # the values and slopes it computes when not in a group
 
     # A copy (deepcopy, pickle) starts empty: the cached value's gradient hook points at the
     # original's stored tensor, so it must not travel. The group does (its members are copied too).
@@ -148,46 +150,40 @@ class FoldedValue:
                 return False
         return True
 
-    def fresh(self) -> bool:
-        """Whether the cached value still stands for the map of the stored tensor: the value was not
-        written into, the stored tensor not changed (version: an optimizer step, an assignment,
-        ``load_state_dict``; memory and dtype: a move or a ``.data`` swap; ``requires_grad``), and
-        no buffer of the transform changed (:meth:`_settings_same`)."""
-        value, raw = self._value, self._raw
-        return (
-            value is not None
-            and value._version == self._value_version
-            and raw._version == self._raw_version
-            and raw.data_ptr() == self._raw_pointer
-            and raw.requires_grad is self._raw_grad
-            and self._settings_same()
-        )
-
     def read(self) -> Tensor:
         """The cached value, recomputed first if the stored tensor, a bound or the value itself
         changed since (a write into the value warns: it is lost)."""
-        if not self.fresh():
-            value = self._value
+        # Fresh while the value was not written into, the stored tensor not changed (version: an
+        # optimizer step, an assignment, load_state_dict; memory and dtype: a move or a .data
+        # swap; requires_grad), and no buffer of the transform changed (_settings_same).
+        value, raw = self._value, self._raw
+        if (
+            value is None
+            or value._version != self._value_version
+            or raw._version != self._raw_version
+            or raw.data_ptr() != self._raw_pointer
+            or raw.requires_grad is not self._raw_grad
+            or not self._settings_same()
+        ):
             if value is not None and value._version != self._value_version:
                 _warn_lost_write(self)
             group = self._group
             # The group recomputes its members; one that just left it recomputes alone.
             if not (group is not None and group.refresh() and self._group is group):
                 self._refresh()
-        value = self._value
-        assert value is not None  # both refreshes set it
+            value = self._value
+            assert value is not None  # both refreshes set it
         return value if torch.is_grad_enabled() else value.detach()
 
     def _refresh(self) -> Tensor:
         raw = self._raw
         refuse_distributed(_label(self._transform))
-        computed, slope = self._transform.value_and_slope(raw.detach())  # type: ignore[operator]
-        # A new leaf each time, never an in-place update: a graph built from the previous value
-        # (read before an assignment, differentiated after it) keeps the value and slope it used.
-        value: Tensor = computed.detach()
-        value.requires_grad_(raw.requires_grad)
-        if raw.requires_grad:
-            value.register_post_accumulate_grad_hook(_chain_rule(raw, slope))  # type: ignore[no-untyped-call]
+        buffers = self._alone.next([raw])
+        with torch.no_grad():
+            self._transform.value_and_slope(  # type: ignore[operator]
+                raw.detach(), out=(buffers.value.view(raw.shape), buffers.slope.view(raw.shape))
+            )
+        value = buffers.leaves[0]
         self._store(value)
         return value
 
@@ -206,22 +202,78 @@ class FoldedValue:
         ]
 
 
+class _Buffers:
+    """A set of flat tensors for some stored tensors (a group's members, or one tensor): the values,
+    the slopes, and each stored tensor's value as a view of the flat value (a leaf that requires
+    grad where its stored tensor does, with the gradient hook of its stored tensor and its piece of
+    the slopes, registered once)."""
+
+    __slots__ = ("leaves", "slope", "value")
+
+    def __init__(self, raws: list[Tensor], trained: list[bool]) -> None:
+        first = raws[0]
+        total = sum(raw.numel() for raw in raws)
+        self.value = torch.empty(total, dtype=first.dtype, device=first.device)
+        self.slope = torch.empty_like(self.value)
+        # The pieces in the stored tensors' shapes in one call (torch's own flat-bucket helper).
+        leaves = list(_unflatten(self.value, raws))
+        slopes = _unflatten(self.slope, raws)
+        for leaf, raw, slope, grad in zip(leaves, raws, slopes, trained, strict=True):
+            if grad:
+                leaf.requires_grad_(True)
+                leaf.register_post_accumulate_grad_hook(_chain_rule(raw, slope))  # type: ignore[no-untyped-call]
+        self.leaves = leaves
+
+
+class _Alternating:
+    """Two :class:`_Buffers` for the same stored tensors, written in turn, laid out again when a
+    stored tensor is replaced or changes shape, dtype, device or ``requires_grad``.
+
+    Written in place, the values cost no allocation (on CPU, the page faults of a new tensor of a
+    megabyte cost as much as two passes of arithmetic over it) and no hook registration per
+    refresh. Two sets, not one: a graph built from the values before a refresh, differentiated
+    after it, keeps the values and slopes it used (as the default mode's graph does); one that
+    outlives two refreshes finds its saved values overwritten, and autograd refuses it, as it
+    refuses a graph built before an optimizer step wrote a plain ``Parameter``. So a value read is
+    rewritten in place two refreshes later: ``clone()`` it to keep it."""
+
+    __slots__ = ("_layout", "_sets", "_turn")
+
+    def __init__(self) -> None:
+        self._layout: tuple[Any, ...] | None = None
+        self._sets: tuple[_Buffers, _Buffers] | None = None
+        self._turn = 0
+
+    def next(self, raws: list[Tensor]) -> _Buffers:
+        """The set the next refresh of ``raws`` writes."""
+        trained = [raw.requires_grad for raw in raws]
+        layout = (*map(id, raws), *trained, *(raw.shape for raw in raws), raws[0].dtype, raws[0].device)
+        sets = self._sets
+        if sets is None or layout != self._layout:
+            sets = self._sets = (_Buffers(raws, trained), _Buffers(raws, trained))
+            self._layout = layout
+        buffers = sets[self._turn]
+        self._turn ^= 1
+        return buffers
+
+
 class FoldGroup:
     """Folded tensors of one ``constrain`` call that share a transform's settings (the same class,
     scalar settings, dtype and device) and are small (:data:`GROUP_MAX_ELEMENTS`): recomputed
     together, as one flat tensor, whenever one of them is read stale. A member whose transform's
     settings change leaves the group and is recomputed on its own from then on.
 
-    The flat value is one leaf that requires grad, and the members' cached values are views of it
-    (one ``split_with_sizes``, whose backward is one ``cat``), so a step costs one gradient hook
-    for the whole group, not one per tensor: it multiplies the flat gradient by the flat slope in
-    one pass and hands each stored tensor its piece. The flat tensors are
-    allocated anew at each refresh, so a graph built before keeps the values and slopes it used."""
+    The members' values are views of one flat value, written in place by one pass of the map
+    (:meth:`~paramshape.Transform.value_and_slope` with ``out=``) into the next of two sets of flat
+    tensors (:class:`_Alternating`): a refresh costs a ``cat`` and the map's operations, whatever
+    the number of members, and no autograd node. Each value is a leaf with its gradient hook
+    registered once."""
 
     def __init__(self, members: list[FoldedValue], key: tuple[Any, ...]) -> None:
         self.members = members
         self._settings = key  # what the members share (_group_key)
         self._flat_raws: tuple[list[int], list[Tensor]] | None = None
+        self._buffers = _Alternating()
         for member in members:
             member._group = self
             member._grouped_key = member.settings_key()
@@ -230,8 +282,10 @@ class FoldGroup:
         return {"members": self.members, "settings": self._settings}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        # The members' settings keys are taken afresh at the first refresh (a copy's buffers are new).
+        # The members' settings keys are taken afresh at the first refresh (a copy's buffers are new),
+        # and the flat tensors laid out again (their hooks point at the original's stored tensors).
         self.members, self._settings, self._flat_raws = state["members"], state["settings"], None
+        self._buffers = _Alternating()
 
     def _current_members(self) -> tuple[list[FoldedValue], list[bool]]:
         """The members still in the group: those whose settings were not rewritten since (a member
@@ -268,7 +322,6 @@ class FoldGroup:
         self.members = members
         refuse_distributed(_label(members[0]._transform))
         raws = [member._raw for member in members]
-        sizes = [raw.numel() for raw in raws]
         pointers = [raw.data_ptr() for raw in raws]
         if self._flat_raws is None or self._flat_raws[0] != pointers:
             # Flat views of the stored tensors, kept while each holds the same memory (a copy, for
@@ -277,54 +330,12 @@ class FoldGroup:
             self._flat_raws = (pointers, flats) if all(raw.is_contiguous() for raw in raws) else None
         else:
             flats = self._flat_raws[1]
+        buffers = self._buffers.next(raws)
         with torch.no_grad():
-            # One new flat tensor (never an in-place update: see the class docstring).
-            stored = torch.cat(flats)
-            flat: tuple[Tensor, Tensor] = members[0]._transform.value_and_slope(stored)  # type: ignore[operator]
-            value, slope = flat
-        trained = [raw.requires_grad for raw in raws]
-        if any(trained):
-            with torch.enable_grad():
-                value.requires_grad_(True)
-                value.register_post_accumulate_grad_hook(  # type: ignore[no-untyped-call]
-                    _group_chain_rule(raws, trained, slope)
-                )
-                pieces = value.split_with_sizes(sizes)
-                views = [
-                    piece.view(raw.shape) if grad else piece.detach().view(raw.shape)
-                    for piece, raw, grad in zip(pieces, raws, trained, strict=True)
-                ]
-        else:
-            views = list(_unflatten(value, raws))
-        for member, view, same in zip(members, views, unchanged, strict=True):
-            member._store(view, same)
+            members[0]._transform.value_and_slope(torch.cat(flats), out=(buffers.value, buffers.slope))  # type: ignore[operator]
+        for member, leaf, same in zip(members, buffers.leaves, unchanged, strict=True):
+            member._store(leaf, same)
         return True
-
-
-def _group_chain_rule(raws: list[Tensor], trained: list[bool], slope: Tensor) -> Any:
-    """The gradient hook of a group's flat value: ``u.grad += g f'(u)`` for every member, from the
-    flat gradient ``g``, in one multiplication over the group."""
-
-    def hook(value: Tensor) -> None:
-        grad = _take_gradient(value)
-        if grad is None:
-            return
-        # g f'(u) in one pass over the flat gradient, then each stored tensor's piece: a view of
-        # that product, as DDP's gradient_as_bucket_view gives views of one bucket (it is a new
-        # tensor at every backward), or added to the gradient the tensor holds (accumulation).
-        product = _times_slope(grad, slope)
-        # The pieces in the stored tensors' shapes in one call (torch's own flat-bucket helper).
-        pieces = _unflatten(product, raws)
-        for raw, piece, wanted in zip(raws, pieces, trained, strict=True):
-            if not wanted:
-                continue
-            held = raw.grad
-            if held is None:
-                raw.grad = piece
-            else:
-                held.add_(piece)
-
-    return hook
 
 
 def group_folded(folded: list[FoldedValue]) -> None:
@@ -374,14 +385,17 @@ def _times_slope(grad: Tensor, slope: Tensor) -> Tensor:
 
 
 def _chain_rule(raw: Tensor, slope: Tensor) -> Any:
+    """The gradient hook of a folded value: ``u.grad += g f'(u)`` (or ``=``, after ``zero_grad``)."""
+
     def hook(value: Tensor) -> None:
         grad = _take_gradient(value)
         if grad is None:
             return
-        if raw.grad is None:
+        held = raw.grad
+        if held is None:
             raw.grad = _times_slope(grad, slope)
         else:
-            raw.grad.addcmul_(grad, slope)
+            held.addcmul_(grad, slope)
 
     return hook
 

@@ -177,14 +177,16 @@ class Box(BoundedTransform):
                     if torch_typed.broadcast_shapes(x.shape, low.shape, high.shape) == x.shape:
                         low, high = low.to(work), high.to(work)
                         gain = _maps.box_gain(low, high, self.slope)
-                        return _handfused.sigmoid_box_value_and_slope(x.detach(), low, high, gain, out)
+                        constants = _handfused.sigmoid_box_constants(low, high, gain)
+                        return _handfused.sigmoid_box_value_and_slope(x.detach(), constants, out)
                 return super().value_and_slope(x, out)
             low_w, high_w = low.to(device=x.device, dtype=work), high.to(device=x.device, dtype=work)
-            constants = (low_w, high_w, _maps.box_gain(low_w, high_w, self.slope))
+            constants = _handfused.sigmoid_box_constants(
+                low_w, high_w, _maps.box_gain(low_w, high_w, self.slope)
+            )
             key = (low._version, high._version, x.dtype, x.device, self.slope)
             kept = _FOLD_CONSTANTS[self] = (low, high, key, constants)
-        low_w, high_w, gain = kept[3]
-        return _handfused.sigmoid_box_value_and_slope(x.detach(), low_w, high_w, gain, out)
+        return _handfused.sigmoid_box_value_and_slope(x.detach(), kept[3], out)
 
     def inverse(self, y: Tensor) -> Tensor:
         work = compute_dtype(y.dtype)
