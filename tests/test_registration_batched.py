@@ -194,3 +194,40 @@ def test_only_transforms_that_say_so_check_flat() -> None:
     targets = expand_targets(model, "*", ps.Box(-1.0, 1.0), "reparam")
     assert check_values(model, targets, "project", "reparam") == {}  # init='keep' only
     assert check_values(model, targets, "keep", "project") == {}  # reparam only
+
+
+def _mixed() -> nn.Module:
+    torch.manual_seed(1)
+    model = nn.Module()
+    model.small = nn.Linear(4, 3)
+    model.empty = nn.Parameter(torch.empty(0, 3))
+    model.transposed = nn.Parameter(torch.rand(5, 6).t())  # not contiguous: joined by a copy
+    model.big = nn.Parameter(torch.rand(70_000) * 0.5)  # above the flat pass's size: planned alone
+    model.register_buffer("scale", torch.full((3,), 0.25))
+    model.frozen = nn.Parameter(torch.rand(3, 2) * 0.5, requires_grad=False)
+    with torch.no_grad():
+        model.small.weight.uniform_(-0.5, 0.5)
+        model.small.bias.uniform_(-0.5, 0.5)
+    ps.constrain(model.small, "bias", ps.Box(-2.0, 2.0))  # constrained again below: planned alone
+    return model
+
+
+def test_mixed_tensors_in_one_call_match_one_call_each() -> None:
+    batched, single = _mixed(), _mixed()
+    spec = ps.Box(-1.0, 1.0)
+    targets = expand_targets(batched, "*", spec, "reparam")
+    names = [name for name, _ in targets]
+    checked = check_values(batched, targets, "keep", "reparam")
+    flat = {names[index] for index in checked}
+    assert {"small.weight", "transposed", "scale", "frozen"} <= flat
+    assert not flat & {"big", "small.bias", "empty"}
+    ps.constrain(batched, "*", spec)
+    for name in names:
+        ps.constrain(single, name, spec)
+    one, other = batched.state_dict(), single.state_dict()
+    assert list(one) == list(other)
+    for key in one:
+        assert torch.equal(one[key], other[key]), key
+    assert batched.parametrizations.frozen.original.requires_grad is False
+    assert batched.parametrizations.empty.original.shape == (0, 3)
+    assert "parametrizations.scale.original" in dict(batched.named_buffers())

@@ -75,7 +75,7 @@ def check_values(
 def _eligible_tensor(root: nn.Module, dotted: str) -> tuple[TensorRef, Tensor] | None:
     """Where ``root.dotted`` lives and its Parameter or buffer, when it can join a flat pass: located, not already
     parametrized (reading a foreign parametrization runs it), a small dense real floating tensor
-    with values (not meta, not an inference tensor)."""
+    with values (not empty, not meta, not an inference tensor)."""
     try:
         ref = locate(root, dotted)
     except ParamshapeError:
@@ -88,7 +88,7 @@ def _eligible_tensor(root: nn.Module, dotted: str) -> tuple[TensorRef, Tensor] |
         or not tensor.is_floating_point()
         or tensor.layout != torch.strided
         or tensor.device.type == "meta"
-        or tensor.numel() > KEEP_STORED_ELEMENTS
+        or not 0 < tensor.numel() <= KEEP_STORED_ELEMENTS  # an empty tensor has nothing to check
         or tensor.is_inference()
     ):
         return None
