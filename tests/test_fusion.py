@@ -327,13 +327,33 @@ def test_hand_fused_box_matches_the_plain_map(bounds, dtype, hand_fused_everywhe
     assert torch.equal(grad, grad_plain)
 
 
-def test_eager_box_runs_hand_fused_for_large_tensors_and_plain_for_small_ones(device):
+def test_eager_box_runs_hand_fused_at_every_size_but_empty(device):
     box = ps.Box(-1.0, 1.0).to(device)
     with ps.fusion("off"):
-        large = box(torch.randn(handfused.MIN_ELEMENTS, device=device, requires_grad=True))
-        small = box(torch.randn(8, device=device, requires_grad=True))
+        large = box(torch.randn(4096, device=device, requires_grad=True))
+        small = box(torch.randn(2, device=device, requires_grad=True))
+        empty = box(torch.randn(0, device=device, requires_grad=True))
     assert type(large.grad_fn).__name__ == "_SigmoidBoxBackward"
-    assert type(small.grad_fn).__name__ != "_SigmoidBoxBackward"
+    assert type(small.grad_fn).__name__ == "_SigmoidBoxBackward"
+    assert type(empty.grad_fn).__name__ != "_SigmoidBoxBackward"
+
+
+def test_hand_fused_box_sees_bound_changes(hand_fused_everywhere):
+    """The bounds' constants are kept between reads: a bound written in place, through .data, or
+    replaced is seen at the next read."""
+    box = ps.Box(-1.0, 1.0)
+    x = torch.tensor([-30.0, 0.5, 30.0])
+    assert box(x)[2].item() == pytest.approx(1.0)
+    with torch.no_grad():
+        box.high.fill_(2.0)
+    assert box(x)[2].item() == pytest.approx(2.0)
+    box.high.data = torch.tensor(3.0)
+    assert box(x)[2].item() == pytest.approx(3.0)
+    box.low = -5.0
+    assert box(x)[0].item() == pytest.approx(-5.0)
+    box64 = box.double()
+    assert box64(x.double()).dtype == torch.float64
+    torch.testing.assert_close(box64(x.double()), box.forward(x).double(), rtol=0, atol=1e-6)
 
 
 def test_hand_fused_box_at_negative_zero_is_the_midpoint(hand_fused_everywhere):
@@ -426,3 +446,19 @@ def test_fused_half_precision_is_computed_in_float32(device):
             fused = box(x)
         assert fused.dtype == dtype
         assert torch.equal(fused, box.forward(x))
+
+
+def test_hand_fused_box_keeps_no_bound_alive(hand_fused_everywhere):
+    """The constants kept between reads hold copies of the bounds, and their entry leaves with
+    the box: nothing of a deleted box stays in memory."""
+    import gc
+    import weakref
+
+    box = ps.Box(-1.0, 1.0)
+    box(torch.randn(3))
+    low = weakref.ref(box.low)
+    entries = len(handfused._KEPT)
+    del box
+    gc.collect()
+    assert low() is None
+    assert len(handfused._KEPT) == entries - 1
