@@ -376,3 +376,26 @@ def test_a_tensor_folded_alone_reuses_its_values(monkeypatch: pytest.MonkeyPatch
             optimizer.step()
     assert calls == [torch.Size([rows, 64])] * 2
     torch.testing.assert_close(folded.weight, default.weight, rtol=0, atol=4e-9)
+
+
+@pytest.mark.parametrize("rows", [16, 300], ids=["grouped", "alone"])
+def test_reads_under_inference_mode_and_training_after(rows: int) -> None:
+    """A read under ``torch.inference_mode`` (no version counters there) computes the value
+    without keeping anything; training afterwards is the default mode's."""
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Linear(rows, rows), nn.Tanh(), nn.Linear(rows, 1))
+    default = ps.constrain(copy.deepcopy(base), "*", ps.Box(-1.0, 1.0), init="project")
+    folded = ps.constrain(copy.deepcopy(base), "*", ps.Box(-1.0, 1.0), init="project", fold=True)
+    x = torch.randn(4, rows)
+    with torch.inference_mode():
+        torch.testing.assert_close(folded(x), default(x), rtol=1e-6, atol=1e-7)
+    optimizers = [torch.optim.SGD(m.parameters(), lr=0.1) for m in (default, folded)]
+    for _ in range(3):
+        for model, optimizer in zip((default, folded), optimizers, strict=True):
+            optimizer.zero_grad()
+            model(x).sum().backward()
+            optimizer.step()
+        with torch.inference_mode():
+            torch.testing.assert_close(folded(x), default(x), rtol=1e-5, atol=1e-6)
+    for a, b in zip(default.parameters(), folded.parameters(), strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)

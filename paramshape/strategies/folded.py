@@ -165,6 +165,11 @@ class FoldedValue:
             or raw.requires_grad is not self._raw_grad
             or not self._settings_same()
         ):
+            if torch.is_inference_mode_enabled():
+                # Inference tensors have no version counter to cache against, and the kept sets
+                # must stay normal tensors: computed afresh, served once, nothing kept.
+                computed: Tensor = self._transform.value_and_slope(raw.detach())[0]  # type: ignore[operator]
+                return computed
             if value is not None and value._version != self._value_version:
                 _warn_lost_write(self)
             group = self._group
