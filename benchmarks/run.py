@@ -572,13 +572,16 @@ def registration_vs_baseline(tensors: int, rounds: int) -> dict[str, Any]:
         ps.constrain(model, "*", ps.Box(-1.0, 1.0))
         return (time.perf_counter() - start) * 1e3
 
+    def register_bare(model: nn.Sequential) -> None:
+        for layer in model:
+            for name in ("weight", "bias"):
+                parametrize.register_parametrization(layer, name, _SigmoidBox(-1.0, 1.0), unsafe=True)
+
     def bare() -> float:
         model = fresh()
         gc.collect()
         start = time.perf_counter()
-        for layer in model:
-            for name in ("weight", "bias"):
-                parametrize.register_parametrization(layer, name, _SigmoidBox(-1.0, 1.0), unsafe=True)
+        register_bare(model)
         return (time.perf_counter() - start) * 1e3
 
     times: dict[str, list[float]] = {"paramshape": [], "bare": []}
@@ -593,7 +596,22 @@ def registration_vs_baseline(tensors: int, rounds: int) -> dict[str, Any]:
         "bare_ms": statistics.median(times["bare"]),
         "ratio": statistics.median(ratios),
         "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        # Machine- and load-independent: the Python calls of one run of each, counted by cProfile.
+        "calls": _python_calls(lambda model: ps.constrain(model, "*", ps.Box(-1.0, 1.0)), fresh()),
+        "bare_calls": _python_calls(register_bare, fresh()),
     }
+
+
+def _python_calls(run: Callable[[nn.Sequential], object], model: nn.Sequential) -> int:
+    """How many function calls (Python's and C's, as cProfile counts them) ``run(model)`` makes."""
+    import cProfile
+    import pstats
+
+    profile = cProfile.Profile()
+    profile.enable()
+    run(model)
+    profile.disable()
+    return int(pstats.Stats(profile).total_calls)
 
 
 def registration_table(counts: list[int], big: int, repeats: int) -> list[dict[str, Any]]:
@@ -831,7 +849,8 @@ def report(results: dict[str, Any]) -> str:
             out.append(
                 f"against a bare register_parametrization loop (sigmoid map, no checks), alternating "
                 f"rounds: {bare['ms']:.1f} ms vs {bare['bare_ms']:.1f} ms, {_ratio(bare['ratio'])} "
-                f"(load average {bare['load_average']})"
+                f"(load average {bare['load_average']}); Python calls: {bare.get('calls')} vs "
+                f"{bare.get('bare_calls')}"
             )
     if "registration_table" in results:
         out.append("\n## 4b. constrain() by size (one call, Box(-1, 1) on every tensor)\n")

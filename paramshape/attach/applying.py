@@ -44,6 +44,7 @@ def apply_plans(root: nn.Module, plans: list[Plan]) -> None:
         plan.swap = id(plan.ref.storage()) in swapped
     copied = [plan.ref.storage() for plan in plans if not plan.swap]
     rollback = rollback_on_failure(owners, copied, swapped.values())
+    _INSTALLED[0] = set()
     try:
         for plan in plans:
             _apply_one(root, plan)
@@ -53,6 +54,14 @@ def apply_plans(root: nn.Module, plans: list[Plan]) -> None:
     except BaseException:
         rollback.restore()
         raise
+    finally:
+        _INSTALLED[0] = None
+
+
+#: The ``(owner, class)`` pairs whose module-level support (hooks, methods of parametrize's class)
+#: the running :func:`apply_plans` has installed; ``None`` outside it. Each install is idempotent
+#: and depends on the owner and its class only, so a second tensor of the same module skips them.
+_INSTALLED: list[set[tuple[int, type]] | None] = [None]
 
 
 def _chain(plan: Plan) -> parametrize.ParametrizationList:
@@ -87,10 +96,15 @@ def _apply_one(root: nn.Module, plan: Plan) -> None:
             chain.__dict__["_paramshape_folded"] = FoldedValue(chain.original, plan.transform)
         else:  # a new constraint on a folded tensor replaces the fold too
             chain.__dict__.pop("_paramshape_folded", None)
-        install_module_support(root, ref.owner)
-        install_init_support(ref.owner)
-        install_move_check(ref.owner)
-        install_parameter_assignment(ref.owner)
+        installed = _INSTALLED[0]
+        key = (id(ref.owner), type(ref.owner))
+        if installed is None or key not in installed:
+            install_module_support(root, ref.owner)
+            install_init_support(ref.owner)
+            install_move_check(ref.owner)
+            install_parameter_assignment(ref.owner)
+            if installed is not None:
+                installed.add(key)
         watch(ref.owner, ref.name, ref.label, ref.storage())  # the SaturationWarning check
         return
     if paramshape_transform(ref.owner, ref.name) is not None:

@@ -8,17 +8,19 @@ from collections.abc import Iterator, Mapping
 from typing import Literal, get_args
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from paramshape.attach.applying import apply_plans
 from paramshape.attach.assign import sync_plain_assignment
+from paramshape.attach.batched import Checked, check_values
 from paramshape.attach.planning import check_distinct, check_learnable, check_method, plan
 from paramshape.attach.resume import record_learnable, record_names
 from paramshape.attach.rollback import rollback_on_failure
 from paramshape.errors import ConstraintConflictError, ParamshapeWarning, SpecError
 from paramshape.lookup.modules import (
     AliasIndex,
+    TensorRef,
     constrained_tensors,
     locate,
     parametrization_chain,
@@ -220,8 +222,12 @@ def _constrain(
         raise SpecError(f"fold=True applies to method='reparam' only; got method={method!r}.")
     targets = expand_targets(module, name, spec, method)
     aliases = AliasIndex(module)  # one walk of the tree for all the tensors, not one per tensor
+    # The values of many small tensors of one spec are checked in one flat pass; the plans then
+    # skip those checks (a failing group is checked tensor by tensor, so errors keep their names).
+    checked = check_values(module, targets, init, method)
     plans = [
-        plan(module, dotted, target_spec, init, method, weight, aliases) for dotted, target_spec in targets
+        plan(module, dotted, target_spec, init, method, weight, aliases, _pair(checked.get(index)))
+        for index, (dotted, target_spec) in enumerate(targets)
     ]
     check_distinct(plans)
     for planned in plans:
@@ -383,6 +389,10 @@ def _remove_transform(owner: nn.Module, name: str) -> None:
         value = chain[0](chain.original)
         chain.original.set_(value)
     del chain[0]
+
+
+def _pair(checked: Checked | None) -> tuple[TensorRef, Tensor, Tensor] | None:
+    return None if checked is None else (checked.ref, checked.tensor, checked.stored)
 
 
 def _join(prefix: str, name: str) -> str:

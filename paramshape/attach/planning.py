@@ -4,7 +4,9 @@ before it changes anything (so a failed call leaves the module exactly as it was
 from __future__ import annotations
 
 import copy
+import itertools
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import get_args
 
@@ -39,7 +41,7 @@ from paramshape.strategies.methods import ConstraintMethod
 from paramshape.strategies.state import module_states
 from paramshape.transforms.base import Transform
 
-__all__ = ["Plan", "check_distinct", "check_method", "plan"]
+__all__ = ["Plan", "check_distinct", "check_method", "check_output", "check_stored_values", "plan"]
 
 _METHODS: tuple[str, ...] = get_args(ConstraintMethod)
 # BatchNorm updates these in place on the value it reads; a constrained tensor is recomputed on
@@ -99,10 +101,14 @@ def plan(
     method: str,
     weight: float | None,
     aliases: AliasIndex | None = None,
+    checked: tuple[TensorRef, Tensor, Tensor] | None = None,
 ) -> Plan:
     """What constraining ``root.dotted`` will do, checked without changing anything. ``aliases``: the
-    index of ``root``'s tensors, built once when many tensors of one tree are planned together."""
-    ref = locate(root, dotted)
+    index of ``root``'s tensors, built once when many tensors of one tree are planned together.
+    ``checked``: ``(ref, tensor, stored)`` when :mod:`paramshape.attach.batched` has already located
+    ``dotted``, admitted its value with ``init="keep"`` and computed its stored tensor (neither the
+    lookup nor the dry run is repeated)."""
+    ref = locate(root, dotted) if checked is None else checked[0]
     # Before the value is read: reading a tensor with a foreign parametrization runs it (and
     # spectral_norm's power iteration would advance), which a refused call must not do.
     _check_foreign(ref, root)
@@ -122,13 +128,15 @@ def plan(
         dtype = current.dtype.to_real() if current.is_complex() else current.dtype
         transform = transform.to(device=current.device, dtype=dtype)
     transform._bind(f"'{ref.path}' of {type_name(root)}", current)
-    transform._init_policy = init  # how reset_parameters() and apply() re-initialise it
+    transform.__dict__["_init_policy"] = init  # how reset_parameters() and apply() re-initialise it
     transform.check_shape(current.shape)
     if current.device.type == "meta":
         # A model built on the meta device has no values to check or choose yet: they come after
         # to_empty(), from an init function or a checkpoint, and are checked then.
         return Plan(ref, transform, method, weight, current, None, None)
     if method == "reparam":
+        if checked is not None and checked[1] is ref.storage() and init == "keep":
+            return Plan(ref, transform, method, weight, current, None, None, stored=checked[2])
         target, raw, moved = _initial_value(transform, current, init, exact=False)
         stored = _dry_run(transform, target if raw is None else raw, current, raw is not None)
         return Plan(ref, transform, method, weight, target, raw, moved, stored=stored)
@@ -143,7 +151,7 @@ def plan(
     # Riemannian steps start strictly inside (a singular covariance has no affine-invariant metric).
     exact = exact and method != "riemannian"
     target, _, moved = _initial_value(transform, current, init, exact=exact)
-    _check_output(transform, "value", target, current.shape, current.dtype)
+    check_output(transform, "value", target, current.shape, current.dtype)
     if method == "riemannian":
         _check_riemannian_start(transform, target)
     return Plan(ref, transform, method, weight, target, None, moved)
@@ -200,11 +208,16 @@ def check_distinct(plans: list[Plan]) -> None:
 # ------------------------------------------------------------------------------------ checks
 def _already_on(transform: Transform, like: Tensor) -> bool:
     """Whether every floating tensor of ``transform`` already has ``like``'s dtype and device."""
+    # A transform without submodules (nearly all) holds its tensors in its own two tables: read
+    # them there instead of through parameters()/buffers()' generators, once per tensor constrained.
+    if transform._modules:
+        tensors: Iterable[Tensor | None] = itertools.chain(transform.parameters(), transform.buffers())
+    else:
+        tensors = itertools.chain(transform._parameters.values(), transform._buffers.values())
     return all(
         t.dtype == like.dtype and t.device == like.device
-        for tensors in (transform.parameters(), transform.buffers())
         for t in tensors
-        if t.is_floating_point() or t.is_complex()
+        if t is not None and (t.is_floating_point() or t.is_complex())
     )
 
 
@@ -322,11 +335,11 @@ def _projection_works(transform: Transform, current: Tensor, *, required: bool) 
         return False
     except AttributeError as error:
         raise TransformError(f"{transform!r} failed while computing: {error}") from error
-    _check_output(transform, "project", projected, current.shape, current.dtype)
+    check_output(transform, "project", projected, current.shape, current.dtype)
     return True
 
 
-def _check_output(
+def check_output(
     transform: Transform, label: str, tensor: object, shape: torch.Size, dtype: torch.dtype
 ) -> None:
     if not isinstance(tensor, Tensor) or tensor.shape != shape or tensor.dtype != dtype:
@@ -410,11 +423,11 @@ def _dry_run(transform: Transform, value: Tensor, current: Tensor, value_is_raw:
                 constrained = block(raw)
         except AttributeError as error:
             raise TransformError(f"{transform!r} failed while computing: {error}") from error
-        _check_output(transform, "inverse", raw, transform.inverse_shape(shape), current.dtype)
-        _check_output(transform, "forward", constrained, shape, current.dtype)
+        check_output(transform, "inverse", raw, transform.inverse_shape(shape), current.dtype)
+        check_output(transform, "forward", constrained, shape, current.dtype)
         if not bool(torch.isfinite(raw).all()):
             raise TransformError(f"{transform!r}.inverse returned non-finite values for a value in its set.")
-        _check_stored_values(transform, constrained, None if value_is_raw else part, scale)
+        check_stored_values(transform, constrained, None if value_is_raw else part, scale)
         if start is None and raw.numel() <= KEEP_STORED_ELEMENTS:
             # A copy when it is the value itself (init="raw"): registering swaps it in as storage.
             kept = raw.clone() if value_is_raw else raw
@@ -448,12 +461,14 @@ def _stored_scale(transform: Transform, value: Tensor) -> float:
     return max(bound, own)
 
 
-def _check_stored_values(
-    transform: Transform, constrained: Tensor, value: Tensor | None, scale: float | None = None
+def check_stored_values(
+    transform: Transform, constrained: Tensor, value: Tensor | None, scale: float | Tensor | None = None
 ) -> None:
     """What the module will read after registration, checked on the values actually stored (not only
     on the transform's registration probes): finite and, when a value was given, equal
-    to it up to the round trip's rounding, ``sqrt(eps)`` of the value's and the bounds' scale."""
+    to it up to the round trip's rounding, ``sqrt(eps)`` of the value's and the bounds' scale
+    (``scale``: that scale, or one per element, as :mod:`paramshape.attach.batched` gives it for
+    many tensors joined flat)."""
     label = tensor_label(transform._target or "value", constrained)
     finite = torch.isfinite(constrained)
     if not bool(finite.all()):

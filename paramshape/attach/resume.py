@@ -80,7 +80,10 @@ def record_learnable(root: nn.Module) -> None:
         if chains is None:
             continue
         for name, chain in chains.items():
-            bounds = list(chain[0].named_parameters())
+            first = chain[0]
+            if not first._parameters and not first._modules:
+                continue  # no learnable bounds (nearly every transform), without a walk of it
+            bounds = list(first.named_parameters())
             if not bounds or not hasattr(chain, "original"):
                 continue
             path = f"{prefix}.{name}" if prefix else name

@@ -50,9 +50,19 @@ class TensorRef:
 
     def storage(self) -> Tensor:
         """The Parameter or buffer object that holds the data (``original`` when parametrized)."""
-        if parametrize.is_parametrized(self.owner, self.name):
-            return self.owner.parametrizations[self.name].original
+        chains = _chains(self.owner)
+        if chains is not None and self.name in chains:
+            return cast(parametrize.ParametrizationList, chains[self.name]).original
         return self.owner._parameters.get(self.name, self.owner._buffers.get(self.name))
+
+
+def _chains(owner: nn.Module) -> nn.ModuleDict | None:
+    """``owner.parametrizations`` when parametrize has registered one (what
+    :func:`~torch.nn.utils.parametrize.is_parametrized` looks up), read from the submodules it is
+    kept in: ``getattr`` on a module without it goes through ``Module.__getattr__``, which builds and
+    raises an AttributeError, several times per tensor in a call of :func:`~paramshape.constrain`."""
+    found = owner.__dict__.get("_modules", {}).get("parametrizations")
+    return found if isinstance(found, nn.ModuleDict) else None
 
 
 def locate(root: nn.Module, dotted: str) -> TensorRef:
@@ -90,9 +100,10 @@ def parametrized_names(owner: nn.Module) -> list[str]:
 def paramshape_transform(owner: nn.Module, name: str, *, stacked: bool = False) -> Transform | None:
     """The paramshape transform on ``owner.name``, if it carries exactly one; with ``stacked``, also
     when other parametrizations (``spectral_norm``, ``weight_norm``) were registered on top of it."""
-    if not parametrize.is_parametrized(owner, name):
+    chains = _chains(owner)
+    if chains is None or name not in chains:
         return None
-    chain = owner.parametrizations[name]
+    chain = cast(parametrize.ParametrizationList, chains[name])
     if isinstance(chain[0], Transform) and (len(chain) == 1 or stacked):
         return chain[0]
     return None

@@ -113,6 +113,9 @@ def constrainable_names(root: nn.Module, method: str | None = None) -> list[str]
     # Only reparametrisation can hold a buffer; every other method needs a parameter.
     buffers = list(root.named_buffers()) if method in (None, "reparam") else []
     tensors = [*root.named_parameters(), *buffers]
+    # named_parameters() and named_buffers() walk named_modules(), so every owner path they give is
+    # one of its keys: one walk instead of a get_submodule() per tensor.
+    modules = dict(root.named_modules())
     for raw_name, tensor in tensors:
         if not tensor.is_floating_point():
             continue
@@ -120,7 +123,7 @@ def constrainable_names(root: nn.Module, method: str | None = None) -> list[str]
             names.setdefault(_public_name(raw_name))
             continue
         owner_path = raw_name.rpartition(".")[0]
-        owner = root.get_submodule(owner_path) if owner_path else root
+        owner = modules[owner_path] if owner_path in modules else root.get_submodule(owner_path)
         if isinstance(owner, Transform):
             continue
         if method is not None and is_running_statistic(owner, raw_name.rpartition(".")[2]):

@@ -114,6 +114,12 @@ class Transform(nn.Module, abc.ABC):
     #: base): the inverse of a batch then runs a block at a time too, each block on a copy of the
     #: transform, and the blocks' buffers are gathered into the transform's own at the end.
     block_state: ClassVar[tuple[str, ...]] = ()
+    #: Whether each element is checked and mapped on its own, whatever its position and the
+    #: tensor's shape (an elementwise map whose settings are scalars): :func:`~paramshape.constrain`
+    #: then checks the values of many small tensors that share one spec in one flat pass
+    #: (:mod:`paramshape.attach.batched`) instead of one pass per tensor. A subclass that overrides
+    #: ``forward``, ``inverse``, ``_excess`` or ``validate`` without setting it gets False.
+    flat_checks: ClassVar[bool] = False
     #: Whether the set is one of complex tensors: :func:`~paramshape.constrain` admits a complex
     #: tensor only for such a transform (:meth:`check_dtype`), and assigned complex values pass
     #: :meth:`admit`. Every transform of real sets leaves it False, so a complex tensor is refused
@@ -136,6 +142,10 @@ class Transform(nn.Module, abc.ABC):
         # Likewise, inherited clamp bounds would silently replace the subclass's own projection.
         if "project" in cls.__dict__ and "clamp_bounds" not in cls.__dict__:
             cls.clamp_bounds = Transform.clamp_bounds  # type: ignore[method-assign]  # on purpose, see above
+        # And an inherited flat check would batch a map that may no longer act element by element.
+        overrides = ("forward", "inverse", "_excess", "validate", "_finite_excess")
+        if any(name in cls.__dict__ for name in overrides) and "flat_checks" not in cls.__dict__:
+            cls.flat_checks = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -182,7 +192,9 @@ class Transform(nn.Module, abc.ABC):
         state = new.__dict__
         for key, value in self.__dict__.items():
             kind = type(value)
-            if kind in _EMPTY_COPYABLE and not value:
+            if kind in _ATOMIC or (kind is tuple and all(type(item) in _ATOMIC for item in value)):
+                state[key] = value  # what copy.deepcopy returns as is, without its dispatch per value
+            elif kind in _EMPTY_COPYABLE and not value:
                 state[key] = kind()
             elif kind is OrderedDict or kind is dict:
                 # The buffer table: its plain tensors cloned directly (Tensor.__deepcopy__ is
@@ -198,12 +210,17 @@ class Transform(nn.Module, abc.ABC):
     def _bind(self, target: str, value: Tensor) -> None:
         """Remember the tensor this transform is attached to (by :func:`paramshape.constrain`): its
         label for messages, and the shape, dtype and device an assigned value is held to."""
-        self._target = target
-        self._value_shape = torch.Size(value.shape)
-        self._value_like = torch.empty(0, dtype=value.dtype, device=value.device)
+        # Plain attributes, written straight into the instance (Module.__setattr__ and the
+        # transforms' own checks cost more than the rest of a bind, 200 times per constrain call);
+        # the names are never parameters, buffers or submodules.
+        self.__dict__.update(
+            _target=target,
+            _value_shape=torch.Size(value.shape),
+            _value_like=torch.empty(0, dtype=value.dtype, device=value.device),
+        )
         for part in self.modules():
             if isinstance(part, Transform):
-                part._map_dtype = value.dtype
+                part.__dict__["_map_dtype"] = value.dtype
 
     def map_dtype(self, dtype: torch.dtype) -> torch.dtype:
         """The dtype the map's constants are sized for when it acts on a tensor of ``dtype``: the
@@ -1032,6 +1049,9 @@ def _warn_gradient_dropped(target: str | None) -> None:
 
 #: Containers whose empty instances Transform.__deepcopy__ makes anew instead of deep-copying.
 _EMPTY_COPYABLE = (dict, OrderedDict, set, list)
+#: Immutable values that ``copy.deepcopy`` gives back unchanged (its ``_deepcopy_atomic`` types
+#: that a transform holds, and torch's dtypes, devices and sizes, which it copies to equal values).
+_ATOMIC = frozenset({type(None), bool, int, float, complex, str, bytes, torch.dtype, torch.device})
 
 #: (the tensor ``constrain()`` is registering, its stored tensor if already computed), while it
 #: registers it: :meth:`Transform.right_inverse` trusts that one tensor (see :func:`registering`).

@@ -116,6 +116,7 @@ class Box(BoundedTransform):
     high: Tensor
     bound_names = ("low", "high")
     fusable = Fusable(_box_forward, ("low", "high"), ("_layout", "slope"), eager=_handfused.sigmoid_box)
+    flat_checks = True  # elementwise: many small tensors are checked in one pass
     _learnable_names = ("centre", "spread")
 
     def __init__(self, low: BoundLike, high: BoundLike, slope: float = 1.0, learnable: bool = False) -> None:

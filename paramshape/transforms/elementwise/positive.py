@@ -99,6 +99,7 @@ class Positive(Transform):
     """
 
     fusable = Fusable(_positive_forward, (), ("method", "softness"), auto_min_elements=_AUTO_MIN)
+    flat_checks = True  # elementwise: many small tensors are checked in one pass
 
     def __init__(self, method: PositiveMethod = "softplus", softness: float | None = None) -> None:
         super().__init__()
@@ -295,6 +296,7 @@ class GreaterThan(_OneSided):
     _side = 1
     bound_names = ("low",)
     fusable = Fusable(_above_forward, ("low",), ("method", "softness"), auto_min_elements=_AUTO_MIN)
+    flat_checks = True  # elementwise: many small tensors are checked in one pass
     _learnable_names = ("low",)
 
     def __init__(
@@ -357,6 +359,7 @@ class LessThan(_OneSided):
     _side = -1
     bound_names = ("high",)
     fusable = Fusable(_below_forward, ("high",), ("method", "softness"), auto_min_elements=_AUTO_MIN)
+    flat_checks = True  # elementwise: many small tensors are checked in one pass
     _learnable_names = ("high",)
 
     def __init__(

@@ -114,6 +114,7 @@ class SoftClip(BoundedTransform):
     bound_names = ("low", "high")
     # Eager, its boolean selects dominate: compiling pays from 262,144 elements on (benchmarks/run.py).
     fusable = Fusable(_soft_clip_forward, ("low", "high"), ("softness",), auto_min_elements=1 << 18)
+    flat_checks = True  # elementwise: many small tensors are checked in one pass
 
     def __init__(self, low: BoundLike, high: BoundLike, softness: float = DEFAULT_SOFTNESS) -> None:
         super().__init__()
