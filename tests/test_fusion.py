@@ -486,3 +486,14 @@ def test_hand_fused_box_keeps_no_bound_alive(hand_fused_everywhere):
     gc.collect()
     assert low() is None
     assert key not in handfused._KEPT  # (other tests' boxes may leave at this collection too)
+
+
+def test_box_built_under_inference_mode_maps_inside_and_outside_it():
+    """Bounds made under torch.inference_mode are inference tensors, without the version counter
+    the kept constants are checked against: they are derived at each call instead."""
+    with torch.inference_mode():
+        box = ps.Box(-1.0, 1.0)
+        inside = box(torch.tensor([-30.0, 0.0, 30.0]))
+    outside = box(torch.tensor([-30.0, 0.0, 30.0]))
+    torch.testing.assert_close(inside, torch.tensor([-1.0, 0.0, 1.0]))
+    torch.testing.assert_close(outside, torch.tensor([-1.0, 0.0, 1.0]))

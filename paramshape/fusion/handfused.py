@@ -92,7 +92,9 @@ _KEPT_MAX = 4096
 
 
 def _kept_constants(low: Tensor, high: Tensor, work: torch.dtype, slope: float) -> SigmoidBoxConstants:
-    if low.dim() or high.dim():  # tensor bounds: derived at each call (their tensors are large)
+    # Tensor bounds (large) and inference tensors (made under torch.inference_mode, no version
+    # counter to check) are derived at each call.
+    if low.dim() or high.dim() or low.is_inference() or high.is_inference():
         low_w, high_w = low.to(work), high.to(work)
         return sigmoid_box_constants(low_w, high_w, box_gain(low_w, high_w, slope))
     key = (id(low), id(high))
