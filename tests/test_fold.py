@@ -52,6 +52,19 @@ def _grads(model: nn.Module) -> list[torch.Tensor]:
     return [parameter.grad.clone() for parameter in model.parameters()]
 
 
+def _count_hook_registrations(monkeypatch: pytest.MonkeyPatch) -> list[torch.Size]:
+    """The shapes of the tensors that get a gradient hook from now on (the list fills as they do)."""
+    calls: list[torch.Size] = []
+    original = torch.Tensor.register_post_accumulate_grad_hook
+
+    def counting(self: torch.Tensor, hook: object) -> object:
+        calls.append(self.shape)
+        return original(self, hook)
+
+    monkeypatch.setattr(torch.Tensor, "register_post_accumulate_grad_hook", counting)
+    return calls
+
+
 def test_groups_small_tensors_of_one_call() -> None:
     _, folded = _pair()
     folded_values = [
@@ -243,14 +256,7 @@ def test_a_group_registers_its_gradient_hooks_once(monkeypatch: pytest.MonkeyPat
     when the group first lays them out (one per member in each of the two sets), never again at a
     refresh, and each stored tensor gets a gradient of its own shape."""
     _, folded = _pair()
-    calls = []
-    original = torch.Tensor.register_post_accumulate_grad_hook
-
-    def counting(self: torch.Tensor, hook: object) -> object:
-        calls.append(self.shape)
-        return original(self, hook)
-
-    monkeypatch.setattr(torch.Tensor, "register_post_accumulate_grad_hook", counting)
+    calls = _count_hook_registrations(monkeypatch)
     optimizer = torch.optim.SGD(folded.parameters(), lr=1e-3)
     for step in range(4):
         optimizer.zero_grad()
@@ -356,14 +362,7 @@ def test_a_tensor_folded_alone_reuses_its_values(monkeypatch: pytest.MonkeyPatch
     default = ps.constrain(copy.deepcopy(base), "weight", ps.Box(*BOX))
     folded = ps.constrain(copy.deepcopy(base), "weight", ps.Box(*BOX), fold=True)
     assert folded.parametrizations.weight._paramshape_folded._group is None
-    calls = []
-    original = torch.Tensor.register_post_accumulate_grad_hook
-
-    def counting(self: torch.Tensor, hook: object) -> object:
-        calls.append(self.shape)
-        return original(self, hook)
-
-    monkeypatch.setattr(torch.Tensor, "register_post_accumulate_grad_hook", counting)
+    calls = _count_hook_registrations(monkeypatch)
     optimizers = [torch.optim.SGD(m.parameters(), lr=1e-3) for m in (default, folded)]
     x = torch.randn(8, 64)
     for _ in range(3):
