@@ -28,11 +28,12 @@ __all__ = [
     "SigmoidBoxConstants",
     "sigmoid_box",
     "sigmoid_box_constants",
+    "kept_constants",
     "sigmoid_box_value_and_slope",
 ]
 
 #: Below this many elements the plain map runs instead. With the bounds' constants kept between
-#: reads (:func:`_kept_constants`) the hand-fused arithmetic is the faster at every size, even as an
+#: reads (:func:`kept_constants`) the hand-fused arithmetic is the faster at every size, even as an
 #: autograd.Function: forward and backward of a 64-element box took 313 against 424 us of the plain
 #: map's, 352 against 484 at 4096 (2-vCPU AMD EPYC under load, 1 thread, interleaved; below
 #: :data:`FUNCTION_MIN_ELEMENTS` the native ops are faster still); so only an empty tensor takes
@@ -48,7 +49,7 @@ def sigmoid_box(x: Tensor, low: Tensor, high: Tensor, layout: str, slope: float 
     if (low.dim() or high.dim()) and torch_typed.broadcast_shapes(x.shape, low.shape, high.shape) != x.shape:
         return None
     work = compute_dtype(x.dtype)
-    constants = _kept_constants(low, high, work, slope)
+    constants = kept_constants(low, high, work, slope)
     same = work == x.dtype  # float32 and float64: no cast either way
     x_work = x if same else x.to(work)
     if x.numel() < FUNCTION_MIN_ELEMENTS:
@@ -92,7 +93,9 @@ _KEPT: dict[tuple[int, int], tuple[Any, Any, tuple[Any, ...], SigmoidBoxConstant
 _KEPT_MAX = 4096
 
 
-def _kept_constants(low: Tensor, high: Tensor, work: torch.dtype, slope: float) -> SigmoidBoxConstants:
+def kept_constants(low: Tensor, high: Tensor, work: torch.dtype, slope: float) -> SigmoidBoxConstants:
+    """:func:`sigmoid_box_constants` of ``low`` and ``high`` in ``work`` with ``slope``, kept
+    between calls while the bounds are the same tensors, unwritten (the table above)."""
     # Tensor bounds (large) and inference tensors (made under torch.inference_mode, no version
     # counter to check) are derived at each call.
     if low.dim() or high.dim() or low.is_inference() or high.is_inference():

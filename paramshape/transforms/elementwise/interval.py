@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import weakref
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -20,10 +18,6 @@ from paramshape.numerics import torch_typed
 from paramshape.numerics.precision import INTERIOR_SLOPE, compute_dtype, interior_distance
 from paramshape.transforms.elementwise.bounds import BoundedTransform, BoundLike, positive_setting
 from paramshape.transforms.registry import register
-
-#: Per Box, what :meth:`Box.value_and_slope` derives from 0-d bounds (at the working precision, with
-#: the gain), and the bound tensors and versions it derived them from. Weak: it dies with the Box.
-_FOLD_CONSTANTS: weakref.WeakKeyDictionary[Any, tuple[Any, ...]] = weakref.WeakKeyDictionary()
 
 __all__ = ["Box", "UnitInterval"]
 
@@ -151,42 +145,28 @@ class Box(BoundedTransform):
     def value_and_slope(self, x: Tensor, out: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
         """The value and slope in one pass of the hand-fused arithmetic for two-sided bounds (the
         forward's values bit for bit, at every size); autograd's otherwise."""
-        # A step-folded tensor calls this once per optimizer step: the bounds at the working
-        # precision, the gain and the width are kept while the bound tensors are unchanged.
+        work = compute_dtype(x.dtype)
+        if self.learnable or self._layout != "interval" or work != x.dtype:
+            return super().value_and_slope(x, out)
         buffers = self._buffers
         low, high = buffers.get("low"), buffers.get("high")
-        kept = _FOLD_CONSTANTS.get(self)
         if (
-            kept is None
-            or kept[0] is not low
-            or kept[1] is not high
-            or kept[2] != (low._version, high._version, x.dtype, x.device, self.slope)
+            low is not None
+            and high is not None
+            and not low.dim()
+            and not high.dim()
+            and low.device == x.device
         ):
-            work = compute_dtype(x.dtype)
-            if (
-                self.learnable
-                or self._layout != "interval"
-                or work != x.dtype
-                or low is None
-                or high is None
-                or low.dim()
-                or high.dim()
-            ):
-                if not self.learnable and self._layout == "interval" and work == x.dtype:
-                    low, high = self.low, self.high
-                    if torch_typed.broadcast_shapes(x.shape, low.shape, high.shape) == x.shape:
-                        low, high = low.to(work), high.to(work)
-                        gain = _maps.box_gain(low, high, self.slope)
-                        constants = _handfused.sigmoid_box_constants(low, high, gain)
-                        return _handfused.sigmoid_box_value_and_slope(x.detach(), constants, out)
-                return super().value_and_slope(x, out)
-            low_w, high_w = low.to(device=x.device, dtype=work), high.to(device=x.device, dtype=work)
-            constants = _handfused.sigmoid_box_constants(
-                low_w, high_w, _maps.box_gain(low_w, high_w, self.slope)
-            )
-            key = (low._version, high._version, x.dtype, x.device, self.slope)
-            kept = _FOLD_CONSTANTS[self] = (low, high, key, constants)
-        return _handfused.sigmoid_box_value_and_slope(x.detach(), kept[3], out)
+            # A step-folded tensor calls this once per optimizer step: the constants derived from
+            # 0-d bounds are the ones its reads keep (while the bound tensors are unchanged).
+            constants = _handfused.kept_constants(low, high, work, self.slope)
+            return _handfused.sigmoid_box_value_and_slope(x.detach(), constants, out)
+        low, high = self.low, self.high
+        if torch_typed.broadcast_shapes(x.shape, low.shape, high.shape) != x.shape:
+            return super().value_and_slope(x, out)
+        low, high = low.to(device=x.device, dtype=work), high.to(device=x.device, dtype=work)
+        constants = _handfused.sigmoid_box_constants(low, high, _maps.box_gain(low, high, self.slope))
+        return _handfused.sigmoid_box_value_and_slope(x.detach(), constants, out)
 
     def inverse(self, y: Tensor) -> Tensor:
         work = compute_dtype(y.dtype)
