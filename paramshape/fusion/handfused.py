@@ -26,9 +26,10 @@ from paramshape.numerics.precision import compute_dtype
 __all__ = [
     "MIN_ELEMENTS",
     "SigmoidBoxConstants",
+    "constants_for",
+    "kept_constants",
     "sigmoid_box",
     "sigmoid_box_constants",
-    "kept_constants",
     "sigmoid_box_value_and_slope",
 ]
 
@@ -46,10 +47,10 @@ def sigmoid_box(x: Tensor, low: Tensor, high: Tensor, layout: str, slope: float 
     tensors, or when the bounds would broadcast ``x`` to a larger shape."""
     if layout != "interval" or x.numel() < MIN_ELEMENTS:
         return None
-    if (low.dim() or high.dim()) and torch_typed.broadcast_shapes(x.shape, low.shape, high.shape) != x.shape:
+    constants = constants_for(x, low, high, slope)
+    if constants is None:
         return None
-    work = compute_dtype(x.dtype)
-    constants = kept_constants(low, high, work, slope)
+    work = constants.width.dtype
     same = work == x.dtype  # float32 and float64: no cast either way
     x_work = x if same else x.to(work)
     if x.numel() < FUNCTION_MIN_ELEMENTS:
@@ -91,6 +92,14 @@ def _sigmoid_box_native(x: Tensor, constants: SigmoidBoxConstants) -> Tensor:
 #: bound; the table is cleared if it ever holds more pairs than any model has boxes.
 _KEPT: dict[tuple[int, int], tuple[Any, Any, tuple[Any, ...], SigmoidBoxConstants]] = {}
 _KEPT_MAX = 4096
+
+
+def constants_for(x: Tensor, low: Tensor, high: Tensor, slope: float) -> SigmoidBoxConstants | None:
+    """The constants of the map of ``x`` between ``low`` and ``high`` in ``x``'s working dtype
+    (:func:`kept_constants`); ``None`` when the bounds would broadcast ``x`` to a larger shape."""
+    if (low.dim() or high.dim()) and torch_typed.broadcast_shapes(x.shape, low.shape, high.shape) != x.shape:
+        return None
+    return kept_constants(low, high, compute_dtype(x.dtype), slope)
 
 
 def kept_constants(low: Tensor, high: Tensor, work: torch.dtype, slope: float) -> SigmoidBoxConstants:

@@ -145,27 +145,14 @@ class Box(BoundedTransform):
     def value_and_slope(self, x: Tensor, out: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
         """The value and slope in one pass of the hand-fused arithmetic for two-sided bounds (the
         forward's values bit for bit, at every size); autograd's otherwise."""
-        work = compute_dtype(x.dtype)
-        if self.learnable or self._layout != "interval" or work != x.dtype:
+        if self.learnable or self._layout != "interval" or compute_dtype(x.dtype) != x.dtype:
             return super().value_and_slope(x, out)
-        buffers = self._buffers
-        low, high = buffers.get("low"), buffers.get("high")
-        if (
-            low is not None
-            and high is not None
-            and not low.dim()
-            and not high.dim()
-            and low.device == x.device
-        ):
-            # A step-folded tensor calls this once per optimizer step: the constants derived from
-            # 0-d bounds are the ones its reads keep (while the bound tensors are unchanged).
-            constants = _handfused.kept_constants(low, high, work, self.slope)
-            return _handfused.sigmoid_box_value_and_slope(x.detach(), constants, out)
-        low, high = self.low, self.high
-        if torch_typed.broadcast_shapes(x.shape, low.shape, high.shape) != x.shape:
+        # A step-folded tensor calls this once per optimizer step: the constants derived from 0-d
+        # bounds are the ones its reads keep, while the bound tensors are unchanged.
+        low, high = self.low.to(x.device), self.high.to(x.device)
+        constants = _handfused.constants_for(x, low, high, self.slope)
+        if constants is None:
             return super().value_and_slope(x, out)
-        low, high = low.to(device=x.device, dtype=work), high.to(device=x.device, dtype=work)
-        constants = _handfused.sigmoid_box_constants(low, high, _maps.box_gain(low, high, self.slope))
         return _handfused.sigmoid_box_value_and_slope(x.detach(), constants, out)
 
     def inverse(self, y: Tensor) -> Tensor:
