@@ -63,11 +63,12 @@ def sigmoid_box(x: Tensor, low: Tensor, high: Tensor, layout: str, slope: float 
 
 
 #: From this many elements the map is one ``autograd.Function`` (:class:`_SigmoidBox`), which saves
-#: one tensor for backward; below it, :func:`_sigmoid_box_native`, whose four autograd nodes save
-#: three but skip the Function's Python machinery (a third of a small read's time): forward and
-#: backward of a 64 x 64 box took 175 against 224 us (2-vCPU AMD EPYC, 1 thread, loaded). The
-#: values and gradients of the two are the same, bit for bit.
-FUNCTION_MIN_ELEMENTS = 4096
+#: one tensor for backward; below it, :func:`_sigmoid_box_native`, whose autograd nodes save three
+#: but skip the Function's Python machinery: forward and backward took 212 against 240 us at 4,096
+#: values and 239 against 269 at 16,384 for a box centred on 0, 211 against 228 at 8,192 for one
+#: off centre, level at 32,768 (2-vCPU AMD EPYC, 1 thread, loaded, interleaved). The values and
+#: gradients of the two are the same, bit for bit.
+FUNCTION_MIN_ELEMENTS = 16384
 
 
 def _sigmoid_box_native(x: Tensor, constants: SigmoidBoxConstants) -> Tensor:
