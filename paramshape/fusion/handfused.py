@@ -5,9 +5,10 @@ arithmetic one (3.7 ms against 0.1 ms for 1M float32 values on the 2-core benchm
 the two-sided box of ``_maps.sigmoid_box`` needs a ``where`` in its forward and several in the
 backward autograd builds from it. The function below selects the nearer bound by sign arithmetic
 instead (``copysign``, ``maximum``, ``minimum``) and computes the backward from the saved sigmoid, so
-the forward is 8 arithmetic passes (6 for a box centred on 0, ``low = -high``) and the backward 4. The values are within an ulp of
-``_maps.sigmoid_box`` (one rounding where it has two; at ``x = -0.0``, the midpoint, computed from
-the other bound), and the gradient is autograd's, operation for operation.
+the forward is 8 arithmetic passes (6 for a box centred on 0, ``low = -high``) and the backward 4.
+The values are within an ulp of ``_maps.sigmoid_box`` (one rounding where it has two; at
+``x = -0.0``, the midpoint, computed from the other bound), and the gradient is autograd's,
+operation for operation.
 """
 
 from __future__ import annotations
@@ -276,9 +277,9 @@ def sigmoid_box_value_and_slope(
     is what its backward multiplies an incoming gradient by (``w s (1 - s) g``, with ``w g``
     rounded first), computed once. What a step-folded tensor (``constrain(..., fold=True)``)
     recomputes when its stored tensor changed, at any size (no autograd node, so no fixed cost to
-    amortise), in ten passes (six for a box centred on 0) and no allocation with ``out``. ``x`` and ``constants``
-    (:func:`sigmoid_box_constants`) in the working dtype; ``out``: the value's and the slope's
-    tensors to write (``x``'s shape, not ``x``), else new ones."""
+    amortise), in ten passes (six for a box centred on 0) and no allocation with ``out``. ``x``
+    and ``constants`` (:func:`sigmoid_box_constants`) in the working dtype; ``out``: the value's
+    and the slope's tensors to write (``x``'s shape, not ``x``), else new ones."""
     low, high, _, _, neg_gain, width_gain, inf, _, centred, _ = constants
     y, s = out if out is not None else (torch.empty_like(x), torch.empty_like(x))
     # s = sigmoid(-|g x|), the logistic of the nearer bound's side (abs and a product: copysign or
