@@ -248,11 +248,12 @@ class Transform(nn.Module, abc.ABC):
         # An AttributeError escaping here would be swallowed by Module.__getattr__ of the
         # parametrized module and reported as "has no attribute 'weight'" (pytorch#72452).
         try:
-            if len(args) == 1 and isinstance(args[0], Tensor) and not torch.compiler.is_compiling():
+            compiling = torch.compiler.is_compiling()
+            if len(args) == 1 and isinstance(args[0], Tensor) and not compiling:
                 self._check_input_shape(args[0].shape)
             # The fused or hand-fused kernel; inside a compiled region dynamo traces forward itself.
             fusable = self.fusable
-            if fusable is not None and len(args) == 1 and not kwargs and not torch.compiler.is_compiling():
+            if fusable is not None and len(args) == 1 and not kwargs and not compiling:
                 out = dispatch(self, fusable, args[0])
                 if out is not None:
                     return out
