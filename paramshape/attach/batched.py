@@ -20,11 +20,10 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils import parametrize
 
 from paramshape.attach.planning import KEEP_STORED_ELEMENTS, check_output, check_stored_values
 from paramshape.errors import ParamshapeError
-from paramshape.lookup.modules import TensorRef, locate
+from paramshape.lookup.modules import TensorRef, is_parametrized, locate
 from paramshape.spec.resolve import Spec, resolve
 from paramshape.transforms.base import Transform
 
@@ -80,7 +79,7 @@ def _eligible_tensor(root: nn.Module, dotted: str) -> tuple[TensorRef, Tensor] |
         ref = locate(root, dotted)
     except ParamshapeError:
         return None  # the plan raises it, in its turn
-    if parametrize.is_parametrized(ref.owner, ref.name):
+    if is_parametrized(ref.owner, ref.name):
         return None
     tensor = ref.owner._parameters.get(ref.name, ref.owner._buffers.get(ref.name))
     if (

@@ -229,7 +229,7 @@ def _constrain(
         plan(module, dotted, target_spec, init, method, weight, aliases, _pair(checked.get(index)))
         for index, (dotted, target_spec) in enumerate(targets)
     ]
-    check_distinct(plans)
+    check_distinct(plans, aliases)
     for planned in plans:
         check_learnable(planned.transform, method, fold, f"'{planned.ref.path}' of {type_name(module)}")
     for planned in plans if fold else ():

@@ -12,7 +12,6 @@ from typing import get_args
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils import parametrize
 
 from paramshape.errors import (
     ConstraintConflictError,
@@ -28,6 +27,7 @@ from paramshape.errors.report import format_scalar, format_shape, tensor_label
 from paramshape.lookup.modules import (
     AliasIndex,
     TensorRef,
+    is_parametrized,
     locate,
     memory_span,
     parametrization_chain,
@@ -176,20 +176,21 @@ def check_learnable(transform: nn.Module, method: str, fold: bool, label: str) -
         )
 
 
-def check_distinct(plans: list[Plan]) -> None:
+def check_distinct(plans: list[Plan], aliases: AliasIndex | None = None) -> None:
     """Refuse two names for one tensor in one call: the same tensor under two paths (a reused
     submodule), or tied tensors (one Parameter, or overlapping memory) named twice, which would
     get two conflicting constraints.
 
     Indexed by slot, object and storage pointer, so only tensors of one storage are compared
-    pairwise (comparing every pair of 1,000 tensors took seconds)."""
+    pairwise (comparing every pair of 1,000 tensors took seconds). ``aliases``: the call's index,
+    which knows each tensor's memory span already."""
     slots: dict[tuple[int, str], int] = {}
     objects: dict[int, int] = {}
     by_pointer: dict[int, list[tuple[int, tuple[int, int, int]]]] = {}
     for index, plan in enumerate(plans):
         storage = plan.ref.storage()
         slot = (id(plan.ref.owner), plan.ref.name)
-        span = memory_span(storage)
+        span = memory_span(storage) if aliases is None else aliases.span(storage)
         clashes = [found for found in (slots.get(slot), objects.get(id(storage))) if found is not None]
         if span is not None:
             clashes += [other for other, seen in by_pointer.get(span[0], ()) if spans_overlap(span, seen)]
@@ -266,7 +267,7 @@ def _check_tensor(
 
 
 def _check_foreign(ref: TensorRef, root: nn.Module) -> None:
-    existing = parametrize.is_parametrized(ref.owner, ref.name)
+    existing = is_parametrized(ref.owner, ref.name)
     if existing and paramshape_transform(ref.owner, ref.name) is None:
         chain = ", ".join(type(p).__name__ for p in parametrization_chain(ref.owner, ref.name))
         raise ConstraintConflictError(
