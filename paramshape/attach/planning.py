@@ -161,8 +161,8 @@ def check_learnable(transform: nn.Module, method: str, fold: bool, label: str) -
     """Raise :class:`SpecError` when a transform with learnable settings (trainable parameters, such
     as ``Box(..., learnable=True)``) meets a method that would never give them a gradient: they are
     trained through the map, so only ``method="reparam"`` with ``fold=False`` carries it."""
-    if not any(True for _ in transform.parameters()):
-        return
+    if not (transform._parameters or transform._modules) or not any(True for _ in transform.parameters()):
+        return  # the first test: no walk of parameters() for a transform without any (nearly all)
     if method != "reparam":
         raise SpecError(
             f"{label}: {transform!r} has learnable bounds, which are trained through the map of "

@@ -75,26 +75,25 @@ def register(owner: nn.Module, name: str, transform: Transform, *, unsafe: bool)
     chain = _new_module(parametrize.ParametrizationList, template)
     _add_child(chain, "0", transform)
     chain.__dict__["unsafe"] = unsafe
-    with torch.no_grad():
+    with torch.no_grad():  # as torch runs right_inverse and set_ (one block for both)
         new = transform.right_inverse(original)
-    if not isinstance(new, Tensor):  # the plan's dry run checked the inverse: not expected
-        raise ValueError(  # noqa: TRY004  # torch's type for this refusal
-            f"'right_inverse' must return a Tensor. Got {type(new).__name__}"
-        )
-    chain.__dict__["is_tensor"] = True
-    chain.__dict__["ntensors"] = 1
-    # ParametrizationList.__init__'s two checks, with its messages.
-    if original.dtype != new.dtype:
-        raise ValueError(
-            "When `right_inverse` outputs one tensor, it may not change the dtype.\n"
-            f"original.dtype: {original.dtype}\nright_inverse(original).dtype: {new.dtype}"
-        )
-    if original.device != new.device:
-        raise ValueError(
-            "When `right_inverse` outputs one tensor, it may not change the device.\n"
-            f"original.device: {original.device}\nright_inverse(original).device: {new.device}"
-        )
-    with torch.no_grad():
+        if not isinstance(new, Tensor):  # the plan's dry run checked the inverse: not expected
+            raise ValueError(  # noqa: TRY004  # torch's type for this refusal
+                f"'right_inverse' must return a Tensor. Got {type(new).__name__}"
+            )
+        chain.__dict__["is_tensor"] = True
+        chain.__dict__["ntensors"] = 1
+        # ParametrizationList.__init__'s two checks, with its messages.
+        if original.dtype != new.dtype:
+            raise ValueError(
+                "When `right_inverse` outputs one tensor, it may not change the dtype.\n"
+                f"original.dtype: {original.dtype}\nright_inverse(original).dtype: {new.dtype}"
+            )
+        if original.device != new.device:
+            raise ValueError(
+                "When `right_inverse` outputs one tensor, it may not change the device.\n"
+                f"original.device: {original.device}\nright_inverse(original).device: {new.device}"
+            )
         parametrize._maybe_set(original, new)
     if isinstance(original, nn.Parameter):
         for hook in _module_globals._global_parameter_registration_hooks.values():
