@@ -302,3 +302,34 @@ def test_lookup_is_parametrized_agrees_with_torch() -> None:
     assert is_parametrized(model[0], "weight")
     assert not is_parametrized(model[0], "bias")
     assert is_parametrized(model[3], "weight")
+
+
+def test_the_collector_is_paused_for_the_call_only() -> None:
+    """constrain() pauses Python's cyclic collector while it registers, and gives it back as it found
+    it, after a refused call too."""
+    import gc
+
+    seen: list[bool] = []
+
+    def hook(module: nn.Module, name: str, value: object) -> None:
+        seen.append(gc.isenabled())
+
+    models = [_model() for _ in range(3)]  # built before the hook: it sees constrain's calls only
+    handle = module_globals.register_module_module_registration_hook(hook)
+    try:
+        assert gc.isenabled()
+        _batched(models[0])
+        assert gc.isenabled()
+        assert seen
+        assert not any(seen)  # paused while registering
+        with pytest.raises(ps.TensorNotFoundError, match="missing"):
+            ps.constrain(models[1], "missing", ps.Box(-1.0, 1.0))
+        assert gc.isenabled()
+        gc.disable()
+        try:
+            _batched(models[2])
+            assert not gc.isenabled()  # a caller's own pause is left as it is
+        finally:
+            gc.enable()
+    finally:
+        handle.remove()
