@@ -957,16 +957,16 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         by_batch.setdefault(r["batch"], {})[r["variant"]] = r["ratio"]
     for batch, ratios in sorted(by_batch.items()):
         limit = TARGETS["mlp_best_b256"] if batch >= 256 else TARGETS["mlp_best_b32"]
-        paramshape_modes = {name: v for name, v in ratios.items() if name.startswith("paramshape")}
-        best = min(paramshape_modes, key=paramshape_modes.__getitem__)
+        # The target is for the best reparametrised mode; projection is shown beside it.
         best_reparam = min(REPARAM_MODES, key=ratios.__getitem__)
         fastest_peer = min(PEERS_OF_REPARAM, key=ratios.__getitem__)
+        project = ratios.get('paramshape method="project"')
         checks.append(
             {
-                "target": f"MLP step, batch {batch}, best paramshape mode <= {limit}x",
-                "measured": f"{_ratio(ratios[best])} ({best}); best reparametrization "
-                f"{_ratio(ratios[best_reparam])} ({best_reparam})",
-                "met": ratios[best] <= limit,
+                "target": f"MLP step, batch {batch}, best reparametrised mode <= {limit}x",
+                "measured": f"{_ratio(ratios[best_reparam])} ({best_reparam})"
+                + ("" if project is None else f'; method="project" {_ratio(project)}'),
+                "met": ratios[best_reparam] <= limit,
             }
         )
         checks.append(

@@ -111,7 +111,7 @@ def test_targets_cover_every_goal_of_the_issue(results):
     names = " / ".join(t["target"] for t in results["targets"])
     for goal in (
         "fused Box forward+backward",
-        "best paramshape mode",
+        "best reparametrised mode",
         "faster than every",
         "constrain() of",
         "small model: reparam <=",

@@ -335,9 +335,12 @@ def test_eager_box_runs_hand_fused_at_every_size_but_empty(device):
         large = box(torch.randn(handfused.FUNCTION_MIN_ELEMENTS, device=device, requires_grad=True))
         small = box(torch.randn(2, device=device, requires_grad=True))
         empty = box(torch.randn(0, device=device, requires_grad=True))
+        off_centre = ps.Box(-1.0, 2.0).to(device)(torch.randn(2, device=device, requires_grad=True))
     assert type(large.grad_fn).__name__ == "_SigmoidBoxBackward"
-    assert type(small.grad_fn).__name__ == "AddcmulBackward0"
-    assert type(empty.grad_fn).__name__ != "AddcmulBackward0"
+    # The native ops end in the sign's product (a box centred on 0) or the bound's addcmul.
+    assert type(small.grad_fn).__name__ == "MulBackward0"
+    assert type(off_centre.grad_fn).__name__ == "AddcmulBackward0"
+    assert type(empty.grad_fn).__name__ not in {"AddcmulBackward0", "MulBackward0"}
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16], ids=str)
@@ -359,6 +362,53 @@ def test_native_and_function_box_agree_bit_for_bit(dtype, monkeypatch):
     for a, b in zip(*results, strict=True):
         assert torch.equal(a, b)
     assert bool((results[0][1][306 - 6 : 306 - 4] != 0).all())  # +-0: the centre's slope, not 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("path", ["function", "native", "value_and_slope"])
+def test_centred_box_arithmetic_is_the_general_arithmetic(dtype, path):
+    """A box centred on 0 (low = -high) takes a shorter arithmetic (the sign times high - w s); its
+    values, gradients and second derivatives (the slope, for value_and_slope) equal the general
+    two-bound arithmetic's bit for bit, up to the sign of a zero value at x = -0.0."""
+    x = torch.cat([torch.randn(3000) * s for s in (1e-3, 1.0, 40.0)] + [torch.tensor([0.0, -0.0, 1e4, -1e4])])
+    x = x.to(dtype)
+    weights = torch.randn(x.shape, dtype=dtype)
+    low, high = torch.tensor(-0.37, dtype=dtype), torch.tensor(0.37, dtype=dtype)
+    gain = handfused.box_gain(low, high, 1.0)
+    results = []
+    for centred in (False, True):
+        constants = handfused.sigmoid_box_constants(low, high, gain, centred=centred)
+        assert (constants.half_width is not None) is centred
+        if path == "value_and_slope":
+            results.append(handfused.sigmoid_box_value_and_slope(x, constants))
+            continue
+        leaf = x.clone().requires_grad_(True)
+        if path == "native":
+            y = handfused._sigmoid_box_native(leaf, constants)
+        else:
+            y = handfused._SigmoidBox.apply(leaf, constants)[0]
+        (grad,) = torch.autograd.grad((y * weights).sum(), leaf, create_graph=True)
+        (second,) = torch.autograd.grad((grad * weights).sum(), leaf)
+        results.append((y.detach(), grad.detach(), second))
+    for general, centred in zip(*results, strict=True):
+        assert torch.equal(general, centred)  # -0.0 == 0.0
+
+
+def test_only_a_box_centred_on_cpu_takes_the_centred_arithmetic():
+    """Whether the bounds are centred is read once per change of them, on CPU only (elsewhere it
+    would wait for the device): the kept constants say it, and a bound written off-centre is seen."""
+    box = ps.Box(-2.0, 2.0)
+    x = torch.randn(64)
+    assert handfused.constants_for(x, box.low, box.high, 1.0).half_width is not None
+    off_centre = ps.Box(-2.0, 3.0)
+    assert handfused.constants_for(x, off_centre.low, off_centre.high, 1.0).half_width is None
+    with torch.no_grad():
+        box.high.fill_(3.0)
+    constants = handfused.constants_for(x, box.low, box.high, 1.0)
+    assert constants.half_width is None
+    torch.testing.assert_close(box(x), box.forward(x), rtol=0, atol=4 * torch.finfo(x.dtype).eps)
+    meta_low, meta_high = torch.tensor(-2.0, device="meta"), torch.tensor(2.0, device="meta")
+    assert handfused.kept_constants(meta_low, meta_high, torch.float32, 1.0).half_width is None
 
 
 def test_hand_fused_box_sees_bound_changes(hand_fused_everywhere):

@@ -5,7 +5,7 @@ arithmetic one (3.7 ms against 0.1 ms for 1M float32 values on the 2-core benchm
 the two-sided box of ``_maps.sigmoid_box`` needs a ``where`` in its forward and several in the
 backward autograd builds from it. The function below selects the nearer bound by sign arithmetic
 instead (``copysign``, ``maximum``, ``minimum``) and computes the backward from the saved sigmoid, so
-the forward is 8 arithmetic passes and the backward 4. The values are within an ulp of
+the forward is 8 arithmetic passes (6 for a box centred on 0, ``low = -high``) and the backward 4. The values are within an ulp of
 ``_maps.sigmoid_box`` (one rounding where it has two; at ``x = -0.0``, the midpoint, computed from
 the other bound), and the gradient is autograd's, operation for operation.
 """
@@ -75,10 +75,15 @@ def _sigmoid_box_native(x: Tensor, constants: SigmoidBoxConstants) -> Tensor:
     derivatives from autograd itself). ``-|g x|`` is ``x (-g sign(x))`` with the sign a constant
     (``copysign``, so +-1 at +-0 as well), never ``abs``, whose subgradient 0 at 0 would freeze a
     value at the box's centre."""
-    low, high, width, _, neg_gain, _, inf, _ = constants
+    low, high, width, _, neg_gain, _, inf, _, half_width = constants
     with torch.no_grad():
         sign = torch.copysign(constants.one, x)
         factor = sign * neg_gain
+    if half_width is not None:
+        # Centred (low = -high): sign (high - w s), the same values and gradients as below (the
+        # factors +-1 are exact wherever they enter), with two operations fewer.
+        return torch.addcmul(half_width, torch.sigmoid(x * factor), width, value=-1) * sign
+    with torch.no_grad():
         # One clamp between the two bounds: at these sizes an op's fixed cost is what counts (at
         # 262,144 values it is four times two one-sided clamps, which the Function keeps).
         bound = torch.clamp(sign * inf, low, high)
@@ -116,7 +121,10 @@ def kept_constants(low: Tensor, high: Tensor, work: torch.dtype, slope: float) -
     if kept is not None and kept[0]() is low and kept[1]() is high and kept[2] == state:
         return kept[3]
     low_w, high_w = low.detach().to(work, copy=True), high.detach().to(work, copy=True)
-    constants = sigmoid_box_constants(low_w, high_w, box_gain(low_w, high_w, slope))
+    # Whether the box is centred on 0, read once per change of the bounds, and on CPU only: off
+    # it, reading a device value back would stall the stream (the general arithmetic then serves).
+    centred = low_w.device.type == "cpu" and bool(low_w == -high_w)
+    constants = sigmoid_box_constants(low_w, high_w, box_gain(low_w, high_w, slope), centred=centred)
     if len(_KEPT) >= _KEPT_MAX:
         _KEPT.clear()
 
@@ -148,15 +156,22 @@ class _SigmoidBox(torch.autograd.Function):
         # The bounds' tensors come in one tuple, not as arguments: they never require grad here
         # (dispatch leaves such bounds to the plain map), and each tensor argument of apply costs
         # Python work at every read.
-        low, high, width, gain, neg_gain, _, inf, _ = constants
+        low, high, width, gain, neg_gain, _, inf, _, half_width = constants
         # -|g x| as |x| (-g) (a copysign or neg with a number is slower on CPU; the same values),
-        # then the sigmoid and x's sign in place.
-        u = torch.abs(x).mul_(neg_gain).sigmoid_().copysign_(x)
-        # The nearer bound: low where the sign bit of x is set, high elsewhere.
-        y = torch.copysign(inf, x).clamp_min_(low).clamp_max_(high)
-        # low + w s (negative x) or high - w s, rounded once (a fused multiply-add where the CPU has
-        # one): within an ulp of _maps.sigmoid_box, which rounds w s first.
-        y.addcmul_(u, width, value=-1)
+        # then the sigmoid.
+        u = torch.abs(x).mul_(neg_gain).sigmoid_()
+        if half_width is not None:
+            # Centred (low = -high): high - w s with x's sign, the value of the branch below in
+            # 6 passes instead of 8 (sigmoid_box_value_and_slope says why it is the same).
+            y = torch.addcmul(half_width, u, width, value=-1).copysign_(x)
+            u.copysign_(x)
+        else:
+            u.copysign_(x)
+            # The nearer bound: low where the sign bit of x is set, high elsewhere.
+            y = torch.copysign(inf, x).clamp_min_(low).clamp_max_(high)
+            # low + w s (negative x) or high - w s, rounded once (a fused multiply-add where the
+            # CPU has one): within an ulp of _maps.sigmoid_box, which rounds w s first.
+            y.addcmul_(u, width, value=-1)
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(u)
         ctx.width_gain = (width, gain)  # type: ignore[attr-defined]
@@ -206,15 +221,23 @@ class SigmoidBoxConstants(NamedTuple):
     width_gain: Tensor  # (high - low) gain
     inf: Tensor  # +inf, whose sign copysign sets
     one: Tensor  # 1, likewise
+    #: ``high`` where the box is centred on 0 (``low == -high``), else ``None``: then
+    #: ``y = copysign(high - w s, x)``, the same values in fewer passes (``w / 2 = high`` exactly).
+    half_width: Tensor | None = None
 
 
-def sigmoid_box_constants(low: Tensor, high: Tensor, gain: Tensor) -> SigmoidBoxConstants:
+def sigmoid_box_constants(
+    low: Tensor, high: Tensor, gain: Tensor, *, centred: bool = False
+) -> SigmoidBoxConstants:
     """The constants of :func:`sigmoid_box_value_and_slope` for bounds ``low``, ``high`` and the
-    gain ``gain`` (:func:`paramshape.numerics.maps.box_gain`)."""
+    gain ``gain`` (:func:`paramshape.numerics.maps.box_gain`); ``centred``: the caller checked that
+    ``low == -high``."""
     width = high - low
     inf = torch.full((), math.inf, dtype=width.dtype, device=width.device)
     one = torch.ones((), dtype=width.dtype, device=width.device)
-    return SigmoidBoxConstants(low, high, width, gain, -gain, width * gain, inf, one)
+    return SigmoidBoxConstants(
+        low, high, width, gain, -gain, width * gain, inf, one, high if centred else None
+    )
 
 
 def sigmoid_box_value_and_slope(
@@ -225,20 +248,27 @@ def sigmoid_box_value_and_slope(
     is what its backward multiplies an incoming gradient by (``w s (1 - s) g``, with ``w g``
     rounded first), computed once. What a step-folded tensor (``constrain(..., fold=True)``)
     recomputes when its stored tensor changed, at any size (no autograd node, so no fixed cost to
-    amortise), in ten passes and no allocation with ``out``. ``x`` and ``constants``
+    amortise), in ten passes (six for a box centred on 0) and no allocation with ``out``. ``x`` and ``constants``
     (:func:`sigmoid_box_constants`) in the working dtype; ``out``: the value's and the slope's
     tensors to write (``x``'s shape, not ``x``), else new ones."""
-    low, high, width, _, neg_gain, width_gain, inf, _ = constants
+    low, high, width, _, neg_gain, width_gain, inf, _, half_width = constants
     y, s = out if out is not None else (torch.empty_like(x), torch.empty_like(x))
+    # s = sigmoid(-|g x|), the logistic of the nearer bound's side (abs and a product: copysign or
+    # neg with a number is slower than abs on CPU, and -(|x| g) = |x| (-g) exactly).
+    torch.abs(x, out=s).mul_(neg_gain).sigmoid_()
+    if half_width is not None:
+        # Centred: high - w s carries x's sign (low + w s = -(high - w s) when low = -high, and
+        # the fused multiply-add rounds symmetrically), so the value is the general branch's
+        # below bit for bit (at x = -0.0, -0.0 where it gives +0.0), in 2 passes instead of 6.
+        torch.addcmul(half_width, s, width, value=-1, out=y).copysign_(x)
+        return y, torch.ops.aten.sigmoid_backward.grad_input(width_gain, s, grad_input=s)
     # The nearer bound: low where the sign bit of x is set (-0.0 included), high elsewhere. On CPU
     # a where over signbit's mask takes ten times as long at 262,144 values, a clamp between two
     # tensors four times.
     torch.copysign(inf, x, out=y).clamp_min_(low).clamp_max_(high)
-    # s = sigmoid(-|g x|), the logistic of the nearer bound's side (abs and a product: copysign or
-    # neg with a number is slower than abs on CPU, and -(|x| g) = |x| (-g) exactly).
-    torch.abs(x, out=s).mul_(neg_gain).sigmoid_()
     # y = bound - copysign(s, x) w, with s signed in place and unsigned again (exactly) after: a
     # new tensor for the signed s would cost its page faults, on CPU two passes' worth.
     y.addcmul_(s.copysign_(x), width, value=-1)
-    # (w g) s (1 - s), in the order of autograd's sigmoid backward.
-    return y, torch.ops.aten.sigmoid_backward.grad_input(width_gain.expand_as(s), s.abs_(), grad_input=s)
+    # (w g) s (1 - s), in the order of autograd's sigmoid backward (the 0-d w g broadcast as a
+    # number: a third faster than an expanded tensor at 8,577 values, the same values).
+    return y, torch.ops.aten.sigmoid_backward.grad_input(width_gain, s.abs_(), grad_input=s)

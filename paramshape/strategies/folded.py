@@ -370,37 +370,31 @@ def _group_key(member: FoldedValue) -> tuple[Any, ...] | None:
     return (type(transform), raw.dtype, raw.device, repr(transform), tuple(scalars))
 
 
-def _take_gradient(value: Tensor) -> Tensor | None:
-    """The gradient backward left on a folded value, taken off it (the value is a cache: its
-    stored tensor gets the gradient, through the chain rule); refused when it carries a graph."""
-    grad = value.grad
-    value.grad = None
-    if grad is not None and grad.requires_grad:
-        raise TransformError(
-            "a folded constrained tensor (constrain(..., fold=True)) has no second derivatives: "
-            "backward(create_graph=True) reached it. Use fold=False for double backward."
-        )
-    return grad
-
-
-def _times_slope(grad: Tensor, slope: Tensor) -> Tensor:
-    """``grad * slope``, in place where the gradient is a plain contiguous tensor (backward made it
-    for this hook alone)."""
-    return grad.mul_(slope) if grad.layout == torch.strided and grad.is_contiguous() else grad * slope
-
-
 def _chain_rule(raw: Tensor, slope: Tensor) -> Any:
-    """The gradient hook of a folded value: ``u.grad += g f'(u)`` (or ``=``, after ``zero_grad``)."""
+    """The gradient hook of a folded value: ``u.grad += g f'(u)`` (or ``=``, after ``zero_grad``).
+
+    The gradient backward left on the value is taken off it (the value is a cache: its stored
+    tensor gets the gradient), and refused when it carries a graph. The product is in place where
+    the gradient is a plain contiguous tensor (backward made it for this hook alone). One hook runs
+    per folded tensor and backward, so its body is written out, without helper calls."""
 
     def hook(value: Tensor) -> None:
-        grad = _take_gradient(value)
+        grad = value.grad
         if grad is None:
             return
+        value.grad = None
+        if grad.requires_grad:
+            raise TransformError(
+                "a folded constrained tensor (constrain(..., fold=True)) has no second derivatives: "
+                "backward(create_graph=True) reached it. Use fold=False for double backward."
+            )
         held = raw.grad
-        if held is None:
-            raw.grad = _times_slope(grad, slope)
-        else:
+        if held is not None:
             held.addcmul_(grad, slope)
+        elif grad.layout == torch.strided and grad.is_contiguous():
+            raw.grad = grad.mul_(slope)
+        else:
+            raw.grad = grad * slope
 
     return hook
 
