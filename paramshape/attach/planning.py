@@ -41,7 +41,15 @@ from paramshape.strategies.methods import ConstraintMethod
 from paramshape.strategies.state import module_states
 from paramshape.transforms.base import Transform
 
-__all__ = ["Plan", "check_distinct", "check_method", "check_output", "check_stored_values", "plan"]
+__all__ = [
+    "Plan",
+    "check_distinct",
+    "check_method",
+    "check_output",
+    "check_stored_values",
+    "optional_setting",
+    "plan",
+]
 
 _METHODS: tuple[str, ...] = get_args(ConstraintMethod)
 # BatchNorm updates these in place on the value it reads; a constrained tensor is recomputed on
@@ -114,7 +122,7 @@ def plan(
     _check_foreign(ref, root)
     transform = copy.deepcopy(resolve(spec))
     # A transform that only makes sense on outputs (Simplex(log=True)) says why, before any check.
-    output_only = getattr(transform, "output_only", None)
+    output_only = optional_setting(transform, "output_only")
     if isinstance(output_only, str):
         raise SpecError(f"'{ref.path}' of {type_name(root)}: {output_only}")
     with torch.no_grad():
@@ -155,6 +163,15 @@ def plan(
     if method == "riemannian":
         _check_riemannian_start(transform, target)
     return Plan(ref, transform, method, weight, target, None, moved)
+
+
+def optional_setting(transform: Transform, name: str) -> object:
+    """``getattr(transform, name, None)`` for a setting only some transforms define (a property of
+    their class, or a plain attribute): without the AttributeError that ``Module.__getattr__`` builds
+    and raises for every other transform, once per tensor constrained."""
+    if hasattr(type(transform), name) or name in transform.__dict__:
+        return getattr(transform, name, None)
+    return None
 
 
 def check_learnable(transform: nn.Module, method: str, fold: bool, label: str) -> None:
