@@ -41,6 +41,7 @@ def _model() -> nn.Module:
     with torch.no_grad():
         for p in model.parameters():
             p.uniform_(-0.5, 0.5)
+    model[2].extra.requires_grad_(False)  # a frozen parameter stays frozen
     return model
 
 
@@ -129,7 +130,12 @@ def test_built_as_torch_builds_it(
     out_fast.square().sum().backward()
     out_slow.square().sum().backward()
     for (name, p), (_, q) in zip(fast.named_parameters(), slow.named_parameters(), strict=True):
-        assert torch.equal(p.grad, q.grad), name
+        if p.grad is None or q.grad is None:  # the frozen one
+            assert p.grad is None, name
+            assert q.grad is None, name
+            assert not p.requires_grad, name
+        else:
+            assert torch.equal(p.grad, q.grad), name
     for model in (fast, slow):
         layer = model[0]
         with parametrize.cached():
@@ -333,3 +339,19 @@ def test_the_collector_is_paused_for_the_call_only() -> None:
             gc.enable()
     finally:
         handle.remove()
+
+
+def test_a_model_on_meta_is_built_as_torch_builds_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Deferred initialisation: no values, the same structure."""
+
+    def build() -> nn.Module:
+        with torch.device("meta"):
+            model = nn.Sequential(nn.Linear(3, 3), _WithBuffers())
+        _batched(model)
+        return model
+
+    fast = build()
+    monkeypatch.setattr(registration, "_module_state", lambda: None)
+    slow = build()
+    assert _describe(fast) == _describe(slow)
+    assert all(p.device.type == "meta" for p in fast.parameters())
