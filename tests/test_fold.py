@@ -398,3 +398,34 @@ def test_reads_under_inference_mode_and_training_after(rows: int) -> None:
             torch.testing.assert_close(folded(x), default(x), rtol=1e-5, atol=1e-6)
     for a, b in zip(default.parameters(), folded.parameters(), strict=True):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
+def test_a_process_group_is_refused_at_constrain_and_at_the_next_recomputation(tmp_path) -> None:
+    """DDP and FSDP reduce the stored tensor's gradient from its own hooks, which a folded gradient
+    bypasses: with a process group up, constrain(fold=True) refuses (changing nothing), and a model
+    folded before the group came up refuses at its next recomputation, never training unreduced."""
+    import torch.distributed as dist
+
+    _, folded = _pair()
+    _loss(folded).backward()
+    model = _model(torch.float32)
+    before = module_snapshot.take(model)
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        with pytest.raises(
+            ps.UnsupportedTensorError, match=r"fold=True is not supported with torch\.distributed"
+        ):
+            ps.constrain(model, "*", ps.Box(*BOX), fold=True)
+        module_snapshot.assert_same(before, module_snapshot.take(model))
+        with torch.no_grad():
+            for parameter in folded.parameters():
+                parameter.add_(1e-3)  # what a step does: the next read recomputes
+        with pytest.raises(
+            ps.UnsupportedTensorError, match=r"fold=True is not supported with torch\.distributed"
+        ):
+            _loss(folded)
+    finally:
+        dist.destroy_process_group()
+    _loss(folded).backward()  # without the group, it serves again

@@ -337,10 +337,14 @@ def test_eager_box_runs_hand_fused_at_every_size_but_empty(device):
         empty = box(torch.randn(0, device=device, requires_grad=True))
         off_centre = ps.Box(-1.0, 2.0).to(device)(torch.randn(2, device=device, requires_grad=True))
     assert type(large.grad_fn).__name__ == "_SigmoidBoxBackward"
-    # The native ops end in the sign's product (a box centred on 0) or the bound's addcmul.
+    # The native ops end in the sign's product (a box centred on 0) or the bound's fused
+    # multiply-add (the width a number on CPU: add with alpha; a tensor elsewhere: addcmul).
+    native_ends = {"MulBackward0", "AddBackward0", "AddcmulBackward0"}
     assert type(small.grad_fn).__name__ == "MulBackward0"
-    assert type(off_centre.grad_fn).__name__ == "AddcmulBackward0"
-    assert type(empty.grad_fn).__name__ not in {"AddcmulBackward0", "MulBackward0"}
+    assert type(off_centre.grad_fn).__name__ == (
+        "AddBackward0" if torch.device(device).type == "cpu" else "AddcmulBackward0"
+    )
+    assert type(empty.grad_fn).__name__ not in native_ends
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16], ids=str)
@@ -366,19 +370,23 @@ def test_native_and_function_box_agree_bit_for_bit(dtype, monkeypatch):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("path", ["function", "native", "value_and_slope"])
-def test_centred_box_arithmetic_is_the_general_arithmetic(dtype, path):
-    """A box centred on 0 (low = -high) takes a shorter arithmetic (the sign times high - w s); its
-    values, gradients and second derivatives (the slope, for value_and_slope) equal the general
-    two-bound arithmetic's bit for bit, up to the sign of a zero value at x = -0.0."""
+@pytest.mark.parametrize("bounds", [(-0.37, 0.37), (-0.2, 0.55)], ids=["centred", "off-centre"])
+def test_every_arithmetic_of_a_box_agrees_bit_for_bit(dtype, path, bounds):
+    """The shortcuts: a box centred on 0 (low = -high) computes the sign times high - w s, and on
+    CPU the width enters as a number (``add`` with ``alpha``) rather than a tensor (``addcmul``).
+    Every combination gives the values, gradients and second derivatives (the slope, for
+    value_and_slope) of the general two-bound arithmetic with tensors, bit for bit, up to the sign
+    of a zero value at x = -0.0."""
     x = torch.cat([torch.randn(3000) * s for s in (1e-3, 1.0, 40.0)] + [torch.tensor([0.0, -0.0, 1e4, -1e4])])
     x = x.to(dtype)
     weights = torch.randn(x.shape, dtype=dtype)
-    low, high = torch.tensor(-0.37, dtype=dtype), torch.tensor(0.37, dtype=dtype)
+    low, high = torch.tensor(bounds[0], dtype=dtype), torch.tensor(bounds[1], dtype=dtype)
     gain = handfused.box_gain(low, high, 1.0)
+    centred = bounds[0] == -bounds[1]
     results = []
-    for centred in (False, True):
-        constants = handfused.sigmoid_box_constants(low, high, gain, centred=centred)
-        assert (constants.half_width is not None) is centred
+    for options in ({}, {"numbers": True}, {"centred": centred}, {"centred": centred, "numbers": True}):
+        constants = handfused.sigmoid_box_constants(low, high, gain, **options)
+        assert (constants.neg_width is not None) is options.get("numbers", False)
         if path == "value_and_slope":
             results.append(handfused.sigmoid_box_value_and_slope(x, constants))
             continue
@@ -390,8 +398,9 @@ def test_centred_box_arithmetic_is_the_general_arithmetic(dtype, path):
         (grad,) = torch.autograd.grad((y * weights).sum(), leaf, create_graph=True)
         (second,) = torch.autograd.grad((grad * weights).sum(), leaf)
         results.append((y.detach(), grad.detach(), second))
-    for general, centred in zip(*results, strict=True):
-        assert torch.equal(general, centred)  # -0.0 == 0.0
+    for other in results[1:]:
+        for general, shortcut in zip(results[0], other, strict=True):
+            assert torch.equal(general, shortcut)  # -0.0 == 0.0
 
 
 def test_only_a_box_centred_on_cpu_takes_the_centred_arithmetic():
@@ -399,16 +408,19 @@ def test_only_a_box_centred_on_cpu_takes_the_centred_arithmetic():
     would wait for the device): the kept constants say it, and a bound written off-centre is seen."""
     box = ps.Box(-2.0, 2.0)
     x = torch.randn(64)
-    assert handfused.constants_for(x, box.low, box.high, 1.0).half_width is not None
+    assert handfused.constants_for(x, box.low, box.high, 1.0).centred
     off_centre = ps.Box(-2.0, 3.0)
-    assert handfused.constants_for(x, off_centre.low, off_centre.high, 1.0).half_width is None
+    assert not handfused.constants_for(x, off_centre.low, off_centre.high, 1.0).centred
     with torch.no_grad():
         box.high.fill_(3.0)
     constants = handfused.constants_for(x, box.low, box.high, 1.0)
-    assert constants.half_width is None
+    assert not constants.centred
+    assert constants.neg_width == -(3.0 - -2.0)
     torch.testing.assert_close(box(x), box.forward(x), rtol=0, atol=4 * torch.finfo(x.dtype).eps)
     meta_low, meta_high = torch.tensor(-2.0, device="meta"), torch.tensor(2.0, device="meta")
-    assert handfused.kept_constants(meta_low, meta_high, torch.float32, 1.0).half_width is None
+    on_meta = handfused.kept_constants(meta_low, meta_high, torch.float32, 1.0)
+    assert not on_meta.centred
+    assert on_meta.neg_width is None
 
 
 def test_hand_fused_box_sees_bound_changes(hand_fused_everywhere):

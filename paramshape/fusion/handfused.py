@@ -5,9 +5,10 @@ arithmetic one (3.7 ms against 0.1 ms for 1M float32 values on the 2-core benchm
 the two-sided box of ``_maps.sigmoid_box`` needs a ``where`` in its forward and several in the
 backward autograd builds from it. The function below selects the nearer bound by sign arithmetic
 instead (``copysign``, ``maximum``, ``minimum``) and computes the backward from the saved sigmoid, so
-the forward is 8 arithmetic passes (6 for a box centred on 0, ``low = -high``) and the backward 4. The values are within an ulp of
-``_maps.sigmoid_box`` (one rounding where it has two; at ``x = -0.0``, the midpoint, computed from
-the other bound), and the gradient is autograd's, operation for operation.
+the forward is 8 arithmetic passes (6 for a box centred on 0, ``low = -high``) and the backward 4.
+The values are within an ulp of ``_maps.sigmoid_box`` (one rounding where it has two; at
+``x = -0.0``, the midpoint, computed from the other bound), and the gradient is autograd's,
+operation for operation.
 """
 
 from __future__ import annotations
@@ -63,11 +64,12 @@ def sigmoid_box(x: Tensor, low: Tensor, high: Tensor, layout: str, slope: float 
 
 
 #: From this many elements the map is one ``autograd.Function`` (:class:`_SigmoidBox`), which saves
-#: one tensor for backward; below it, :func:`_sigmoid_box_native`, whose four autograd nodes save
-#: three but skip the Function's Python machinery (a third of a small read's time): forward and
-#: backward of a 64 x 64 box took 175 against 224 us (2-vCPU AMD EPYC, 1 thread, loaded). The
-#: values and gradients of the two are the same, bit for bit.
-FUNCTION_MIN_ELEMENTS = 4096
+#: one tensor for backward; below it, :func:`_sigmoid_box_native`, whose autograd nodes save three
+#: but skip the Function's Python machinery: forward and backward took 212 against 240 us at 4,096
+#: values and 239 against 269 at 16,384 for a box centred on 0, 211 against 228 at 8,192 for one
+#: off centre, level at 32,768 (2-vCPU AMD EPYC, 1 thread, loaded, interleaved). The values and
+#: gradients of the two are the same, bit for bit.
+FUNCTION_MIN_ELEMENTS = 16384
 
 
 def _sigmoid_box_native(x: Tensor, constants: SigmoidBoxConstants) -> Tensor:
@@ -75,19 +77,38 @@ def _sigmoid_box_native(x: Tensor, constants: SigmoidBoxConstants) -> Tensor:
     derivatives from autograd itself). ``-|g x|`` is ``x (-g sign(x))`` with the sign a constant
     (``copysign``, so +-1 at +-0 as well), never ``abs``, whose subgradient 0 at 0 would freeze a
     value at the box's centre."""
-    low, high, width, _, neg_gain, _, inf, _, half_width = constants
+    high = constants.high
     with torch.no_grad():
         sign = torch.copysign(constants.one, x)
-        factor = sign * neg_gain
-    if half_width is not None:
+        factor = sign * constants.neg_gain
+    if constants.centred:
         # Centred (low = -high): sign (high - w s), the same values and gradients as below (the
         # factors +-1 are exact wherever they enter), with two operations fewer.
-        return torch.addcmul(half_width, torch.sigmoid(x * factor), width, value=-1) * sign
+        return _minus_width_times(high, torch.sigmoid(x * factor), constants) * sign
     with torch.no_grad():
         # One clamp between the two bounds: at these sizes an op's fixed cost is what counts (at
         # 262,144 values it is four times two one-sided clamps, which the Function keeps).
-        bound = torch.clamp(sign * inf, low, high)
-    return torch.addcmul(bound, torch.sigmoid(x * factor) * sign, width, value=-1)
+        bound = torch.clamp(sign * constants.inf, constants.low, high)
+    return _minus_width_times(bound, torch.sigmoid(x * factor) * sign, constants)
+
+
+def _minus_width_times(
+    base: Tensor, s: Tensor, constants: SigmoidBoxConstants, out: Tensor | None = None
+) -> Tensor:
+    """``base - w s``, rounded once (a fused multiply-add): with ``w`` as a number where the
+    constants have it (``add`` with ``alpha``: 6 against 16 us at 8,577 values, 44 against 169 at
+    262,144 on the 2-vCPU AMD EPYC, where ``addcmul`` walks a 0-d ``base`` as a broadcast tensor),
+    else ``addcmul``. The two give the same values (tested): one rounding of the same product."""
+    neg_width = constants.neg_width
+    if neg_width is not None:
+        return (
+            torch.add(base, s, alpha=neg_width)
+            if out is None
+            else torch.add(base, s, alpha=neg_width, out=out)
+        )
+    if out is None:
+        return torch.addcmul(base, s, constants.width, value=-1)
+    return torch.addcmul(base, s, constants.width, value=-1, out=out)
 
 
 #: The constants of 0-d bounds last seen, per pair of bound tensors (by identity, checked through
@@ -121,10 +142,17 @@ def kept_constants(low: Tensor, high: Tensor, work: torch.dtype, slope: float) -
     if kept is not None and kept[0]() is low and kept[1]() is high and kept[2] == state:
         return kept[3]
     low_w, high_w = low.detach().to(work, copy=True), high.detach().to(work, copy=True)
-    # Whether the box is centred on 0, read once per change of the bounds, and on CPU only: off
-    # it, reading a device value back would stall the stream (the general arithmetic then serves).
-    centred = low_w.device.type == "cpu" and bool(low_w == -high_w)
-    constants = sigmoid_box_constants(low_w, high_w, box_gain(low_w, high_w, slope), centred=centred)
+    # Read once per change of the bounds, and on CPU only (off it, reading a device value back
+    # would stall the stream; the tensor arithmetic then serves): whether the box is centred on
+    # 0, and the width as a number.
+    on_cpu = low_w.device.type == "cpu"
+    constants = sigmoid_box_constants(
+        low_w,
+        high_w,
+        box_gain(low_w, high_w, slope),
+        centred=on_cpu and bool(low_w == -high_w),
+        numbers=on_cpu,
+    )
     if len(_KEPT) >= _KEPT_MAX:
         _KEPT.clear()
 
@@ -156,22 +184,22 @@ class _SigmoidBox(torch.autograd.Function):
         # The bounds' tensors come in one tuple, not as arguments: they never require grad here
         # (dispatch leaves such bounds to the plain map), and each tensor argument of apply costs
         # Python work at every read.
-        low, high, width, gain, neg_gain, _, inf, _, half_width = constants
+        low, high, width, gain, neg_gain, _, inf, _, centred, _ = constants
         # -|g x| as |x| (-g) (a copysign or neg with a number is slower on CPU; the same values),
         # then the sigmoid.
         u = torch.abs(x).mul_(neg_gain).sigmoid_()
-        if half_width is not None:
+        if centred:
             # Centred (low = -high): high - w s with x's sign, the value of the branch below in
             # 6 passes instead of 8 (sigmoid_box_value_and_slope says why it is the same).
-            y = torch.addcmul(half_width, u, width, value=-1).copysign_(x)
+            y = _minus_width_times(high, u, constants).copysign_(x)
             u.copysign_(x)
         else:
             u.copysign_(x)
             # The nearer bound: low where the sign bit of x is set, high elsewhere.
             y = torch.copysign(inf, x).clamp_min_(low).clamp_max_(high)
-            # low + w s (negative x) or high - w s, rounded once (a fused multiply-add where the
-            # CPU has one): within an ulp of _maps.sigmoid_box, which rounds w s first.
-            y.addcmul_(u, width, value=-1)
+            # low + w s (negative x) or high - w s, rounded once: within an ulp of
+            # _maps.sigmoid_box, which rounds w s first.
+            _minus_width_times(y, u, constants, out=y)
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(u)
         ctx.width_gain = (width, gain)  # type: ignore[attr-defined]
@@ -221,23 +249,24 @@ class SigmoidBoxConstants(NamedTuple):
     width_gain: Tensor  # (high - low) gain
     inf: Tensor  # +inf, whose sign copysign sets
     one: Tensor  # 1, likewise
-    #: ``high`` where the box is centred on 0 (``low == -high``), else ``None``: then
-    #: ``y = copysign(high - w s, x)``, the same values in fewer passes (``w / 2 = high`` exactly).
-    half_width: Tensor | None = None
+    #: Whether the box is centred on 0 (``low == -high``): then ``y = copysign(high - w s, x)``,
+    #: the same values in fewer passes (``w / 2 = high`` exactly).
+    centred: bool = False
+    #: ``-(high - low)`` as a Python number (on CPU, 0-d bounds), else ``None``.
+    neg_width: float | None = None
 
 
 def sigmoid_box_constants(
-    low: Tensor, high: Tensor, gain: Tensor, *, centred: bool = False
+    low: Tensor, high: Tensor, gain: Tensor, *, centred: bool = False, numbers: bool = False
 ) -> SigmoidBoxConstants:
     """The constants of :func:`sigmoid_box_value_and_slope` for bounds ``low``, ``high`` and the
     gain ``gain`` (:func:`paramshape.numerics.maps.box_gain`); ``centred``: the caller checked that
-    ``low == -high``."""
+    ``low == -high``; ``numbers``: keep the width as a Python number too (0-d bounds on CPU)."""
     width = high - low
     inf = torch.full((), math.inf, dtype=width.dtype, device=width.device)
     one = torch.ones((), dtype=width.dtype, device=width.device)
-    return SigmoidBoxConstants(
-        low, high, width, gain, -gain, width * gain, inf, one, high if centred else None
-    )
+    neg_width = -float(width) if numbers else None
+    return SigmoidBoxConstants(low, high, width, gain, -gain, width * gain, inf, one, centred, neg_width)
 
 
 def sigmoid_box_value_and_slope(
@@ -248,19 +277,19 @@ def sigmoid_box_value_and_slope(
     is what its backward multiplies an incoming gradient by (``w s (1 - s) g``, with ``w g``
     rounded first), computed once. What a step-folded tensor (``constrain(..., fold=True)``)
     recomputes when its stored tensor changed, at any size (no autograd node, so no fixed cost to
-    amortise), in ten passes (six for a box centred on 0) and no allocation with ``out``. ``x`` and ``constants``
-    (:func:`sigmoid_box_constants`) in the working dtype; ``out``: the value's and the slope's
-    tensors to write (``x``'s shape, not ``x``), else new ones."""
-    low, high, width, _, neg_gain, width_gain, inf, _, half_width = constants
+    amortise), in ten passes (six for a box centred on 0) and no allocation with ``out``. ``x``
+    and ``constants`` (:func:`sigmoid_box_constants`) in the working dtype; ``out``: the value's
+    and the slope's tensors to write (``x``'s shape, not ``x``), else new ones."""
+    low, high, _, _, neg_gain, width_gain, inf, _, centred, _ = constants
     y, s = out if out is not None else (torch.empty_like(x), torch.empty_like(x))
     # s = sigmoid(-|g x|), the logistic of the nearer bound's side (abs and a product: copysign or
     # neg with a number is slower than abs on CPU, and -(|x| g) = |x| (-g) exactly).
     torch.abs(x, out=s).mul_(neg_gain).sigmoid_()
-    if half_width is not None:
+    if centred:
         # Centred: high - w s carries x's sign (low + w s = -(high - w s) when low = -high, and
         # the fused multiply-add rounds symmetrically), so the value is the general branch's
         # below bit for bit (at x = -0.0, -0.0 where it gives +0.0), in 2 passes instead of 6.
-        torch.addcmul(half_width, s, width, value=-1, out=y).copysign_(x)
+        _minus_width_times(high, s, constants, out=y).copysign_(x)
         return y, torch.ops.aten.sigmoid_backward.grad_input(width_gain, s, grad_input=s)
     # The nearer bound: low where the sign bit of x is set (-0.0 included), high elsewhere. On CPU
     # a where over signbit's mask takes ten times as long at 262,144 values, a clamp between two
@@ -268,7 +297,7 @@ def sigmoid_box_value_and_slope(
     torch.copysign(inf, x, out=y).clamp_min_(low).clamp_max_(high)
     # y = bound - copysign(s, x) w, with s signed in place and unsigned again (exactly) after: a
     # new tensor for the signed s would cost its page faults, on CPU two passes' worth.
-    y.addcmul_(s.copysign_(x), width, value=-1)
+    _minus_width_times(y, s.copysign_(x), constants, out=y)
     # (w g) s (1 - s), in the order of autograd's sigmoid backward (the 0-d w g broadcast as a
     # number: a third faster than an expanded tensor at 8,577 values, the same values).
     return y, torch.ops.aten.sigmoid_backward.grad_input(width_gain, s.abs_(), grad_input=s)

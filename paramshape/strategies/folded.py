@@ -57,7 +57,7 @@ def check_foldable(transform: nn.Module, shape: torch.Size, label: str) -> None:
 def refuse_distributed(label: str) -> None:
     """Raise when a distributed process group is up: DDP and FSDP reduce gradients from hooks on the
     stored tensor's own accumulation, which a folded tensor's gradient does not pass through."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+    if _DISTRIBUTED and torch.distributed.is_initialized():
         raise UnsupportedTensorError(
             f"{label}: fold=True is not supported with torch.distributed (DDP and FSDP reduce the "
             "stored tensor's gradient from its own autograd hooks, which a folded read bypasses). "
@@ -420,4 +420,6 @@ def _label(transform: nn.Module) -> str:
 
 
 _functorch_active = torch._C._are_functorch_transforms_active
+#: Whether this torch build has ``torch.distributed`` at all (fixed for the process).
+_DISTRIBUTED = torch.distributed.is_available()
 _unflatten = torch._C._nn.unflatten_dense_tensors
