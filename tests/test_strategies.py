@@ -789,6 +789,42 @@ def test_the_project_step_clamps_bounds_in_one_pass_without_calling_each_entry(m
     torch.testing.assert_close(layer.weight, torch.ones(2, 2), rtol=0, atol=0)
 
 
+def test_a_large_tensor_with_two_number_bounds_is_clamped_in_one_pass_like_the_hand_clamp():
+    """From _CLAMP_ALONE_ELEMENTS values a tensor whose two bounds are numbers takes one
+    clamp_(low, high) of its own (small ones stay in the foreach calls): values pushed past both
+    bounds land where the hand clamp puts them, and bounds written in place or a dtype move are
+    followed, as on the foreach path."""
+    rows = _state._CLAMP_ALONE_ELEMENTS // 64
+    layer = ps.constrain(nn.Linear(64, rows), "*", ps.Box(-0.5, 0.25), method="project", init="project")
+    optimizer = torch.optim.SGD(layer.parameters(), lr=1.0)
+    push = torch.randn(rows, 64, generator=torch.Generator().manual_seed(0)) * 10
+
+    def step_matches_the_hand_clamp(low: float, high: float) -> None:
+        weight = layer.weight.detach()
+        # The bounds at the tensor's precision, as a Python number means.
+        low_t, high_t = torch.tensor(low, dtype=weight.dtype), torch.tensor(high, dtype=weight.dtype)
+        expected = torch.minimum(torch.maximum(weight + push.to(weight.dtype), low_t), high_t)
+        optimizer.zero_grad()
+        layer.weight.grad = -push.to(weight.dtype)
+        layer.bias.grad = torch.zeros_like(layer.bias)
+        optimizer.step()
+        torch.testing.assert_close(layer.weight.detach(), expected, rtol=0, atol=0)
+        assert layer.weight.min().item() == low_t.item()
+        assert layer.weight.max().item() == high_t.item()
+
+    step_matches_the_hand_clamp(-0.5, 0.25)
+    plan = _state._PLANS[optimizer]
+    assert [entry[0] for entry in plan.clamped] == [layer.weight]  # the bias stays on foreach
+    box = ps.constraints(layer)["weight"]
+    with torch.no_grad():
+        box.low.fill_(-0.125)
+        box.high.fill_(0.0625)
+    step_matches_the_hand_clamp(-0.125, 0.0625)
+    layer.double()
+    step_matches_the_hand_clamp(-0.125, 0.0625)
+    assert layer.weight.dtype == torch.float64
+
+
 def test_the_project_step_takes_in_a_tensor_constrained_after_the_first_step():
     """A constraint added after the optimizer's first step (the plan was built without it) is
     projected at the next step: adding one makes the plan stale."""
