@@ -16,6 +16,7 @@ from paramshape.attach.assign import (
 from paramshape.attach.checkpoint import install_module_support
 from paramshape.attach.moves import install_move_check
 from paramshape.attach.planning import Plan
+from paramshape.attach.registration import register
 from paramshape.attach.reinit import install_init_support, install_plain_init_support
 from paramshape.attach.rollback import replace_data, rollback_on_failure, sole_owner
 from paramshape.lookup.modules import TensorRef, fast_read, parametrization_chain, paramshape_transform
@@ -36,13 +37,13 @@ def apply_plans(root: nn.Module, plans: list[Plan]) -> None:
     # by reference: no backup copy at constrain's memory peak. Shared storage (tied, flat buffers)
     # is written into, as before, and copied for the rollback.
     swapped: dict[int, Tensor] = {}
-    for plan in plans:
-        storage = plan.ref.storage()
+    storages = [plan.ref.storage() for plan in plans]  # the same objects before and after registering
+    for plan, storage in zip(plans, storages, strict=True):
         if storage is not None and sole_owner(storage, _aliases(storage, plan)):
             swapped[id(storage)] = storage
-    for plan in plans:
-        plan.swap = id(plan.ref.storage()) in swapped
-    copied = [plan.ref.storage() for plan in plans if not plan.swap]
+    for plan, storage in zip(plans, storages, strict=True):
+        plan.swap = id(storage) in swapped
+    copied = [storage for plan, storage in zip(plans, storages, strict=True) if not plan.swap]
     rollback = rollback_on_failure(owners, copied, swapped.values())
     _INSTALLED[0] = set()
     try:
@@ -62,6 +63,10 @@ def apply_plans(root: nn.Module, plans: list[Plan]) -> None:
 #: the running :func:`apply_plans` has installed; ``None`` outside it. Each install is idempotent
 #: and depends on the owner and its class only, so a second tensor of the same module skips them.
 _INSTALLED: list[set[tuple[int, type]] | None] = [None]
+
+
+class _Root:
+    """Marks, in :data:`_INSTALLED`, that the root's own checks are installed."""
 
 
 def _chain(plan: Plan) -> parametrize.ParametrizationList:
@@ -99,12 +104,15 @@ def _apply_one(root: nn.Module, plan: Plan) -> None:
         installed = _INSTALLED[0]
         key = (id(ref.owner), type(ref.owner))
         if installed is None or key not in installed:
-            install_module_support(root, ref.owner)
+            root_key = (id(root), _Root)
+            install_module_support(
+                root, ref.owner, root_installed=installed is not None and root_key in installed
+            )
             install_init_support(ref.owner)
             install_move_check(ref.owner)
             install_parameter_assignment(ref.owner)
             if installed is not None:
-                installed.add(key)
+                installed.update((key, root_key))
         watch(ref.owner, ref.name, ref.label, ref.storage())  # the SaturationWarning check
         return
     if paramshape_transform(ref.owner, ref.name) is not None:
@@ -134,11 +142,11 @@ def _attach(
             storage = ref.storage()
             non_persistent = ref.name in ref.owner._non_persistent_buffers_set
             replace_data(storage, target, swap)
-            # unsafe=True skips parametrize's own consistency check, a forward of the whole tensor
-            # (one more copy at the peak): the dry run checked shape and dtype, and every later
-            # assignment is held to the shape by Transform.admit.
-            parametrize.register_parametrization(ref.owner, ref.name, transform, unsafe=True)
-            parametrization_chain(ref.owner, ref.name).unsafe = reshapes
+            # parametrize's register_parametrization(unsafe=True), built without its generic work
+            # (attach.registration); unsafe=True skips its consistency check, a forward of the whole
+            # tensor (one more copy at the peak): the dry run checked shape and dtype, and every
+            # later assignment is held to the shape by Transform.admit.
+            register(ref.owner, ref.name, transform, unsafe=reshapes)
             fast_read(ref.owner, ref.name)
             if non_persistent:
                 # parametrize re-registers the buffer as a persistent 'original'; a buffer the

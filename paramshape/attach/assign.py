@@ -35,11 +35,15 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils import parametrize
 
 from paramshape.errors import ConstraintConflictError, InfeasibleValueError, ShapeMismatchError
 from paramshape.errors.report import format_shape, tensor_label
-from paramshape.lookup.modules import paramshape_transform, type_name
+from paramshape.lookup.modules import (
+    is_parametrized,
+    paramshape_transform,
+    type_before_parametrizations,
+    type_name,
+)
 from paramshape.strategies.state import state_of
 from paramshape.transforms.base import coerce_value
 
@@ -188,7 +192,7 @@ def sync_plain_assignment(module: nn.Module) -> None:
     state = state_of(module)
     wanted = state is not None and bool(state.plain)
     cls = type(module)
-    if parametrize.is_parametrized(module):
+    if is_parametrized(module):
         # parametrize's per-instance class: the method joins it (it checks the state at each call).
         if (
             wanted
@@ -205,16 +209,16 @@ def sync_plain_assignment(module: nn.Module) -> None:
 
 def install_parameter_assignment(owner: nn.Module) -> None:
     """Give ``owner``'s parametrized class the ``register_parameter`` described above. Idempotent."""
-    if not parametrize.is_parametrized(owner):
+    if not is_parametrized(owner):
         return
     cls = type(owner)
     if "register_parameter" in cls.__dict__:
         return
-    plain: type[nn.Module] = parametrize.type_before_parametrizations(owner)
+    plain: type[nn.Module] = type_before_parametrizations(owner)
     base = plain.register_parameter
 
     def register_parameter(self: nn.Module, name: str, param: Any) -> None:
-        if parametrize.is_parametrized(self, name) and paramshape_transform(self, name) is not None:
+        if is_parametrized(self, name) and paramshape_transform(self, name) is not None:
             if param is None:
                 raise ConstraintConflictError(
                     f"'{name}' of {type_name(self)} is constrained; it cannot be registered as None. "

@@ -20,11 +20,15 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils import parametrize
 
-from paramshape.attach.planning import KEEP_STORED_ELEMENTS, check_output, check_stored_values
+from paramshape.attach.planning import (
+    KEEP_STORED_ELEMENTS,
+    check_output,
+    check_stored_values,
+    optional_setting,
+)
 from paramshape.errors import ParamshapeError
-from paramshape.lookup.modules import TensorRef, locate
+from paramshape.lookup.modules import TensorRef, is_parametrized, locate
 from paramshape.spec.resolve import Spec, resolve
 from paramshape.transforms.base import Transform
 
@@ -80,7 +84,7 @@ def _eligible_tensor(root: nn.Module, dotted: str) -> tuple[TensorRef, Tensor] |
         ref = locate(root, dotted)
     except ParamshapeError:
         return None  # the plan raises it, in its turn
-    if parametrize.is_parametrized(ref.owner, ref.name):
+    if is_parametrized(ref.owner, ref.name):
         return None
     tensor = ref.owner._parameters.get(ref.name, ref.owner._buffers.get(ref.name))
     if (
@@ -107,7 +111,7 @@ def _flat_transform(spec: Spec, dtype: torch.dtype, device: torch.device) -> Tra
         not transform.flat_checks
         or transform.event_dim != 0
         or transform.supports_complex
-        or isinstance(getattr(transform, "output_only", None), str)
+        or isinstance(optional_setting(transform, "output_only"), str)
         or any(True for _ in transform.children())
         or any(t.numel() > 1 for t in (*transform.parameters(), *transform.buffers()))
     ):

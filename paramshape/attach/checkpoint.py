@@ -38,7 +38,14 @@ from paramshape.errors import (
     UnsupportedTensorError,
 )
 from paramshape.errors.report import format_shape, tensor_label
-from paramshape.lookup.modules import constrained_tensors, fast_read, paramshape_transform, type_name
+from paramshape.lookup.modules import (
+    constrained_tensors,
+    fast_read,
+    is_parametrized,
+    paramshape_transform,
+    type_before_parametrizations,
+    type_name,
+)
 from paramshape.strategies.state import state_of
 from paramshape.transforms.base import Transform
 
@@ -84,16 +91,20 @@ def plain_state_dict(module: nn.Module) -> dict[str, Tensor]:
     return plain
 
 
-def install_module_support(root: nn.Module, owner: nn.Module) -> None:
+def install_module_support(root: nn.Module, owner: nn.Module, *, root_installed: bool = False) -> None:
     """Called by :func:`~paramshape.constrain` after attaching a transform to a tensor of ``owner``:
     make plain-key checkpoints load into ``owner`` (and, validated all at once, into ``root``),
     check loads and moves of ``root`` as a whole before any child changes, and make ``owner``
-    picklable. Idempotent."""
-    for module in {id(root): root, id(owner): owner}.values():
-        _install_load_check(module)
-    install_root_checks(root)
+    picklable. Idempotent. ``root_installed``: the root's checks are in place already (installed
+    for an earlier tensor of the same call), so only ``owner``'s own support is added."""
+    if root_installed:
+        _install_load_check(owner)
+    else:
+        for module in {id(root): root, id(owner): owner}.values():
+            _install_load_check(module)
+        install_root_checks(root)
     cls = type(owner)
-    if parametrize.is_parametrized(owner) and cls.__dict__.get("__reduce_ex__") is not _reduce_parametrized:
+    if is_parametrized(owner) and cls.__dict__.get("__reduce_ex__") is not _reduce_parametrized:
         cls.__reduce_ex__ = _reduce_parametrized  # the dynamic Parametrized<Cls> class only
 
 
@@ -360,7 +371,7 @@ def _with_stored_settings(transform: Transform, state_dict: Mapping[str, Any], s
 def _reduce_parametrized(self: nn.Module, protocol: int) -> tuple:
     """Pickle a parametrized module as its original class plus the chains to re-attach: parametrize's
     dynamic ``Parametrized<Cls>`` class cannot be found by name when unpickling."""
-    base = plain_base(parametrize.type_before_parametrizations(self))  # a class found by name
+    base = plain_base(type_before_parametrizations(self))  # a class found by name
     # A ProjectingInit refers back to the module (a reduce argument that is the object being
     # reduced would recurse); the rebuilt class's own reset_parameters/apply project instead.
     state = {k: v for k, v in self.__dict__.items() if not isinstance(v, ProjectingInit)}

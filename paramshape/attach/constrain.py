@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import gc
 import warnings
 from collections.abc import Iterator, Mapping
 from typing import Literal, get_args
@@ -194,7 +195,17 @@ def constrain(
     """
     refuse_inside_compile("constrain")
     module = unwrap(module)
-    for moved in _constrain(module, name, spec, init, method, weight, fold):
+    # Python's cyclic collector is paused for the call: registering allocates a dozen containers
+    # per tensor, which triggers collections of every object in the process (torch holds hundreds
+    # of thousands), 40% of the time of 1,000 tensors. What the call leaves is collected after it.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        moved_values = _constrain(module, name, spec, init, method, weight, fold)
+    finally:
+        if collecting:
+            gc.enable()
+    for moved in moved_values:
         warnings.warn(moved, ParamshapeWarning, stacklevel=2)
     return module
 
@@ -229,7 +240,7 @@ def _constrain(
         plan(module, dotted, target_spec, init, method, weight, aliases, _pair(checked.get(index)))
         for index, (dotted, target_spec) in enumerate(targets)
     ]
-    check_distinct(plans)
+    check_distinct(plans, aliases)
     for planned in plans:
         check_learnable(planned.transform, method, fold, f"'{planned.ref.path}' of {type_name(module)}")
     for planned in plans if fold else ():

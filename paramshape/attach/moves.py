@@ -20,13 +20,14 @@ import sys
 import weakref
 from collections.abc import Callable
 from types import FrameType
-from typing import Any, cast
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from paramshape.errors import SpecError, UnsupportedTensorError
+from paramshape.lookup.modules import is_parametrized, type_before_parametrizations
 from paramshape.transforms.base import Transform
 from paramshape.transforms.elementwise.bounds import BoundedTransform
 
@@ -37,13 +38,13 @@ _CHECKED = "_paramshape_move_checked"
 
 def install_move_check(owner: nn.Module) -> None:
     """Give ``owner``'s parametrized class the checking ``_apply``. Idempotent."""
-    if not parametrize.is_parametrized(owner):
+    if not is_parametrized(owner):
         return
     cls = type(owner)
     if "_apply" in cls.__dict__:
         return
-    # torch types type_before_parametrizations as a plain type and leaves Module._apply unannotated.
-    base = cast("type[nn.Module]", parametrize.type_before_parametrizations(owner))
+    # torch leaves Module._apply unannotated.
+    base = type_before_parametrizations(owner)
     base_apply: Callable[[nn.Module, Any, bool], nn.Module] = base._apply
 
     def _apply(self: nn.Module, fn: Any, recurse: bool = True) -> nn.Module:

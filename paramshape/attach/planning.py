@@ -12,7 +12,6 @@ from typing import get_args
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils import parametrize
 
 from paramshape.errors import (
     ConstraintConflictError,
@@ -28,6 +27,7 @@ from paramshape.errors.report import format_scalar, format_shape, tensor_label
 from paramshape.lookup.modules import (
     AliasIndex,
     TensorRef,
+    is_parametrized,
     locate,
     memory_span,
     parametrization_chain,
@@ -41,7 +41,15 @@ from paramshape.strategies.methods import ConstraintMethod
 from paramshape.strategies.state import module_states
 from paramshape.transforms.base import Transform
 
-__all__ = ["Plan", "check_distinct", "check_method", "check_output", "check_stored_values", "plan"]
+__all__ = [
+    "Plan",
+    "check_distinct",
+    "check_method",
+    "check_output",
+    "check_stored_values",
+    "optional_setting",
+    "plan",
+]
 
 _METHODS: tuple[str, ...] = get_args(ConstraintMethod)
 # BatchNorm updates these in place on the value it reads; a constrained tensor is recomputed on
@@ -114,7 +122,7 @@ def plan(
     _check_foreign(ref, root)
     transform = copy.deepcopy(resolve(spec))
     # A transform that only makes sense on outputs (Simplex(log=True)) says why, before any check.
-    output_only = getattr(transform, "output_only", None)
+    output_only = optional_setting(transform, "output_only")
     if isinstance(output_only, str):
         raise SpecError(f"'{ref.path}' of {type_name(root)}: {output_only}")
     with torch.no_grad():
@@ -157,12 +165,21 @@ def plan(
     return Plan(ref, transform, method, weight, target, None, moved)
 
 
+def optional_setting(transform: Transform, name: str) -> object:
+    """``getattr(transform, name, None)`` for a setting only some transforms define (a property of
+    their class, or a plain attribute): without the AttributeError that ``Module.__getattr__`` builds
+    and raises for every other transform, once per tensor constrained."""
+    if hasattr(type(transform), name) or name in transform.__dict__:
+        return getattr(transform, name, None)
+    return None
+
+
 def check_learnable(transform: nn.Module, method: str, fold: bool, label: str) -> None:
     """Raise :class:`SpecError` when a transform with learnable settings (trainable parameters, such
     as ``Box(..., learnable=True)``) meets a method that would never give them a gradient: they are
     trained through the map, so only ``method="reparam"`` with ``fold=False`` carries it."""
-    if not any(True for _ in transform.parameters()):
-        return
+    if not (transform._parameters or transform._modules) or not any(True for _ in transform.parameters()):
+        return  # the first test: no walk of parameters() for a transform without any (nearly all)
     if method != "reparam":
         raise SpecError(
             f"{label}: {transform!r} has learnable bounds, which are trained through the map of "
@@ -176,20 +193,21 @@ def check_learnable(transform: nn.Module, method: str, fold: bool, label: str) -
         )
 
 
-def check_distinct(plans: list[Plan]) -> None:
+def check_distinct(plans: list[Plan], aliases: AliasIndex | None = None) -> None:
     """Refuse two names for one tensor in one call: the same tensor under two paths (a reused
     submodule), or tied tensors (one Parameter, or overlapping memory) named twice, which would
     get two conflicting constraints.
 
     Indexed by slot, object and storage pointer, so only tensors of one storage are compared
-    pairwise (comparing every pair of 1,000 tensors took seconds)."""
+    pairwise (comparing every pair of 1,000 tensors took seconds). ``aliases``: the call's index,
+    which knows each tensor's memory span already."""
     slots: dict[tuple[int, str], int] = {}
     objects: dict[int, int] = {}
     by_pointer: dict[int, list[tuple[int, tuple[int, int, int]]]] = {}
     for index, plan in enumerate(plans):
         storage = plan.ref.storage()
         slot = (id(plan.ref.owner), plan.ref.name)
-        span = memory_span(storage)
+        span = memory_span(storage) if aliases is None else aliases.span(storage)
         clashes = [found for found in (slots.get(slot), objects.get(id(storage))) if found is not None]
         if span is not None:
             clashes += [other for other, seen in by_pointer.get(span[0], ()) if spans_overlap(span, seen)]
@@ -266,7 +284,7 @@ def _check_tensor(
 
 
 def _check_foreign(ref: TensorRef, root: nn.Module) -> None:
-    existing = parametrize.is_parametrized(ref.owner, ref.name)
+    existing = is_parametrized(ref.owner, ref.name)
     if existing and paramshape_transform(ref.owner, ref.name) is None:
         chain = ", ".join(type(p).__name__ for p in parametrization_chain(ref.owner, ref.name))
         raise ConstraintConflictError(

@@ -34,9 +34,11 @@ from torch.nn.utils import parametrize
 from paramshape.errors import InfeasibleValueError, ParamshapeWarning, SpecError
 from paramshape.errors.report import tensor_label
 from paramshape.lookup.modules import (
+    is_parametrized,
     parametrization_chain,
     parametrized_names,
     paramshape_transform,
+    type_before_parametrizations,
     type_name,
 )
 from paramshape.strategies.state import state_of
@@ -54,11 +56,10 @@ _RESETTERS = ("reset_parameters", "_reset_parameters")
 def install_init_support(owner: nn.Module) -> None:
     """Give ``owner``'s parametrized class the ``reset_parameters`` and ``apply`` described above.
     Idempotent; the class is ``owner``'s own (parametrize creates one per module)."""
-    if not parametrize.is_parametrized(owner):
+    if not is_parametrized(owner):
         return
     cls = type(owner)
-    # torch types type_before_parametrizations as a plain type.
-    base = cast("type[nn.Module]", parametrize.type_before_parametrizations(owner))
+    base = type_before_parametrizations(owner)
     for method in _RESETTERS:
         original = getattr(base, method, None)
         if callable(original) and method not in cls.__dict__:

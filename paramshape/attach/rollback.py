@@ -16,8 +16,8 @@ from collections.abc import Iterable
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils import parametrize
 
+from paramshape.lookup.modules import is_parametrized
 from paramshape.strategies.state import (
     STATE_ATTRIBUTE,
     ModuleState,
@@ -61,7 +61,9 @@ class _Contents:
         self.class_attributes = dict(vars(self.cls))
         self.dicts = {key: dict(module.__dict__[key]) for key in _DICTS if key in module.__dict__}
         self.non_persistent = set(module._non_persistent_buffers_set)
-        self.unsafe = getattr(module, "unsafe", None)
+        # A ParametrizationList's flag, a plain attribute (getattr on any other module would raise
+        # an AttributeError inside Module.__getattr__, for each module recorded).
+        self.unsafe = module.__dict__.get("unsafe")
 
     def restore(self) -> None:
         module = self.module
@@ -101,7 +103,8 @@ class ModuleRollback:
         self._contents: list[_Contents] = []
         self._states: list[tuple[nn.Module, ModuleState | None, dict[str, PlainConstraint] | None]] = []
         seen: set[int] = set()
-        for module in modules:
+        # Each module once, however many of its tensors the change touches.
+        for module in {id(module): module for module in modules}.values():
             for part in _with_parametrizations(module):
                 if id(part) not in seen:
                     seen.add(id(part))
@@ -179,7 +182,7 @@ def replace_data(tensor: Tensor, value: Tensor, swap: bool) -> None:
 
 def _with_parametrizations(module: nn.Module) -> list[nn.Module]:
     parts = [module]
-    if parametrize.is_parametrized(module):
+    if is_parametrized(module):
         holder = module._modules["parametrizations"]
         assert holder is not None  # is_parametrized(module): parametrize put the ModuleDict there
         parts.append(holder)

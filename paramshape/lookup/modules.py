@@ -23,6 +23,7 @@ __all__ = [
     "aliases_of",
     "constrained_tensors",
     "fast_read",
+    "is_parametrized",
     "locate",
     "memory_span",
     "parametrization_chain",
@@ -31,6 +32,7 @@ __all__ = [
     "refuse_inside_compile",
     "shares_memory",
     "spans_overlap",
+    "type_before_parametrizations",
     "type_name",
     "unwrap",
 ]
@@ -63,6 +65,21 @@ def _chains(owner: nn.Module) -> nn.ModuleDict | None:
     raises an AttributeError, several times per tensor in a call of :func:`~paramshape.constrain`."""
     found = owner.__dict__.get("_modules", {}).get("parametrizations")
     return found if isinstance(found, nn.ModuleDict) else None
+
+
+def is_parametrized(module: nn.Module, name: str | None = None) -> bool:
+    """:func:`torch.nn.utils.parametrize.is_parametrized`, read from the module's submodule table
+    (see :func:`_chains`): called a dozen times per tensor by :func:`~paramshape.constrain`."""
+    chains = _chains(module)
+    if chains is None:
+        return False
+    return len(chains) > 0 if name is None else name in chains
+
+
+def type_before_parametrizations(module: nn.Module) -> type[nn.Module]:
+    """:func:`torch.nn.utils.parametrize.type_before_parametrizations`, with :func:`is_parametrized`."""
+    cls = type(module)
+    return cls.__bases__[0] if is_parametrized(module) else cls  # parametrize's subclass has one base
 
 
 def locate(root: nn.Module, dotted: str) -> TensorRef:
@@ -116,7 +133,7 @@ def constrained_tensors(
     ``remove_duplicate=False`` lists a submodule reused under several paths once per path (as
     ``state_dict`` does); ``stacked`` includes tensors with foreign parametrizations on top."""
     for prefix, module in root.named_modules(remove_duplicate=remove_duplicate):
-        if not parametrize.is_parametrized(module):
+        if not is_parametrized(module):
             continue
         for name in list(module.parametrizations.keys()):
             transform = paramshape_transform(module, name, stacked=stacked)
@@ -134,24 +151,34 @@ class AliasIndex:
     def __init__(self, root: nn.Module) -> None:
         self.by_object: dict[int, list[tuple[nn.Module, str, str]]] = {}
         self.by_storage: dict[int, list[tuple[nn.Module, str, str, tuple[int, int, int]]]] = {}
+        # Each tensor's span, kept for span(): asked again of every tensor constrained.
+        self._spans: dict[int, tuple[Tensor, tuple[int, int, int] | None]] = {}
         for prefix, module in root.named_modules(remove_duplicate=False):
             for name, tensor in (*module._parameters.items(), *module._buffers.items()):
                 if tensor is None:
                     continue
                 path = f"{prefix}.{name}" if prefix else name
                 self.by_object.setdefault(id(tensor), []).append((module, name, path))
-                span = _byte_span(tensor)
+                span = self.span(tensor)
                 if span is not None:
                     self.by_storage.setdefault(span[0], []).append((module, name, path, span))
+
+    def span(self, tensor: Tensor) -> tuple[int, int, int] | None:
+        """:func:`memory_span` of ``tensor``, computed once per tensor while the index is in use
+        (the tree and its tensors' storage do not change meanwhile)."""
+        kept = self._spans.get(id(tensor))
+        if kept is not None and kept[0] is tensor:
+            return kept[1]
+        span = _byte_span(tensor)
+        self._spans[id(tensor)] = (tensor, span)
+        return span
 
     def aliases(self, ref: TensorRef) -> list[str]:
         """What :func:`aliases_of` returns for ``ref``."""
         storage = ref.storage()
-        own_list = (
-            ref.owner.parametrizations[ref.name] if parametrize.is_parametrized(ref.owner, ref.name) else None
-        )
+        own_list = ref.owner.parametrizations[ref.name] if is_parametrized(ref.owner, ref.name) else None
         candidates = list(self.by_object.get(id(storage), ()))
-        span = _byte_span(storage)
+        span = self.span(storage)
         if span is not None:
             candidates += [
                 (module, name, path)
@@ -222,7 +249,7 @@ def unwrap(module: nn.Module) -> nn.Module:
 
 
 def _holds_tensor(module: nn.Module, name: str) -> bool:
-    if parametrize.is_parametrized(module, name):
+    if is_parametrized(module, name):
         return True
     # A registered-but-None entry (Linear(bias=False).bias) holds no tensor.
     return module._parameters.get(name) is not None or module._buffers.get(name) is not None
@@ -251,7 +278,7 @@ def _public_name(name: str) -> str:
 
 def type_name(module: nn.Module) -> str:
     """The module's class name as the user wrote it (not parametrize's ``Parametrized...`` subclass)."""
-    return parametrize.type_before_parametrizations(module).__name__
+    return type_before_parametrizations(module).__name__
 
 
 # ------------------------------------------------------------------------------ reading a value

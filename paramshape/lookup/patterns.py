@@ -82,8 +82,9 @@ def _method_matches(root: nn.Module, pattern: str, method: str | None) -> list[s
     """The tensors ``pattern`` matches among those ``method`` can constrain; when it matches only
     tensors the method cannot take, those, so that constrain() raises the error that says why, as
     it does for the name written out (and :class:`TensorNotFoundError` when it matches nothing)."""
-    everything = constrainable_names(root)
-    usable = set(constrainable_names(root, method))
+    found = _candidates(root)  # one walk of the tree for both lists
+    everything = _names(found, None)
+    usable = set(_names(found, method))
     hits = [name for name in everything if name in usable and fnmatchcase(name, pattern)]
     return hits or match_names(root, pattern, everything)
 
@@ -109,26 +110,44 @@ def constrainable_names(root: nn.Module, method: str | None = None) -> list[str]
     shared modules reached twice are listed once or not at all. With a ``method``, the tensors it
     can never constrain are left out: buffers for every method but ``"reparam"``, and the running
     statistics of norm layers (updated in place) for every method."""
-    names: dict[str, None] = {}
-    # Only reparametrisation can hold a buffer; every other method needs a parameter.
-    buffers = list(root.named_buffers()) if method in (None, "reparam") else []
-    tensors = [*root.named_parameters(), *buffers]
+    return _names(_candidates(root, with_buffers=method in (None, "reparam")), method)
+
+
+def _candidates(root: nn.Module, *, with_buffers: bool = True) -> list[tuple[str, bool, bool]]:
+    """Every floating tensor :func:`constrainable_names` may list, in its order: ``(name, is a buffer,
+    is a running statistic)``, under its public name; the tensors of transforms used as layers left out."""
+    found: list[tuple[str, bool, bool]] = []
+    buffers = list(root.named_buffers()) if with_buffers else []
+    tensors = [
+        *((name, tensor, False) for name, tensor in root.named_parameters()),
+        *((n, t, True) for n, t in buffers),
+    ]
     # named_parameters() and named_buffers() walk named_modules(), so every owner path they give is
     # one of its keys: one walk instead of a get_submodule() per tensor.
     modules = dict(root.named_modules())
-    for raw_name, tensor in tensors:
+    for raw_name, tensor, is_buffer in tensors:
         if not tensor.is_floating_point():
             continue
         if "parametrizations" in raw_name.split("."):
-            names.setdefault(_public_name(raw_name))
+            found.append((_public_name(raw_name), is_buffer, False))
             continue
         owner_path = raw_name.rpartition(".")[0]
         owner = modules[owner_path] if owner_path in modules else root.get_submodule(owner_path)
         if isinstance(owner, Transform):
             continue
-        if method is not None and is_running_statistic(owner, raw_name.rpartition(".")[2]):
+        found.append((raw_name, is_buffer, is_running_statistic(owner, raw_name.rpartition(".")[2])))
+    return found
+
+
+def _names(found: list[tuple[str, bool, bool]], method: str | None) -> list[str]:
+    """:func:`constrainable_names` for ``method`` from :func:`_candidates`' list."""
+    # Only reparametrisation can hold a buffer; every other method needs a parameter.
+    buffers = method in (None, "reparam")
+    names: dict[str, None] = {}
+    for name, is_buffer, running in found:
+        if (is_buffer and not buffers) or (running and method is not None):
             continue
-        names.setdefault(raw_name)
+        names.setdefault(name)
     return list(names)
 
 

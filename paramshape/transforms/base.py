@@ -190,11 +190,12 @@ class Transform(nn.Module, abc.ABC):
         new = cls.__new__(cls)
         memo[id(self)] = new
         state = new.__dict__
+        atomic, empty_kinds = _ATOMIC, _EMPTY_KINDS  # locals: read 24 times per copy of a Box
         for key, value in self.__dict__.items():
             kind = type(value)
-            if kind in _ATOMIC or (kind is tuple and all(type(item) in _ATOMIC for item in value)):
+            if kind in atomic or (kind is tuple and all(type(item) in atomic for item in value)):
                 state[key] = value  # what copy.deepcopy returns as is, without its dispatch per value
-            elif kind in _EMPTY_COPYABLE and not value:
+            elif kind in empty_kinds and not value:
                 state[key] = kind()
             elif kind is OrderedDict or kind is dict:
                 # The buffer table: its plain tensors cloned directly (Tensor.__deepcopy__ is
@@ -218,7 +219,8 @@ class Transform(nn.Module, abc.ABC):
             _value_shape=torch.Size(value.shape),
             _value_like=torch.empty(0, dtype=value.dtype, device=value.device),
         )
-        for part in self.modules():
+        # A transform without submodules (nearly all) is the only part: no walk of modules().
+        for part in self.modules() if self._modules else (self,):
             if isinstance(part, Transform):
                 part.__dict__["_map_dtype"] = value.dtype
 
@@ -1049,7 +1051,7 @@ def _warn_gradient_dropped(target: str | None) -> None:
 
 
 #: Containers whose empty instances Transform.__deepcopy__ makes anew instead of deep-copying.
-_EMPTY_COPYABLE = (dict, OrderedDict, set, list)
+_EMPTY_KINDS = frozenset({dict, OrderedDict, set, list})
 #: Immutable values that ``copy.deepcopy`` gives back unchanged (its ``_deepcopy_atomic`` types
 #: that a transform holds, and torch's dtypes, devices and sizes, which it copies to equal values).
 _ATOMIC = frozenset({type(None), bool, int, float, complex, str, bytes, torch.dtype, torch.device})
