@@ -229,8 +229,8 @@ def test_failure_half_way_leaves_the_model_as_it_was(fail_at: int) -> None:
     assert len(ps.constraints(model)) == 9
 
 
-def test_the_fast_path_is_taken_and_torch_is_not_called(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert registration.fast_registration_available()
+def _spy_on_torch_registration(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names torch's ``register_parametrization`` is called for from now on (the list fills)."""
     calls: list[str] = []
     torch_register = parametrize.register_parametrization
 
@@ -239,6 +239,12 @@ def test_the_fast_path_is_taken_and_torch_is_not_called(monkeypatch: pytest.Monk
         return torch_register(module, name, *args, **kwargs)
 
     monkeypatch.setattr(parametrize, "register_parametrization", spy)
+    return calls
+
+
+def test_the_fast_path_is_taken_and_torch_is_not_called(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert registration.fast_registration_available()
+    calls = _spy_on_torch_registration(monkeypatch)
     _batched(_model())
     assert calls == []
 
@@ -254,14 +260,7 @@ def test_changed_torch_helpers_fall_back_to_register_parametrization(monkeypatch
     fast, _ = _build(_batched)
     monkeypatch.setattr(parametrize, "_inject_property", changed)
     assert not registration.fast_registration_available()
-    calls: list[str] = []
-    torch_register = parametrize.register_parametrization
-
-    def spy(module: nn.Module, name: str, *args: Any, **kwargs: Any) -> nn.Module:
-        calls.append(name)
-        return torch_register(module, name, *args, **kwargs)
-
-    monkeypatch.setattr(parametrize, "register_parametrization", spy)
+    calls = _spy_on_torch_registration(monkeypatch)
     slow, _ = _build(_batched)
     assert len(calls) == 9
     assert _describe(fast) == _describe(slow)
