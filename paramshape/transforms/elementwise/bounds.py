@@ -6,7 +6,7 @@ from __future__ import annotations
 import abc
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, cast
 
 import torch
@@ -282,8 +282,11 @@ class BoundedTransform(Transform):
         versions = self._bound_versions
         if versions is None:
             return
-        for tensor, version in zip(self._store().values(), versions, strict=True):
-            if tensor._version != version:
+        # At every read: the tables read directly, in _store's order, without building its dict.
+        table: Mapping[str, Tensor | None] = self._parameters if self.learnable else self._buffers
+        names = self._learnable_names if self.learnable else self.bound_names
+        for name, version in zip(names, versions, strict=True):
+            if table[name]._version != version:  # type: ignore[union-attr]  # registered: a tensor
                 break
         else:
             return
