@@ -99,15 +99,10 @@ def _minus_width_times(
     constants have it (``add`` with ``alpha``: 6 against 16 us at 8,577 values, 44 against 169 at
     262,144 on the 2-vCPU AMD EPYC, where ``addcmul`` walks a 0-d ``base`` as a broadcast tensor),
     else ``addcmul``. The two give the same values (tested): one rounding of the same product."""
+    # out=None is torch's "no out" (a new tensor, with autograd history where s has it).
     neg_width = constants.neg_width
     if neg_width is not None:
-        return (
-            torch.add(base, s, alpha=neg_width)
-            if out is None
-            else torch.add(base, s, alpha=neg_width, out=out)
-        )
-    if out is None:
-        return torch.addcmul(base, s, constants.width, value=-1)
+        return torch.add(base, s, alpha=neg_width, out=out)
     return torch.addcmul(base, s, constants.width, value=-1, out=out)
 
 
@@ -184,25 +179,11 @@ class _SigmoidBox(torch.autograd.Function):
         # The bounds' tensors come in one tuple, not as arguments: they never require grad here
         # (dispatch leaves such bounds to the plain map), and each tensor argument of apply costs
         # Python work at every read.
-        low, high, width, gain, neg_gain, _, inf, _, centred, _ = constants
-        # -|g x| as |x| (-g) (a copysign or neg with a number is slower on CPU; the same values),
-        # then the sigmoid.
-        u = torch.abs(x).mul_(neg_gain).sigmoid_()
-        if centred:
-            # Centred (low = -high): high - w s with x's sign, the value of the branch below in
-            # 6 passes instead of 8 (sigmoid_box_value_and_slope says why it is the same).
-            y = _minus_width_times(high, u, constants).copysign_(x)
-            u.copysign_(x)
-        else:
-            u.copysign_(x)
-            # The nearer bound: low where the sign bit of x is set, high elsewhere.
-            y = torch.copysign(inf, x).clamp_min_(low).clamp_max_(high)
-            # low + w s (negative x) or high - w s, rounded once: within an ulp of
-            # _maps.sigmoid_box, which rounds w s first.
-            _minus_width_times(y, u, constants, out=y)
+        y, u = torch.empty_like(x), torch.empty_like(x)
+        _value_into(x, constants, y, u, signed=True)
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(u)
-        ctx.width_gain = (width, gain)  # type: ignore[attr-defined]
+        ctx.width_gain = (constants.width, constants.gain)  # type: ignore[attr-defined]
         return y, u
 
     @staticmethod
@@ -280,24 +261,35 @@ def sigmoid_box_value_and_slope(
     amortise), in ten passes (six for a box centred on 0) and no allocation with ``out``. ``x``
     and ``constants`` (:func:`sigmoid_box_constants`) in the working dtype; ``out``: the value's
     and the slope's tensors to write (``x``'s shape, not ``x``), else new ones."""
-    low, high, _, _, neg_gain, width_gain, inf, _, centred, _ = constants
     y, s = out if out is not None else (torch.empty_like(x), torch.empty_like(x))
+    _value_into(x, constants, y, s, signed=False)
+    # (w g) s (1 - s), in the order of autograd's sigmoid backward (the 0-d w g broadcast as a
+    # number: a third faster than an expanded tensor at 8,577 values, the same values).
+    return y, torch.ops.aten.sigmoid_backward.grad_input(constants.width_gain, s, grad_input=s)
+
+
+def _value_into(x: Tensor, constants: SigmoidBoxConstants, y: Tensor, s: Tensor, *, signed: bool) -> None:
+    """The arithmetic :class:`_SigmoidBox` and :func:`sigmoid_box_value_and_slope` share, written
+    into ``y`` (the value) and ``s``: ``sigmoid(-|g x|)``, with ``x``'s sign where ``signed`` (the
+    Function's saved ``u``), without it otherwise (what the slope is computed from)."""
     # s = sigmoid(-|g x|), the logistic of the nearer bound's side (abs and a product: copysign or
     # neg with a number is slower than abs on CPU, and -(|x| g) = |x| (-g) exactly).
-    torch.abs(x, out=s).mul_(neg_gain).sigmoid_()
-    if centred:
-        # Centred: high - w s carries x's sign (low + w s = -(high - w s) when low = -high, and
-        # the fused multiply-add rounds symmetrically), so the value is the general branch's
-        # below bit for bit (at x = -0.0, -0.0 where it gives +0.0), in 2 passes instead of 6.
-        _minus_width_times(high, s, constants, out=y).copysign_(x)
-        return y, torch.ops.aten.sigmoid_backward.grad_input(width_gain, s, grad_input=s)
+    torch.abs(x, out=s).mul_(constants.neg_gain).sigmoid_()
+    if constants.centred:
+        # Centred (low = -high): high - w s carries x's sign (low + w s = -(high - w s), and the
+        # fused multiply-add rounds symmetrically), so the value is the general branch's below
+        # bit for bit (at x = -0.0, -0.0 where it gives +0.0), in 2 passes instead of 6.
+        _minus_width_times(constants.high, s, constants, out=y).copysign_(x)
+        if signed:
+            s.copysign_(x)
+        return
     # The nearer bound: low where the sign bit of x is set (-0.0 included), high elsewhere. On CPU
     # a where over signbit's mask takes ten times as long at 262,144 values, a clamp between two
     # tensors four times.
-    torch.copysign(inf, x, out=y).clamp_min_(low).clamp_max_(high)
-    # y = bound - copysign(s, x) w, with s signed in place and unsigned again (exactly) after: a
-    # new tensor for the signed s would cost its page faults, on CPU two passes' worth.
+    torch.copysign(constants.inf, x, out=y).clamp_min_(constants.low).clamp_max_(constants.high)
+    # y = bound - copysign(s, x) w, rounded once (within an ulp of _maps.sigmoid_box, which rounds
+    # w s first), with s signed in place (and unsigned again, exactly, where unwanted): a new tensor
+    # for the signed s would cost its page faults, on CPU two passes' worth.
     _minus_width_times(y, s.copysign_(x), constants, out=y)
-    # (w g) s (1 - s), in the order of autograd's sigmoid backward (the 0-d w g broadcast as a
-    # number: a third faster than an expanded tensor at 8,577 values, the same values).
-    return y, torch.ops.aten.sigmoid_backward.grad_input(width_gain, s.abs_(), grad_input=s)
+    if not signed:
+        s.abs_()
