@@ -182,10 +182,15 @@ class BoundedTransform(Transform):
 
     def _store(self) -> dict[str, Tensor]:
         """The tensors the bounds are stored in: the bound buffers, or the learnable parameters."""
+        table, names = self._store_table()
+        # The ignore: registered names always hold a tensor (torch types the slots Optional).
+        return {name: table[name] for name in names}  # type: ignore[misc]
+
+    def _store_table(self) -> tuple[Mapping[str, Tensor | None], tuple[str, ...]]:
+        """Where :meth:`_store` reads the bounds' tensors: the table and the names, in order."""
         if self.learnable:
-            # The ignores here: registered names always hold a tensor (torch types the slots Optional).
-            return {name: self._parameters[name] for name in self._learnable_names}  # type: ignore[misc]
-        return {name: self._buffers[name] for name in self.bound_names}  # type: ignore[misc]
+            return self._parameters, self._learnable_names
+        return self._buffers, self.bound_names
 
     def _learned_bounds(self, store: dict[str, Tensor]) -> dict[str, Tensor]:
         """The bounds as functions of the learnable parameters (the identity by default: a learnable
@@ -282,9 +287,8 @@ class BoundedTransform(Transform):
         versions = self._bound_versions
         if versions is None:
             return
-        # At every read: the tables read directly, in _store's order, without building its dict.
-        table: Mapping[str, Tensor | None] = self._parameters if self.learnable else self._buffers
-        names = self._learnable_names if self.learnable else self.bound_names
+        # At every read: the table read directly, in _store's order, without building its dict.
+        table, names = self._store_table()
         for name, version in zip(names, versions, strict=True):
             if table[name]._version != version:  # type: ignore[union-attr]  # registered: a tensor
                 break
