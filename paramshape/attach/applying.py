@@ -61,12 +61,9 @@ def apply_plans(root: nn.Module, plans: list[Plan]) -> None:
 
 #: The ``(owner, class)`` pairs whose module-level support (hooks, methods of parametrize's class)
 #: the running :func:`apply_plans` has installed; ``None`` outside it. Each install is idempotent
-#: and depends on the owner and its class only, so a second tensor of the same module skips them.
+#: and depends on the owner and its class only, so a second tensor of the same module skips them;
+#: the root is the same for the whole call, so its checks are in once the set holds any pair.
 _INSTALLED: list[set[tuple[int, type]] | None] = [None]
-
-
-class _Root:
-    """Marks, in :data:`_INSTALLED`, that the root's own checks are installed."""
 
 
 def _chain(plan: Plan) -> parametrize.ParametrizationList:
@@ -104,15 +101,12 @@ def _apply_one(root: nn.Module, plan: Plan) -> None:
         installed = _INSTALLED[0]
         key = (id(ref.owner), type(ref.owner))
         if installed is None or key not in installed:
-            root_key = (id(root), _Root)
-            install_module_support(
-                root, ref.owner, root_installed=installed is not None and root_key in installed
-            )
+            install_module_support(root, ref.owner, root_installed=bool(installed))
             install_init_support(ref.owner)
             install_move_check(ref.owner)
             install_parameter_assignment(ref.owner)
             if installed is not None:
-                installed.update((key, root_key))
+                installed.add(key)
         watch(ref.owner, ref.name, ref.label, ref.storage())  # the SaturationWarning check
         return
     if paramshape_transform(ref.owner, ref.name) is not None:
