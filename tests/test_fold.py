@@ -269,21 +269,160 @@ def test_a_group_registers_its_gradient_hooks_once(monkeypatch: pytest.MonkeyPat
         assert parameter.grad.shape == parameter.shape
 
 
-def test_a_graph_outliving_two_refreshes_is_refused_like_a_parameters() -> None:
-    """A refresh writes the other of the two sets of values: a graph built before the stored
-    tensors changed twice finds its saved values overwritten, and autograd refuses it (as it
-    refuses a graph whose plain Parameter an optimizer step wrote), never a wrong gradient."""
-    _, folded = _pair()
-    loss = _loss(folded)
-    held = folded[2].weight
-    kept = held.detach().clone()
-    for _ in range(2):
+def _folded_values(model: nn.Module) -> list[torch.Tensor]:
+    return [model[i].weight for i in (0, 2, 4)] + [model[i].bias for i in (0, 2, 4)]
+
+
+def test_a_no_grad_read_first_still_trains() -> None:
+    """A recomputation made by a read under ``no_grad`` (an evaluation before the training forward)
+    serves values without history there, and the next read with grad enabled gets the node-made
+    value: gradients reach every stored tensor, as by default."""
+    default, folded = _pair()
+    with torch.no_grad():
+        served = _folded_values(folded)
+    assert not any(value.requires_grad for value in served)
+    _loss(default).backward()
+    _loss(folded).backward()
+    for a, b in zip(_grads(default), _grads(folded), strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-12)
+
+
+def test_gradients_accumulate_over_backward_calls() -> None:
+    """Two forwards and backwards between steps, from the same cached values: the stored gradients
+    add up as the default mode's do."""
+    default, folded = _pair()
+    for model in (default, folded):
+        _loss(model, 1).backward()
+        _loss(model, 2).backward()
+    for a, b in zip(_grads(default), _grads(folded), strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-12)
+
+
+def test_a_tensor_frozen_after_training_gets_no_gradient() -> None:
+    """A stored tensor frozen after some steps gets no gradient from then on (its value is served
+    without grad), and the others train as by default."""
+    default, folded = _pair()
+    optimizers = [torch.optim.SGD(m.parameters(), lr=1e-3) for m in (default, folded)]
+    for step in range(5):
+        if step == 2:
+            for model in (default, folded):
+                model[2].parametrizations.weight.original.requires_grad_(False)
+        for model, optimizer in zip((default, folded), optimizers, strict=True):
+            optimizer.zero_grad()
+            _loss(model, step).backward()
+            optimizer.step()
+        assert folded[2].weight.requires_grad == (step < 2)
+        for a, b in zip(default.parameters(), folded.parameters(), strict=True):
+            assert (a.grad is None) == (b.grad is None)
+            if a.grad is not None:
+                torch.testing.assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-10)
+
+
+def _outlived(model: nn.Module, loss: torch.Tensor, times: int) -> None:
+    """Change the stored tensors ``times`` times (each read then recomputes), then differentiate
+    ``loss``, built before."""
+    for _ in range(times):
         with torch.no_grad():
-            folded[2].parametrizations.weight.original.add_(1.0)
-        _ = folded[2].weight  # a read refreshes the group
-    assert not torch.equal(held.detach(), kept)  # the value read first was rewritten in place
-    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
-        loss.backward()
+            for parameter in model.parameters():
+                parameter.add_(1e-3)
+        _ = [model[i].weight for i in (0, 2, 4)]  # a read recomputes
+    loss.backward()
+
+
+@pytest.mark.parametrize("times", [1, 2, 3])
+@pytest.mark.parametrize("saves_values", [True, False], ids=["mse", "sum of values"])
+def test_a_graph_outliving_refreshes_is_differentiated_as_built(times: int, saves_values: bool) -> None:
+    """A graph built before the stored tensors changed (once, twice, three times: one recomputation
+    each) gets the gradient the default mode gives it, computed with the values and slopes it was
+    built from, whether or not it saved a value (a sum of the values saves none, so an overwritten
+    slope could not be detected): a set of values a graph still uses is never overwritten."""
+    default, folded = _pair()
+
+    def build(model: nn.Module) -> torch.Tensor:
+        if saves_values:
+            return _loss(model)
+        return sum(model[i].weight.sum() + model[i].bias.sum() for i in (0, 2, 4))
+
+    losses = [build(default), build(folded)]  # no value kept but by the graphs
+    for model, loss in zip((default, folded), losses, strict=True):
+        _outlived(model, loss, times)
+    for a, b in zip(_grads(default), _grads(folded), strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-12)
+
+
+@pytest.mark.parametrize("grad", [True, False], ids=["read with grad", "read under no_grad"])
+def test_a_value_kept_is_never_rewritten(grad: bool) -> None:
+    """A value read and kept in a variable (no graph) holds what it held, as a value read in the
+    default mode does, however many recomputations follow; the next reads serve the new values."""
+    _, folded = _pair()
+    with torch.set_grad_enabled(grad):
+        held = folded[2].weight
+    kept = held.detach().clone()
+    for _ in range(3):
+        with torch.no_grad():
+            folded[2].parametrizations.weight.original.add_(1e-3)
+        fresh = folded[2].weight
+        assert not torch.equal(fresh.detach(), kept)
+    assert torch.equal(held.detach(), kept)
+
+
+def test_a_graph_keeps_a_reference_to_the_python_object_of_a_tensor_it_uses() -> None:
+    """What ``_Buffers.held`` relies on to see a graph built from a value: while C++ refers to a
+    tensor (a gradient accumulator), torch holds a reference to its Python object."""
+    import sys
+
+    tensors = [torch.zeros(4, requires_grad=True)]
+    # Counted into plain names first: pytest's assertion rewriting keeps what an assert reads.
+    free = sys.getrefcount(tensors[0])
+    loss = tensors[0].sum()
+    in_graph = sys.getrefcount(tensors[0])
+    del loss
+    after = sys.getrefcount(tensors[0])
+    assert in_graph > free
+    assert after == free
+
+
+def test_without_torchs_memory_counter_every_set_is_new(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A torch without the storage use count: every recomputation takes its set as in use and
+    writes a new one (slower, never a slope that is not its values'); training is unchanged."""
+    from paramshape.strategies import folded as folded_module
+
+    monkeypatch.setattr(folded_module, "_storage_use_count", None)
+    made = []
+    original = folded_module._Buffers.__init__
+
+    def counting(self: object, *args: object) -> None:
+        made.append(1)
+        original(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(folded_module._Buffers, "__init__", counting)
+    default, folded = _pair()
+    optimizers = [torch.optim.SGD(m.parameters(), lr=1e-3) for m in (default, folded)]
+    for step in range(4):
+        for model, optimizer in zip((default, folded), optimizers, strict=True):
+            optimizer.zero_grad()
+            _loss(model, step).backward()
+            optimizer.step()
+    assert len(made) == 2 + 4  # the first two, then one per recomputation
+    for a, b in zip(default.parameters(), folded.parameters(), strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-9)
+
+
+def test_graphs_kept_from_every_step_still_train_as_by_default() -> None:
+    """A loop that keeps every step's loss (and so its graph) alive: each recomputation finds its
+    set in use and writes a new one; training is still the default mode's."""
+    default, folded = _pair()
+    optimizers = [torch.optim.Adam(m.parameters(), lr=1e-3) for m in (default, folded)]
+    kept: list[torch.Tensor] = []
+    for step in range(6):
+        for model, optimizer in zip((default, folded), optimizers, strict=True):
+            optimizer.zero_grad()
+            loss = _loss(model, step)
+            loss.backward()
+            kept.append(loss)
+            optimizer.step()
+    for a, b in zip(default.parameters(), folded.parameters(), strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-8)
 
 
 def test_layout_follows_freezing_and_moves() -> None:

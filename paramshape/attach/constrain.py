@@ -139,11 +139,12 @@ def constrain(
             as by default. Refused: ``backward(create_graph=True)`` through a folded value
             (:class:`~paramshape.TransformError`) and a running ``torch.distributed`` process group
             (:class:`~paramshape.UnsupportedTensorError`). ``torch.autograd.grad`` with respect to the
-            stored tensor does not see it; differentiate with respect to the value instead. Like a
-            plain ``Parameter``'s, a folded value is rewritten in place when recomputed (two sets
-            of values in turn: a graph built before one optimizer step still differentiates after
-            it, one that outlives two is refused by autograd), so ``clone()`` a value to keep it;
-            memory: two values and two slopes per tensor.
+            stored tensor does not see it; differentiate with respect to the value instead. A
+            value read keeps what it held, as by default: the values are recomputed in place into
+            two sets written in turn, and a set still in use when its turn comes (a value kept, a
+            graph built before two optimizer steps) is left to its users for a new one, so every
+            graph is differentiated with the slopes of its own values; memory: two values and two
+            slopes per tensor.
 
     Returns:
         ``module``, for chaining.

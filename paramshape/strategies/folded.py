@@ -22,6 +22,7 @@ stored tensor's own gradient hooks, which a folded tensor bypasses).
 
 from __future__ import annotations
 
+import sys
 import warnings
 from typing import Any
 
@@ -215,7 +216,7 @@ class _Buffers:
     grad where its stored tensor does, with the gradient hook of its stored tensor and its piece of
     the slopes, registered once)."""
 
-    __slots__ = ("leaves", "slope", "value")
+    __slots__ = ("_memory_references", "leaves", "slope", "value")
 
     def __init__(self, raws: list[Tensor], trained: list[bool]) -> None:
         first = raws[0]
@@ -230,6 +231,21 @@ class _Buffers:
                 leaf.requires_grad_(True)
                 leaf.register_post_accumulate_grad_hook(_chain_rule(raw, slope))  # type: ignore[no-untyped-call]
         self.leaves = leaves
+        self._memory_references = _memory_use_count(self.value)  # the flat value and the leaves
+
+    def held(self) -> bool:
+        """Whether anything but these buffers still refers to a value: a Python reference (a value
+        read and kept), a graph built from it (its gradient accumulator, a saved value: torch keeps
+        the Python object of a tensor that C++ refers to alive with a reference of its own, tested
+        in tests/test_fold.py), or another tensor on its memory (a value read under ``no_grad``,
+        which is detached; a view). Such a value must not be overwritten: it would change under its
+        holder, and a graph's backward would multiply by the new slopes, which nothing could detect
+        when the graph saved no value."""
+        if _storage_use_count is None or _memory_use_count(self.value) > self._memory_references:
+            return True  # (without torch's counter every set is taken as held: slower, never wrong)
+        leaves = self.leaves
+        # Indexed, as _FREE_REFERENCES was counted (a loop variable would be one more reference).
+        return any(sys.getrefcount(leaves[index]) > _FREE_REFERENCES for index in range(len(leaves)))
 
 
 class _Alternating:
@@ -239,10 +255,12 @@ class _Alternating:
     Written in place, the values cost no allocation (on CPU, the page faults of a new tensor of a
     megabyte cost as much as two passes of arithmetic over it) and no hook registration per
     refresh. Two sets, not one: a graph built from the values before a refresh, differentiated
-    after it, keeps the values and slopes it used (as the default mode's graph does); one that
-    outlives two refreshes finds its saved values overwritten, and autograd refuses it, as it
-    refuses a graph built before an optimizer step wrote a plain ``Parameter``. So a value read is
-    rewritten in place two refreshes later: ``clone()`` it to keep it."""
+    after it, keeps the values and slopes it used (as the default mode's graph does). A set still
+    in use when its turn comes again (:meth:`_Buffers.held`: a graph that outlived two refreshes,
+    a value kept) is left to its users, and a new set takes its place: a value once read is never
+    rewritten, and every graph is differentiated with the slopes of its own values, as in the
+    default mode. In a training loop (read, backward, step) that never happens: the graph of two
+    steps ago is gone."""
 
     __slots__ = ("_layout", "_sets", "_turn")
 
@@ -259,7 +277,11 @@ class _Alternating:
         if sets is None or layout != self._layout:
             sets = self._sets = (_Buffers(raws, trained), _Buffers(raws, trained))
             self._layout = layout
-        buffers = sets[self._turn]
+        turn = self._turn
+        buffers = sets[turn]
+        if buffers.held():
+            buffers = _Buffers(raws, [raw.requires_grad for raw in raws])
+            self._sets = (buffers, sets[1]) if turn == 0 else (sets[0], buffers)
         self._turn ^= 1
         return buffers
 
@@ -311,7 +333,9 @@ class FoldGroup:
                 member._grouped_key = key
             elif key != member._grouped_key:
                 if _group_key(member) != self._settings:
-                    member._group = None
+                    # It leaves: recomputed alone at its next read, and no longer holding a value
+                    # of the group's sets (which would make them look in use, _Buffers.held).
+                    member._group, member._value = None, None
                     continue
                 member._grouped_key = key
             members.append(member)
@@ -323,7 +347,7 @@ class FoldGroup:
         members, unchanged = self._current_members()
         if len(members) < 2:
             for member in members:
-                member._group = None
+                member._group, member._value = None, None
             self.members = []
             return False
         self.members = members
@@ -425,3 +449,23 @@ _functorch_active = torch._C._are_functorch_transforms_active
 #: Whether this torch build has ``torch.distributed`` at all (fixed for the process).
 _DISTRIBUTED = torch.distributed.is_available()
 _unflatten = torch._C._nn.unflatten_dense_tensors
+
+
+#: Torch's (private, long-standing) count of the references to a tensor's memory.
+_storage_use_count = getattr(torch._C, "_storage_Use_Count", None)
+
+
+def _memory_use_count(tensor: Tensor) -> int:
+    """How many tensors (and storage handles) refer to ``tensor``'s memory (0 without torch's
+    counter, which :meth:`_Buffers.held` checks first)."""
+    if _storage_use_count is None:
+        return 0
+    return int(_storage_use_count(tensor.untyped_storage()._cdata))
+
+
+def _references_in_a_list(tensors: list[Tensor]) -> int:
+    return sys.getrefcount(tensors[0])
+
+
+#: ``sys.getrefcount`` of a tensor held by one list only, read as ``_Buffers.held`` reads it.
+_FREE_REFERENCES = _references_in_a_list([torch.empty(0)])
