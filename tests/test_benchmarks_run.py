@@ -50,11 +50,11 @@ def results(bench, tmp_path_factory):
     return results, path
 
 
-def test_every_section_reports(results, capsys):
+def test_every_section_reports(bench, results, capsys):
     results, path = results
     assert {r["variant"] for r in results["transform"]} == {
         "floor (clone)", "paramshape eager (hand-fused)", "paramshape fused (compiled)", "unfused map (Box.forward)",
-        "peer: one-sided low + w sigmoid(x), eager",
+        "peer: one-sided low + w sigmoid(x), eager", bench.TRANSFORM_BOUND,
     }  # fmt: skip
     assert {r["kind"] for r in results["transform"]} == {"forward", "forward+backward"}
     variants = {r["variant"] for r in results["mlp"]}
@@ -65,6 +65,7 @@ def test_every_section_reports(results, capsys):
         'paramshape method="project"',
     } <= variants
     assert {"peer: torch biject_to parametrization", "peer: GPyTorch-style raw parameter"} <= variants
+    assert bench.MLP_BOUND in variants
     assert {r["batch"] for r in results["mlp"]} == {4, 8}
     assert results["geotorch"] or "geotorch is not installed" in results["geotorch_note"]
     assert results["registration"]["tensors"] == 20
@@ -120,6 +121,26 @@ def test_targets_cover_every_goal_of_the_issue(results):
     ):
         assert goal in names
     assert all(isinstance(t["met"], bool) for t in results["targets"])
+    # The targets that the bounds concern show them beside the measured ratio.
+    measured = {t["target"]: t["measured"] for t in results["targets"]}
+    assert "bound" in next(m for name, m in measured.items() if name.startswith("fused Box forward+backward"))
+    assert all("bound" in m for name, m in measured.items() if "best reparametrised mode" in name)
+
+
+def test_the_bounds_compute_what_they_stand_for(bench):
+    """The transform bound is the logistic with its true derivative (so its backward does the work
+    of an exact map), and the MLP bound leaves the model as an unconstrained step would."""
+    x = torch.randn(64, dtype=torch.float64, requires_grad=True)
+    torch.autograd.gradcheck(bench._SigmoidRecomputed.apply, (x,))
+    grad = torch.randn(64, dtype=torch.float64)
+    bench._SigmoidRecomputed.apply(x).backward(grad)
+    s = 1 / (1 + torch.exp(-x.detach()))
+    torch.testing.assert_close(x.grad, grad * s * (1 - s))
+    model = torch.nn.Linear(4, 4)
+    model.weight.grad = torch.ones(4, 4)
+    before = model.weight.detach().clone()
+    bench._bound_passes()(model)
+    assert torch.equal(model.weight, before)
 
 
 def test_the_run_leaves_the_fusion_settings_alone(results):
