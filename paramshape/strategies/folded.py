@@ -333,9 +333,7 @@ class FoldGroup:
                 member._grouped_key = key
             elif key != member._grouped_key:
                 if _group_key(member) != self._settings:
-                    # It leaves: recomputed alone at its next read, and no longer holding a value
-                    # of the group's sets (which would make them look in use, _Buffers.held).
-                    member._group, member._value = None, None
+                    member._group = None
                     continue
                 member._grouped_key = key
             members.append(member)
@@ -347,7 +345,7 @@ class FoldGroup:
         members, unchanged = self._current_members()
         if len(members) < 2:
             for member in members:
-                member._group, member._value = None, None
+                member._group = None
             self.members = []
             return False
         self.members = members
