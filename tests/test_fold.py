@@ -5,6 +5,7 @@ back to the default computation."""
 from __future__ import annotations
 
 import copy
+import sys
 import warnings
 
 import pytest
@@ -275,8 +276,8 @@ def _folded_values(model: nn.Module) -> list[torch.Tensor]:
 
 def test_a_no_grad_read_first_still_trains() -> None:
     """A recomputation made by a read under ``no_grad`` (an evaluation before the training forward)
-    serves values without history there, and the next read with grad enabled gets the node-made
-    value: gradients reach every stored tensor, as by default."""
+    serves values that require no grad there, and the next reads with grad enabled serve values
+    that do: gradients reach every stored tensor, as by default."""
     default, folded = _pair()
     with torch.no_grad():
         served = _folded_values(folded)
@@ -369,8 +370,6 @@ def test_a_value_kept_is_never_rewritten(grad: bool) -> None:
 def test_a_graph_keeps_a_reference_to_the_python_object_of_a_tensor_it_uses() -> None:
     """What ``_Buffers.held`` relies on to see a graph built from a value: while C++ refers to a
     tensor (a gradient accumulator), torch holds a reference to its Python object."""
-    import sys
-
     tensors = [torch.zeros(4, requires_grad=True)]
     # Counted into plain names first: pytest's assertion rewriting keeps what an assert reads.
     free = sys.getrefcount(tensors[0])
@@ -382,13 +381,11 @@ def test_a_graph_keeps_a_reference_to_the_python_object_of_a_tensor_it_uses() ->
     assert after == free
 
 
-def test_without_torchs_memory_counter_every_set_is_new(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A torch without the storage use count: every recomputation takes its set as in use and
-    writes a new one (slower, never a slope that is not its values'); training is unchanged."""
+def _count_buffer_sets(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The sets of values and slopes laid out from now on (the list fills as they are)."""
     from paramshape.strategies import folded as folded_module
 
-    monkeypatch.setattr(folded_module, "_storage_use_count", None)
-    made = []
+    made: list[int] = []
     original = folded_module._Buffers.__init__
 
     def counting(self: object, *args: object) -> None:
@@ -396,6 +393,16 @@ def test_without_torchs_memory_counter_every_set_is_new(monkeypatch: pytest.Monk
         original(self, *args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(folded_module._Buffers, "__init__", counting)
+    return made
+
+
+def test_without_torchs_memory_counter_every_set_is_new(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A torch without the storage use count: every recomputation takes its set as in use and
+    writes a new one (slower, never a slope that is not its values'); training is unchanged."""
+    from paramshape.strategies import folded as folded_module
+
+    monkeypatch.setattr(folded_module, "_storage_use_count", None)
+    made = _count_buffer_sets(monkeypatch)
     default, folded = _pair()
     optimizers = [torch.optim.SGD(m.parameters(), lr=1e-3) for m in (default, folded)]
     for step in range(4):
@@ -408,9 +415,11 @@ def test_without_torchs_memory_counter_every_set_is_new(monkeypatch: pytest.Monk
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-9)
 
 
-def test_graphs_kept_from_every_step_still_train_as_by_default() -> None:
-    """A loop that keeps every step's loss (and so its graph) alive: each recomputation finds its
-    set in use and writes a new one; training is still the default mode's."""
+def test_graphs_kept_from_every_step_still_train_as_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A loop that keeps every step's loss (and so its graph) alive: each recomputation from the
+    third on finds its set in use and writes a new one; training is still the default mode's. A
+    loop that keeps nothing lays out its two sets once."""
+    made = _count_buffer_sets(monkeypatch)
     default, folded = _pair()
     optimizers = [torch.optim.Adam(m.parameters(), lr=1e-3) for m in (default, folded)]
     kept: list[torch.Tensor] = []
@@ -421,8 +430,18 @@ def test_graphs_kept_from_every_step_still_train_as_by_default() -> None:
             loss.backward()
             kept.append(loss)
             optimizer.step()
+    assert len(made) == 2 + 4  # the first two sets, then a new one for each of steps 3 to 6
     for a, b in zip(default.parameters(), folded.parameters(), strict=True):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-8)
+    made.clear()
+    _, plain_loop = _pair()
+    optimizer = torch.optim.Adam(plain_loop.parameters(), lr=1e-3)
+    for step in range(6):
+        optimizer.zero_grad()
+        loss = _loss(plain_loop, step)
+        loss.backward()
+        optimizer.step()
+    assert len(made) == 2
 
 
 def test_layout_follows_freezing_and_moves() -> None:
