@@ -280,7 +280,7 @@ class _Alternating:
         turn = self._turn
         buffers = sets[turn]
         if buffers.held():
-            buffers = _Buffers(raws, [raw.requires_grad for raw in raws])
+            buffers = _Buffers(raws, trained)
             self._sets = (buffers, sets[1]) if turn == 0 else (sets[0], buffers)
         self._turn ^= 1
         return buffers
