@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
+
+from paramshape.lookup.modules import parametrizations_of
 
 _HOOKS = (
     "_forward_hooks",
@@ -61,9 +62,11 @@ def take(module: nn.Module) -> Snapshot:
         for key in _HOOKS:
             table = getattr(sub, key, {})
             hooks.append((prefix, key, [(k, id(v)) for k, v in table.items()]))
-        if parametrize.is_parametrized(sub):
-            for name, chain in sub.parametrizations.items():
-                chains.append((prefix, name, id(chain), [id(link) for link in chain], chain.unsafe))
+        # parametrize's lists only (a submodule of the model's own may take the name: its modules
+        # are snapshotted as any others).
+        holder = parametrizations_of(sub)
+        for name, chain in holder.items() if holder is not None else ():
+            chains.append((prefix, name, id(chain), [id(link) for link in chain], chain.unsafe))
         state = sub.__dict__.get("_paramshape_state")
         if state is not None:
             plain = [

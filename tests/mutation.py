@@ -130,6 +130,29 @@ CORE: dict[str, tuple[list[str], str]] = {
         "",
     ),
     "paramshape/attach/rollback.py": (["tests/test_integration.py", "tests/test_trust_state.py"], ""),
+    # The shortcuts taken for speed (issue 12), where a slip is a silent wrong value: fold=True's
+    # cached values and their gradient hooks, the flat check of many tensors' values in one pass,
+    # and the registration built without register_parametrization's generic work.
+    "paramshape/strategies/folded.py": (
+        [
+            "tests/test_fold.py",
+            "tests/test_trust_round2.py",
+            "tests/test_trust_round3.py",
+            "tests/test_fuzz_state.py",
+            "tests/test_learnable_bounds.py",
+            "tests/test_sparse_gradients.py",
+        ],
+        "fold",
+    ),
+    "paramshape/attach/batched.py": (["tests/test_registration_batched.py", "tests/test_integration.py"], ""),
+    "paramshape/attach/registration.py": (
+        [
+            "tests/test_registration_build.py",
+            "tests/test_integration.py",
+            "tests/test_registration_batched.py",
+        ],
+        "",
+    ),
 }
 
 #: What ``make mutation`` runs by default: every mutant of the strategies' and loading's modules,

@@ -28,6 +28,27 @@ def linear() -> nn.Module:
     return nn.Linear(4, 3)
 
 
+def _linear_with_own_parametrizations() -> nn.Module:
+    layer = nn.Linear(2, 2)
+    layer.__dict__["parametrizations"] = {"own": 1}
+    with torch.no_grad():
+        layer.weight.uniform_(-0.5, 0.5)
+    return layer
+
+
+def _model_with_a_parametrizations_submodule() -> nn.Module:
+    model = nn.Sequential()
+    model.add_module("parametrizations", nn.Linear(2, 2))
+    return model
+
+
+def _small_sparse_embedding() -> nn.Module:
+    embedding = nn.Embedding(4, 2, sparse=True)
+    with torch.no_grad():
+        embedding.weight.uniform_(-0.5, 0.5)
+    return embedding
+
+
 def with_nan() -> nn.Module:
     layer = nn.Linear(4, 3)
     with torch.no_grad():
@@ -458,6 +479,30 @@ ROWS = [
         ps.SpecError,
         "'weight' of Linear: the call wrote into the settings of its constraint Box(low=-1.0, high=1.0, "
         "learnable=True) (a bound became NaN or infinite)",
+    ),
+    Row(
+        "module that makes sparse gradients, default mode",
+        _small_sparse_embedding,
+        lambda m: ps.constrain(m, "weight", "box(-1, 1)"),
+        ps.UnsupportedTensorError,
+        "'weight' of Embedding (shape (4, 2), float32): Embedding(sparse=True) makes sparse gradients, which "
+        "cannot flow back through the map of Box(low=-1.0, high=1.0)",
+    ),
+    Row(
+        "module attribute named parametrizations",
+        _linear_with_own_parametrizations,
+        lambda m: ps.constrain(m, "weight", "box(-1, 1)"),
+        ps.ConstraintConflictError,
+        "'weight' of Linear: Linear has an attribute 'parametrizations' of its own (a dict), the name under "
+        "which torch's parametrize, used by method='reparam', keeps a module's parametrizations.",
+    ),
+    Row(
+        "tensor under a submodule named parametrizations",
+        _model_with_a_parametrizations_submodule,
+        lambda m: ps.constrain(m, "parametrizations.weight", "box(-1, 1)", init="project"),
+        ps.ConstraintConflictError,
+        "'parametrizations.weight' of Sequential: a submodule named 'parametrizations' holds it, the name under "
+        "which torch's parametrize keeps a module's parametrizations",
     ),
 ]
 

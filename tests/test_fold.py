@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 import paramshape as ps
-from paramshape.strategies.folded import FoldGroup
+from paramshape.strategies.folded import GROUP_MAX_ELEMENTS, FoldGroup
 from tests import module_snapshot
 
 BOX = (-0.01, 0.01)
@@ -161,8 +161,11 @@ def test_an_in_place_write_to_a_read_value_is_repaired() -> None:
     _, folded = _pair()
     with torch.no_grad():
         folded[0].weight.fill_(1.0)  # outside the box: the cache must not serve it
-    with pytest.warns(ps.ParamshapeWarning, match="written in place, and the write was lost"):
+    with pytest.warns(ps.ParamshapeWarning, match="written in place, and the write was lost") as record:
         assert folded[0].weight.abs().max() <= BOX[1]
+    # It names the tensor read, and points at the line that read it.
+    assert str(record[0].message).startswith("'0.weight' of Sequential (or a tensor folded together with it)")
+    assert record[0].filename == __file__
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the next read serves the repaired value without a warning
         assert folded[0].weight.abs().max() <= BOX[1]
@@ -587,3 +590,129 @@ def test_a_process_group_is_refused_at_constrain_and_at_the_next_recomputation(t
     finally:
         dist.destroy_process_group()
     _loss(folded).backward()  # without the group, it serves again
+
+
+def test_a_bound_written_in_place_moves_only_its_own_tensor_out_of_the_group() -> None:
+    """One member's bound written in place (valid bounds take effect): that member leaves the
+    group and is recomputed with its own settings; the members whose settings are unchanged stay
+    together with theirs. (A checkpoint load writes every bound, so it cannot tell the two apart.)"""
+    _, folded = _pair()
+    _loss(folded).backward()  # the group computed once
+    chain = folded[2].parametrizations.weight
+    with torch.no_grad():
+        chain[0].high.fill_(0.02)
+    moved = folded[2].weight.detach()
+    torch.testing.assert_close(moved, ps.Box(-0.01, 0.02)(chain.original.detach()), rtol=0, atol=4e-9)
+    assert chain._paramshape_folded._group is None
+    group = folded[0].parametrizations.weight._paramshape_folded._group
+    assert group is not None
+    assert len(group.members) == 5  # the other weights and the three biases
+    for index in (0, 4):
+        stored = folded[index].parametrizations.weight.original.detach()
+        torch.testing.assert_close(folded[index].weight.detach(), ps.Box(*BOX)(stored), rtol=0, atol=2e-9)
+
+
+def test_a_group_with_a_strided_stored_tensor_follows_every_step() -> None:
+    """A member whose stored tensor is not contiguous (a channels_last convolution weight) is
+    joined into the group's flat tensor by a copy, which must be made afresh at every recomputation:
+    the values follow every optimizer step, as the default mode's do."""
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Conv2d(2, 4, 3), nn.Tanh(), nn.Conv2d(4, 2, 1))
+    with torch.no_grad():
+        for parameter in base.parameters():
+            parameter.mul_(0.009 / parameter.abs().max())
+    default = ps.constrain(copy.deepcopy(base), "*", ps.Box(*BOX))
+    folded = ps.constrain(copy.deepcopy(base), "*", ps.Box(*BOX), fold=True)
+    for model in (default, folded):
+        model.to(memory_format=torch.channels_last)  # the stored weights become strided
+    assert not folded[0].parametrizations.weight.original.is_contiguous()
+    assert folded[0].parametrizations.weight._paramshape_folded._group is not None
+    x = torch.randn(2, 2, 6, 6).to(memory_format=torch.channels_last)
+    optimizers = [torch.optim.SGD(m.parameters(), lr=0.05) for m in (default, folded)]
+    for _ in range(3):
+        for model, optimizer in zip((default, folded), optimizers, strict=True):
+            optimizer.zero_grad()
+            model(x).square().sum().backward()
+            optimizer.step()
+        for a, b in zip(default.parameters(), folded.parameters(), strict=True):
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-9)
+        torch.testing.assert_close(folded[0].weight, default[0].weight, rtol=1e-5, atol=1e-9)
+
+
+def test_a_value_kept_costs_one_more_set_not_one_per_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A value read and kept (a snapshot for logging) holds its set: the recomputation whose turn
+    it is writes a new set in its place, and from then on the two sets alternate again, one new set
+    in all, however long the loop runs; the kept value never changes."""
+    _, folded = _pair()
+    optimizer = torch.optim.SGD(folded.parameters(), lr=1e-3)
+    _loss(folded).backward()
+    optimizer.step()
+    kept = folded[0].weight.detach()  # a view of the set just written, held from here on
+    snapshot = kept.clone()
+    made = _count_buffer_sets(monkeypatch)
+    for step in range(8):
+        optimizer.zero_grad()
+        _loss(folded, step).backward()
+        optimizer.step()
+    assert len(made) == 1
+    assert torch.equal(kept, snapshot)
+
+
+@pytest.mark.parametrize("elements", [2, GROUP_MAX_ELEMENTS, GROUP_MAX_ELEMENTS + 1])
+def test_two_tensors_form_a_group_up_to_the_size_limit(elements: int) -> None:
+    """Two small tensors of one call are recomputed together; a tensor over
+    GROUP_MAX_ELEMENTS values is recomputed on its own."""
+    holder = nn.Module()
+    holder.a = nn.Parameter(torch.full((elements,), 0.001))
+    holder.b = nn.Parameter(torch.full((3,), -0.001))
+    ps.constrain(holder, "*", ps.Box(*BOX), fold=True)
+    group_a = holder.parametrizations.a._paramshape_folded._group
+    group_b = holder.parametrizations.b._paramshape_folded._group
+    if elements <= GROUP_MAX_ELEMENTS:
+        assert group_a is not None
+        assert group_a is group_b
+        holder.a  # noqa: B018  # a read recomputes the pair, which stays a group
+        assert holder.parametrizations.a._paramshape_folded._group is group_a
+        assert group_a.members == [
+            holder.parametrizations.a._paramshape_folded,
+            holder.parametrizations.b._paramshape_folded,
+        ]
+    else:
+        assert group_a is None
+        assert group_b is None  # a group of one is none
+    torch.testing.assert_close(holder.a.detach(), torch.full((elements,), 0.001), rtol=0, atol=1e-9)
+
+
+def test_a_model_built_on_meta_folds_after_to_empty() -> None:
+    """fold=True on a model built on the meta device (no values yet): nothing is computed or
+    grouped then; after to_empty() and a checkpoint load it trains as the default mode does."""
+    default, _ = _pair()
+    with torch.device("meta"):
+        model = nn.Sequential(nn.Linear(2, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 1))
+    ps.constrain(model, "*", ps.Box(*BOX), fold=True)
+    model = model.to_empty(device="cpu")
+    model.load_state_dict(default.state_dict())
+    for model_ in (default, model):
+        _loss(model_).backward()
+    for a, b in zip(default.parameters(), model.parameters(), strict=True):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-6, atol=1e-12)
+
+
+@pytest.mark.parametrize("held", [None, "dense"])
+def test_the_gradient_hook_multiplies_a_strided_gradient_of_any_layout(held: str | None) -> None:
+    """The folded gradient hook on a gradient that is not contiguous (torch's accumulation gives
+    contiguous ones to a contiguous value; a hook or a user may set another): u.grad gets g f'(u)."""
+    from paramshape.strategies.folded import _chain_rule
+
+    raw = torch.zeros(3, 4, requires_grad=True)
+    slope = torch.linspace(0.5, 2.0, 12).reshape(3, 4)
+    value = torch.zeros(3, 4, requires_grad=True)
+    incoming = torch.arange(12.0).reshape(4, 3).t()  # a transposed view: not contiguous
+    assert not incoming.is_contiguous()
+    if held == "dense":
+        raw.grad = torch.ones(3, 4)
+    value.grad = incoming
+    _chain_rule(raw, slope)(value)
+    expected = incoming * slope + (0 if held is None else 1)
+    torch.testing.assert_close(raw.grad, expected, rtol=0, atol=0)
+    assert value.grad is None

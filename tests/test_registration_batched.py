@@ -231,3 +231,56 @@ def test_mixed_tensors_in_one_call_match_one_call_each() -> None:
     assert batched.parametrizations.frozen.original.requires_grad is False
     assert batched.parametrizations.empty.original.shape == (0, 3)
     assert "parametrizations.scale.original" in dict(batched.named_buffers())
+
+
+_EDGE_SPECS = {
+    "Box(-1, 1)": ps.Box(-1.0, 1.0),
+    "Box(0, 1e-30)": ps.Box(0.0, 1e-30),
+    "UnitInterval": ps.UnitInterval(),
+    "Positive": ps.Positive(),
+    "GreaterThan(0.5)": ps.GreaterThan(0.5),
+    "LessThan(-2)": ps.LessThan(-2.0),
+    "SoftClip(-1, 1)": ps.SoftClip(-1.0, 1.0),
+}
+
+
+def _edge_values(dtype: torch.dtype) -> list[float]:
+    """Values on and next to the specs' bounds, and at the ends of the dtype's range."""
+    info = torch.finfo(dtype)
+    return [
+        0.0, -0.0, 1.0, -1.0, 0.5, -2.0, 1e-3, 1e-30, 1e-31, info.tiny, info.tiny / 4, info.eps,
+        1 - info.eps / 2, -1 + info.eps, 0.5 + info.eps, -2.0 - 2 * info.eps, 1e-3 * (1 - info.eps),
+        info.max, -info.max,
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(_EDGE_SPECS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_flat_pass_admits_no_edge_value_the_one_tensor_check_refuses(
+    name: str, dtype: torch.dtype
+) -> None:
+    """Values on a bound, subnormal, at the dtype's largest: whatever the flat pass admits, the
+    check of that tensor alone admits too, and the stored tensor is the same (its inverse on the
+    same value, up to an ulp of a vectorised kernel). The flat pass may refuse more (its group is
+    then checked tensor by tensor), never less."""
+    spec = _EDGE_SPECS[name]
+    partner = {"GreaterThan(0.5)": 1.0, "LessThan(-2)": -3.0, "Box(0, 1e-30)": 5e-31}.get(name, 0.25)
+    admitted = 0
+    for value in _edge_values(dtype):
+        pair = nn.Sequential(nn.Linear(1, 1, bias=False), nn.Linear(1, 1, bias=False)).to(dtype)
+        with torch.no_grad():
+            pair[0].weight.fill_(value)
+            pair[1].weight.fill_(partner)
+        flat = check_values(pair, [("0.weight", spec), ("1.weight", spec)], "keep", "reparam")
+        if 0 not in flat:
+            continue
+        alone = nn.Linear(1, 1, bias=False).to(dtype)
+        with torch.no_grad():
+            alone.weight.fill_(value)
+        ps.constrain(alone, "weight", spec)  # raises if the one-tensor check refuses it
+        expected = alone.parametrizations.weight.original.detach()
+        stored = flat[0].stored
+        assert torch.isfinite(stored).all(), value
+        torch.testing.assert_close(stored, expected, rtol=2 * torch.finfo(dtype).eps, atol=0, msg=str(value))
+        admitted += 1
+    assert admitted >= 3  # the check compares something for every spec

@@ -354,3 +354,70 @@ def test_a_model_on_meta_is_built_as_torch_builds_it(monkeypatch: pytest.MonkeyP
     slow = build()
     assert _describe(fast) == _describe(slow)
     assert all(p.device.type == "meta" for p in fast.parameters())
+
+
+@pytest.mark.parametrize(
+    "spec", [ps.Box(-1.0, 1.0), ps.Compose(ps.Box(-1.0, 1.0), ps.Affine(0.0, 2.0))], ids=repr
+)
+def test_an_owner_in_eval_mode_gives_every_part_of_the_transform_its_mode(
+    spec: ps.Transform, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """register_parametrization puts the transform, and each of its parts, in the module's mode:
+    built without it, an owner in eval() mode gets the same modes down to a composition's parts."""
+
+    def build() -> nn.Module:
+        model = _model().eval()
+        ps.constrain(model, "*", spec)
+        return model
+
+    fast = build()
+    monkeypatch.setattr(registration, "_module_state", lambda: None)
+    slow = build()
+    assert _describe(fast) == _describe(slow)
+    # (torch leaves its own ModuleDict and ParametrizationList in training mode: so does the fast path.)
+    parts = [
+        module
+        for module in fast.modules()
+        if isinstance(module, (ps.Transform, nn.ModuleList))
+        and not isinstance(module, parametrize.ParametrizationList)
+    ]
+    assert len(parts) >= 9
+    assert not any(part.training for part in parts)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{"_counter": 1.5}, {"_table": {"key": 1}}],
+    ids=["an attribute of another type", "a table that is not empty"],
+)
+def test_a_module_state_of_another_shape_disables_the_fast_path(
+    extra: dict[str, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A torch whose Module.__init__ sets more than empty tables, flags and None: the fast path,
+    which copies that state into the modules it builds, is off (torch's function builds them)."""
+    helpers = [getattr(parametrize, helper) for helper in (*registration._HELPERS, "_maybe_set")]
+    assert registration._probe(helpers) is not None
+    init = nn.Module.__init__
+
+    def patched(self: nn.Module, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        self.__dict__.update(copy.deepcopy(extra))
+
+    monkeypatch.setattr(nn.Module, "__init__", patched)
+    assert registration._probe(helpers) is None
+
+
+def test_a_module_dictionary_with_state_of_its_own_disables_the_fast_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A torch whose ModuleDict sets an attribute Module does not: the fast path, which builds the
+    dictionary from Module's state alone, is off."""
+    helpers = [getattr(parametrize, helper) for helper in (*registration._HELPERS, "_maybe_set")]
+    init = nn.ModuleDict.__init__
+
+    def patched(self: nn.ModuleDict, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        self.__dict__["_ordered"] = True
+
+    monkeypatch.setattr(nn.ModuleDict, "__init__", patched)
+    assert registration._probe(helpers) is None

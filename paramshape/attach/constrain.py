@@ -15,7 +15,13 @@ from torch.nn.utils import parametrize
 from paramshape.attach.applying import apply_plans
 from paramshape.attach.assign import sync_plain_assignment
 from paramshape.attach.batched import Checked, check_values
-from paramshape.attach.planning import check_distinct, check_learnable, check_method, plan
+from paramshape.attach.planning import (
+    check_dense_gradients,
+    check_distinct,
+    check_learnable,
+    check_method,
+    plan,
+)
 from paramshape.attach.resume import record_learnable, record_names
 from paramshape.attach.rollback import rollback_on_failure
 from paramshape.errors import ConstraintConflictError, ParamshapeWarning, SpecError
@@ -144,7 +150,9 @@ def constrain(
             two sets written in turn, and a set still in use when its turn comes (a value kept, a
             graph built before two optimizer steps) is left to its users for a new one, so every
             graph is differentiated with the slopes of its own values; memory: two values and two
-            slopes per tensor.
+            slopes per tensor. A sparse gradient (``nn.Embedding(sparse=True)``) reaches the stored
+            tensor sparse, for ``torch.optim.SparseAdam``; the default mode refuses such a module
+            (:class:`~paramshape.UnsupportedTensorError`: torch's backward of the maps is dense only).
 
     Returns:
         ``module``, for chaining.
@@ -248,6 +256,8 @@ def _constrain(
         label = f"'{planned.ref.path}' of {type_name(module)}"
         check_foldable(planned.transform, planned.ref.storage().shape, label)
         planned.fold = True
+    for planned in plans:
+        check_dense_gradients(planned, module)
     record_names(module)  # the names before this call, for the optimizer-resume check
     apply_plans(module, plans)
     record_learnable(module)  # an optimizer that misses learnable bounds warns at its first step

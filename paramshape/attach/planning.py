@@ -31,6 +31,7 @@ from paramshape.lookup.modules import (
     locate,
     memory_span,
     parametrization_chain,
+    parametrizations_of,
     paramshape_transform,
     spans_overlap,
     type_name,
@@ -120,6 +121,8 @@ def plan(
     # Before the value is read: reading a tensor with a foreign parametrization runs it (and
     # spectral_norm's power iteration would advance), which a refused call must not do.
     _check_foreign(ref, root)
+    if method == "reparam":
+        _check_parametrizations_free(ref, root)
     transform = copy.deepcopy(resolve(spec))
     # A transform that only makes sense on outputs (Simplex(log=True)) says why, before any check.
     output_only = optional_setting(transform, "output_only")
@@ -191,6 +194,28 @@ def check_learnable(transform: nn.Module, method: str, fold: bool, label: str) -
             f"{label}: {transform!r} has learnable bounds; fold=True passes gradients to the stored "
             "tensor only, never to the bounds. Leave fold=False for it."
         )
+
+
+def check_dense_gradients(planned: Plan, root: nn.Module) -> None:
+    """Raise :class:`UnsupportedTensorError` for a tensor reparametrised the default way whose module
+    makes sparse gradients (``nn.Embedding`` / ``nn.EmbeddingBag`` with ``sparse=True``): the
+    gradient reaches the stored tensor through the map's backward, and torch's backward of nearly
+    every map's operations has no sparse kernel, so the first ``backward()`` would fail inside
+    torch. ``fold=True`` (elementwise sets) passes a sparse gradient on as one, and
+    ``method="project"`` leaves the tensor a plain one."""
+    owner = planned.ref.owner
+    if planned.method != "reparam" or planned.fold:
+        return
+    if not (isinstance(owner, (nn.Embedding, nn.EmbeddingBag)) and owner.sparse):
+        return
+    label = tensor_label(f"'{planned.ref.path}' of {type_name(root)}", planned.target)
+    raise UnsupportedTensorError(
+        f"{label}: {type(owner).__name__}(sparse=True) makes sparse gradients, which cannot flow "
+        f"back through the map of {planned.transform!r} (torch's backward of its operations is "
+        "dense only). Use fold=True (elementwise sets: the gradient stays sparse, for "
+        "torch.optim.SparseAdam), method='project' (the tensor stays plain, projected after each "
+        "step), or sparse=False."
+    )
 
 
 def check_distinct(plans: list[Plan], aliases: AliasIndex | None = None) -> None:
@@ -292,6 +317,34 @@ def _check_foreign(ref: TensorRef, root: nn.Module) -> None:
             f"not attach ({chain}). Remove them with torch.nn.utils.parametrize."
             "remove_parametrizations first, or constrain another tensor."
         )
+
+
+def _check_parametrizations_free(ref: TensorRef, root: nn.Module) -> None:
+    """Refuse a module that holds something of its own under the name ``parametrizations`` (an
+    attribute, a class attribute, a tensor, a submodule other than parametrize's dictionary):
+    torch's parametrize keeps the parametrizations there, so registering would fail inside torch
+    (a class attribute) or silently replace the module's own value."""
+    owner = ref.owner
+    if parametrizations_of(owner) is not None:
+        return  # parametrize's dictionary, from an earlier registration
+    own: object = _MISSING
+    for table in (owner.__dict__, owner._parameters, owner._buffers, owner._modules):
+        if "parametrizations" in table:
+            own = table["parametrizations"]
+            break
+    else:
+        own = getattr(type(owner), "parametrizations", _MISSING)
+    if own is _MISSING:
+        return
+    raise ConstraintConflictError(
+        f"'{ref.path}' of {type_name(root)}: {type(owner).__name__} has an attribute 'parametrizations' "
+        f"of its own (a {type(own).__name__}), the name under which torch's parametrize, used by "
+        "method='reparam', keeps a module's parametrizations. Rename that attribute, or use "
+        "method='project' (the tensor stays a plain Parameter)."
+    )
+
+
+_MISSING = object()
 
 
 def _check_plain_target(ref: TensorRef, root: nn.Module, method: str) -> None:

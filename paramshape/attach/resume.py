@@ -24,12 +24,14 @@ from __future__ import annotations
 import warnings
 import weakref
 import zlib
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from paramshape.errors import ConstraintConflictError, ParamshapeWarning
+from paramshape.lookup.modules import parametrizations_of
 from paramshape.strategies import dispatch
 
 __all__ = ["STATE_KEY", "record_learnable", "record_names"]
@@ -76,10 +78,11 @@ def record_learnable(root: nn.Module) -> None:
     for key in [key for key, (ref, _, _) in _LEARNABLE.items() if ref() is None]:
         del _LEARNABLE[key]
     for prefix, module in root.named_modules():
-        chains = module._modules.get("parametrizations")
+        chains = parametrizations_of(module)  # not a submodule of the model's own of that name
         if chains is None:
             continue
-        for name, chain in chains.items():
+        for name, listed in chains.items():
+            chain = cast(parametrize.ParametrizationList, listed)  # parametrizations_of checked it
             first = chain[0]
             if not first._parameters and not first._modules:
                 continue  # no learnable bounds (nearly every transform), without a walk of it
@@ -87,7 +90,9 @@ def record_learnable(root: nn.Module) -> None:
             if not bounds or not hasattr(chain, "original"):
                 continue
             path = f"{prefix}.{name}" if prefix else name
-            refs = [(f"{path}.0.{n}", weakref.ref(p)) for n, p in bounds]
+            refs: list[tuple[str, weakref.ref[Tensor]]] = [
+                (f"{path}.0.{n}", weakref.ref(p)) for n, p in bounds
+            ]
             _LEARNABLE[id(chain.original)] = (weakref.ref(chain.original), path, refs)
     dispatch.changed()
     dispatch.enable(_HANDLER)

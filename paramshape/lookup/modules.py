@@ -14,7 +14,13 @@ from torch import Tensor, nn
 from torch.nn.modules import module as _module_hooks
 from torch.nn.utils import parametrize
 
-from paramshape.errors import CompiledRegionError, NotAModuleError, ParamshapeWarning, TensorNotFoundError
+from paramshape.errors import (
+    CompiledRegionError,
+    ConstraintConflictError,
+    NotAModuleError,
+    ParamshapeWarning,
+    TensorNotFoundError,
+)
 from paramshape.transforms.base import Transform
 
 __all__ = [
@@ -26,12 +32,14 @@ __all__ = [
     "is_parametrized",
     "locate",
     "memory_span",
+    "parametrizations_of",
     "parametrization_chain",
     "parametrized_names",
     "paramshape_transform",
     "refuse_inside_compile",
     "shares_memory",
     "spans_overlap",
+    "through_parametrize",
     "type_before_parametrizations",
     "type_name",
     "unwrap",
@@ -52,25 +60,30 @@ class TensorRef:
 
     def storage(self) -> Tensor:
         """The Parameter or buffer object that holds the data (``original`` when parametrized)."""
-        chains = _chains(self.owner)
+        chains = parametrizations_of(self.owner)
         if chains is not None and self.name in chains:
             return cast(parametrize.ParametrizationList, chains[self.name]).original
         return self.owner._parameters.get(self.name, self.owner._buffers.get(self.name))
 
 
-def _chains(owner: nn.Module) -> nn.ModuleDict | None:
+def parametrizations_of(owner: nn.Module) -> nn.ModuleDict | None:
     """``owner.parametrizations`` when parametrize has registered one (what
     :func:`~torch.nn.utils.parametrize.is_parametrized` looks up), read from the submodules it is
     kept in: ``getattr`` on a module without it goes through ``Module.__getattr__``, which builds and
-    raises an AttributeError, several times per tensor in a call of :func:`~paramshape.constrain`."""
+    raises an AttributeError, several times per tensor in a call of :func:`~paramshape.constrain`.
+    A submodule of the module's own under that name (a layer, or a ``ModuleDict`` of anything but
+    parametrization lists) is not parametrize's: ``None``."""
     found = owner.__dict__.get("_modules", {}).get("parametrizations")
-    return found if isinstance(found, nn.ModuleDict) else None
+    if not isinstance(found, nn.ModuleDict):
+        return None
+    first = next(iter(found._modules.values()), None)
+    return found if isinstance(first, parametrize.ParametrizationList) else None
 
 
 def is_parametrized(module: nn.Module, name: str | None = None) -> bool:
     """:func:`torch.nn.utils.parametrize.is_parametrized`, read from the module's submodule table
     (see :func:`_chains`): called a dozen times per tensor by :func:`~paramshape.constrain`."""
-    chains = _chains(module)
+    chains = parametrizations_of(module)
     if chains is None:
         return False
     return len(chains) > 0 if name is None else name in chains
@@ -89,9 +102,15 @@ def locate(root: nn.Module, dotted: str) -> TensorRef:
         raise TensorNotFoundError(f"A tensor name must be a non-empty string; got {dotted!r}.")
     module_path, _, name = dotted.rpartition(".")
     if "parametrizations" in dotted.split("."):
-        raise TensorNotFoundError(
-            f"{dotted!r} is parametrize's internal storage; name the tensor itself, e.g. "
-            f"{_public_name(dotted)!r}."
+        if through_parametrize(root, dotted):
+            raise TensorNotFoundError(
+                f"{dotted!r} is parametrize's internal storage; name the tensor itself, e.g. "
+                f"{_public_name(dotted)!r}."
+            )
+        raise ConstraintConflictError(
+            f"{dotted!r} of {type_name(root)}: a submodule named 'parametrizations' holds it, the name "
+            "under which torch's parametrize keeps a module's parametrizations (so every path through "
+            "it reads as parametrize's storage). Rename that submodule to constrain its tensors."
         )
     try:
         owner = root.get_submodule(module_path) if module_path else root
@@ -117,7 +136,7 @@ def parametrized_names(owner: nn.Module) -> list[str]:
 def paramshape_transform(owner: nn.Module, name: str, *, stacked: bool = False) -> Transform | None:
     """The paramshape transform on ``owner.name``, if it carries exactly one; with ``stacked``, also
     when other parametrizations (``spectral_norm``, ``weight_norm``) were registered on top of it."""
-    chains = _chains(owner)
+    chains = parametrizations_of(owner)
     if chains is None or name not in chains:
         return None
     chain = cast(parametrize.ParametrizationList, chains[name])
@@ -265,6 +284,18 @@ def _not_found_message(root: nn.Module, dotted: str) -> str:
         f"{type(root).__name__} has no parameter or buffer {dotted!r}.{hint} "
         f"Its tensors: {listing or 'none'}."
     )
+
+
+def through_parametrize(root: nn.Module, dotted: str) -> bool:
+    """Whether the first ``parametrizations`` in ``dotted`` is parametrize's dictionary (not a
+    submodule of the model's own that took the name)."""
+    parts = dotted.split(".")
+    index = parts.index("parametrizations")
+    try:
+        owner = root.get_submodule(".".join(parts[:index])) if index else root
+    except AttributeError:
+        return True  # no such module: the name is read as parametrize's, and not found
+    return parametrizations_of(owner) is not None
 
 
 def _public_name(name: str) -> str:

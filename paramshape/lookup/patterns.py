@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from paramshape.errors import SpecError, TensorNotFoundError
-from paramshape.lookup.modules import _public_name
+from paramshape.lookup.modules import _public_name, through_parametrize
 from paramshape.transforms.base import Transform
 
 __all__ = [
@@ -128,7 +128,7 @@ def _candidates(root: nn.Module, *, with_buffers: bool = True) -> list[tuple[str
     for raw_name, tensor, is_buffer in tensors:
         if not tensor.is_floating_point():
             continue
-        if "parametrizations" in raw_name.split("."):
+        if "parametrizations" in raw_name.split(".") and through_parametrize(root, raw_name):
             found.append((_public_name(raw_name), is_buffer, False))
             continue
         owner_path = raw_name.rpartition(".")[0]

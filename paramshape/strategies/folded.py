@@ -123,11 +123,6 @@ class FoldedValue:
         self.__init__(state["raw"], state["transform"])  # type: ignore[misc]
         self._group = state["group"]
 
-    def serves(self, stored: Tensor, transform: nn.Module) -> bool:
-        """Whether this cache stands for ``transform(stored)``: the registered tensor, not one that
-        ``functional_call`` swapped in, and no ``torch.func`` transform active."""
-        return stored is self._raw and transform is self._transform and not _functorch_active()
-
     def settings_key(self) -> tuple[int, ...]:
         """Identity, memory and version of the transform's buffers (and its submodules')."""
         return tuple(
@@ -413,9 +408,23 @@ def _chain_rule(raw: Tensor, slope: Tensor) -> Any:
                 "backward(create_graph=True) reached it. Use fold=False for double backward."
             )
         held = raw.grad
-        if held is not None:
+        if grad.layout != torch.strided or (held is not None and held.layout != torch.strided):
+            # A sparse gradient (an Embedding(sparse=True)), or one held: the product keeps the
+            # gradient's layout (only the rows it holds), and is summed into the held one as
+            # autograd's accumulation sums layouts: in place into a dense one, a new tensor into a
+            # sparse one (dense when either is).
+            product = grad * slope
+            if held is None:
+                raw.grad = product
+            elif held.layout == torch.strided:
+                held.add_(product)
+            elif product.layout == torch.strided:
+                raw.grad = product.add_(held)  # torch adds a sparse tensor into a dense one only
+            else:
+                raw.grad = held + product
+        elif held is not None:
             held.addcmul_(grad, slope)
-        elif grad.layout == torch.strided and grad.is_contiguous():
+        elif grad.is_contiguous():
             raw.grad = grad.mul_(slope)
         else:
             raw.grad = grad * slope
@@ -443,7 +452,6 @@ def _label(transform: nn.Module) -> str:
     return getattr(transform, "_target", None) or "a folded tensor"
 
 
-_functorch_active = torch._C._are_functorch_transforms_active
 #: Whether this torch build has ``torch.distributed`` at all (fixed for the process).
 _DISTRIBUTED = torch.distributed.is_available()
 _unflatten = torch._C._nn.unflatten_dense_tensors
