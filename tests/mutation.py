@@ -144,6 +144,17 @@ CORE: dict[str, tuple[list[str], str]] = {
         ],
         "fold",
     ),
+    # The hand-fused Box arithmetic the default mode and fold=True run (values, slopes, the kept
+    # constants), against the independent references and the fusion tests' bit-for-bit checks.
+    "paramshape/fusion/handfused.py": (
+        [
+            "tests/test_references.py",
+            "tests/test_fusion.py",
+            "tests/test_fold.py",
+            "tests/test_membership.py",
+        ],
+        "box",
+    ),
     "paramshape/attach/batched.py": (["tests/test_registration_batched.py", "tests/test_integration.py"], ""),
     "paramshape/attach/registration.py": (
         [

@@ -334,6 +334,7 @@ def test_eager_box_runs_hand_fused_at_every_size_but_empty(device):
     with ps.fusion("off"):
         large = box(torch.randn(handfused.FUNCTION_MIN_ELEMENTS, device=device, requires_grad=True))
         small = box(torch.randn(2, device=device, requires_grad=True))
+        single = box(torch.randn(1, device=device, requires_grad=True))
         empty = box(torch.randn(0, device=device, requires_grad=True))
         off_centre = ps.Box(-1.0, 2.0).to(device)(torch.randn(2, device=device, requires_grad=True))
     assert type(large.grad_fn).__name__ == "_SigmoidBoxBackward"
@@ -341,6 +342,7 @@ def test_eager_box_runs_hand_fused_at_every_size_but_empty(device):
     # multiply-add (the width a number on CPU: add with alpha; a tensor elsewhere: addcmul).
     native_ends = {"MulBackward0", "AddBackward0", "AddcmulBackward0"}
     assert type(small.grad_fn).__name__ == "MulBackward0"
+    assert type(single.grad_fn).__name__ == "MulBackward0"  # one value is hand-fused too
     assert type(off_centre.grad_fn).__name__ == (
         "AddBackward0" if torch.device(device).type == "cpu" else "AddcmulBackward0"
     )
@@ -408,7 +410,9 @@ def test_only_a_box_centred_on_cpu_takes_the_centred_arithmetic():
     would wait for the device): the kept constants say it, and a bound written off-centre is seen."""
     box = ps.Box(-2.0, 2.0)
     x = torch.randn(64)
-    assert handfused.constants_for(x, box.low, box.high, 1.0).centred
+    kept = handfused.constants_for(x, box.low, box.high, 1.0)
+    assert kept.centred
+    assert handfused.constants_for(x, box.low, box.high, 1.0) is kept  # derived once, while unchanged
     off_centre = ps.Box(-2.0, 3.0)
     assert not handfused.constants_for(x, off_centre.low, off_centre.high, 1.0).centred
     with torch.no_grad():

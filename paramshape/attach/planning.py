@@ -325,13 +325,18 @@ def _check_parametrizations_free(ref: TensorRef, root: nn.Module) -> None:
     torch's parametrize keeps the parametrizations there, so registering would fail inside torch
     (a class attribute) or silently replace the module's own value."""
     owner = ref.owner
-    if parametrizations_of(owner) is not None:
-        return  # parametrize's dictionary, from an earlier registration
     own: object = _MISSING
-    for table in (owner.__dict__, owner._parameters, owner._buffers, owner._modules):
-        if "parametrizations" in table:
-            own = table["parametrizations"]
-            break
+    # Membership tests first (no calls): nearly every module holds nothing of that name.
+    if "parametrizations" in owner._modules:
+        if parametrizations_of(owner) is not None:
+            return  # parametrize's dictionary, from an earlier registration
+        own = owner._modules["parametrizations"]
+    elif "parametrizations" in owner.__dict__:
+        own = owner.__dict__["parametrizations"]
+    elif "parametrizations" in owner._parameters:
+        own = owner._parameters["parametrizations"]
+    elif "parametrizations" in owner._buffers:
+        own = owner._buffers["parametrizations"]
     else:
         own = getattr(type(owner), "parametrizations", _MISSING)
     if own is _MISSING:

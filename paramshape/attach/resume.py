@@ -24,7 +24,7 @@ from __future__ import annotations
 import warnings
 import weakref
 import zlib
-from typing import Any, cast
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -78,11 +78,12 @@ def record_learnable(root: nn.Module) -> None:
     for key in [key for key, (ref, _, _) in _LEARNABLE.items() if ref() is None]:
         del _LEARNABLE[key]
     for prefix, module in root.named_modules():
-        chains = parametrizations_of(module)  # not a submodule of the model's own of that name
+        # parametrize's dictionary only, not a submodule of the model's own of that name.
+        chains = parametrizations_of(module) if "parametrizations" in module._modules else None
         if chains is None:
             continue
         for name, listed in chains.items():
-            chain = cast(parametrize.ParametrizationList, listed)  # parametrizations_of checked it
+            chain: parametrize.ParametrizationList = listed  # type: ignore[assignment]  # checked above
             first = chain[0]
             if not first._parameters and not first._modules:
                 continue  # no learnable bounds (nearly every transform), without a walk of it

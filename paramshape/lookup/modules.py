@@ -76,8 +76,9 @@ def parametrizations_of(owner: nn.Module) -> nn.ModuleDict | None:
     found = owner.__dict__.get("_modules", {}).get("parametrizations")
     if not isinstance(found, nn.ModuleDict):
         return None
-    first = next(iter(found._modules.values()), None)
-    return found if isinstance(first, parametrize.ParametrizationList) else None
+    for first in found._modules.values():  # the first entry says (a loop: no iter/next calls)
+        return found if isinstance(first, parametrize.ParametrizationList) else None
+    return None
 
 
 def is_parametrized(module: nn.Module, name: str | None = None) -> bool:
