@@ -385,6 +385,11 @@ def test_an_owner_in_eval_mode_gives_every_part_of_the_transform_its_mode(
     assert not any(part.training for part in parts)
 
 
+def _probed_helpers() -> list[Any]:
+    """The helpers of parametrize that registration._module_state hands to the probe."""
+    return [getattr(parametrize, helper) for helper in (*registration._HELPERS, "_maybe_set")]
+
+
 @pytest.mark.parametrize(
     "extra",
     [{"_counter": 1.5}, {"_table": {"key": 1}}],
@@ -395,7 +400,7 @@ def test_a_module_state_of_another_shape_disables_the_fast_path(
 ) -> None:
     """A torch whose Module.__init__ sets more than empty tables, flags and None: the fast path,
     which copies that state into the modules it builds, is off (torch's function builds them)."""
-    helpers = [getattr(parametrize, helper) for helper in (*registration._HELPERS, "_maybe_set")]
+    helpers = _probed_helpers()
     assert registration._probe(helpers) is not None
     init = nn.Module.__init__
 
@@ -412,7 +417,7 @@ def test_a_module_dictionary_with_state_of_its_own_disables_the_fast_path(
 ) -> None:
     """A torch whose ModuleDict sets an attribute Module does not: the fast path, which builds the
     dictionary from Module's state alone, is off."""
-    helpers = [getattr(parametrize, helper) for helper in (*registration._HELPERS, "_maybe_set")]
+    helpers = _probed_helpers()
     init = nn.ModuleDict.__init__
 
     def patched(self: nn.ModuleDict, *args: Any, **kwargs: Any) -> None:

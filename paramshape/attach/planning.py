@@ -325,7 +325,7 @@ def _check_parametrizations_free(ref: TensorRef, root: nn.Module) -> None:
     torch's parametrize keeps the parametrizations there, so registering would fail inside torch
     (a class attribute) or silently replace the module's own value."""
     owner = ref.owner
-    own: object = _MISSING
+    own: object
     # Membership tests first (no calls): nearly every module holds nothing of that name.
     if "parametrizations" in owner._modules:
         if parametrizations_of(owner) is not None:
